@@ -1,0 +1,41 @@
+//! Generates the prost types of `schema/*.proto` with a vendored protoc, so a
+//! fresh machine needs no protobuf compiler installed.
+
+use std::io::Result;
+
+/// Framework payloads that also have a JSON form (used by the JSON and text
+/// listeners), and their byte fields, which travel as text in that form.
+const JSON_MESSAGES: &[(&str, &[&str])] = &[
+    ("LoginRequest", &[]),
+    ("LoginReply", &[]),
+    ("GroupRequest", &[]),
+    ("SendToUser", &["payload"]),
+    ("SendToUsers", &["payload"]),
+    ("SendToGroup", &["payload"]),
+    ("Delivery", &["payload"]),
+    ("SendResult", &[]),
+    ("Kick", &[]),
+    ("Error", &[]),
+];
+
+fn main() -> Result<()> {
+    let protoc = protoc_bin_vendored::protoc_bin_path().map_err(std::io::Error::other)?;
+    std::env::set_var("PROTOC", protoc);
+    let mut config = prost_build::Config::new();
+    for (message, byte_fields) in JSON_MESSAGES {
+        let path = format!(".portcullis.client.v1.{message}");
+        config.type_attribute(
+            &path,
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        );
+        for field in *byte_fields {
+            config.field_attribute(
+                format!("{path}.{field}"),
+                "#[serde(with = \"crate::framework::text_bytes\")]",
+            );
+        }
+    }
+    config.compile_protos(&["schema/client.proto", "schema/link.proto"], &["schema"])?;
+    println!("cargo:rerun-if-changed=schema");
+    Ok(())
+}
