@@ -1,0 +1,383 @@
+//! The kernel-socket IO backend: TCP through the Linux stack, multiplexed
+//! with epoll (mio), one event loop per worker.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::IoBackend;
+use crate::auth::TokenAuthenticator;
+use crate::config::Config;
+use crate::route::LinkId;
+use crate::session::ConnId;
+use crate::{Gateway, Output};
+
+const LINK_BASE: usize = 1 << 20;
+const CLIENT_BASE: usize = 1 << 21;
+const READ_CHUNK: usize = 64 * 1024;
+
+struct Client {
+    id: ConnId,
+    stream: TcpStream,
+}
+
+struct LinkSocket {
+    stream: TcpStream,
+    connected: bool,
+}
+
+/// Kernel sockets behind mio.
+pub struct KernelIo {
+    poll: Poll,
+    events: Events,
+    listeners: Vec<TcpListener>,
+    clients: Vec<Option<Client>>,
+    free: Vec<usize>,
+    generation: u32,
+    links: Vec<Option<LinkSocket>>,
+    buf: Box<[u8]>,
+}
+
+impl KernelIo {
+    /// Binds every listener of the config.
+    pub fn bind(config: &Config) -> io::Result<KernelIo> {
+        let poll = Poll::new()?;
+        let mut listeners = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let mut listener = TcpListener::bind(l.bind).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot bind listeners[{i}].bind = {}: {e}", l.bind),
+                )
+            })?;
+            poll.registry()
+                .register(&mut listener, Token(i), Interest::READABLE)?;
+            listeners.push(listener);
+        }
+        let link_count = config.services.iter().map(|s| s.servers.len()).sum();
+        Ok(KernelIo {
+            poll,
+            events: Events::with_capacity(1024),
+            listeners,
+            clients: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            links: (0..link_count).map(|_| None).collect(),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+        })
+    }
+
+    /// Addresses the listeners are bound to (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    fn slot(id: ConnId) -> usize {
+        (id & 0xffff_ffff) as usize
+    }
+
+    fn client(&mut self, id: ConnId) -> Option<&mut Client> {
+        self.clients
+            .get_mut(Self::slot(id))?
+            .as_mut()
+            .filter(|c| c.id == id)
+    }
+
+    fn accept(&mut self, core: &mut Gateway, listener: usize, now: Instant) {
+        loop {
+            match self.listeners[listener].accept() {
+                Ok((mut stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let slot = self.free.pop().unwrap_or_else(|| {
+                        self.clients.push(None);
+                        self.clients.len() - 1
+                    });
+                    self.generation = self.generation.wrapping_add(1);
+                    let id = (u64::from(self.generation) << 32) | slot as u64;
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut stream, Token(CLIENT_BASE + slot), interest)
+                        .is_err()
+                    {
+                        self.free.push(slot);
+                        continue;
+                    }
+                    self.clients[slot] = Some(Client { id, stream });
+                    core.handle_connect(now, id, listener, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of descriptors or similar: try again on the next event.
+                    tracing::warn!("accept on listener {listener} failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn drop_client(&mut self, slot: usize) -> Option<Client> {
+        let mut c = self.clients.get_mut(slot)?.take()?;
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.free.push(slot);
+        Some(c)
+    }
+
+    fn read_client(&mut self, core: &mut Gateway, slot: usize, now: Instant) {
+        loop {
+            let Some(c) = self.clients[slot].as_mut() else {
+                return;
+            };
+            let id = c.id;
+            match c.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => core.handle_data(now, id, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        if let Some(c) = self.drop_client(slot) {
+            core.handle_disconnect(now, c.id);
+        }
+    }
+
+    fn read_link(&mut self, core: &mut Gateway, link: LinkId, now: Instant) {
+        loop {
+            let Some(l) = self.links[link].as_mut() else {
+                return;
+            };
+            match l.stream.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => core.handle_link_data(now, link, &self.buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.drop_link(link);
+        core.handle_link_closed(now, link);
+    }
+
+    fn drop_link(&mut self, link: LinkId) {
+        if let Some(mut l) = self.links[link].take() {
+            let _ = self.poll.registry().deregister(&mut l.stream);
+        }
+    }
+
+    /// Writes as much of `data` as the socket takes; `Err` if it failed.
+    fn write_some(stream: &mut TcpStream, data: &[u8]) -> io::Result<usize> {
+        let mut written = 0;
+        while written < data.len() {
+            match stream.write(&data[written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written)
+    }
+}
+
+impl IoBackend for KernelIo {
+    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, timeout) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            r => r?,
+        }
+        let now = Instant::now();
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (token, readable, writable) in ready {
+            if token < LINK_BASE {
+                self.accept(core, token, now);
+            } else if token < CLIENT_BASE {
+                let link = token - LINK_BASE;
+                let Some(l) = self.links[link].as_mut() else {
+                    continue;
+                };
+                if !l.connected {
+                    if !(writable || readable) {
+                        continue;
+                    }
+                    let ok = l.stream.take_error().ok().flatten().is_none()
+                        && l.stream.peer_addr().is_ok();
+                    if !ok {
+                        self.drop_link(link);
+                        core.handle_link_closed(now, link);
+                        continue;
+                    }
+                    l.connected = true;
+                    let _ = l.stream.set_nodelay(true);
+                    core.handle_link_connected(now, link);
+                }
+                if writable {
+                    core.handle_link_writable(link);
+                }
+                if readable {
+                    self.read_link(core, link, now);
+                }
+            } else {
+                let slot = token - CLIENT_BASE;
+                let Some(id) = self
+                    .clients
+                    .get(slot)
+                    .and_then(|c| c.as_ref())
+                    .map(|c| c.id)
+                else {
+                    continue;
+                };
+                if writable {
+                    core.handle_writable(id);
+                }
+                if readable {
+                    self.read_client(core, slot, now);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
+        while let Some(out) = core.poll_output() {
+            let now = Instant::now();
+            match out {
+                Output::Transmit(id) => {
+                    let Some(c) = self.client(id) else { continue };
+                    match Self::write_some(&mut c.stream, core.outbound(id)) {
+                        Ok(n) => core.consume(id, n),
+                        Err(_) => {
+                            self.drop_client(Self::slot(id));
+                            core.handle_disconnect(now, id);
+                        }
+                    }
+                }
+                Output::Close(id) => {
+                    if let Some(c) = self.client(id) {
+                        let _ = Self::write_some(&mut c.stream, core.outbound(id));
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                        self.drop_client(Self::slot(id));
+                    }
+                    core.handle_disconnect(now, id);
+                }
+                Output::ConnectLink(link, addr) => {
+                    self.drop_link(link);
+                    let registered = TcpStream::connect(addr).and_then(|mut stream| {
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        self.poll.registry().register(
+                            &mut stream,
+                            Token(LINK_BASE + link),
+                            interest,
+                        )?;
+                        Ok(stream)
+                    });
+                    match registered {
+                        Ok(stream) => {
+                            self.links[link] = Some(LinkSocket {
+                                stream,
+                                connected: false,
+                            })
+                        }
+                        Err(_) => core.handle_link_closed(now, link),
+                    }
+                }
+                Output::TransmitLink(link) => {
+                    let Some(l) = self.links[link].as_mut().filter(|l| l.connected) else {
+                        continue;
+                    };
+                    match Self::write_some(&mut l.stream, core.link_outbound(link)) {
+                        Ok(n) => core.consume_link(link, n),
+                        Err(_) => {
+                            self.drop_link(link);
+                            core.handle_link_closed(now, link);
+                        }
+                    }
+                }
+                Output::CloseLink(link) => self.drop_link(link),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A gateway worker running on kernel sockets in its own thread.
+pub struct RunningGateway {
+    /// Bound listener addresses, in config order.
+    pub addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningGateway {
+    /// Starts a worker for `config` with the token authenticator and
+    /// returns once its listeners are bound.
+    pub fn start(config: &Config) -> io::Result<RunningGateway> {
+        let secret = config.auth.token_secret().map_err(io::Error::other)?;
+        let mut io = KernelIo::bind(config)?;
+        let addrs = io.local_addrs();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut core = Gateway::new(
+            config,
+            Box::new(TokenAuthenticator::new(secret)),
+            Instant::now(),
+            unix,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-worker-0".into())
+            .spawn(move || {
+                super::run(&mut io, &mut core, &flag, Duration::from_secs(5), |_, _| {})
+            })?;
+        Ok(RunningGateway {
+            addrs,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Shuts the worker down and waits for it.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> io::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| io::Error::other("gateway worker panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        let _ = self.stop_and_join();
+    }
+}

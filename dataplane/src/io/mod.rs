@@ -1,0 +1,66 @@
+//! IO backends: what moves bytes between sockets (or NIC rings) and the
+//! sans-IO [`Gateway`] core.
+//!
+//! Every backend implements [`IoBackend`]; [`run`] is the worker loop that
+//! drives any of them. Backends: [`kernel`] (ordinary sockets through epoll,
+//! for laptops, CI without root and as the baseline). AF_XDP and DPDK
+//! backends implement the same trait.
+
+pub mod kernel;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::Gateway;
+
+/// An IO backend for one worker.
+pub trait IoBackend {
+    /// Waits up to `timeout` for IO and feeds everything that arrived to the
+    /// core through its `handle_*` methods.
+    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Carries out every output the core has queued
+    /// ([`Gateway::poll_output`]) until none is left.
+    fn flush(&mut self, core: &mut Gateway) -> io::Result<()>;
+}
+
+/// Longest a worker sleeps, so that it notices `stop` and reports status.
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+/// Runs one worker until `stop` is set and its shutdown completes: the
+/// core kicks every client with a reconnect notice, the backend flushes,
+/// and the loop returns once all clients are gone or `drain` has passed.
+/// `tick` is called about every 100 ms with the core, for status output.
+pub fn run<B: IoBackend>(
+    io: &mut B,
+    core: &mut Gateway,
+    stop: &AtomicBool,
+    drain: Duration,
+    mut tick: impl FnMut(Instant, &Gateway),
+) -> io::Result<()> {
+    let mut deadline = None;
+    let mut next_tick = Instant::now();
+    loop {
+        let now = Instant::now();
+        core.handle_timeout(now);
+        if stop.load(Ordering::Relaxed) && deadline.is_none() {
+            core.shutdown(now);
+            deadline = Some(now + drain);
+        }
+        io.flush(core)?;
+        if now >= next_tick {
+            tick(now, core);
+            next_tick = now + MAX_WAIT;
+        }
+        if let Some(deadline) = deadline {
+            if core.connection_count() == 0 || now >= deadline {
+                return Ok(());
+            }
+        }
+        let wait = core
+            .poll_timeout()
+            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        io.poll(core, Some(wait))?;
+    }
+}
