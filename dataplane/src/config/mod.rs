@@ -247,7 +247,7 @@ impl Config {
         }
         let mut binds = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            if !binds.insert(l.bind) {
+            if l.bind.port() != 0 && !binds.insert(l.bind) {
                 return Err(invalid(
                     format!("listeners[{i}].bind"),
                     format!("{} is bound twice", l.bind),

@@ -1,1 +1,411 @@
+//! The backend SDK: what a game server links to serve Portcullis gateways.
+//!
+//! Implement [`Handler`], then [`serve`] on a TCP listener. Each gateway
+//! worker opens one link to the game server and multiplexes all its
+//! sessions over it (`proto/schema/link.proto`). Requests of one link are
+//! handled in arrival order, so one session's commands are never reordered;
+//! a handler that waits on slow work should spawn it and answer through a
+//! [`Pusher`].
+//!
+//! ```no_run
+//! use portcullis_backend_sdk::{serve, Handler, Request, Response, Pusher};
+//!
+//! struct Echo;
+//! impl Handler for Echo {
+//!     async fn on_request(&self, req: Request, _push: &Pusher) -> Response {
+//!         Response::reply(req.payload)
+//!     }
+//! }
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:9000").await?;
+//! serve(listener, Echo).await
+//! # }
+//! ```
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use portcullis_proto::link::encode_frame;
+use portcullis_proto::pb::link::{
+    link_frame::Kind, Broadcast, LinkFrame, PushToGroup, PushToSession, PushToUser, Reply,
+};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+pub use portcullis_proto::pb::link::{Request, SessionClosed};
+
+/// Largest link frame accepted from a gateway.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Frames queued towards one gateway link before senders wait.
+const LINK_QUEUE: usize = 4096;
+
+/// What a game server does with the gateway's traffic.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one business request. Requests of a link arrive in order.
+    fn on_request(&self, req: Request, push: &Pusher) -> impl Future<Output = Response> + Send;
+
+    /// A session that sent requests here has ended (logout, disconnect, kick).
+    fn on_session_closed(
+        &self,
+        _closed: SessionClosed,
+        _push: &Pusher,
+    ) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// A response with this command and payload.
+    Reply {
+        /// Command of the response (usually the request's).
+        cmd: Option<u32>,
+        /// Business payload.
+        payload: Vec<u8>,
+    },
+    /// The client receives an ERROR frame (BACKEND_ERROR) with this code and message.
+    Error {
+        /// Game-defined non-zero code.
+        code: u32,
+        /// Explanation for the client.
+        message: String,
+    },
+    /// No answer (the handler answers later with a push, or never).
+    None,
+}
+
+impl Response {
+    /// A reply with the request's command.
+    pub fn reply(payload: impl Into<Vec<u8>>) -> Response {
+        Response::Reply {
+            cmd: None,
+            payload: payload.into(),
+        }
+    }
+
+    /// An error answer.
+    pub fn error(code: u32, message: impl Into<String>) -> Response {
+        Response::Error {
+            code: code.max(1),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    links: Mutex<HashMap<u64, mpsc::Sender<Vec<u8>>>>,
+    /// Which link each known session arrived on.
+    sessions: Mutex<HashMap<u64, u64>>,
+    next_link: AtomicU64,
+}
+
+/// Pushes messages to players through the gateways. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Pusher {
+    shared: Arc<Shared>,
+}
+
+/// Why a push could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushError {
+    /// The session is unknown here (it never sent a request, or it ended).
+    UnknownSession(u64),
+    /// No gateway is connected.
+    NoGateway,
+}
+
+impl std::fmt::Display for PushError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PushError::UnknownSession(id) => {
+                write!(f, "session {id} is not known to this game server")
+            }
+            PushError::NoGateway => f.write_str("no gateway is connected"),
+        }
+    }
+}
+
+impl std::error::Error for PushError {}
+
+impl Pusher {
+    fn frame(kind: Kind) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(kind, &mut out);
+        out
+    }
+
+    async fn to_all(&self, frame: Vec<u8>) -> Result<usize, PushError> {
+        let links: Vec<_> = self
+            .shared
+            .links
+            .lock()
+            .expect("links lock")
+            .values()
+            .cloned()
+            .collect();
+        if links.is_empty() {
+            return Err(PushError::NoGateway);
+        }
+        let mut sent = 0;
+        for link in links {
+            if link.send(frame.clone()).await.is_ok() {
+                sent += 1;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Pushes to one session, through the gateway that owns it.
+    pub async fn to_session(
+        &self,
+        session_id: u64,
+        cmd: u32,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<(), PushError> {
+        let link = {
+            let sessions = self.shared.sessions.lock().expect("sessions lock");
+            let link = sessions
+                .get(&session_id)
+                .ok_or(PushError::UnknownSession(session_id))?;
+            self.shared
+                .links
+                .lock()
+                .expect("links lock")
+                .get(link)
+                .cloned()
+        };
+        let link = link.ok_or(PushError::UnknownSession(session_id))?;
+        let frame = Self::frame(Kind::PushToSession(PushToSession {
+            session_id,
+            cmd,
+            payload: payload.into(),
+        }));
+        link.send(frame)
+            .await
+            .map_err(|_| PushError::UnknownSession(session_id))
+    }
+
+    /// Pushes to every session of a user, on every gateway. Returns the
+    /// number of gateway links it was sent to.
+    pub async fn to_user(
+        &self,
+        user_id: &str,
+        cmd: u32,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<usize, PushError> {
+        let push = PushToUser {
+            user_id: user_id.into(),
+            cmd,
+            payload: payload.into(),
+        };
+        self.to_all(Self::frame(Kind::PushToUser(push))).await
+    }
+
+    /// Pushes to every member session of a group, on every gateway.
+    pub async fn to_group(
+        &self,
+        group: &str,
+        cmd: u32,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<usize, PushError> {
+        let push = PushToGroup {
+            group: group.into(),
+            cmd,
+            payload: payload.into(),
+        };
+        self.to_all(Self::frame(Kind::PushToGroup(push))).await
+    }
+
+    /// Pushes to every logged-in session on every gateway.
+    pub async fn broadcast(
+        &self,
+        cmd: u32,
+        payload: impl Into<Vec<u8>>,
+    ) -> Result<usize, PushError> {
+        self.to_all(Self::frame(Kind::Broadcast(Broadcast {
+            cmd,
+            payload: payload.into(),
+        })))
+        .await
+    }
+
+    /// Number of gateway links connected.
+    pub fn gateway_links(&self) -> usize {
+        self.shared.links.lock().expect("links lock").len()
+    }
+}
+
+/// Serves gateway links accepted on `listener` with `handler` until the
+/// listener fails.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: H) -> io::Result<()> {
+    serve_with(listener, handler, Pusher::default()).await
+}
+
+/// Like [`serve`], with a [`Pusher`] the caller keeps for pushes outside
+/// of requests (timers, game events).
+pub async fn serve_with<H: Handler>(
+    listener: TcpListener,
+    handler: H,
+    pusher: Pusher,
+) -> io::Result<()> {
+    let handler = Arc::new(handler);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (handler, pusher) = (handler.clone(), pusher.clone());
+        tokio::spawn(async move {
+            if let Err(e) = run_link(stream, handler, pusher).await {
+                tracing::info!("gateway link from {peer} ended: {e}");
+            }
+        });
+    }
+}
+
+async fn run_link<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    pusher: Pusher,
+) -> io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+    let link = pusher.shared.next_link.fetch_add(1, Ordering::Relaxed);
+    pusher
+        .shared
+        .links
+        .lock()
+        .expect("links lock")
+        .insert(link, tx.clone());
+    // Writer: batches whatever is queued into one write.
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::with_capacity(64 * 1024);
+        while let Some(frame) = rx.recv().await {
+            batch.extend_from_slice(&frame);
+            while batch.len() < 256 * 1024 {
+                match rx.try_recv() {
+                    Ok(f) => batch.extend_from_slice(&f),
+                    Err(_) => break,
+                }
+            }
+            if write.write_all(&batch).await.is_err() {
+                break;
+            }
+            batch.clear();
+        }
+    });
+    let result = read_link(
+        BufReader::with_capacity(64 * 1024, read),
+        &*handler,
+        &pusher,
+        &tx,
+        link,
+    )
+    .await;
+    pusher
+        .shared
+        .links
+        .lock()
+        .expect("links lock")
+        .remove(&link);
+    pusher
+        .shared
+        .sessions
+        .lock()
+        .expect("sessions lock")
+        .retain(|_, l| *l != link);
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn read_link<H: Handler, R: AsyncReadExt + Unpin>(
+    mut read: R,
+    handler: &H,
+    pusher: &Pusher,
+    tx: &mpsc::Sender<Vec<u8>>,
+    link: u64,
+) -> io::Result<()> {
+    let mut buf = Vec::new();
+    loop {
+        let len = match read.read_u32().await {
+            Ok(len) => len as usize,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if len > MAX_FRAME {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("link frame of {len} bytes"),
+            ));
+        }
+        buf.resize(len, 0);
+        read.read_exact(&mut buf).await?;
+        let frame = LinkFrame::decode(&buf[..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        match frame.kind {
+            Some(Kind::Request(req)) => {
+                let (session_id, cmd, seq) = (req.session_id, req.cmd, req.seq);
+                pusher
+                    .shared
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .entry(session_id)
+                    .or_insert(link);
+                let reply = match handler.on_request(req, pusher).await {
+                    Response::Reply { cmd: c, payload } => Reply {
+                        session_id,
+                        cmd: c.unwrap_or(cmd),
+                        seq,
+                        payload,
+                        ..Default::default()
+                    },
+                    Response::Error { code, message } => Reply {
+                        session_id,
+                        cmd,
+                        seq,
+                        error: code,
+                        error_message: message,
+                        ..Default::default()
+                    },
+                    Response::None => continue,
+                };
+                let mut out = Vec::new();
+                encode_frame(Kind::Reply(reply), &mut out);
+                if tx.send(out).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(Kind::SessionClosed(closed)) => {
+                pusher
+                    .shared
+                    .sessions
+                    .lock()
+                    .expect("sessions lock")
+                    .remove(&closed.session_id);
+                handler.on_session_closed(closed, pusher).await;
+            }
+            Some(Kind::Hello(hello)) => {
+                tracing::info!("gateway {:?} worker {} linked", hello.gateway, hello.worker);
+            }
+            Some(other) => {
+                let msg = format!("gateway sent a game-server frame: {other:?}");
+                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "link frame without kind",
+                ))
+            }
+        }
+    }
+}

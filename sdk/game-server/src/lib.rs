@@ -1,1 +1,100 @@
+//! A sample game server used by the demo, the tests and the benchmarks.
+//!
+//! | command | payload | answer |
+//! |---|---|---|
+//! | [`ECHO`] | anything | the same bytes |
+//! | [`CHAT_SAY`] | text; routing key = room | `ok`, and a [`CHAT_MESSAGE`] push `"<user>: <text>"` to group `room:<room>` |
+//! | [`COUNTER_ADD`] | decimal delta (empty: 1) | the new value, decimal |
+//! | [`COUNTER_GET`] | — | the value, decimal |
+//!
+//! Players join a room's group with the framework's JOIN_GROUP
+//! (`room:<room>`) to hear its chat.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
+
+/// Echoes the payload.
+pub const ECHO: u32 = 1000;
+/// Says something in a chat room.
+pub const CHAT_SAY: u32 = 1101;
+/// Push: a chat line.
+pub const CHAT_MESSAGE: u32 = 1102;
+/// Adds to the shared counter.
+pub const COUNTER_ADD: u32 = 1200;
+/// Reads the shared counter.
+pub const COUNTER_GET: u32 = 1201;
+
+/// Error code for commands this server does not know.
+pub const ERR_UNKNOWN_COMMAND: u32 = 404;
+/// Error code for malformed requests.
+pub const ERR_BAD_REQUEST: u32 = 400;
+
+/// The group a chat room's players join.
+pub fn room_group(room: &str) -> String {
+    format!("room:{room}")
+}
+
+/// The sample game.
+#[derive(Default, Clone)]
+pub struct SampleGame {
+    counter: Arc<AtomicI64>,
+}
+
+impl SampleGame {
+    /// The counter's current value.
+    pub fn counter(&self) -> i64 {
+        self.counter.load(Ordering::Relaxed)
+    }
+}
+
+impl Handler for SampleGame {
+    async fn on_request(&self, req: Request, push: &Pusher) -> Response {
+        match req.cmd {
+            ECHO => Response::reply(req.payload),
+            CHAT_SAY => {
+                let Some(room) = req
+                    .route_key
+                    .as_deref()
+                    .and_then(|k| std::str::from_utf8(k).ok())
+                    .filter(|r| !r.is_empty())
+                else {
+                    return Response::error(
+                        ERR_BAD_REQUEST,
+                        "CHAT_SAY needs the room as routing key",
+                    );
+                };
+                let mut line = format!("{}: ", req.user_id).into_bytes();
+                line.extend_from_slice(&req.payload);
+                match push.to_group(&room_group(room), CHAT_MESSAGE, line).await {
+                    Ok(_) => Response::reply(&b"ok"[..]),
+                    Err(e) => Response::error(500, e.to_string()),
+                }
+            }
+            COUNTER_ADD => {
+                let delta = if req.payload.is_empty() {
+                    Ok(1)
+                } else {
+                    std::str::from_utf8(&req.payload)
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i64>().ok())
+                        .ok_or(())
+                };
+                match delta {
+                    Ok(d) => Response::reply(
+                        (self.counter.fetch_add(d, Ordering::Relaxed) + d).to_string(),
+                    ),
+                    Err(()) => {
+                        Response::error(ERR_BAD_REQUEST, "COUNTER_ADD takes a decimal integer")
+                    }
+                }
+            }
+            COUNTER_GET => Response::reply(self.counter().to_string()),
+            other => Response::error(
+                ERR_UNKNOWN_COMMAND,
+                format!("the sample game has no command {other}"),
+            ),
+        }
+    }
+}
