@@ -1,1 +1,3 @@
+//! Shared pieces of the Portcullis benchmarks.
 
+pub mod alloc_counter;

@@ -132,7 +132,7 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 
 /// Number of bytes `v` takes as a varint.
 pub fn varint_len(v: u64) -> usize {
-    ((64 - (v | 1).leading_zeros() as usize) + 6) / 7
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
 }
 
 /// Appends a varint field, omitted when zero (proto3 default).

@@ -249,7 +249,7 @@ impl Harness {
         out
     }
 
-    fn from_server(&mut self, link: LinkId, kind: Kind) {
+    fn server_sends(&mut self, link: LinkId, kind: Kind) {
         let mut bytes = Vec::new();
         encode_frame(kind, &mut bytes);
         self.core.handle_link_data(self.now, link, &bytes);
@@ -544,7 +544,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
         (&req.payload[..], req.route_key.as_deref()),
         (&b"ping"[..], Some(&b"room-9"[..]))
     );
-    h.from_server(
+    h.server_sends(
         0,
         Kind::Reply(pbl::Reply {
             session_id: login.session_id,
@@ -559,7 +559,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
         frames,
         [Envelope::new(1001, 3, flags::RESPONSE, b"pong").into_owned()]
     );
-    h.from_server(
+    h.server_sends(
         1,
         Kind::Reply(pbl::Reply {
             session_id: login.session_id,
@@ -606,7 +606,7 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
         },
     );
     h.take(b);
-    h.from_server(
+    h.server_sends(
         0,
         Kind::PushToSession(pbl::PushToSession {
             session_id: la.session_id,
@@ -614,7 +614,7 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
             payload: b"s".to_vec(),
         }),
     );
-    h.from_server(
+    h.server_sends(
         0,
         Kind::PushToUser(pbl::PushToUser {
             user_id: "bob".into(),
@@ -622,7 +622,7 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
             payload: b"u".to_vec(),
         }),
     );
-    h.from_server(
+    h.server_sends(
         1,
         Kind::PushToGroup(pbl::PushToGroup {
             group: "guild".into(),
@@ -630,7 +630,7 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
             payload: b"g".to_vec(),
         }),
     );
-    h.from_server(
+    h.server_sends(
         1,
         Kind::Broadcast(pbl::Broadcast {
             cmd: 1503,
@@ -755,7 +755,7 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_served() {
     h.login(stalled, "s");
     h.not_reading.insert(stalled);
     for _ in 0..100 {
-        h.from_server(
+        h.server_sends(
             0,
             Kind::Broadcast(pbl::Broadcast {
                 cmd: 1500,

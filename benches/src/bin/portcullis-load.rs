@@ -1,0 +1,368 @@
+//! `portcullis-load`: drives clients through a gateway and the sample game
+//! server on loopback and prints what it measured.
+//!
+//! - `--scenario echo` (default): N clients, each with `--depth` requests in
+//!   flight, echo a payload for `--duration` seconds; prints messages/s and
+//!   p50/p99/p999 round-trip latency (HdrHistogram).
+//! - `--scenario demo`: a few simulated players chat in rooms, message each
+//!   other and play with the shared counter, printed live.
+//!
+//! Without `--gateway`, a gateway worker and a sample game server start in
+//! this process on loopback ports chosen by the OS.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use portcullis_client::{Client, Event};
+use portcullis_dataplane::io::kernel::RunningGateway;
+use portcullis_dataplane::Config;
+use portcullis_proto::token::{sign, Claims};
+use portcullis_sample_game_server::{
+    room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO,
+};
+
+/// Load driver and demo players for Portcullis.
+#[derive(Parser, Clone)]
+#[command(version)]
+struct Args {
+    /// Gateway (protobuf listener) to drive; default: start one in-process.
+    #[arg(long)]
+    gateway: Option<SocketAddr>,
+    /// Token secret of that gateway.
+    #[arg(long, default_value = "portcullis-demo-secret-change-me")]
+    secret: String,
+    /// What the clients do.
+    #[arg(long, value_enum, default_value_t = Scenario::Echo)]
+    scenario: Scenario,
+    /// Number of clients.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Requests each client keeps in flight (echo).
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
+    /// Payload size in bytes (echo).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of warm-up before measuring (echo).
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Closed-loop echo through the game server.
+    Echo,
+    /// Live demo of players chatting and playing.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.clients == 0 || args.depth == 0 || args.duration == 0 {
+        bail!("--clients, --depth and --duration must be at least 1");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (addr, _local) = match args.gateway {
+            Some(addr) => (addr, None),
+            None => {
+                let local = start_local(&args.secret).await?;
+                (local.0.addrs[0], Some(local))
+            }
+        };
+        match args.scenario {
+            Scenario::Echo => echo(&args, addr).await,
+            Scenario::Demo => demo(&args, addr).await,
+        }
+    })
+}
+
+/// Starts a sample game server and a gateway worker on loopback.
+async fn start_local(secret: &str) -> anyhow::Result<(RunningGateway, SocketAddr)> {
+    let game = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let game_addr = game.local_addr()?;
+    tokio::spawn(portcullis_backend_sdk::serve(game, SampleGame::default()));
+    let text = format!(
+        "[gateway]\nmax_outbound_bytes = 67108864\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
+         secret = \"{secret}\"\n[[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n\
+         [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
+    );
+    let config = Config::parse(&text, "portcullis-load")?;
+    let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await??;
+    eprintln!(
+        "in-process gateway on {} → sample game server on {game_addr}",
+        gateway.addrs[0]
+    );
+    Ok((gateway, game_addr))
+}
+
+fn token(secret: &str, user: &str) -> String {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 24 * 3600;
+    sign(
+        secret.as_bytes(),
+        &Claims {
+            uid: user.into(),
+            dev: "load".into(),
+            exp,
+        },
+    )
+}
+
+/// Connects and logs in `n` clients, retrying while the gateway's game-server
+/// link comes up.
+async fn connect_all(
+    args: &Args,
+    addr: SocketAddr,
+    prefix: &str,
+) -> anyhow::Result<Vec<(Client, tokio::sync::mpsc::Receiver<Event>)>> {
+    let mut clients = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let (c, events) = Client::connect(addr)
+            .await
+            .with_context(|| format!("connecting client {i} to {addr}"))?;
+        c.login(&token(&args.secret, &format!("{prefix}{i}")))
+            .await
+            .with_context(|| format!("login of client {i}"))?;
+        clients.push((c, events));
+    }
+    let probe = &clients[0].0;
+    for attempt in 0.. {
+        match probe.call(ECHO, b"ready?").await {
+            Ok(_) => break,
+            Err(e) if attempt < 300 => {
+                if attempt == 0 {
+                    eprintln!("waiting for the game server: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => bail!("the gateway cannot reach a game server: {e}"),
+        }
+    }
+    Ok(clients)
+}
+
+async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
+    eprintln!(
+        "echo: {} clients × depth {}, {}-byte payload, {} s warm-up + {} s measured, gateway {addr}",
+        args.clients, args.depth, args.payload, args.warmup, args.duration
+    );
+    let clients = connect_all(args, addr, "load-").await?;
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (c, events) in &clients {
+        let _ = events;
+        for _ in 0..args.depth {
+            let (c, measuring, stop, errors) =
+                (c.clone(), measuring.clone(), stop.clone(), errors.clone());
+            let payload = vec![0x5a; args.payload];
+            tasks.push(tokio::spawn(async move {
+                let mut h =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match c.call(ECHO, &payload).await {
+                        Ok(back) if back == payload => {
+                            if measuring.load(Ordering::Relaxed) {
+                                h.saturating_record(t.elapsed().as_micros() as u64);
+                            }
+                        }
+                        _ => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                h
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    for s in 1..=args.duration {
+        tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
+        eprint!(".");
+    }
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        total.add(t.await?)?;
+    }
+    eprintln!();
+    let rate = total.len() as f64 / elapsed.as_secs_f64();
+    println!(
+        "echo {} clients depth {} payload {} B: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {} errors)",
+        args.clients,
+        args.depth,
+        args.payload,
+        rate,
+        total.value_at_quantile(0.50),
+        total.value_at_quantile(0.99),
+        total.value_at_quantile(0.999),
+        total.max(),
+        total.len(),
+        errors.load(Ordering::Relaxed),
+    );
+    if errors.load(Ordering::Relaxed) > 0 {
+        bail!("{} requests failed", errors.load(Ordering::Relaxed));
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct DemoCounts {
+    chat_sent: AtomicU64,
+    group_sent: AtomicU64,
+    p2p_sent: AtomicU64,
+    echo_ok: AtomicU64,
+    counter_adds: AtomicU64,
+    received: AtomicU64,
+    failures: AtomicU64,
+}
+
+async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
+    const ROOMS: [&str; 3] = ["lobby", "arena", "market"];
+    let players = args.clients.min(50);
+    println!(
+        "demo: {players} players in rooms {ROOMS:?} for {} s through gateway {addr}",
+        args.duration
+    );
+    let args = Args {
+        clients: players,
+        ..args.clone()
+    };
+    let clients = connect_all(&args, addr, "player-").await?;
+    let counts = Arc::new(DemoCounts::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, (c, mut events)) in clients.into_iter().enumerate() {
+        let room = ROOMS[i % ROOMS.len()];
+        c.join(&room_group(room)).await?;
+        let (seen, counts, stop) = (counts.clone(), counts.clone(), stop.clone());
+        let show = i < 3; // print what the first few players see
+        let me = format!("player-{i}");
+        tasks.push(tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                seen.received.fetch_add(1, Ordering::Relaxed);
+                if !show {
+                    continue;
+                }
+                match e {
+                    Event::Push {
+                        cmd: CHAT_MESSAGE,
+                        payload,
+                    } => {
+                        println!("  {me} sees [{room}] {}", String::from_utf8_lossy(&payload))
+                    }
+                    Event::Delivery {
+                        from_user_id,
+                        group,
+                        payload,
+                        ..
+                    } => {
+                        let to = if group.is_empty() {
+                            "privately".to_string()
+                        } else {
+                            format!("in {group}")
+                        };
+                        println!(
+                            "  {me} gets from {from_user_id} {to}: {}",
+                            String::from_utf8_lossy(&payload)
+                        )
+                    }
+                    Event::Closed => return,
+                    other => println!("  {me}: {other:?}"),
+                }
+            }
+        }));
+        let players = args.clients;
+        tasks.push(tokio::spawn(async move {
+            let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(400 + next() % 800)).await;
+                let ok = match next() % 5 {
+                    0 => c
+                        .call_keyed(
+                            CHAT_SAY,
+                            room.as_bytes(),
+                            format!("gg from room {room}").as_bytes(),
+                        )
+                        .await
+                        .map(|_| &counts.chat_sent),
+                    1 => c
+                        .send_to_group(&room_group(room), b"anyone up for a match?", false)
+                        .await
+                        .map(|_| &counts.group_sent),
+                    2 => {
+                        let other =
+                            (i + 1 + next() as usize % players.saturating_sub(1).max(1)) % players;
+                        let to = format!("player-{other}");
+                        c.send_to_user(&to, b"psst, trade?")
+                            .await
+                            .map(|_| &counts.p2p_sent)
+                    }
+                    3 => c.call(ECHO, b"ping").await.map(|_| &counts.echo_ok),
+                    _ => c
+                        .call(COUNTER_ADD, b"1")
+                        .await
+                        .map(|_| &counts.counter_adds),
+                };
+                match ok {
+                    Ok(counter) => counter.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("  player-{i}: request failed: {e}");
+                        counts.failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+            drop(c);
+        }));
+    }
+    let start = Instant::now();
+    for s in 1..=args.duration {
+        tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
+        let c = &counts;
+        println!(
+            "[{s:>3}s] sent: chat {} group {} p2p {} echo {} counter {} | received {} | failures {}",
+            c.chat_sent.load(Ordering::Relaxed),
+            c.group_sent.load(Ordering::Relaxed),
+            c.p2p_sent.load(Ordering::Relaxed),
+            c.echo_ok.load(Ordering::Relaxed),
+            c.counter_adds.load(Ordering::Relaxed),
+            c.received.load(Ordering::Relaxed),
+            c.failures.load(Ordering::Relaxed),
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.abort();
+    }
+    let failures = counts.failures.load(Ordering::Relaxed);
+    if failures > 0 {
+        bail!("{failures} requests failed during the demo");
+    }
+    println!("demo finished: every request was answered");
+    Ok(())
+}
