@@ -8,6 +8,8 @@ use std::io::Result;
 const JSON_MESSAGES: &[(&str, &[&str])] = &[
     ("LoginRequest", &[]),
     ("LoginReply", &[]),
+    ("ResumeRequest", &[]),
+    ("ResumeReply", &[]),
     ("GroupRequest", &[]),
     ("SendToUser", &["payload"]),
     ("SendToUsers", &["payload"]),
@@ -24,15 +26,9 @@ fn main() -> Result<()> {
     let mut config = prost_build::Config::new();
     for (message, byte_fields) in JSON_MESSAGES {
         let path = format!(".portcullis.client.v1.{message}");
-        config.type_attribute(
-            &path,
-            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
-        );
+        config.type_attribute(&path, "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]");
         for field in *byte_fields {
-            config.field_attribute(
-                format!("{path}.{field}"),
-                "#[serde(with = \"crate::framework::text_bytes\")]",
-            );
+            config.field_attribute(format!("{path}.{field}"), "#[serde(with = \"crate::framework::text_bytes\")]");
         }
     }
     config.compile_protos(&["schema/client.proto", "schema/link.proto"], &["schema"])?;

@@ -67,26 +67,12 @@ fn setup() -> Bench {
     )
     .expect("config");
     let now = Instant::now();
-    let mut core = Gateway::new(
-        &config,
-        Box::new(TokenAuthenticator::new(SECRET.into())),
-        now,
-        1_800_000_000,
-    );
+    let mut core = Gateway::new(&config, Box::new(TokenAuthenticator::new(SECRET.into())), now, 1_800_000_000);
     while core.poll_output().is_some() {}
     core.handle_link_connected(now, 0);
     core.handle_connect(now, CONN, 0, SocketAddr::from(([127, 0, 0, 1], 5555)));
-    let token = sign(
-        SECRET.as_bytes(),
-        &Claims {
-            uid: "player-1".into(),
-            dev: "pc".into(),
-            exp: u64::MAX,
-        },
-    );
-    let login = Codec::Protobuf
-        .payload_form()
-        .encode_to_vec(&LoginRequest { token });
+    let token = sign(SECRET.as_bytes(), &Claims { uid: "player-1".into(), dev: "pc".into(), exp: u64::MAX });
+    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
     let mut frame = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);
     core.handle_data(now, CONN, &frame);
@@ -96,32 +82,19 @@ fn setup() -> Bench {
     let mut request = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(1000, 7, 0, &payload), &mut request);
     let mut reply = Vec::new();
-    let r = Reply {
-        session_id: session,
-        cmd: 1000,
-        seq: 7,
-        payload: payload.to_vec(),
-        ..Default::default()
-    };
+    let r = Reply { session_id: session, cmd: 1000, seq: 7, payload: payload.to_vec(), ..Default::default() };
     encode_frame(Kind::Reply(r), &mut reply);
-    Bench {
-        core,
-        now,
-        request,
-        reply,
-    }
+    Bench { core, now, request, reply }
 }
 
 impl Bench {
     fn request(&mut self) -> usize {
-        self.core
-            .handle_data(self.now, CONN, black_box(&self.request));
+        self.core.handle_data(self.now, CONN, black_box(&self.request));
         drain(&mut self.core)
     }
 
     fn reply(&mut self) -> usize {
-        self.core
-            .handle_link_data(self.now, 0, black_box(&self.reply));
+        self.core.handle_link_data(self.now, 0, black_box(&self.reply));
         drain(&mut self.core)
     }
 }
@@ -157,12 +130,8 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group("core_path_64B");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("request: client frame -> link frame", |bench| {
-        bench.iter(|| b.request())
-    });
-    g.bench_function("reply: link frame -> client frame", |bench| {
-        bench.iter(|| b.reply())
-    });
+    g.bench_function("request: client frame -> link frame", |bench| bench.iter(|| b.request()));
+    g.bench_function("reply: link frame -> client frame", |bench| bench.iter(|| b.reply()));
     g.finish();
     c.final_summary();
 }

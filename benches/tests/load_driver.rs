@@ -4,26 +4,16 @@
 use std::process::Command;
 
 fn load(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-load"))
-        .args(args)
-        .output()
-        .expect("run portcullis-load");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-load")).args(args).output().expect("run portcullis-load");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     stdout
 }
 
 #[test]
 fn echo_scenario_prints_rate_and_latency_with_no_errors() {
     let out = load(&["--clients", "4", "--duration", "1", "--warmup", "0"]);
-    assert!(
-        out.contains("msg/s") && out.contains("p999") && out.contains(", 0 errors)"),
-        "{out}"
-    );
+    assert!(out.contains("msg/s") && out.contains("p999") && out.contains(", 0 errors)"), "{out}");
 }
 
 #[test]

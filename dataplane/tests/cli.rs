@@ -4,10 +4,7 @@
 use std::process::Command;
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
-        .args(args)
-        .output()
-        .expect("run binary");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane")).args(args).output().expect("run binary");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("panicked"), "{stderr}");
     (out.status.code().unwrap_or(-1), stderr)
@@ -25,10 +22,7 @@ fn config_file(name: &str, text: &str) -> String {
 fn unknown_io_backend_lists_the_choices() {
     let (code, err) = run(&["--io", "carrier-pigeon"]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("carrier-pigeon") && err.contains("kernel"),
-        "{err}"
-    );
+    assert!(err.contains("carrier-pigeon") && err.contains("kernel"), "{err}");
 }
 
 #[test]
@@ -40,40 +34,17 @@ fn missing_config_names_the_file() {
 
 #[test]
 fn bad_config_values_name_the_key() {
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/portcullis.toml"
-    ))
-    .unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portcullis.toml")).unwrap();
     for (name, text, expect) in [
         (
             "type.toml",
-            shipped.replace(
-                "heartbeat_timeout_ms = 30000",
-                "heartbeat_timeout_ms = \"soon\"",
-            ),
+            shipped.replace("heartbeat_timeout_ms = 30000", "heartbeat_timeout_ms = \"soon\""),
             "heartbeat_timeout_ms",
         ),
-        (
-            "codec.toml",
-            shipped.replace("codec = \"json\"", "codec = \"xml\""),
-            "xml",
-        ),
-        (
-            "route.toml",
-            shipped.replace("service = \"game\"", "service = \"chess\""),
-            "routes[0].service",
-        ),
-        (
-            "secret.toml",
-            shipped.replace("portcullis-demo-secret-change-me", "short"),
-            "auth.secret",
-        ),
-        (
-            "unknown.toml",
-            format!("{shipped}\n[metrics]\nport = 1\n"),
-            "metrics",
-        ),
+        ("codec.toml", shipped.replace("codec = \"json\"", "codec = \"xml\""), "xml"),
+        ("route.toml", shipped.replace("service = \"game\"", "service = \"chess\""), "routes[0].service"),
+        ("secret.toml", shipped.replace("portcullis-demo-secret-change-me", "short"), "auth.secret"),
+        ("unknown.toml", format!("{shipped}\n[metrics]\nport = 1\n"), "metrics"),
     ] {
         let (code, err) = run(&["--config", &config_file(name, &text)]);
         assert_eq!(code, 1, "{name}: {err}");
@@ -85,11 +56,7 @@ fn bad_config_values_name_the_key() {
 fn a_taken_port_names_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../config/portcullis.toml"
-    ))
-    .unwrap();
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portcullis.toml")).unwrap();
     let text = shipped.replace("127.0.0.1:7000", &format!("127.0.0.1:{port}"));
     let (code, err) = run(&["--config", &config_file("taken.toml", &text)]);
     assert_eq!(code, 1);

@@ -47,16 +47,12 @@ pub mod cmd {
         if cmd == 0 {
             return None;
         }
-        FrameworkCommand::try_from(cmd as i32)
-            .ok()
-            .map(|c| c.as_str_name())
+        FrameworkCommand::try_from(cmd as i32).ok().map(|c| c.as_str_name())
     }
 
     /// The id of a framework command named as in the `.proto`.
     pub fn from_name(name: &str) -> Option<u32> {
-        FrameworkCommand::from_str_name(name)
-            .filter(|c| *c != FrameworkCommand::FrameworkUnspecified)
-            .map(|c| c as u32)
+        FrameworkCommand::from_str_name(name).filter(|c| *c != FrameworkCommand::FrameworkUnspecified).map(|c| c as u32)
     }
 }
 
@@ -84,18 +80,17 @@ pub struct Envelope<'a> {
     pub payload: Cow<'a, [u8]>,
     /// Optional routing key.
     pub route_key: Option<Cow<'a, [u8]>>,
+    /// Gateway to client: the session's sequence number of this message (0:
+    /// not sequenced).
+    pub server_seq: u64,
+    /// Client to gateway: highest `server_seq` processed (0: none).
+    pub ack: u64,
 }
 
 impl<'a> Envelope<'a> {
     /// An envelope borrowing its payload.
     pub fn new(cmd: u32, seq: u32, flags: u32, payload: &'a [u8]) -> Self {
-        Envelope {
-            cmd,
-            seq,
-            flags,
-            payload: Cow::Borrowed(payload),
-            route_key: None,
-        }
+        Envelope { cmd, seq, flags, payload: Cow::Borrowed(payload), route_key: None, server_seq: 0, ack: 0 }
     }
 
     /// The same envelope with a routing key.
@@ -117,6 +112,8 @@ impl<'a> Envelope<'a> {
             flags: self.flags,
             payload: Cow::Owned(self.payload.into_owned()),
             route_key: self.route_key.map(|k| Cow::Owned(k.into_owned())),
+            server_seq: self.server_seq,
+            ack: self.ack,
         }
     }
 

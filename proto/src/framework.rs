@@ -29,9 +29,7 @@ impl PayloadForm {
         match self {
             PayloadForm::Protobuf => M::decode(bytes).map_err(|_| DecodeError::Malformed),
             PayloadForm::Json if bytes.is_empty() => Ok(M::default()),
-            PayloadForm::Json => {
-                serde_json::from_slice(bytes).map_err(|e| DecodeError::Text(e.to_string()))
-            }
+            PayloadForm::Json => serde_json::from_slice(bytes).map_err(|e| DecodeError::Text(e.to_string())),
         }
     }
 
@@ -39,9 +37,7 @@ impl PayloadForm {
     pub fn encode<M: Payload>(self, msg: &M, out: &mut Vec<u8>) {
         match self {
             PayloadForm::Protobuf => msg.encode(out).expect("a Vec grows to fit any message"),
-            PayloadForm::Json => {
-                serde_json::to_writer(out, msg).expect("writing JSON into a Vec cannot fail")
-            }
+            PayloadForm::Json => serde_json::to_writer(out, msg).expect("writing JSON into a Vec cannot fail"),
         }
     }
 
@@ -87,19 +83,12 @@ mod tests {
 
     #[test]
     fn both_forms_round_trip() {
-        let d = Delivery {
-            from_user_id: "alice".into(),
-            group: "room".into(),
-            payload: vec![0xff, 0, 1],
-        };
+        let d = Delivery { from_user_id: "alice".into(), group: "room".into(), payload: vec![0xff, 0, 1] };
         for form in [PayloadForm::Protobuf, PayloadForm::Json] {
             let bytes = form.encode_to_vec(&d);
             assert_eq!(form.decode::<Delivery>(&bytes).unwrap(), d, "{form:?}");
         }
-        let text = Delivery {
-            payload: b"hi there".to_vec(),
-            ..Default::default()
-        };
+        let text = Delivery { payload: b"hi there".to_vec(), ..Default::default() };
         let json = String::from_utf8(PayloadForm::Json.encode_to_vec(&text)).unwrap();
         assert!(json.contains("\"payload\":\"hi there\""), "{json}");
     }
@@ -111,8 +100,6 @@ mod tests {
         let l: LoginRequest = PayloadForm::Json.decode(b"{}").unwrap();
         assert_eq!(l.token, "");
         assert!(PayloadForm::Json.decode::<GroupRequest>(b"{").is_err());
-        assert!(PayloadForm::Protobuf
-            .decode::<GroupRequest>(&[0x0a, 9])
-            .is_err());
+        assert!(PayloadForm::Protobuf.decode::<GroupRequest>(&[0x0a, 9]).is_err());
     }
 }

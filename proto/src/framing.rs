@@ -38,11 +38,7 @@ impl Framing {
     /// Returns the frame's byte range in `buf` and how many bytes it consumed
     /// (frame plus delimiters), `Ok(None)` when more bytes are needed, or an
     /// error when the frame is longer than `max`.
-    pub fn next_frame(
-        self,
-        buf: &[u8],
-        max: usize,
-    ) -> Result<Option<(Range<usize>, usize)>, FrameError> {
+    pub fn next_frame(self, buf: &[u8], max: usize) -> Result<Option<(Range<usize>, usize)>, FrameError> {
         match self {
             Framing::LengthPrefixed => {
                 let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX>() else {
@@ -57,20 +53,13 @@ impl Framing {
             }
             Framing::Lines => match buf.iter().position(|&b| b == b'\n') {
                 Some(nl) => {
-                    let end = if nl > 0 && buf[nl - 1] == b'\r' {
-                        nl - 1
-                    } else {
-                        nl
-                    };
+                    let end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
                     if end > max {
                         return Err(FrameError::TooLarge { len: end, max });
                     }
                     Ok(Some((0..end, nl + 1)))
                 }
-                None if buf.len() > max => Err(FrameError::TooLarge {
-                    len: buf.len(),
-                    max,
-                }),
+                None if buf.len() > max => Err(FrameError::TooLarge { len: buf.len(), max }),
                 None => Ok(None),
             },
         }
@@ -136,10 +125,7 @@ mod tests {
     fn length_prefixed_max_size_is_inclusive() {
         let f = Framing::LengthPrefixed;
         assert!(f.next_frame(&framed(&[7; 16]), 16).unwrap().is_some());
-        assert_eq!(
-            f.next_frame(&framed(&[7; 17])[..4], 16),
-            Err(FrameError::TooLarge { len: 17, max: 16 })
-        );
+        assert_eq!(f.next_frame(&framed(&[7; 17])[..4], 16), Err(FrameError::TooLarge { len: 17, max: 16 }));
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod kind {
     pub const PUSH_TO_USER: u32 = 12;
     pub const PUSH_TO_GROUP: u32 = 13;
     pub const BROADCAST: u32 = 14;
+    pub const PONG: u32 = 15;
+    pub const STATUS: u32 = 16;
 }
 
 /// A frame from a game server, borrowing from the link's input buffer.
@@ -40,6 +42,10 @@ pub enum ServerFrame<'a> {
         error: u32,
         /// Explanation of `error`.
         error_message: &'a str,
+        /// The request's id on this link.
+        request_id: u64,
+        /// Complete the request without answering the client.
+        silent: bool,
     },
     /// A push to one session.
     PushToSession {
@@ -75,6 +81,29 @@ pub enum ServerFrame<'a> {
         /// Business payload.
         payload: &'a [u8],
     },
+    /// Answer to a health-check ping.
+    Pong {
+        /// The ping's nonce.
+        nonce: u64,
+    },
+    /// The game server's state.
+    Status {
+        /// No new sessions, please.
+        draining: bool,
+    },
+}
+
+/// Fields of one server frame body, as read.
+#[derive(Default)]
+struct Fields<'a> {
+    id: u64,
+    cmd: u32,
+    seq: u32,
+    payload: &'a [u8],
+    text: &'a str,
+    error: u32,
+    request_id: u64,
+    flag: bool,
 }
 
 impl<'a> ServerFrame<'a> {
@@ -83,58 +112,47 @@ impl<'a> ServerFrame<'a> {
         let mut outer = Reader::new(frame);
         let mut found = None;
         while let Some((field, value)) = outer.next_field()? {
-            if matches!(field, kind::REPLY..=kind::BROADCAST) {
+            if matches!(field, kind::REPLY..=kind::STATUS) {
                 found = Some((field, value.as_bytes("kind")?));
             }
         }
         let (kind, body) = found.ok_or(DecodeError::Missing("kind"))?;
-        let (mut session_id, mut cmd, mut seq, mut error) = (0, 0, 0, 0);
-        let (mut payload, mut text): (&[u8], &str) = (&[], "");
+        let mut f = Fields::default();
         let mut r = Reader::new(body);
         while let Some((field, v)) = r.next_field()? {
             match (kind, field) {
-                (kind::REPLY, 1) | (kind::PUSH_TO_SESSION, 1) => {
-                    session_id = v.as_u64("session_id")?
+                (kind::REPLY | kind::PUSH_TO_SESSION, 1) | (kind::PONG, 1) => f.id = v.as_u64("id")?,
+                (kind::PUSH_TO_USER, 1) => f.text = v.as_str("user_id")?,
+                (kind::PUSH_TO_GROUP, 1) => f.text = v.as_str("group")?,
+                (kind::BROADCAST, 1) | (kind::REPLY..=kind::PUSH_TO_GROUP, 2) => f.cmd = v.as_u32("cmd")?,
+                (kind::REPLY, 3) => f.seq = v.as_u32("seq")?,
+                (kind::REPLY, 4) | (kind::PUSH_TO_SESSION..=kind::PUSH_TO_GROUP, 3) | (kind::BROADCAST, 2) => {
+                    f.payload = v.as_bytes("payload")?
                 }
-                (kind::PUSH_TO_USER, 1) => text = v.as_str("user_id")?,
-                (kind::PUSH_TO_GROUP, 1) => text = v.as_str("group")?,
-                (kind::BROADCAST, 1) | (kind::REPLY..=kind::PUSH_TO_GROUP, 2) => {
-                    cmd = v.as_u32("cmd")?
-                }
-                (kind::REPLY, 3) => seq = v.as_u32("seq")?,
-                (kind::REPLY, 4)
-                | (kind::PUSH_TO_SESSION..=kind::PUSH_TO_GROUP, 3)
-                | (kind::BROADCAST, 2) => payload = v.as_bytes("payload")?,
-                (kind::REPLY, 5) => error = v.as_u32("error")?,
-                (kind::REPLY, 6) => text = v.as_str("error_message")?,
+                (kind::REPLY, 5) => f.error = v.as_u32("error")?,
+                (kind::REPLY, 6) => f.text = v.as_str("error_message")?,
+                (kind::REPLY, 7) => f.request_id = v.as_u64("request_id")?,
+                (kind::REPLY, 8) | (kind::STATUS, 1) => f.flag = v.as_u64("flag")? != 0,
                 _ => {}
             }
         }
         Ok(match kind {
             kind::REPLY => ServerFrame::Reply {
-                session_id,
-                cmd,
-                seq,
-                payload,
-                error,
-                error_message: text,
+                session_id: f.id,
+                cmd: f.cmd,
+                seq: f.seq,
+                payload: f.payload,
+                error: f.error,
+                error_message: f.text,
+                request_id: f.request_id,
+                silent: f.flag,
             },
-            kind::PUSH_TO_SESSION => ServerFrame::PushToSession {
-                session_id,
-                cmd,
-                payload,
-            },
-            kind::PUSH_TO_USER => ServerFrame::PushToUser {
-                user_id: text,
-                cmd,
-                payload,
-            },
-            kind::PUSH_TO_GROUP => ServerFrame::PushToGroup {
-                group: text,
-                cmd,
-                payload,
-            },
-            _ => ServerFrame::Broadcast { cmd, payload },
+            kind::PUSH_TO_SESSION => ServerFrame::PushToSession { session_id: f.id, cmd: f.cmd, payload: f.payload },
+            kind::PUSH_TO_USER => ServerFrame::PushToUser { user_id: f.text, cmd: f.cmd, payload: f.payload },
+            kind::PUSH_TO_GROUP => ServerFrame::PushToGroup { group: f.text, cmd: f.cmd, payload: f.payload },
+            kind::BROADCAST => ServerFrame::Broadcast { cmd: f.cmd, payload: f.payload },
+            kind::PONG => ServerFrame::Pong { nonce: f.id },
+            _ => ServerFrame::Status { draining: f.flag },
         })
     }
 }
@@ -154,6 +172,8 @@ pub struct RequestRef<'a> {
     pub payload: &'a [u8],
     /// Routing key from the envelope.
     pub route_key: Option<&'a [u8]>,
+    /// Unique per link, echoed by the reply.
+    pub request_id: u64,
 }
 
 /// Appends a length-prefixed `LinkFrame { request }` to `out` without
@@ -164,9 +184,8 @@ pub fn encode_request(req: &RequestRef<'_>, out: &mut Vec<u8>) {
         + wire::uint_len(3, req.cmd.into())
         + wire::uint_len(4, req.seq.into())
         + wire::bytes_len(5, req.payload.len())
-        + req
-            .route_key
-            .map_or(0, |k| wire::bytes_len_always(6, k.len()));
+        + req.route_key.map_or(0, |k| wire::bytes_len_always(6, k.len()))
+        + wire::uint_len(7, req.request_id);
     let mark = Framing::LengthPrefixed.begin(out);
     out.reserve(body_len + 6);
     wire::put_varint(out, u64::from(kind::REQUEST << 3 | u32::from(wire::LEN)));
@@ -179,15 +198,14 @@ pub fn encode_request(req: &RequestRef<'_>, out: &mut Vec<u8>) {
     if let Some(key) = req.route_key {
         wire::put_bytes_always(out, 6, key);
     }
+    wire::put_uint(out, 7, req.request_id);
     Framing::LengthPrefixed.finish(out, mark);
 }
 
 /// Appends any link frame, length-prefixed, using prost.
 pub fn encode_frame(kind: link_frame::Kind, out: &mut Vec<u8>) {
     let mark = Framing::LengthPrefixed.begin(out);
-    LinkFrame { kind: Some(kind) }
-        .encode(out)
-        .expect("a Vec grows to fit any message");
+    LinkFrame { kind: Some(kind) }.encode(out).expect("a Vec grows to fit any message");
     Framing::LengthPrefixed.finish(out, mark);
 }
 
@@ -210,6 +228,7 @@ mod tests {
                 seq: 77,
                 payload: &[9; 200],
                 route_key,
+                request_id: 99,
             };
             let mut ours = Vec::new();
             encode_request(&req, &mut ours);
@@ -220,6 +239,7 @@ mod tests {
                 seq: 77,
                 payload: vec![9; 200],
                 route_key: route_key.map(<[u8]>::to_vec),
+                request_id: 99,
             };
             let mut theirs = Vec::new();
             encode_frame(link_frame::Kind::Request(pb), &mut theirs);
@@ -236,6 +256,8 @@ mod tests {
             payload: b"pong".to_vec(),
             error: 2,
             error_message: "nope".into(),
+            request_id: 17,
+            silent: true,
         };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::Reply(reply))).unwrap(),
@@ -245,59 +267,42 @@ mod tests {
                 seq: 3,
                 payload: b"pong",
                 error: 2,
-                error_message: "nope"
+                error_message: "nope",
+                request_id: 17,
+                silent: true,
             }
         );
-        let push = PushToSession {
-            session_id: 9,
-            cmd: 1500,
-            payload: b"x".to_vec(),
-        };
+        let push = PushToSession { session_id: 9, cmd: 1500, payload: b"x".to_vec() };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToSession(push))).unwrap(),
-            ServerFrame::PushToSession {
-                session_id: 9,
-                cmd: 1500,
-                payload: b"x"
-            }
+            ServerFrame::PushToSession { session_id: 9, cmd: 1500, payload: b"x" }
         );
-        let push = PushToUser {
-            user_id: "bob".into(),
-            cmd: 1501,
-            payload: b"y".to_vec(),
-        };
+        let push = PushToUser { user_id: "bob".into(), cmd: 1501, payload: b"y".to_vec() };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToUser(push))).unwrap(),
-            ServerFrame::PushToUser {
-                user_id: "bob",
-                cmd: 1501,
-                payload: b"y"
-            }
+            ServerFrame::PushToUser { user_id: "bob", cmd: 1501, payload: b"y" }
         );
-        let push = PushToGroup {
-            group: "room".into(),
-            cmd: 1502,
-            payload: b"z".to_vec(),
-        };
+        let push = PushToGroup { group: "room".into(), cmd: 1502, payload: b"z".to_vec() };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToGroup(push))).unwrap(),
-            ServerFrame::PushToGroup {
-                group: "room",
-                cmd: 1502,
-                payload: b"z"
-            }
+            ServerFrame::PushToGroup { group: "room", cmd: 1502, payload: b"z" }
         );
-        let all = Broadcast {
-            cmd: 1503,
-            payload: b"w".to_vec(),
-        };
+        let all = Broadcast { cmd: 1503, payload: b"w".to_vec() };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::Broadcast(all))).unwrap(),
-            ServerFrame::Broadcast {
-                cmd: 1503,
-                payload: b"w"
-            }
+            ServerFrame::Broadcast { cmd: 1503, payload: b"w" }
         );
+    }
+
+    #[test]
+    fn health_and_status_frames() {
+        use crate::pb::link::{Pong, Status};
+        let pong = body(link_frame::Kind::Pong(Pong { nonce: 42 }));
+        assert_eq!(ServerFrame::decode(&pong).unwrap(), ServerFrame::Pong { nonce: 42 });
+        let status = body(link_frame::Kind::Status(Status { draining: true }));
+        assert_eq!(ServerFrame::decode(&status).unwrap(), ServerFrame::Status { draining: true });
+        let status = body(link_frame::Kind::Status(Status { draining: false }));
+        assert_eq!(ServerFrame::decode(&status).unwrap(), ServerFrame::Status { draining: false });
     }
 
     #[test]

@@ -79,11 +79,7 @@ mod tests {
     use super::*;
 
     fn claims() -> Claims {
-        Claims {
-            uid: "alice".into(),
-            dev: "ios".into(),
-            exp: 1000,
-        }
+        Claims { uid: "alice".into(), dev: "ios".into(), exp: 1000 }
     }
 
     #[test]
@@ -97,28 +93,13 @@ mod tests {
     fn tampering_and_wrong_secrets_are_refused() {
         let t = sign(b"secret", &claims());
         assert_eq!(verify(b"other", &t, 0), Err(TokenError::Signature));
-        let forged = sign(
-            b"secret",
-            &Claims {
-                uid: "mallory".into(),
-                ..claims()
-            },
-        );
+        let forged = sign(b"secret", &Claims { uid: "mallory".into(), ..claims() });
         let (forged_body, _) = forged.split_once('.').unwrap();
         let (_, sig) = t.split_once('.').unwrap();
-        assert_eq!(
-            verify(b"secret", &format!("{forged_body}.{sig}"), 0),
-            Err(TokenError::Signature)
-        );
+        assert_eq!(verify(b"secret", &format!("{forged_body}.{sig}"), 0), Err(TokenError::Signature));
         assert_eq!(verify(b"secret", "garbage", 0), Err(TokenError::Format));
         assert_eq!(verify(b"secret", "a.!!!", 0), Err(TokenError::Format));
-        let empty = sign(
-            b"secret",
-            &Claims {
-                uid: String::new(),
-                ..claims()
-            },
-        );
+        let empty = sign(b"secret", &Claims { uid: String::new(), ..claims() });
         assert_eq!(verify(b"secret", &empty, 0), Err(TokenError::EmptyUser));
     }
 }

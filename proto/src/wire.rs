@@ -81,16 +81,12 @@ impl<'a> Reader<'a> {
         }
         let value = match (key & 7) as u8 {
             VARINT => Value::Int(self.varint()?),
-            I64 => Value::Int(u64::from_le_bytes(
-                self.take(8)?.try_into().expect("8 bytes"),
-            )),
+            I64 => Value::Int(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes"))),
             LEN => {
                 let len = usize::try_from(self.varint()?).map_err(|_| DecodeError::Malformed)?;
                 Value::Bytes(self.take(len)?)
             }
-            I32 => Value::Int(u64::from(u32::from_le_bytes(
-                self.take(4)?.try_into().expect("4 bytes"),
-            ))),
+            I32 => Value::Int(u64::from(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))),
             _ => return Err(DecodeError::Malformed),
         };
         Ok(Some((field, value)))
@@ -186,17 +182,7 @@ mod tests {
 
     #[test]
     fn varint_round_trip_and_length() {
-        for v in [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u32::MAX as u64,
-            u64::MAX,
-        ] {
+        for v in [0u64, 1, 127, 128, 300, 16_383, 16_384, u32::MAX as u64, u64::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, v);
             assert_eq!(out.len(), varint_len(v), "length of {v}");
@@ -207,28 +193,11 @@ mod tests {
 
     #[test]
     fn truncated_and_overlong_input_is_an_error() {
-        assert_eq!(
-            Reader::new(&[0x08]).next_field(),
-            Err(DecodeError::Truncated)
-        );
-        assert_eq!(
-            Reader::new(&[0x0a, 5, 1]).next_field(),
-            Err(DecodeError::Truncated)
-        );
-        let overlong = [
-            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
-        ];
-        assert_eq!(
-            Reader::new(&overlong).next_field(),
-            Err(DecodeError::Malformed)
-        );
-        assert_eq!(
-            Reader::new(&[0x0b]).next_field(),
-            Err(DecodeError::Malformed)
-        );
-        assert_eq!(
-            Reader::new(&[0x00, 0x01]).next_field(),
-            Err(DecodeError::Malformed)
-        );
+        assert_eq!(Reader::new(&[0x08]).next_field(), Err(DecodeError::Truncated));
+        assert_eq!(Reader::new(&[0x0a, 5, 1]).next_field(), Err(DecodeError::Truncated));
+        let overlong = [0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(Reader::new(&overlong).next_field(), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[0x0b]).next_field(), Err(DecodeError::Malformed));
+        assert_eq!(Reader::new(&[0x00, 0x01]).next_field(), Err(DecodeError::Malformed));
     }
 }

@@ -27,28 +27,17 @@ pub struct Stack {
 impl Stack {
     /// Starts a stack. `gateway_extra` is spliced into `[gateway]`.
     pub async fn start(gateway_extra: &str) -> Stack {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind game server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind game server");
         let game_addr = listener.local_addr().expect("game server address");
         let game = tokio::spawn(async move {
-            let _ = portcullis_backend_sdk::serve(
-                listener,
-                portcullis_sample_game_server::SampleGame::default(),
-            )
-            .await;
+            let _ = portcullis_backend_sdk::serve(listener, portcullis_sample_game_server::SampleGame::default()).await;
         });
-        let config = Config::parse(&config_text(gateway_extra, &[game_addr]), "test stack")
-            .expect("test config");
+        let config = Config::parse(&config_text(gateway_extra, &[game_addr]), "test stack").expect("test config");
         let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config))
             .await
             .expect("start task")
             .expect("gateway starts");
-        let stack = Stack {
-            gateway,
-            game_addr,
-            game,
-        };
+        let stack = Stack { gateway, game_addr, game };
         stack.wait_for_game_server().await;
         stack
     }
@@ -61,9 +50,7 @@ impl Stack {
 
     /// Connects a client with the protobuf codec and logs it in as `user`.
     pub async fn player(&self, user: &str) -> (Client, mpsc::Receiver<Event>) {
-        let (c, events) = Client::connect(self.addr(Codec::Protobuf))
-            .await
-            .expect("connect");
+        let (c, events) = Client::connect(self.addr(Codec::Protobuf)).await.expect("connect");
         c.login(&token(user)).await.expect("login");
         (c, events)
     }
@@ -74,9 +61,7 @@ impl Stack {
         for _ in 0..200 {
             match c.call(portcullis_sample_game_server::ECHO, b"ready?").await {
                 Ok(_) => return,
-                Err(ClientError::Server { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
+                Err(ClientError::Server { .. }) => tokio::time::sleep(Duration::from_millis(10)).await,
                 Err(e) => panic!("readiness probe failed: {e}"),
             }
         }
@@ -93,10 +78,8 @@ impl Stack {
 /// service of the given game servers for commands 1000-1999.
 pub fn config_text(gateway_extra: &str, game_servers: &[SocketAddr]) -> String {
     let servers: Vec<String> = game_servers.iter().map(|a| format!("\"{a}\"")).collect();
-    let listeners: String = Codec::ALL
-        .iter()
-        .map(|c| format!("[[listeners]]\nbind = \"127.0.0.1:0\"\ncodec = \"{c}\"\n"))
-        .collect();
+    let listeners: String =
+        Codec::ALL.iter().map(|c| format!("[[listeners]]\nbind = \"127.0.0.1:0\"\ncodec = \"{c}\"\n")).collect();
     format!(
         "[gateway]\n{gateway_extra}\n{listeners}\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
          [[services]]\nname = \"game\"\nservers = [{}]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n",
@@ -106,18 +89,8 @@ pub fn config_text(gateway_extra: &str, game_servers: &[SocketAddr]) -> String {
 
 /// A valid token for `user`, valid for an hour.
 pub fn token(user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs();
-    sign(
-        SECRET.as_bytes(),
-        &Claims {
-            uid: user.into(),
-            dev: "pc".into(),
-            exp: now + 3600,
-        },
-    )
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: now + 3600 })
 }
 
 /// Receives the next event, failing the test after `secs` seconds.

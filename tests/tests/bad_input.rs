@@ -20,11 +20,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        Raw {
-            stream: TcpStream::connect(stack.addr(codec)).await.unwrap(),
-            codec,
-            buf: Vec::new(),
-        }
+        Raw { stream: TcpStream::connect(stack.addr(codec)).await.unwrap(), codec, buf: Vec::new() }
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {
@@ -67,28 +63,19 @@ impl Raw {
 
     async fn expect_close(&mut self) {
         while let Some(env) = self.recv().await {
-            assert!(
-                matches!(env.cmd, cmd::ERROR | cmd::KICK),
-                "only an explanation before the close: {env:?}"
-            );
+            assert!(matches!(env.cmd, cmd::ERROR | cmd::KICK), "only an explanation before the close: {env:?}");
         }
     }
 
     async fn login(&mut self, user: &str) {
-        let body = self
-            .codec
-            .payload_form()
-            .encode_to_vec(&LoginRequest { token: token(user) });
+        let body = self.codec.payload_form().encode_to_vec(&LoginRequest { token: token(user) });
         self.send(&Envelope::new(cmd::LOGIN, 1, 0, &body)).await;
         assert_eq!(self.recv().await.unwrap().cmd, cmd::LOGIN);
     }
 }
 
 async fn still_served(healthy: &Client) {
-    assert_eq!(
-        healthy.call(ECHO, b"still here").await.unwrap(),
-        b"still here"
-    );
+    assert_eq!(healthy.call(ECHO, b"still here").await.unwrap(), b"still here");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,16 +93,8 @@ async fn malformed_unknown_and_unauthenticated_frames_get_error_frames() {
     raw.send(&Envelope::new(ECHO, 3, 0, b"x")).await;
     raw.expect_error(ErrorCode::NotLoggedIn).await;
     // Bad tokens.
-    for bad in [
-        "",
-        "garbage",
-        &token("x")[..20],
-        &format!("{}A", token("mallory")),
-    ] {
-        let body = raw
-            .codec
-            .payload_form()
-            .encode_to_vec(&LoginRequest { token: bad.into() });
+    for bad in ["", "garbage", &token("x")[..20], &format!("{}A", token("mallory"))] {
+        let body = raw.codec.payload_form().encode_to_vec(&LoginRequest { token: bad.into() });
         raw.send(&Envelope::new(cmd::LOGIN, 4, 0, &body)).await;
         raw.expect_error(ErrorCode::AuthFailed).await;
     }
@@ -130,11 +109,7 @@ async fn malformed_unknown_and_unauthenticated_frames_get_error_frames() {
     raw.expect_error(ErrorCode::UnknownCommand).await;
     // A command the game server does not know comes back as BACKEND_ERROR.
     raw.send(&Envelope::new(1999, 7, 0, b"")).await;
-    assert!(raw
-        .expect_error(ErrorCode::BackendError)
-        .await
-        .message
-        .contains("no command 1999"));
+    assert!(raw.expect_error(ErrorCode::BackendError).await.message.contains("no command 1999"));
     still_served(&healthy).await;
 
     // The text listener: a human typing nonsense, then a valid login.
@@ -164,12 +139,7 @@ async fn oversized_frames_and_garbage_streams_are_closed() {
     still_served(&healthy).await;
 
     // Random bytes: whatever they parse as, the connection ends explained.
-    for (seed, codec) in [
-        (1u64, Codec::Protobuf),
-        (2, Codec::Flatbuffers),
-        (3, Codec::Json),
-        (4, Codec::Text),
-    ] {
+    for (seed, codec) in [(1u64, Codec::Protobuf), (2, Codec::Flatbuffers), (3, Codec::Json), (4, Codec::Text)] {
         let mut raw = Raw::connect(&stack, codec).await;
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
         let garbage: Vec<u8> = (0..64 * 1024)
@@ -202,16 +172,11 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
     // The stalled client logs in and joins a group, then never reads again.
     let mut stalled = Raw::connect(&stack, Codec::Protobuf).await;
     stalled.login("stalled").await;
-    let body =
-        stalled
-            .codec
-            .payload_form()
-            .encode_to_vec(&portcullis_proto::pb::client::GroupRequest {
-                group: "flood".into(),
-            });
-    stalled
-        .send(&Envelope::new(cmd::JOIN_GROUP, 2, 0, &body))
-        .await;
+    let body = stalled
+        .codec
+        .payload_form()
+        .encode_to_vec(&portcullis_proto::pb::client::GroupRequest { group: "flood".into() });
+    stalled.send(&Envelope::new(cmd::JOIN_GROUP, 2, 0, &body)).await;
     assert_eq!(stalled.recv().await.unwrap().cmd, cmd::JOIN_GROUP);
     // Flood the group until the gateway gives up on it (bounded: 64 MiB).
     let chunk = vec![7u8; 32 * 1024];
@@ -228,10 +193,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
     let mut read = 0usize;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), stalled.stream.read(&mut buf))
-            .await
-            .unwrap()
-        {
+        match tokio::time::timeout(Duration::from_secs(5), stalled.stream.read(&mut buf)).await.unwrap() {
             Ok(0) | Err(_) => break,
             Ok(n) => read += n,
         }

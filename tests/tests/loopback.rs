@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use portcullis_client::Event;
 use portcullis_proto::cmd;
-use portcullis_sample_game_server::{
-    room_group, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, COUNTER_GET, ECHO,
-};
+use portcullis_sample_game_server::{room_group, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, COUNTER_GET, ECHO};
 use portcullis_tests::Stack;
 
 const PLAYERS: usize = 200;
@@ -36,24 +34,13 @@ async fn two_hundred_players_chat_message_and_echo_without_loss_or_duplicates() 
         let c = c.clone();
         async move {
             let group = room_group(&format!("g{}", i % GROUPS));
-            let delivered = c
-                .send_to_group(&group, format!("group from u{i}").as_bytes(), false)
-                .await?;
+            let delivered = c.send_to_group(&group, format!("group from u{i}").as_bytes(), false).await?;
             assert_eq!(delivered as usize, PLAYERS / GROUPS - 1);
-            let ok = c
-                .call_keyed(
-                    CHAT_SAY,
-                    format!("g{}", i % GROUPS).as_bytes(),
-                    format!("chat {i}").as_bytes(),
-                )
-                .await?;
+            let ok =
+                c.call_keyed(CHAT_SAY, format!("g{}", i % GROUPS).as_bytes(), format!("chat {i}").as_bytes()).await?;
             assert_eq!(ok, b"ok");
             let to = format!("u{}", (i + 1) % PLAYERS);
-            assert_eq!(
-                c.send_to_user(&to, format!("p2p from u{i}").as_bytes())
-                    .await?,
-                1
-            );
+            assert_eq!(c.send_to_user(&to, format!("p2p from u{i}").as_bytes()).await?, 1);
             for k in 0..ECHOES {
                 let payload = format!("echo {i}/{k}");
                 assert_eq!(c.call(ECHO, payload.as_bytes()).await?, payload.as_bytes());
@@ -71,46 +58,24 @@ async fn two_hundred_players_chat_message_and_echo_without_loss_or_duplicates() 
         let expected = (per_group - 1) + per_group + 1;
         for _ in 0..expected {
             match portcullis_tests::next_event(events, 10).await {
-                Event::Delivery {
-                    cmd: cmd::SEND_TO_GROUP,
-                    from_user_id,
-                    payload,
-                    ..
-                } => {
+                Event::Delivery { cmd: cmd::SEND_TO_GROUP, from_user_id, payload, .. } => {
                     assert_eq!(payload, format!("group from {from_user_id}").as_bytes());
-                    assert!(
-                        group_from.insert(from_user_id),
-                        "duplicate group message to u{i}"
-                    );
+                    assert!(group_from.insert(from_user_id), "duplicate group message to u{i}");
                 }
-                Event::Delivery {
-                    cmd: cmd::SEND_TO_USER,
-                    from_user_id,
-                    ..
-                } => p2p.push(from_user_id),
-                Event::Push {
-                    cmd: CHAT_MESSAGE,
-                    payload,
-                } => {
+                Event::Delivery { cmd: cmd::SEND_TO_USER, from_user_id, .. } => p2p.push(from_user_id),
+                Event::Push { cmd: CHAT_MESSAGE, payload } => {
                     assert!(chat.insert(payload), "duplicate chat line to u{i}");
                 }
                 other => panic!("u{i} got an unexpected {other:?}"),
             }
         }
-        let members: HashSet<String> = (0..PLAYERS)
-            .filter(|j| j % GROUPS == i % GROUPS && *j != i)
-            .map(|j| format!("u{j}"))
-            .collect();
+        let members: HashSet<String> =
+            (0..PLAYERS).filter(|j| j % GROUPS == i % GROUPS && *j != i).map(|j| format!("u{j}")).collect();
         assert_eq!(group_from, members, "group messages to u{i}");
         assert_eq!(chat.len(), per_group, "chat lines to u{i}");
         assert_eq!(p2p, [format!("u{}", (i + PLAYERS - 1) % PLAYERS)]);
         // Nothing more arrives.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(5), events.recv())
-                .await
-                .is_err(),
-            "extra event to u{i}"
-        );
+        assert!(tokio::time::timeout(Duration::from_millis(5), events.recv()).await.is_err(), "extra event to u{i}");
     }
     let (c, _) = &players[0];
     let total = c.call(COUNTER_GET, b"").await.unwrap();
@@ -118,9 +83,7 @@ async fn two_hundred_players_chat_message_and_echo_without_loss_or_duplicates() 
 }
 
 /// Runs futures concurrently and returns their outputs in order.
-async fn futures_join<F: std::future::Future + Send + 'static>(
-    futs: impl Iterator<Item = F>,
-) -> Vec<F::Output>
+async fn futures_join<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {

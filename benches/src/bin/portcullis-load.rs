@@ -22,9 +22,7 @@ use portcullis_client::{Client, Event};
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
 use portcullis_proto::token::{sign, Claims};
-use portcullis_sample_game_server::{
-    room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO,
-};
+use portcullis_sample_game_server::{room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO};
 
 /// Load driver and demo players for Portcullis.
 #[derive(Parser, Clone)]
@@ -69,9 +67,7 @@ fn main() -> anyhow::Result<()> {
     if args.clients == 0 || args.depth == 0 || args.duration == 0 {
         bail!("--clients, --depth and --duration must be at least 1");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let (addr, _local) = match args.gateway {
             Some(addr) => (addr, None),
@@ -99,26 +95,13 @@ async fn start_local(secret: &str) -> anyhow::Result<(RunningGateway, SocketAddr
     );
     let config = Config::parse(&text, "portcullis-load")?;
     let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await??;
-    eprintln!(
-        "in-process gateway on {} → sample game server on {game_addr}",
-        gateway.addrs[0]
-    );
+    eprintln!("in-process gateway on {} → sample game server on {game_addr}", gateway.addrs[0]);
     Ok((gateway, game_addr))
 }
 
 fn token(secret: &str, user: &str) -> String {
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        + 24 * 3600;
-    sign(
-        secret.as_bytes(),
-        &Claims {
-            uid: user.into(),
-            dev: "load".into(),
-            exp,
-        },
-    )
+    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 24 * 3600;
+    sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "load".into(), exp })
 }
 
 /// Connects and logs in `n` clients, retrying while the gateway's game-server
@@ -130,12 +113,8 @@ async fn connect_all(
 ) -> anyhow::Result<Vec<(Client, tokio::sync::mpsc::Receiver<Event>)>> {
     let mut clients = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let (c, events) = Client::connect(addr)
-            .await
-            .with_context(|| format!("connecting client {i} to {addr}"))?;
-        c.login(&token(&args.secret, &format!("{prefix}{i}")))
-            .await
-            .with_context(|| format!("login of client {i}"))?;
+        let (c, events) = Client::connect(addr).await.with_context(|| format!("connecting client {i} to {addr}"))?;
+        c.login(&token(&args.secret, &format!("{prefix}{i}"))).await.with_context(|| format!("login of client {i}"))?;
         clients.push((c, events));
     }
     let probe = &clients[0].0;
@@ -167,12 +146,10 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     for (c, events) in &clients {
         let _ = events;
         for _ in 0..args.depth {
-            let (c, measuring, stop, errors) =
-                (c.clone(), measuring.clone(), stop.clone(), errors.clone());
+            let (c, measuring, stop, errors) = (c.clone(), measuring.clone(), stop.clone(), errors.clone());
             let payload = vec![0x5a; args.payload];
             tasks.push(tokio::spawn(async move {
-                let mut h =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
                     match c.call(ECHO, &payload).await {
@@ -239,14 +216,8 @@ struct DemoCounts {
 async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     const ROOMS: [&str; 3] = ["lobby", "arena", "market"];
     let players = args.clients.min(50);
-    println!(
-        "demo: {players} players in rooms {ROOMS:?} for {} s through gateway {addr}",
-        args.duration
-    );
-    let args = Args {
-        clients: players,
-        ..args.clone()
-    };
+    println!("demo: {players} players in rooms {ROOMS:?} for {} s through gateway {addr}", args.duration);
+    let args = Args { clients: players, ..args.clone() };
     let clients = connect_all(&args, addr, "player-").await?;
     let counts = Arc::new(DemoCounts::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -264,27 +235,12 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                     continue;
                 }
                 match e {
-                    Event::Push {
-                        cmd: CHAT_MESSAGE,
-                        payload,
-                    } => {
+                    Event::Push { cmd: CHAT_MESSAGE, payload } => {
                         println!("  {me} sees [{room}] {}", String::from_utf8_lossy(&payload))
                     }
-                    Event::Delivery {
-                        from_user_id,
-                        group,
-                        payload,
-                        ..
-                    } => {
-                        let to = if group.is_empty() {
-                            "privately".to_string()
-                        } else {
-                            format!("in {group}")
-                        };
-                        println!(
-                            "  {me} gets from {from_user_id} {to}: {}",
-                            String::from_utf8_lossy(&payload)
-                        )
+                    Event::Delivery { from_user_id, group, payload, .. } => {
+                        let to = if group.is_empty() { "privately".to_string() } else { format!("in {group}") };
+                        println!("  {me} gets from {from_user_id} {to}: {}", String::from_utf8_lossy(&payload))
                     }
                     Event::Closed => return,
                     other => println!("  {me}: {other:?}"),
@@ -304,11 +260,7 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(400 + next() % 800)).await;
                 let ok = match next() % 5 {
                     0 => c
-                        .call_keyed(
-                            CHAT_SAY,
-                            room.as_bytes(),
-                            format!("gg from room {room}").as_bytes(),
-                        )
+                        .call_keyed(CHAT_SAY, room.as_bytes(), format!("gg from room {room}").as_bytes())
                         .await
                         .map(|_| &counts.chat_sent),
                     1 => c
@@ -316,18 +268,12 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                         .await
                         .map(|_| &counts.group_sent),
                     2 => {
-                        let other =
-                            (i + 1 + next() as usize % players.saturating_sub(1).max(1)) % players;
+                        let other = (i + 1 + next() as usize % players.saturating_sub(1).max(1)) % players;
                         let to = format!("player-{other}");
-                        c.send_to_user(&to, b"psst, trade?")
-                            .await
-                            .map(|_| &counts.p2p_sent)
+                        c.send_to_user(&to, b"psst, trade?").await.map(|_| &counts.p2p_sent)
                     }
                     3 => c.call(ECHO, b"ping").await.map(|_| &counts.echo_ok),
-                    _ => c
-                        .call(COUNTER_ADD, b"1")
-                        .await
-                        .map(|_| &counts.counter_adds),
+                    _ => c.call(COUNTER_ADD, b"1").await.map(|_| &counts.counter_adds),
                 };
                 match ok {
                     Ok(counter) => counter.fetch_add(1, Ordering::Relaxed),

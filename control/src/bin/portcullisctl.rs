@@ -53,26 +53,11 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
-        Command::Token {
-            config,
-            user,
-            device,
-            ttl,
-        } => {
+        Command::Token { config, user, device, ttl } => {
             let config = Config::load(&config)?;
             anyhow::ensure!(!user.is_empty(), "--user must not be empty");
             let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl;
-            println!(
-                "{}",
-                sign(
-                    &config.auth.token_secret()?,
-                    &Claims {
-                        uid: user,
-                        dev: device,
-                        exp
-                    }
-                )
-            );
+            println!("{}", sign(&config.auth.token_secret()?, &Claims { uid: user, dev: device, exp }));
         }
         Command::CheckConfig { path } => {
             let c = Config::load(&path)?;

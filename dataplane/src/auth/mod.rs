@@ -10,11 +10,7 @@ use crate::session::UserBinding;
 pub trait Authenticator: Send {
     /// Checks a login request at `now_unix` (seconds since the epoch, from
     /// the core's clock, never read from the OS here).
-    fn authenticate(
-        &mut self,
-        request: &LoginRequest,
-        now_unix: u64,
-    ) -> Result<UserBinding, AuthError>;
+    fn authenticate(&mut self, request: &LoginRequest, now_unix: u64) -> Result<UserBinding, AuthError>;
 }
 
 /// Why a login was refused; the message goes to the client.
@@ -35,17 +31,9 @@ impl TokenAuthenticator {
 }
 
 impl Authenticator for TokenAuthenticator {
-    fn authenticate(
-        &mut self,
-        request: &LoginRequest,
-        now_unix: u64,
-    ) -> Result<UserBinding, AuthError> {
-        let claims = token::verify(&self.secret, &request.token, now_unix)
-            .map_err(|e| AuthError(e.to_string()))?;
-        Ok(UserBinding {
-            user_id: claims.uid.into(),
-            device: claims.dev.into(),
-        })
+    fn authenticate(&mut self, request: &LoginRequest, now_unix: u64) -> Result<UserBinding, AuthError> {
+        let claims = token::verify(&self.secret, &request.token, now_unix).map_err(|e| AuthError(e.to_string()))?;
+        Ok(UserBinding { user_id: claims.uid.into(), device: claims.dev.into() })
     }
 }
 
@@ -56,22 +44,9 @@ mod tests {
     #[test]
     fn token_authenticator_binds_claims() {
         let mut a = TokenAuthenticator::new(b"0123456789abcdef".to_vec());
-        let t = token::sign(
-            b"0123456789abcdef",
-            &token::Claims {
-                uid: "u1".into(),
-                dev: "ios".into(),
-                exp: 100,
-            },
-        );
-        let b = a
-            .authenticate(&LoginRequest { token: t.clone() }, 50)
-            .unwrap();
+        let t = token::sign(b"0123456789abcdef", &token::Claims { uid: "u1".into(), dev: "ios".into(), exp: 100 });
+        let b = a.authenticate(&LoginRequest { token: t.clone() }, 50).unwrap();
         assert_eq!((&*b.user_id, &*b.device), ("u1", "ios"));
-        assert!(a
-            .authenticate(&LoginRequest { token: t }, 100)
-            .unwrap_err()
-            .0
-            .contains("expired"));
+        assert!(a.authenticate(&LoginRequest { token: t }, 100).unwrap_err().0.contains("expired"));
     }
 }

@@ -37,9 +37,7 @@ enum IoKind {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .init();
     if let Err(e) = run(Args::parse()) {
@@ -61,23 +59,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     for s in &config.services {
-        tracing::info!(
-            "service {:?}: {} game server(s) {:?}",
-            s.name,
-            s.servers.len(),
-            s.servers
-        );
+        tracing::info!("service {:?}: {} game server(s) {:?}", s.name, s.servers.len(), s.servers);
     }
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .context("system clock before 1970")?
-        .as_secs();
-    let mut core = Gateway::new(
-        &config,
-        Box::new(TokenAuthenticator::new(secret)),
-        Instant::now(),
-        unix,
-    );
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).context("system clock before 1970")?.as_secs();
+    let mut core = Gateway::new(&config, Box::new(TokenAuthenticator::new(secret)), Instant::now(), unix);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
@@ -85,19 +70,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     let every = Duration::from_secs(args.status_every);
     let mut next_status = Instant::now() + every;
     let mut last = core.stats().clone();
-    portcullis_dataplane::io::run(
-        &mut io,
-        &mut core,
-        &stop,
-        Duration::from_secs(args.drain_secs),
-        |now, core| {
-            if args.status_every == 0 || now < next_status {
-                return;
-            }
-            next_status = now + every;
-            let s = core.stats();
-            let secs = every.as_secs_f64();
-            tracing::info!(
+    portcullis_dataplane::io::run(&mut io, &mut core, &stop, Duration::from_secs(args.drain_secs), |now, core| {
+        if args.status_every == 0 || now < next_status {
+            return;
+        }
+        next_status = now + every;
+        let s = core.stats();
+        let secs = every.as_secs_f64();
+        tracing::info!(
             "sessions {} users {} groups {} links up {} | in {:.0}/s out {:.0}/s requests {:.0}/s | refused: bad frame {} not logged in {} auth {} unknown cmd {} no backend {} slow consumer {} heartbeat {}",
             core.sessions().len(), core.sessions().user_count(), core.sessions().group_count(), core.links_up(),
             (s.frames_in - last.frames_in) as f64 / secs, (s.frames_out - last.frames_out) as f64 / secs,
@@ -105,9 +85,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             s.drop_bad_frame, s.drop_not_logged_in, s.drop_auth_failed, s.drop_unknown_command,
             s.drop_backend_unavailable, s.slow_consumers, s.heartbeat_timeouts,
         );
-            last = s.clone();
-        },
-    )?;
+        last = s.clone();
+    })?;
     tracing::info!("shut down");
     Ok(())
 }

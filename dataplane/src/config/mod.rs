@@ -41,10 +41,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
 /// The whole configuration.
@@ -139,24 +136,12 @@ impl AuthConfig {
         let AuthConfig::Token { secret, secret_env } = self;
         let secret = match (secret, secret_env) {
             (Some(s), None) => s.clone(),
-            (None, Some(var)) => std::env::var(var).map_err(|_| {
-                invalid(
-                    "auth.secret_env",
-                    format!("environment variable {var} is not set"),
-                )
-            })?,
-            _ => {
-                return Err(invalid(
-                    "auth",
-                    "set exactly one of `secret` and `secret_env` for kind = \"token\"",
-                ))
-            }
+            (None, Some(var)) => std::env::var(var)
+                .map_err(|_| invalid("auth.secret_env", format!("environment variable {var} is not set")))?,
+            _ => return Err(invalid("auth", "set exactly one of `secret` and `secret_env` for kind = \"token\"")),
         };
         if secret.len() < 16 {
-            return Err(invalid(
-                "auth.secret",
-                "the token secret must be at least 16 bytes",
-            ));
+            return Err(invalid("auth.secret", "the token secret must be at least 16 bytes"));
         }
         Ok(secret.into_bytes())
     }
@@ -197,19 +182,15 @@ pub struct RouteConfig {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }
@@ -218,22 +199,13 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.gateway;
         for (key, value) in [
-            (
-                "gateway.heartbeat_timeout_ms",
-                g.heartbeat_timeout_ms as usize,
-            ),
+            ("gateway.heartbeat_timeout_ms", g.heartbeat_timeout_ms as usize),
             ("gateway.max_frame_bytes", g.max_frame_bytes),
             ("gateway.max_outbound_bytes", g.max_outbound_bytes),
             ("gateway.max_bad_frames", g.max_bad_frames as usize),
             ("gateway.max_name_bytes", g.max_name_bytes),
-            (
-                "gateway.backend_reconnect_ms",
-                g.backend_reconnect_ms as usize,
-            ),
-            (
-                "gateway.max_backend_outbound_bytes",
-                g.max_backend_outbound_bytes,
-            ),
+            ("gateway.backend_reconnect_ms", g.backend_reconnect_ms as usize),
+            ("gateway.max_backend_outbound_bytes", g.max_backend_outbound_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
@@ -248,67 +220,38 @@ impl Config {
         let mut binds = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
             if l.bind.port() != 0 && !binds.insert(l.bind) {
-                return Err(invalid(
-                    format!("listeners[{i}].bind"),
-                    format!("{} is bound twice", l.bind),
-                ));
+                return Err(invalid(format!("listeners[{i}].bind"), format!("{} is bound twice", l.bind)));
             }
-            if l.max_frame_bytes == Some(0)
-                || l.max_frame_bytes.is_some_and(|m| m > u32::MAX as usize)
-            {
-                return Err(invalid(
-                    format!("listeners[{i}].max_frame_bytes"),
-                    "must be 1..=4294967295",
-                ));
+            if l.max_frame_bytes == Some(0) || l.max_frame_bytes.is_some_and(|m| m > u32::MAX as usize) {
+                return Err(invalid(format!("listeners[{i}].max_frame_bytes"), "must be 1..=4294967295"));
             }
         }
         self.auth.token_secret()?;
         let mut names = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
-                return Err(invalid(
-                    format!("services[{i}].name"),
-                    format!("{:?} is empty or used twice", s.name),
-                ));
+                return Err(invalid(format!("services[{i}].name"), format!("{:?} is empty or used twice", s.name)));
             }
             if s.servers.is_empty() {
-                return Err(invalid(
-                    format!("services[{i}].servers"),
-                    "list at least one game-server address",
-                ));
+                return Err(invalid(format!("services[{i}].servers"), "list at least one game-server address"));
             }
         }
-        let known = || {
-            self.services
-                .iter()
-                .map(|s| s.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let known = || self.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
         let mut ranges: Vec<(u32, u32, usize)> = Vec::new();
         for (i, r) in self.routes.iter().enumerate() {
             let [first, last] = r.commands;
             let key = format!("routes[{i}].commands");
             if first > last {
-                return Err(invalid(
-                    key,
-                    format!("[{first}, {last}] is not an increasing range"),
-                ));
+                return Err(invalid(key, format!("[{first}, {last}] is not an increasing range")));
             }
             if cmd::is_framework(first) {
                 return Err(invalid(
                     key,
-                    format!(
-                        "business commands start at {}; {first} is a framework command id",
-                        cmd::FIRST_BUSINESS
-                    ),
+                    format!("business commands start at {}; {first} is a framework command id", cmd::FIRST_BUSINESS),
                 ));
             }
             if let Some((f, l, j)) = ranges.iter().find(|(f, l, _)| first <= *l && *f <= last) {
-                return Err(invalid(
-                    key,
-                    format!("[{first}, {last}] overlaps routes[{j}] = [{f}, {l}]"),
-                ));
+                return Err(invalid(key, format!("[{first}, {last}] overlaps routes[{j}] = [{f}, {l}]")));
             }
             ranges.push((first, last, i));
             if !names.contains(r.service.as_str()) {
@@ -323,9 +266,7 @@ impl Config {
 
     /// The maximum frame size of listener `i`.
     pub fn max_frame(&self, i: usize) -> usize {
-        self.listeners[i]
-            .max_frame_bytes
-            .unwrap_or(self.gateway.max_frame_bytes)
+        self.listeners[i].max_frame_bytes.unwrap_or(self.gateway.max_frame_bytes)
     }
 }
 
@@ -369,34 +310,22 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let e = err(&GOOD.replace("[1000, 1999]", "[10, 1999]"));
-        assert!(
-            e.contains("routes[0].commands") && e.contains("framework"),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].commands") && e.contains("framework"), "{e}");
         let e = err(&GOOD.replace("service = \"game\"", "service = \"chat\""));
-        assert!(
-            e.contains("routes[0].service") && e.contains("chat") && e.contains("game"),
-            "{e}"
-        );
+        assert!(e.contains("routes[0].service") && e.contains("chat") && e.contains("game"), "{e}");
         let e = err(&GOOD.replace("0123456789abcdef", "short"));
         assert!(e.contains("auth.secret"), "{e}");
         let e = err(&GOOD.replace("bind = ", "bnid = "));
         assert!(e.contains("bnid"), "{e}");
         let e = err(&GOOD.replace("\"127.0.0.1:7000\"", "\"nowhere\""));
         assert!(e.contains("bind") || e.contains("listeners"), "{e}");
-        let e = err(&format!(
-            "{GOOD}\n[[routes]]\ncommands = [1500, 2500]\nservice = \"game\""
-        ));
-        assert!(
-            e.contains("routes[1].commands") && e.contains("overlaps"),
-            "{e}"
-        );
+        let e = err(&format!("{GOOD}\n[[routes]]\ncommands = [1500, 2500]\nservice = \"game\""));
+        assert!(e.contains("routes[1].commands") && e.contains("overlaps"), "{e}");
         let e = err(&format!("{GOOD}\n[gateway]\nheartbeat_timeout_ms = 0"));
         assert!(e.contains("gateway.heartbeat_timeout_ms"), "{e}");
-        let e = err(&GOOD.replace("codec", "x").replace(
-            "bind = \"127.0.0.1:7000\"",
-            "bind = \"127.0.0.1:7000\"\ncodec = \"xml\"",
-        ));
+        let e = err(&GOOD
+            .replace("codec", "x")
+            .replace("bind = \"127.0.0.1:7000\"", "bind = \"127.0.0.1:7000\"\ncodec = \"xml\""));
         assert!(e.contains("xml") && e.contains("protobuf"), "{e}");
     }
 }

@@ -113,12 +113,7 @@ pub struct Gateway {
 impl Gateway {
     /// A core for a validated config. `now` and `unix_now` (seconds) anchor
     /// its clock: later `now`s are converted to Unix time from them.
-    pub fn new(
-        config: &Config,
-        auth: Box<dyn Authenticator>,
-        now: Instant,
-        unix_now: u64,
-    ) -> Gateway {
+    pub fn new(config: &Config, auth: Box<dyn Authenticator>, now: Instant, unix_now: u64) -> Gateway {
         let g = &config.gateway;
         let router = Router::new(config);
         let links = config
@@ -128,10 +123,7 @@ impl Gateway {
             .flat_map(|(i, s)| s.servers.iter().map(move |a| Link::new(*a, i, now)))
             .collect();
         let listeners = (0..config.listeners.len())
-            .map(|i| ListenerSpec {
-                codec: config.listeners[i].codec,
-                max_frame: config.max_frame(i),
-            })
+            .map(|i| ListenerSpec { codec: config.listeners[i].codec, max_frame: config.max_frame(i) })
             .collect();
         let mut core = Gateway {
             limits: Limits {
@@ -183,10 +175,7 @@ impl Gateway {
 
     /// Number of game-server links that are up.
     pub fn links_up(&self) -> usize {
-        self.links
-            .iter()
-            .filter(|l| l.state == LinkState::Up)
-            .count()
+        self.links.iter().filter(|l| l.state == LinkState::Up).count()
     }
 
     /// The session carried by a connection.
@@ -207,13 +196,7 @@ impl Gateway {
     // ----- client connection inputs ---------------------------------------
 
     /// A client connected on listener `listener` (index in the config).
-    pub fn handle_connect(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        listener: usize,
-        _peer: SocketAddr,
-    ) {
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, listener: usize, _peer: SocketAddr) {
         let spec = self.listeners[listener];
         let session = self.next_session;
         self.next_session += 1;
@@ -294,13 +277,7 @@ impl Gateway {
         l.state = LinkState::Up;
         l.out.clear();
         l.inbuf.clear();
-        link::encode_frame(
-            link_frame::Kind::Hello(Hello {
-                gateway: name,
-                worker: 0,
-            }),
-            &mut l.out,
-        );
+        link::encode_frame(link_frame::Kind::Hello(Hello { gateway: name, worker: 0 }), &mut l.out);
         self.queue_link(link);
     }
 
@@ -349,9 +326,7 @@ impl Gateway {
         if matches!(l.state, LinkState::Down { .. }) {
             return;
         }
-        l.state = LinkState::Down {
-            retry_at: now + self.limits.reconnect,
-        };
+        l.state = LinkState::Down { retry_at: now + self.limits.reconnect };
         l.out.clear();
         l.inbuf.clear();
         self.stats.link_failures += 1;
@@ -387,10 +362,7 @@ impl Gateway {
         let mut idle = std::mem::take(&mut self.targets);
         idle.clear();
         idle.extend(
-            self.sessions
-                .iter()
-                .filter(|s| now.saturating_duration_since(s.last_seen) >= timeout)
-                .map(|s| s.conn),
+            self.sessions.iter().filter(|s| now.saturating_duration_since(s.last_seen) >= timeout).map(|s| s.conn),
         );
         for &conn in &idle {
             self.stats.heartbeat_timeouts += 1;
@@ -483,25 +455,12 @@ impl Gateway {
 
     /// One frame through decode → framework or route. Returns whether the
     /// connection is still open.
-    fn on_frame(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        session: SessionId,
-        codec: Codec,
-        frame: &[u8],
-    ) -> bool {
+    fn on_frame(&mut self, now: Instant, conn: ConnId, session: SessionId, codec: Codec, frame: &[u8]) -> bool {
         let env = match codec.decode(frame) {
             Ok(env) => env,
             Err(e) => {
                 self.stats.drop_bad_frame += 1;
-                self.send_error(
-                    conn,
-                    0,
-                    0,
-                    ErrorCode::BadFrame,
-                    &format!("undecodable {codec} frame: {e}"),
-                );
+                self.send_error(conn, 0, 0, ErrorCode::BadFrame, &format!("undecodable {codec} frame: {e}"));
                 return self.count_bad_frame(conn);
             }
         };
@@ -534,31 +493,16 @@ impl Gateway {
         };
         let Some(user) = &s.user else {
             self.stats.drop_not_logged_in += 1;
-            return self.send_error(
-                conn,
-                env.cmd,
-                env.seq,
-                ErrorCode::NotLoggedIn,
-                "log in first",
-            );
+            return self.send_error(conn, env.cmd, env.seq, ErrorCode::NotLoggedIn, "log in first");
         };
         let Some(service) = self.router.service_of(env.cmd) else {
             self.stats.drop_unknown_command += 1;
-            return self.send_error(
-                conn,
-                env.cmd,
-                env.seq,
-                ErrorCode::UnknownCommand,
-                "no route for this command",
-            );
+            return self.send_error(conn, env.cmd, env.seq, ErrorCode::UnknownCommand, "no route for this command");
         };
         let (links, max) = (&self.links, self.limits.max_link_outbound);
         let Some(link) = self.router.pick(service, |l| links[l].accepts(max)) else {
             self.stats.drop_backend_unavailable += 1;
-            let msg = format!(
-                "no game server of service {:?} is available",
-                self.router.services()[service].name
-            );
+            let msg = format!("no game server of service {:?} is available", self.router.services()[service].name);
             return self.send_error(conn, env.cmd, env.seq, ErrorCode::BackendUnavailable, &msg);
         };
         s.links_used |= 1 << (link % 64);
@@ -578,14 +522,7 @@ impl Gateway {
     /// A frame from a game server.
     fn on_server_frame(&mut self, frame: ServerFrame<'_>) {
         match frame {
-            ServerFrame::Reply {
-                session_id,
-                cmd,
-                seq,
-                payload,
-                error,
-                error_message,
-            } => {
+            ServerFrame::Reply { session_id, cmd, seq, payload, error, error_message } => {
                 let Some(conn) = self.sessions.get(session_id).map(|s| s.conn) else {
                     self.stats.drop_session_gone += 1;
                     return;
@@ -598,11 +535,7 @@ impl Gateway {
                     self.send(conn, &Envelope::new(cmd, seq, flags::RESPONSE, payload));
                 }
             }
-            ServerFrame::PushToSession {
-                session_id,
-                cmd,
-                payload,
-            } => {
+            ServerFrame::PushToSession { session_id, cmd, payload } => {
                 let Some(conn) = self.sessions.get(session_id).map(|s| s.conn) else {
                     self.stats.drop_session_gone += 1;
                     return;
@@ -610,42 +543,20 @@ impl Gateway {
                 self.stats.pushes += 1;
                 self.send(conn, &Envelope::new(cmd, 0, flags::PUSH, payload));
             }
-            ServerFrame::PushToUser {
-                user_id,
-                cmd,
-                payload,
-            } => {
+            ServerFrame::PushToUser { user_id, cmd, payload } => {
                 let mut targets = self.take_targets();
-                targets.extend(
-                    self.sessions
-                        .conns_of(self.sessions.of_user(user_id).iter().copied()),
-                );
-                self.fan_out(targets, |codec, out| {
-                    codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out)
-                });
+                targets.extend(self.sessions.conns_of(self.sessions.of_user(user_id).iter().copied()));
+                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
             }
-            ServerFrame::PushToGroup {
-                group,
-                cmd,
-                payload,
-            } => {
+            ServerFrame::PushToGroup { group, cmd, payload } => {
                 let mut targets = self.take_targets();
                 targets.extend(self.sessions.conns_of(self.sessions.members(group)));
-                self.fan_out(targets, |codec, out| {
-                    codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out)
-                });
+                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
             }
             ServerFrame::Broadcast { cmd, payload } => {
                 let mut targets = self.take_targets();
-                targets.extend(
-                    self.sessions
-                        .iter()
-                        .filter(|s| s.user.is_some())
-                        .map(|s| s.conn),
-                );
-                self.fan_out(targets, |codec, out| {
-                    codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out)
-                });
+                targets.extend(self.sessions.iter().filter(|s| s.user.is_some()).map(|s| s.conn));
+                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
             }
         }
     }
@@ -661,11 +572,7 @@ impl Gateway {
 
     /// Sends one message to many connections, encoding it once per codec.
     /// Returns how many connections it was queued on.
-    pub(crate) fn fan_out(
-        &mut self,
-        targets: Vec<ConnId>,
-        encode: impl Fn(Codec, &mut Vec<u8>),
-    ) -> usize {
+    pub(crate) fn fan_out(&mut self, targets: Vec<ConnId>, encode: impl Fn(Codec, &mut Vec<u8>)) -> usize {
         let mut frames = std::mem::take(&mut self.fanout);
         frames.iter_mut().for_each(Vec::clear);
         let mut delivered = 0;
@@ -734,14 +641,7 @@ impl Gateway {
     }
 
     /// Sends a framework payload message in the connection's payload form.
-    pub(crate) fn send_payload<M: Payload>(
-        &mut self,
-        conn: ConnId,
-        cmd: u32,
-        seq: u32,
-        flags: u32,
-        msg: &M,
-    ) {
+    pub(crate) fn send_payload<M: Payload>(&mut self, conn: ConnId, cmd: u32, seq: u32, flags: u32, msg: &M) {
         let Some(c) = self.conns.get(&conn) else {
             return;
         };
@@ -753,33 +653,14 @@ impl Gateway {
     }
 
     /// Sends an ERROR frame answering `(cmd, seq)`.
-    pub(crate) fn send_error(
-        &mut self,
-        conn: ConnId,
-        cmd: u32,
-        seq: u32,
-        code: ErrorCode,
-        message: &str,
-    ) {
-        let err = portcullis_proto::pb::client::Error {
-            code: code as i32,
-            message: message.into(),
-            cmd,
-        };
+    pub(crate) fn send_error(&mut self, conn: ConnId, cmd: u32, seq: u32, code: ErrorCode, message: &str) {
+        let err = portcullis_proto::pb::client::Error { code: code as i32, message: message.into(), cmd };
         self.send_payload(conn, cmd::ERROR, seq, flags::RESPONSE, &err);
     }
 
     /// Sends a KICK notification, then closes the connection.
     pub(crate) fn kick(&mut self, conn: ConnId, reason: &str) {
-        self.send_payload(
-            conn,
-            cmd::KICK,
-            0,
-            flags::PUSH,
-            &Kick {
-                reason: reason.into(),
-            },
-        );
+        self.send_payload(conn, cmd::KICK, 0, flags::PUSH, &Kick { reason: reason.into() });
         self.close(conn);
     }
 
@@ -808,14 +689,8 @@ impl Gateway {
         let user_id = s.user.map(|u| u.user_id.into_string()).unwrap_or_default();
         for id in 0..self.links.len() {
             if s.links_used & (1 << (id % 64)) != 0 && self.links[id].state == LinkState::Up {
-                let closed = SessionClosed {
-                    session_id: session,
-                    user_id: user_id.clone(),
-                };
-                link::encode_frame(
-                    link_frame::Kind::SessionClosed(closed),
-                    &mut self.links[id].out,
-                );
+                let closed = SessionClosed { session_id: session, user_id: user_id.clone() };
+                link::encode_frame(link_frame::Kind::SessionClosed(closed), &mut self.links[id].out);
                 self.queue_link(id);
             }
         }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use portcullis_proto::framework::{Payload, PayloadForm};
 use portcullis_proto::link::encode_frame;
 use portcullis_proto::pb::client::{
-    Delivery, Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest,
-    SendResult, SendToGroup, SendToUser, SendToUsers,
+    Delivery, Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest, SendResult, SendToGroup,
+    SendToUser, SendToUsers,
 };
 use portcullis_proto::pb::link::{self as pbl, link_frame::Kind};
 use portcullis_proto::token::{sign, Claims};
@@ -55,14 +55,7 @@ fn config(extra: &str) -> Config {
 }
 
 fn token(user: &str) -> String {
-    sign(
-        SECRET.as_bytes(),
-        &Claims {
-            uid: user.into(),
-            dev: "pc".into(),
-            exp: UNIX_START + 3600,
-        },
-    )
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: UNIX_START + 3600 })
 }
 
 /// A core plus a perfect network: every transmit is delivered at once,
@@ -133,24 +126,12 @@ impl Harness {
     }
 
     fn connect(&mut self, codec: Codec) -> ConnId {
-        let listener = [
-            Codec::Protobuf,
-            Codec::Text,
-            Codec::Json,
-            Codec::Flatbuffers,
-        ]
-        .iter()
-        .position(|c| *c == codec)
-        .unwrap();
+        let listener =
+            [Codec::Protobuf, Codec::Text, Codec::Json, Codec::Flatbuffers].iter().position(|c| *c == codec).unwrap();
         let id = self.next_conn;
         self.next_conn += 1;
         self.codec.insert(id, codec);
-        self.core.handle_connect(
-            self.now,
-            id,
-            listener,
-            SocketAddr::from(([127, 0, 0, 1], 5000)),
-        );
+        self.core.handle_connect(self.now, id, listener, SocketAddr::from(([127, 0, 0, 1], 5000)));
         self.flush();
         id
     }
@@ -182,14 +163,8 @@ impl Harness {
         let buf = self.received.remove(&conn).unwrap_or_default();
         let mut frames = Vec::new();
         let mut pos = 0;
-        while let Some((range, used)) = codec.framing().next_frame(&buf[pos..], usize::MAX).unwrap()
-        {
-            frames.push(
-                codec
-                    .decode(&buf[pos + range.start..pos + range.end])
-                    .unwrap()
-                    .into_owned(),
-            );
+        while let Some((range, used)) = codec.framing().next_frame(&buf[pos..], usize::MAX).unwrap() {
+            frames.push(codec.decode(&buf[pos + range.start..pos + range.end]).unwrap().into_owned());
             pos += used;
         }
         assert_eq!(pos, buf.len(), "a partial frame was sent");
@@ -204,10 +179,7 @@ impl Harness {
         self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token: token(user) });
         let frames = self.take(conn);
         assert_eq!(frames.len(), 1, "{frames:?}");
-        assert_eq!(
-            (frames[0].cmd, frames[0].seq, frames[0].flags),
-            (cmd::LOGIN, 1, flags::RESPONSE)
-        );
+        assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGIN, 1, flags::RESPONSE));
         self.form(conn).decode(&frames[0].payload).unwrap()
     }
 
@@ -234,16 +206,8 @@ impl Harness {
         let buf = self.link_sent.remove(&link).unwrap_or_default();
         let mut out = Vec::new();
         let mut pos = 0;
-        while let Some((r, used)) = Framing::LengthPrefixed
-            .next_frame(&buf[pos..], usize::MAX)
-            .unwrap()
-        {
-            out.push(
-                pbl::LinkFrame::decode(&buf[pos + r.start..pos + r.end])
-                    .unwrap()
-                    .kind
-                    .unwrap(),
-            );
+        while let Some((r, used)) = Framing::LengthPrefixed.next_frame(&buf[pos..], usize::MAX).unwrap() {
+            out.push(pbl::LinkFrame::decode(&buf[pos + r.start..pos + r.end]).unwrap().kind.unwrap());
             pos += used;
         }
         out
@@ -269,10 +233,7 @@ fn login_logout_and_the_reply_fields() {
         assert_eq!(h.core.sessions().of_user("alice").len(), 1);
         h.send(c, &Envelope::new(cmd::LOGOUT, 2, 0, b""));
         let frames = h.take(c);
-        assert_eq!(
-            (frames[0].cmd, frames[0].seq, frames[0].flags),
-            (cmd::LOGOUT, 2, flags::RESPONSE)
-        );
+        assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGOUT, 2, flags::RESPONSE));
         assert!(h.closed.contains(&c));
         assert_eq!(h.core.sessions().of_user("alice").len(), 0);
         assert_eq!(h.core.connection_count(), 0);
@@ -283,52 +244,18 @@ fn login_logout_and_the_reply_fields() {
 fn login_refusals() {
     let mut h = Harness::new("");
     let c = h.connect(Codec::Protobuf);
-    h.send_msg(
-        c,
-        cmd::LOGIN,
-        1,
-        &LoginRequest {
-            token: "not-a-token".into(),
-        },
-    );
+    h.send_msg(c, cmd::LOGIN, 1, &LoginRequest { token: "not-a-token".into() });
     h.expect_error(c, ErrorCode::AuthFailed);
-    let forged = sign(
-        b"wrong-secret-wrong-secret",
-        &Claims {
-            uid: "eve".into(),
-            dev: String::new(),
-            exp: u64::MAX,
-        },
-    );
+    let forged = sign(b"wrong-secret-wrong-secret", &Claims { uid: "eve".into(), dev: String::new(), exp: u64::MAX });
     h.send_msg(c, cmd::LOGIN, 2, &LoginRequest { token: forged });
-    assert!(h
-        .expect_error(c, ErrorCode::AuthFailed)
-        .message
-        .contains("signature"));
-    let expired = sign(
-        SECRET.as_bytes(),
-        &Claims {
-            uid: "bob".into(),
-            dev: String::new(),
-            exp: UNIX_START - 1,
-        },
-    );
+    assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("signature"));
+    let expired = sign(SECRET.as_bytes(), &Claims { uid: "bob".into(), dev: String::new(), exp: UNIX_START - 1 });
     h.send_msg(c, cmd::LOGIN, 3, &LoginRequest { token: expired });
-    assert!(h
-        .expect_error(c, ErrorCode::AuthFailed)
-        .message
-        .contains("expired"));
+    assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("expired"));
     h.send(c, &Envelope::new(cmd::LOGIN, 4, 0, &[0xff, 0xff]));
     h.expect_error(c, ErrorCode::BadPayload);
     h.login(c, "bob");
-    h.send_msg(
-        c,
-        cmd::LOGIN,
-        5,
-        &LoginRequest {
-            token: token("bob"),
-        },
-    );
+    h.send_msg(c, cmd::LOGIN, 5, &LoginRequest { token: token("bob") });
     h.expect_error(c, ErrorCode::AlreadyLoggedIn);
     assert_eq!(h.core.stats().drop_auth_failed, 3);
 }
@@ -346,10 +273,7 @@ fn business_and_group_commands_before_login_are_refused() {
     // Heartbeats are fine before login.
     h.send(c, &Envelope::new(cmd::HEARTBEAT, 11, 0, b""));
     assert_eq!(h.take(c)[0].flags, flags::RESPONSE);
-    assert!(
-        h.link_frames(0).is_empty() && h.link_frames(1).is_empty(),
-        "nothing reached a game server"
-    );
+    assert!(h.link_frames(0).is_empty() && h.link_frames(1).is_empty(), "nothing reached a game server");
 }
 
 #[test]
@@ -368,10 +292,7 @@ fn heartbeat_deadline_closes_idle_sessions_only() {
     assert!(!h.closed.contains(&busy));
     let frames = h.take(idle);
     assert_eq!(frames.last().unwrap().cmd, cmd::KICK);
-    let kick: Kick = h
-        .form(idle)
-        .decode(&frames.last().unwrap().payload)
-        .unwrap();
+    let kick: Kick = h.form(idle).decode(&frames.last().unwrap().payload).unwrap();
     assert_eq!(kick.reason, "heartbeat timeout");
     assert_eq!(h.core.stats().heartbeat_timeouts, 1);
     // Just before the deadline a session survives; at it, it is closed.
@@ -394,14 +315,7 @@ fn group_fan_out_excludes_the_sender_and_crosses_codecs() {
     let conns: Vec<_> = Codec::ALL.iter().map(|c| h.connect(*c)).collect();
     for (i, &c) in conns.iter().enumerate() {
         h.login(c, &format!("u{i}"));
-        h.send_msg(
-            c,
-            cmd::JOIN_GROUP,
-            2,
-            &GroupRequest {
-                group: "room".into(),
-            },
-        );
+        h.send_msg(c, cmd::JOIN_GROUP, 2, &GroupRequest { group: "room".into() });
         assert_eq!(h.take(c)[0].flags, flags::RESPONSE);
     }
     let outsider = h.connect(Codec::Protobuf);
@@ -411,11 +325,7 @@ fn group_fan_out_excludes_the_sender_and_crosses_codecs() {
         sender,
         cmd::SEND_TO_GROUP,
         3,
-        &SendToGroup {
-            group: "room".into(),
-            payload: b"hello room".to_vec(),
-            include_self: false,
-        },
+        &SendToGroup { group: "room".into(), payload: b"hello room".to_vec(), include_self: false },
     );
     let answer = h.take(sender);
     assert_eq!(answer.len(), 1);
@@ -424,15 +334,9 @@ fn group_fan_out_excludes_the_sender_and_crosses_codecs() {
     for (i, &c) in conns.iter().enumerate().skip(1) {
         let frames = h.take(c);
         assert_eq!(frames.len(), 1, "codec {}", Codec::ALL[i]);
-        assert_eq!(
-            (frames[0].cmd, frames[0].flags),
-            (cmd::SEND_TO_GROUP, flags::PUSH)
-        );
+        assert_eq!((frames[0].cmd, frames[0].flags), (cmd::SEND_TO_GROUP, flags::PUSH));
         let d: Delivery = h.form(c).decode(&frames[0].payload).unwrap();
-        assert_eq!(
-            (d.from_user_id.as_str(), d.group.as_str(), &d.payload[..]),
-            ("u0", "room", &b"hello room"[..])
-        );
+        assert_eq!((d.from_user_id.as_str(), d.group.as_str(), &d.payload[..]), ("u0", "room", &b"hello room"[..]));
     }
     assert!(h.take(outsider).is_empty());
     // include_self, then leave.
@@ -440,34 +344,19 @@ fn group_fan_out_excludes_the_sender_and_crosses_codecs() {
         sender,
         cmd::SEND_TO_GROUP,
         4,
-        &SendToGroup {
-            group: "room".into(),
-            payload: b"x".to_vec(),
-            include_self: true,
-        },
+        &SendToGroup { group: "room".into(), payload: b"x".to_vec(), include_self: true },
     );
     assert_eq!(h.take(sender).len(), 2);
     for &c in &conns[1..] {
         assert_eq!(h.take(c).len(), 1);
     }
-    h.send_msg(
-        conns[1],
-        cmd::LEAVE_GROUP,
-        5,
-        &GroupRequest {
-            group: "room".into(),
-        },
-    );
+    h.send_msg(conns[1], cmd::LEAVE_GROUP, 5, &GroupRequest { group: "room".into() });
     h.take(conns[1]);
     h.send_msg(
         sender,
         cmd::SEND_TO_GROUP,
         6,
-        &SendToGroup {
-            group: "room".into(),
-            payload: b"y".to_vec(),
-            include_self: false,
-        },
+        &SendToGroup { group: "room".into(), payload: b"y".to_vec(), include_self: false },
     );
     h.take(sender);
     assert!(h.take(conns[1]).iter().all(|f| f.cmd != cmd::SEND_TO_GROUP));
@@ -485,25 +374,14 @@ fn send_to_user_reaches_every_session_of_the_user_once() {
     h.login(b1, "bob");
     h.login(b2, "bob");
     h.login(c, "carol");
-    h.send_msg(
-        a,
-        cmd::SEND_TO_USER,
-        2,
-        &SendToUser {
-            user_id: "bob".into(),
-            payload: b"psst".to_vec(),
-        },
-    );
+    h.send_msg(a, cmd::SEND_TO_USER, 2, &SendToUser { user_id: "bob".into(), payload: b"psst".to_vec() });
     let r: SendResult = h.form(a).decode(&h.take(a)[0].payload).unwrap();
     assert_eq!(r.delivered, 2);
     for conn in [b1, b2] {
         let frames = h.take(conn);
         assert_eq!(frames.len(), 1);
         let d: Delivery = h.form(conn).decode(&frames[0].payload).unwrap();
-        assert_eq!(
-            (d.from_user_id.as_str(), &d.payload[..]),
-            ("alice", &b"psst"[..])
-        );
+        assert_eq!((d.from_user_id.as_str(), &d.payload[..]), ("alice", &b"psst"[..]));
     }
     let users = SendToUsers {
         user_ids: vec!["bob".into(), "carol".into(), "bob".into(), "nobody".into()],
@@ -526,24 +404,13 @@ fn business_commands_are_routed_round_robin_and_answered() {
     h.expect_error(c, ErrorCode::BackendUnavailable);
     h.links_up();
     for seq in 3..7 {
-        h.send(
-            c,
-            &Envelope::new(1001, seq, 0, b"ping").with_route_key(b"room-9"),
-        );
+        h.send(c, &Envelope::new(1001, seq, 0, b"ping").with_route_key(b"room-9"));
     }
     let (l0, l1) = (h.link_frames(0), h.link_frames(1));
     assert_eq!((l0.len(), l1.len()), (2, 2), "round robin over two servers");
-    let Kind::Request(req) = &l0[0] else {
-        panic!("{l0:?}")
-    };
-    assert_eq!(
-        (req.session_id, req.user_id.as_str(), req.cmd, req.seq),
-        (login.session_id, "alice", 1001, 3)
-    );
-    assert_eq!(
-        (&req.payload[..], req.route_key.as_deref()),
-        (&b"ping"[..], Some(&b"room-9"[..]))
-    );
+    let Kind::Request(req) = &l0[0] else { panic!("{l0:?}") };
+    assert_eq!((req.session_id, req.user_id.as_str(), req.cmd, req.seq), (login.session_id, "alice", 1001, 3));
+    assert_eq!((&req.payload[..], req.route_key.as_deref()), (&b"ping"[..], Some(&b"room-9"[..])));
     h.server_sends(
         0,
         Kind::Reply(pbl::Reply {
@@ -555,10 +422,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
         }),
     );
     let frames = h.take(c);
-    assert_eq!(
-        frames,
-        [Envelope::new(1001, 3, flags::RESPONSE, b"pong").into_owned()]
-    );
+    assert_eq!(frames, [Envelope::new(1001, 3, flags::RESPONSE, b"pong").into_owned()]);
     h.server_sends(
         1,
         Kind::Reply(pbl::Reply {
@@ -570,10 +434,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
             ..Default::default()
         }),
     );
-    assert!(h
-        .expect_error(c, ErrorCode::BackendError)
-        .message
-        .contains("no such room"));
+    assert!(h.expect_error(c, ErrorCode::BackendError).message.contains("no such room"));
     // Unrouted business command.
     h.send(c, &Envelope::new(5000, 8, 0, b""));
     h.expect_error(c, ErrorCode::UnknownCommand);
@@ -581,10 +442,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
     h.send(c, &Envelope::new(cmd::LOGOUT, 9, 0, b""));
     for link in [0, 1] {
         let frames = h.link_frames(link);
-        assert!(
-            matches!(&frames[..], [Kind::SessionClosed(s)] if s.session_id == login.session_id),
-            "{frames:?}"
-        );
+        assert!(matches!(&frames[..], [Kind::SessionClosed(s)] if s.session_id == login.session_id), "{frames:?}");
     }
 }
 
@@ -597,71 +455,24 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
     let anon = h.connect(Codec::Protobuf);
     let la = h.login(a, "alice");
     h.login(b, "bob");
-    h.send_msg(
-        b,
-        cmd::JOIN_GROUP,
-        2,
-        &GroupRequest {
-            group: "guild".into(),
-        },
-    );
+    h.send_msg(b, cmd::JOIN_GROUP, 2, &GroupRequest { group: "guild".into() });
     h.take(b);
     h.server_sends(
         0,
-        Kind::PushToSession(pbl::PushToSession {
-            session_id: la.session_id,
-            cmd: 1500,
-            payload: b"s".to_vec(),
-        }),
+        Kind::PushToSession(pbl::PushToSession { session_id: la.session_id, cmd: 1500, payload: b"s".to_vec() }),
     );
-    h.server_sends(
-        0,
-        Kind::PushToUser(pbl::PushToUser {
-            user_id: "bob".into(),
-            cmd: 1501,
-            payload: b"u".to_vec(),
-        }),
-    );
-    h.server_sends(
-        1,
-        Kind::PushToGroup(pbl::PushToGroup {
-            group: "guild".into(),
-            cmd: 1502,
-            payload: b"g".to_vec(),
-        }),
-    );
-    h.server_sends(
-        1,
-        Kind::Broadcast(pbl::Broadcast {
-            cmd: 1503,
-            payload: b"all".to_vec(),
-        }),
-    );
+    h.server_sends(0, Kind::PushToUser(pbl::PushToUser { user_id: "bob".into(), cmd: 1501, payload: b"u".to_vec() }));
+    h.server_sends(1, Kind::PushToGroup(pbl::PushToGroup { group: "guild".into(), cmd: 1502, payload: b"g".to_vec() }));
+    h.server_sends(1, Kind::Broadcast(pbl::Broadcast { cmd: 1503, payload: b"all".to_vec() }));
     let cmds = |frames: Vec<Envelope<'static>>| {
-        frames
-            .iter()
-            .map(|f| (f.cmd, f.flags, f.payload.to_vec()))
-            .collect::<Vec<_>>()
+        frames.iter().map(|f| (f.cmd, f.flags, f.payload.to_vec())).collect::<Vec<_>>()
     };
-    assert_eq!(
-        cmds(h.take(a)),
-        [
-            (1500, flags::PUSH, b"s".to_vec()),
-            (1503, flags::PUSH, b"all".to_vec())
-        ]
-    );
+    assert_eq!(cmds(h.take(a)), [(1500, flags::PUSH, b"s".to_vec()), (1503, flags::PUSH, b"all".to_vec())]);
     assert_eq!(
         cmds(h.take(b)),
-        [
-            (1501, flags::PUSH, b"u".to_vec()),
-            (1502, flags::PUSH, b"g".to_vec()),
-            (1503, flags::PUSH, b"all".to_vec())
-        ]
+        [(1501, flags::PUSH, b"u".to_vec()), (1502, flags::PUSH, b"g".to_vec()), (1503, flags::PUSH, b"all".to_vec())]
     );
-    assert!(
-        h.take(anon).is_empty(),
-        "broadcasts reach logged-in sessions only"
-    );
+    assert!(h.take(anon).is_empty(), "broadcasts reach logged-in sessions only");
 }
 
 #[test]
@@ -670,12 +481,7 @@ fn framing_split_frames_and_several_frames_per_read() {
     let c = h.connect(Codec::Protobuf);
     let login = h.frame(
         c,
-        &Envelope::new(
-            cmd::LOGIN,
-            1,
-            0,
-            &PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token: token("al") }),
-        ),
+        &Envelope::new(cmd::LOGIN, 1, 0, &PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token: token("al") })),
     );
     // One byte at a time.
     for byte in &login {
@@ -689,10 +495,7 @@ fn framing_split_frames_and_several_frames_per_read() {
     }
     let cut = stream.len() - 2;
     h.raw(c, &stream[..cut]);
-    assert_eq!(
-        h.take(c).iter().map(|f| f.seq).collect::<Vec<_>>(),
-        [10, 11, 12]
-    );
+    assert_eq!(h.take(c).iter().map(|f| f.seq).collect::<Vec<_>>(), [10, 11, 12]);
     h.raw(c, &stream[cut..]);
     assert_eq!(h.take(c).iter().map(|f| f.seq).collect::<Vec<_>>(), [13]);
     // Text lines, split mid-line.
@@ -729,10 +532,7 @@ fn garbage_and_unknown_commands_get_errors_then_a_close() {
     h.raw(c, b"what is this\n");
     h.expect_error(c, ErrorCode::BadFrame);
     h.send(c, &Envelope::new(cmd::KICK, 2, 0, b""));
-    assert!(h
-        .expect_error(c, ErrorCode::UnknownCommand)
-        .message
-        .contains("sent by the gateway"));
+    assert!(h.expect_error(c, ErrorCode::UnknownCommand).message.contains("sent by the gateway"));
     h.send(c, &Envelope::new(500, 3, 0, b""));
     h.expect_error(c, ErrorCode::UnknownCommand);
     let p = h.connect(Codec::Protobuf);
@@ -755,13 +555,7 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_served() {
     h.login(stalled, "s");
     h.not_reading.insert(stalled);
     for _ in 0..100 {
-        h.server_sends(
-            0,
-            Kind::Broadcast(pbl::Broadcast {
-                cmd: 1500,
-                payload: vec![1; 100],
-            }),
-        );
+        h.server_sends(0, Kind::Broadcast(pbl::Broadcast { cmd: 1500, payload: vec![1; 100] }));
     }
     assert!(h.closed.contains(&stalled));
     assert!(!h.closed.contains(&reader));

@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use portcullis_proto::framework::Payload;
 use portcullis_proto::pb::client::{
-    Delivery, ErrorCode, GroupRequest, LoginReply, LoginRequest, SendResult, SendToGroup,
-    SendToUser, SendToUsers,
+    Delivery, ErrorCode, GroupRequest, LoginReply, LoginRequest, SendResult, SendToGroup, SendToUser, SendToUsers,
 };
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
@@ -32,13 +31,7 @@ impl Gateway {
         let needs_login = !matches!(env.cmd, cmd::HEARTBEAT | cmd::LOGIN | cmd::LOGOUT);
         if needs_login && !logged_in {
             self.stats.drop_not_logged_in += 1;
-            self.send_error(
-                conn,
-                env.cmd,
-                env.seq,
-                ErrorCode::NotLoggedIn,
-                "log in first",
-            );
+            self.send_error(conn, env.cmd, env.seq, ErrorCode::NotLoggedIn, "log in first");
             return true;
         }
         match env.cmd {
@@ -58,18 +51,9 @@ impl Gateway {
                 }
                 if env.cmd == cmd::LEAVE_GROUP {
                     self.sessions.leave(session, &req.group);
-                } else if let Err(e) =
-                    self.sessions
-                        .join(session, &req.group, self.limits.max_groups)
-                {
+                } else if let Err(e) = self.sessions.join(session, &req.group, self.limits.max_groups) {
                     self.stats.drop_bad_payload += 1;
-                    self.send_error(
-                        conn,
-                        env.cmd,
-                        env.seq,
-                        ErrorCode::BadPayload,
-                        &e.to_string(),
-                    );
+                    self.send_error(conn, env.cmd, env.seq, ErrorCode::BadPayload, &e.to_string());
                     return true;
                 }
                 self.respond(conn, env, &[]);
@@ -79,10 +63,7 @@ impl Gateway {
                     return self.count_bad_frame(conn);
                 };
                 let mut targets = self.take_targets();
-                targets.extend(
-                    self.sessions
-                        .conns_of(self.sessions.of_user(&req.user_id).iter().copied()),
-                );
+                targets.extend(self.sessions.conns_of(self.sessions.of_user(&req.user_id).iter().copied()));
                 self.deliver(conn, session, env, targets, "", &req.payload);
             }
             cmd::SEND_TO_USERS => {
@@ -91,10 +72,7 @@ impl Gateway {
                 };
                 let mut targets = self.take_targets();
                 for user in &req.user_ids {
-                    targets.extend(
-                        self.sessions
-                            .conns_of(self.sessions.of_user(user).iter().copied()),
-                    );
+                    targets.extend(self.sessions.conns_of(self.sessions.of_user(user).iter().copied()));
                 }
                 targets.sort_unstable();
                 targets.dedup();
@@ -131,22 +109,9 @@ impl Gateway {
         true
     }
 
-    fn login(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        session: SessionId,
-        codec: Codec,
-        env: &Envelope<'_>,
-    ) -> bool {
+    fn login(&mut self, now: Instant, conn: ConnId, session: SessionId, codec: Codec, env: &Envelope<'_>) -> bool {
         if self.sessions.get(session).is_some_and(|s| s.user.is_some()) {
-            self.send_error(
-                conn,
-                env.cmd,
-                env.seq,
-                ErrorCode::AlreadyLoggedIn,
-                "this session is already logged in",
-            );
+            self.send_error(conn, env.cmd, env.seq, ErrorCode::AlreadyLoggedIn, "this session is already logged in");
             return true;
         }
         let Some(req) = self.payload::<LoginRequest>(conn, codec, env) else {
@@ -156,24 +121,12 @@ impl Gateway {
             Ok(user) if user.user_id.len() <= self.limits.max_name => user,
             Ok(_) => {
                 self.stats.drop_auth_failed += 1;
-                self.send_error(
-                    conn,
-                    env.cmd,
-                    env.seq,
-                    ErrorCode::AuthFailed,
-                    "user id too long",
-                );
+                self.send_error(conn, env.cmd, env.seq, ErrorCode::AuthFailed, "user id too long");
                 return self.count_bad_frame(conn);
             }
             Err(e) => {
                 self.stats.drop_auth_failed += 1;
-                self.send_error(
-                    conn,
-                    env.cmd,
-                    env.seq,
-                    ErrorCode::AuthFailed,
-                    &e.to_string(),
-                );
+                self.send_error(conn, env.cmd, env.seq, ErrorCode::AuthFailed, &e.to_string());
                 return self.count_bad_frame(conn);
             }
         };
@@ -200,38 +153,20 @@ impl Gateway {
         group: &str,
         payload: &[u8],
     ) {
-        let from = self
-            .sessions
-            .get(session)
-            .and_then(|s| s.user.as_ref())
-            .map(|u| u.user_id.to_string());
-        let delivery = Delivery {
-            from_user_id: from.unwrap_or_default(),
-            group: group.to_string(),
-            payload: payload.to_vec(),
-        };
+        let from = self.sessions.get(session).and_then(|s| s.user.as_ref()).map(|u| u.user_id.to_string());
+        let delivery =
+            Delivery { from_user_id: from.unwrap_or_default(), group: group.to_string(), payload: payload.to_vec() };
         let push_cmd = env.cmd;
         let delivered = self.fan_out(targets, |codec, out| {
             let body = codec.payload_form().encode_to_vec(&delivery);
             codec.encode(&Envelope::new(push_cmd, 0, flags::PUSH, &body), out);
         });
-        self.send_payload(
-            conn,
-            env.cmd,
-            env.seq,
-            flags::RESPONSE,
-            &SendResult {
-                delivered: delivered as u32,
-            },
-        );
+        self.send_payload(conn, env.cmd, env.seq, flags::RESPONSE, &SendResult { delivered: delivered as u32 });
     }
 
     /// Answers a request with an empty or raw payload.
     fn respond(&mut self, conn: ConnId, env: &Envelope<'_>, payload: &[u8]) {
-        self.send(
-            conn,
-            &Envelope::new(env.cmd, env.seq, flags::RESPONSE, payload),
-        );
+        self.send(conn, &Envelope::new(env.cmd, env.seq, flags::RESPONSE, payload));
     }
 
     /// Decodes a framework payload, answering BAD_PAYLOAD if it cannot be.
@@ -241,13 +176,7 @@ impl Gateway {
             Err(e) => {
                 self.stats.drop_bad_payload += 1;
                 let name = cmd::name(env.cmd).unwrap_or("?");
-                self.send_error(
-                    conn,
-                    env.cmd,
-                    env.seq,
-                    ErrorCode::BadPayload,
-                    &format!("bad {name} payload: {e}"),
-                );
+                self.send_error(conn, env.cmd, env.seq, ErrorCode::BadPayload, &format!("bad {name} payload: {e}"));
                 None
             }
         }

@@ -50,14 +50,9 @@ impl KernelIo {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let mut listener = TcpListener::bind(l.bind).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("cannot bind listeners[{i}].bind = {}: {e}", l.bind),
-                )
-            })?;
-            poll.registry()
-                .register(&mut listener, Token(i), Interest::READABLE)?;
+            let mut listener = TcpListener::bind(l.bind)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind listeners[{i}].bind = {}: {e}", l.bind)))?;
+            poll.registry().register(&mut listener, Token(i), Interest::READABLE)?;
             listeners.push(listener);
         }
         let link_count = config.services.iter().map(|s| s.servers.len()).sum();
@@ -75,10 +70,7 @@ impl KernelIo {
 
     /// Addresses the listeners are bound to (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     fn slot(id: ConnId) -> usize {
@@ -86,10 +78,7 @@ impl KernelIo {
     }
 
     fn client(&mut self, id: ConnId) -> Option<&mut Client> {
-        self.clients
-            .get_mut(Self::slot(id))?
-            .as_mut()
-            .filter(|c| c.id == id)
+        self.clients.get_mut(Self::slot(id))?.as_mut().filter(|c| c.id == id)
     }
 
     fn accept(&mut self, core: &mut Gateway, listener: usize, now: Instant) {
@@ -104,12 +93,7 @@ impl KernelIo {
                     self.generation = self.generation.wrapping_add(1);
                     let id = (u64::from(self.generation) << 32) | slot as u64;
                     let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, Token(CLIENT_BASE + slot), interest)
-                        .is_err()
-                    {
+                    if self.poll.registry().register(&mut stream, Token(CLIENT_BASE + slot), interest).is_err() {
                         self.free.push(slot);
                         continue;
                     }
@@ -199,17 +183,8 @@ impl IoBackend for KernelIo {
             r => r?,
         }
         let now = Instant::now();
-        let ready: Vec<(usize, bool, bool)> = self
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e.token().0,
-                    e.is_readable() || e.is_read_closed(),
-                    e.is_writable(),
-                )
-            })
-            .collect();
+        let ready: Vec<(usize, bool, bool)> =
+            self.events.iter().map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())).collect();
         for (token, readable, writable) in ready {
             if token < LINK_BASE {
                 self.accept(core, token, now);
@@ -222,8 +197,7 @@ impl IoBackend for KernelIo {
                     if !(writable || readable) {
                         continue;
                     }
-                    let ok = l.stream.take_error().ok().flatten().is_none()
-                        && l.stream.peer_addr().is_ok();
+                    let ok = l.stream.take_error().ok().flatten().is_none() && l.stream.peer_addr().is_ok();
                     if !ok {
                         self.drop_link(link);
                         core.handle_link_closed(now, link);
@@ -241,12 +215,7 @@ impl IoBackend for KernelIo {
                 }
             } else {
                 let slot = token - CLIENT_BASE;
-                let Some(id) = self
-                    .clients
-                    .get(slot)
-                    .and_then(|c| c.as_ref())
-                    .map(|c| c.id)
-                else {
+                let Some(id) = self.clients.get(slot).and_then(|c| c.as_ref()).map(|c| c.id) else {
                     continue;
                 };
                 if writable {
@@ -286,20 +255,11 @@ impl IoBackend for KernelIo {
                     self.drop_link(link);
                     let registered = TcpStream::connect(addr).and_then(|mut stream| {
                         let interest = Interest::READABLE | Interest::WRITABLE;
-                        self.poll.registry().register(
-                            &mut stream,
-                            Token(LINK_BASE + link),
-                            interest,
-                        )?;
+                        self.poll.registry().register(&mut stream, Token(LINK_BASE + link), interest)?;
                         Ok(stream)
                     });
                     match registered {
-                        Ok(stream) => {
-                            self.links[link] = Some(LinkSocket {
-                                stream,
-                                connected: false,
-                            })
-                        }
+                        Ok(stream) => self.links[link] = Some(LinkSocket { stream, connected: false }),
                         Err(_) => core.handle_link_closed(now, link),
                     }
                 }
@@ -337,27 +297,14 @@ impl RunningGateway {
         let secret = config.auth.token_secret().map_err(io::Error::other)?;
         let mut io = KernelIo::bind(config)?;
         let addrs = io.local_addrs();
-        let unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut core = Gateway::new(
-            config,
-            Box::new(TokenAuthenticator::new(secret)),
-            Instant::now(),
-            unix,
-        );
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut core = Gateway::new(config, Box::new(TokenAuthenticator::new(secret)), Instant::now(), unix);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("portcullis-worker-0".into())
-            .spawn(move || {
-                super::run(&mut io, &mut core, &flag, Duration::from_secs(5), |_, _| {})
-            })?;
-        Ok(RunningGateway {
-            addrs,
-            stop,
-            thread: Some(thread),
-        })
+            .spawn(move || super::run(&mut io, &mut core, &flag, Duration::from_secs(5), |_, _| {}))?;
+        Ok(RunningGateway { addrs, stop, thread: Some(thread) })
     }
 
     /// Shuts the worker down and waits for it.
@@ -368,9 +315,7 @@ impl RunningGateway {
     fn stop_and_join(&mut self) -> io::Result<()> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| io::Error::other("gateway worker panicked"))?,
+            Some(t) => t.join().map_err(|_| io::Error::other("gateway worker panicked"))?,
             None => Ok(()),
         }
     }

@@ -58,9 +58,7 @@ pub fn run<B: IoBackend>(
                 return Ok(());
             }
         }
-        let wait = core
-            .poll_timeout()
-            .map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
+        let wait = core.poll_timeout().map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
         io.poll(core, Some(wait))?;
     }
 }

@@ -37,23 +37,14 @@ impl Router {
             .map(|s| {
                 let links = (next_link..next_link + s.servers.len()).collect();
                 next_link += s.servers.len();
-                Service {
-                    name: s.name.clone(),
-                    links,
-                    balance: s.balance,
-                    next: 0,
-                }
+                Service { name: s.name.clone(), links, balance: s.balance, next: 0 }
             })
             .collect();
         let mut routes: Vec<_> = config
             .routes
             .iter()
             .map(|r| {
-                let service = config
-                    .services
-                    .iter()
-                    .position(|s| s.name == r.service)
-                    .expect("validated");
+                let service = config.services.iter().position(|s| s.name == r.service).expect("validated");
                 (r.commands[0], r.commands[1], service)
             })
             .collect();

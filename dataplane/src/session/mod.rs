@@ -63,14 +63,7 @@ pub struct SessionTable {
 impl SessionTable {
     /// Adds a new, anonymous session.
     pub fn insert(&mut self, id: SessionId, conn: ConnId, now: Instant) {
-        let s = Session {
-            id,
-            conn,
-            user: None,
-            groups: Vec::new(),
-            last_seen: now,
-            links_used: 0,
-        };
+        let s = Session { id, conn, user: None, groups: Vec::new(), last_seen: now, links_used: 0 };
         self.sessions.insert(id, s);
     }
 
@@ -113,13 +106,8 @@ impl SessionTable {
     }
 
     /// Connections of the given sessions (sessions that are gone are skipped).
-    pub fn conns_of<'a>(
-        &'a self,
-        ids: impl IntoIterator<Item = SessionId> + 'a,
-    ) -> impl Iterator<Item = ConnId> + 'a {
-        ids.into_iter()
-            .filter_map(|id| self.sessions.get(&id))
-            .map(|s| s.conn)
+    pub fn conns_of<'a>(&'a self, ids: impl IntoIterator<Item = SessionId> + 'a) -> impl Iterator<Item = ConnId> + 'a {
+        ids.into_iter().filter_map(|id| self.sessions.get(&id)).map(|s| s.conn)
     }
 
     /// Members of a group.
@@ -138,12 +126,7 @@ impl SessionTable {
     }
 
     /// Adds a session to a group (no-op if already a member).
-    pub fn join(
-        &mut self,
-        id: SessionId,
-        group: &str,
-        max_groups: usize,
-    ) -> Result<(), GroupError> {
+    pub fn join(&mut self, id: SessionId, group: &str, max_groups: usize) -> Result<(), GroupError> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return Ok(());
         };
@@ -166,11 +149,7 @@ impl SessionTable {
         Self::unindex_group(&mut self.groups, id, group);
     }
 
-    fn unindex_group(
-        groups: &mut HashMap<Box<str>, FxHashSet<SessionId>>,
-        id: SessionId,
-        group: &str,
-    ) {
+    fn unindex_group(groups: &mut HashMap<Box<str>, FxHashSet<SessionId>>, id: SessionId, group: &str) {
         if let Some(members) = groups.get_mut(group) {
             members.remove(&id);
             if members.is_empty() {
@@ -202,10 +181,7 @@ mod tests {
     use super::*;
 
     fn user(id: &str) -> UserBinding {
-        UserBinding {
-            user_id: id.into(),
-            device: "pc".into(),
-        }
+        UserBinding { user_id: id.into(), device: "pc".into() }
     }
 
     #[test]

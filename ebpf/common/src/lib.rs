@@ -70,11 +70,7 @@ pub struct PortKey {
 impl PortKey {
     /// A key for `port` over `proto`.
     pub const fn new(port: u16, proto: u8) -> Self {
-        PortKey {
-            port,
-            proto,
-            _pad: 0,
-        }
+        PortKey { port, proto, _pad: 0 }
     }
 }
 

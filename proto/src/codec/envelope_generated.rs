@@ -31,6 +31,8 @@ impl<'a> Envelope<'a> {
   pub const VT_FLAGS: ::flatbuffers::VOffsetT = 8;
   pub const VT_PAYLOAD: ::flatbuffers::VOffsetT = 10;
   pub const VT_ROUTE_KEY: ::flatbuffers::VOffsetT = 12;
+  pub const VT_SERVER_SEQ: ::flatbuffers::VOffsetT = 14;
+  pub const VT_ACK: ::flatbuffers::VOffsetT = 16;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -42,6 +44,8 @@ impl<'a> Envelope<'a> {
     args: &'args EnvelopeArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Envelope<'bldr>> {
     let mut builder = EnvelopeBuilder::new(_fbb);
+    builder.add_ack(args.ack);
+    builder.add_server_seq(args.server_seq);
     if let Some(x) = args.route_key { builder.add_route_key(x); }
     if let Some(x) = args.payload { builder.add_payload(x); }
     builder.add_flags(args.flags);
@@ -86,6 +90,20 @@ impl<'a> Envelope<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Envelope::VT_ROUTE_KEY, None)}
   }
+  #[inline]
+  pub fn server_seq(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Envelope::VT_SERVER_SEQ, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn ack(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Envelope::VT_ACK, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Envelope<'_> {
@@ -99,6 +117,8 @@ impl ::flatbuffers::Verifiable for Envelope<'_> {
      .visit_field::<u32>("flags", Self::VT_FLAGS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("payload", Self::VT_PAYLOAD, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("route_key", Self::VT_ROUTE_KEY, false)?
+     .visit_field::<u64>("server_seq", Self::VT_SERVER_SEQ, false)?
+     .visit_field::<u64>("ack", Self::VT_ACK, false)?
      .finish();
     Ok(())
   }
@@ -109,6 +129,8 @@ pub struct EnvelopeArgs<'a> {
     pub flags: u32,
     pub payload: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub route_key: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub server_seq: u64,
+    pub ack: u64,
 }
 impl<'a> Default for EnvelopeArgs<'a> {
   #[inline]
@@ -119,6 +141,8 @@ impl<'a> Default for EnvelopeArgs<'a> {
       flags: 0,
       payload: None,
       route_key: None,
+      server_seq: 0,
+      ack: 0,
     }
   }
 }
@@ -149,6 +173,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EnvelopeBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Envelope::VT_ROUTE_KEY, route_key);
   }
   #[inline]
+  pub fn add_server_seq(&mut self, server_seq: u64) {
+    self.fbb_.push_slot::<u64>(Envelope::VT_SERVER_SEQ, server_seq, 0);
+  }
+  #[inline]
+  pub fn add_ack(&mut self, ack: u64) {
+    self.fbb_.push_slot::<u64>(Envelope::VT_ACK, ack, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EnvelopeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     EnvelopeBuilder {
@@ -171,6 +203,8 @@ impl ::core::fmt::Debug for Envelope<'_> {
       ds.field("flags", &self.flags());
       ds.field("payload", &self.payload());
       ds.field("route_key", &self.route_key());
+      ds.field("server_seq", &self.server_seq());
+      ds.field("ack", &self.ack());
       ds.finish()
   }
 }

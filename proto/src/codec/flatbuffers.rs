@@ -24,6 +24,8 @@ pub(super) fn decode(frame: &[u8]) -> Result<Envelope<'_>, DecodeError> {
         flags: fb.flags(),
         payload: Cow::Borrowed(fb.payload().map_or(&[][..], |v| v.bytes())),
         route_key: fb.route_key().map(|v| Cow::Borrowed(v.bytes())),
+        server_seq: fb.server_seq(),
+        ack: fb.ack(),
     })
 }
 
@@ -40,6 +42,8 @@ pub(super) fn encode(env: &Envelope<'_>, out: &mut Vec<u8>) {
                 flags: env.flags,
                 payload,
                 route_key,
+                server_seq: env.server_seq,
+                ack: env.ack,
             },
         );
         fb::finish_envelope_buffer(b, root);

@@ -39,12 +39,7 @@ pub enum Codec {
 
 impl Codec {
     /// Every codec.
-    pub const ALL: [Codec; 4] = [
-        Codec::Protobuf,
-        Codec::Flatbuffers,
-        Codec::Json,
-        Codec::Text,
-    ];
+    pub const ALL: [Codec; 4] = [Codec::Protobuf, Codec::Flatbuffers, Codec::Json, Codec::Text];
 
     /// How frames of this codec are delimited.
     pub fn framing(self) -> Framing {
@@ -100,17 +95,20 @@ impl std::fmt::Display for Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cmd;
     use std::borrow::Cow;
 
     fn samples() -> Vec<Envelope<'static>> {
         vec![
             Envelope::default(),
             Envelope::new(1001, 7, 0, b"hello world"),
-            Envelope::new(crate::cmd::LOGIN, u32::MAX, 3, b"{\"token\":\"x\"}"),
-            Envelope::new(2000, 1, 2, &[0, 159, 146, 150, b'\n', b'\\', 255])
-                .with_route_key(b"room-1"),
+            Envelope::new(cmd::LOGIN, u32::MAX, 3, b"{\"token\":\"x\"}"),
+            Envelope::new(2000, 1, 2, &[0, 159, 146, 150, b'\n', b'\\', 255]).with_route_key(b"room-1"),
             Envelope::new(1000, 2, 0, b"").with_route_key(b""),
             Envelope::new(1000, 3, 0, b"line\nbreak and \\ back\r"),
+            Envelope { server_seq: 7, ..Envelope::new(1000, 4, 2, b"sequenced") },
+            Envelope { server_seq: u64::MAX, ack: 5, ..Envelope::new(cmd::ACK, 0, 0, b"") },
+            Envelope { ack: 9, ..Envelope::new(1000, 5, 0, b"acked") },
         ]
     }
 
@@ -126,12 +124,9 @@ mod tests {
                     .unwrap()
                     .unwrap_or_else(|| panic!("{codec}: incomplete frame for {env:?}"));
                 assert_eq!(used, out.len(), "{codec}: one frame");
-                let back = codec.decode(&out[range]).unwrap_or_else(|e| {
-                    panic!(
-                        "{codec}: {e} for {env:?}: {:?}",
-                        String::from_utf8_lossy(&out)
-                    )
-                });
+                let back = codec
+                    .decode(&out[range])
+                    .unwrap_or_else(|e| panic!("{codec}: {e} for {env:?}: {:?}", String::from_utf8_lossy(&out)));
                 assert_eq!(back, env, "{codec}");
             }
         }
@@ -141,10 +136,7 @@ mod tests {
     fn binary_codecs_borrow_the_payload() {
         for codec in [Codec::Protobuf, Codec::Flatbuffers] {
             let mut out = Vec::new();
-            codec.encode(
-                &Envelope::new(1001, 1, 0, b"payload").with_route_key(b"k"),
-                &mut out,
-            );
+            codec.encode(&Envelope::new(1001, 1, 0, b"payload").with_route_key(b"k"), &mut out);
             let env = codec.decode(&out[4..]).unwrap();
             assert!(matches!(env.payload, Cow::Borrowed(_)), "{codec}");
             assert!(matches!(env.route_key, Some(Cow::Borrowed(_))), "{codec}");

@@ -11,6 +11,8 @@ const SEQ: u32 = 2;
 const FLAGS: u32 = 3;
 const PAYLOAD: u32 = 4;
 const ROUTE_KEY: u32 = 5;
+const SERVER_SEQ: u32 = 6;
+const ACK: u32 = 7;
 
 pub(super) fn decode(frame: &[u8]) -> Result<Envelope<'_>, DecodeError> {
     let mut env = Envelope::default();
@@ -22,6 +24,8 @@ pub(super) fn decode(frame: &[u8]) -> Result<Envelope<'_>, DecodeError> {
             FLAGS => env.flags = value.as_u32("flags")?,
             PAYLOAD => env.payload = Cow::Borrowed(value.as_bytes("payload")?),
             ROUTE_KEY => env.route_key = Some(Cow::Borrowed(value.as_bytes("route_key")?)),
+            SERVER_SEQ => env.server_seq = value.as_u64("server_seq")?,
+            ACK => env.ack = value.as_u64("ack")?,
             _ => {} // unknown fields are skipped, as protobuf requires
         }
     }
@@ -37,6 +41,8 @@ pub(super) fn encode(env: &Envelope<'_>, out: &mut Vec<u8>) {
     if let Some(key) = env.route_key() {
         wire::put_bytes_always(out, ROUTE_KEY, key);
     }
+    wire::put_uint(out, SERVER_SEQ, env.server_seq);
+    wire::put_uint(out, ACK, env.ack);
 }
 
 #[cfg(test)]
@@ -49,24 +55,18 @@ mod tests {
     fn agrees_with_prost_both_ways() {
         let cases = [
             PbEnvelope::default(),
-            PbEnvelope {
-                cmd: 1001,
-                seq: 9,
-                flags: 1,
-                payload: b"abc".to_vec(),
-                route_key: None,
-            },
+            PbEnvelope { cmd: 1001, seq: 9, flags: 1, payload: b"abc".to_vec(), ..Default::default() },
+            PbEnvelope { server_seq: u64::MAX, ack: 300, ..Default::default() },
             PbEnvelope {
                 cmd: u32::MAX,
                 seq: u32::MAX,
                 flags: 2,
                 payload: vec![0; 300],
                 route_key: Some(b"room".to_vec()),
+                server_seq: 12,
+                ack: 11,
             },
-            PbEnvelope {
-                route_key: Some(Vec::new()),
-                ..Default::default()
-            },
+            PbEnvelope { route_key: Some(Vec::new()), ..Default::default() },
         ];
         for pb in cases {
             let bytes = pb.encode_to_vec();
@@ -76,6 +76,7 @@ mod tests {
             assert_eq!(view.flags, pb.flags);
             assert_eq!(&*view.payload, &pb.payload[..]);
             assert_eq!(view.route_key(), pb.route_key.as_deref());
+            assert_eq!((view.server_seq, view.ack), (pb.server_seq, pb.ack));
             let mut ours = Vec::new();
             encode(&view, &mut ours);
             assert_eq!(ours, bytes, "byte-identical to prost");
@@ -89,9 +90,6 @@ mod tests {
         // payload (field 4) as a varint.
         assert_eq!(decode(&[0x20, 0x01]), Err(DecodeError::Field("payload")));
         // cmd beyond u32.
-        assert_eq!(
-            decode(&[0x08, 0x80, 0x80, 0x80, 0x80, 0x10]),
-            Err(DecodeError::Field("cmd"))
-        );
+        assert_eq!(decode(&[0x08, 0x80, 0x80, 0x80, 0x80, 0x10]), Err(DecodeError::Field("cmd")));
     }
 }

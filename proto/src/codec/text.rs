@@ -5,7 +5,8 @@
 //! ```
 //!
 //! `CMD` is a number or a framework command name (`LOGIN`, `HEARTBEAT`…);
-//! `ROUTE_KEY` is `-` for none; `PAYLOAD` is the rest of the line. In
+//! `FLAGS` may carry the sequence fields as `FLAGS/SERVER_SEQ/ACK` (missing
+//! parts are 0); `ROUTE_KEY` is `-` for none; `PAYLOAD` is the rest of the line. In
 //! `ROUTE_KEY` and `PAYLOAD`, `\\`, `\n`, `\r`, `\s` (space, route key only)
 //! and `\xHH` escape bytes that cannot appear literally.
 
@@ -14,9 +15,7 @@ use std::borrow::Cow;
 use crate::{cmd, DecodeError, Envelope};
 
 fn number(field: &str, name: &'static str) -> Result<u32, DecodeError> {
-    field
-        .parse()
-        .map_err(|_| DecodeError::Text(format!("`{name}` must be a number, got {field:?}")))
+    field.parse().map_err(|_| DecodeError::Text(format!("`{name}` must be a number, got {field:?}")))
 }
 
 fn unescape(s: &str) -> Result<Cow<'_, [u8]>, DecodeError> {
@@ -81,8 +80,7 @@ fn escape(bytes: &[u8], escape_space: bool, out: &mut Vec<u8>) {
 }
 
 pub(super) fn decode(frame: &[u8]) -> Result<Envelope<'_>, DecodeError> {
-    let line = std::str::from_utf8(frame)
-        .map_err(|_| DecodeError::Text("a text frame must be UTF-8".into()))?;
+    let line = std::str::from_utf8(frame).map_err(|_| DecodeError::Text("a text frame must be UTF-8".into()))?;
     let mut parts = line.splitn(5, ' ');
     let cmd_field = parts.next().filter(|s| !s.is_empty());
     let cmd_field = cmd_field.ok_or_else(|| DecodeError::Text("empty line".into()))?;
@@ -91,23 +89,23 @@ pub(super) fn decode(frame: &[u8]) -> Result<Envelope<'_>, DecodeError> {
         None => number(cmd_field, "cmd")?,
     };
     let seq = number(parts.next().ok_or(DecodeError::Missing("seq"))?, "seq")?;
-    let flags = parts
-        .next()
-        .map(|f| number(f, "flags"))
-        .transpose()?
-        .unwrap_or(0);
+    let (mut flags, mut server_seq, mut ack) = (0, 0, 0);
+    if let Some(field) = parts.next() {
+        let mut nums = field.splitn(3, '/');
+        flags = number(nums.next().unwrap_or_default(), "flags")?;
+        let wide = |name: &str, part: Option<&str>| match part {
+            None => Ok(0),
+            Some(p) => p.parse::<u64>().map_err(|_| DecodeError::Text(format!("`{name}` must be a number, got {p:?}"))),
+        };
+        server_seq = wide("server_seq", nums.next())?;
+        ack = wide("ack", nums.next())?;
+    }
     let route_key = match parts.next() {
         None | Some("-") => None,
         Some(key) => Some(unescape(key)?),
     };
     let payload = parts.next().map(unescape).transpose()?.unwrap_or_default();
-    Ok(Envelope {
-        cmd,
-        seq,
-        flags,
-        payload,
-        route_key,
-    })
+    Ok(Envelope { cmd, seq, flags, payload, route_key, server_seq, ack })
 }
 
 pub(super) fn encode(env: &Envelope<'_>, out: &mut Vec<u8>) {
@@ -115,7 +113,12 @@ pub(super) fn encode(env: &Envelope<'_>, out: &mut Vec<u8>) {
         Some(name) => out.extend_from_slice(name.as_bytes()),
         None => out.extend_from_slice(env.cmd.to_string().as_bytes()),
     }
-    out.extend_from_slice(format!(" {} {} ", env.seq, env.flags).as_bytes());
+    let seqs = match (env.server_seq, env.ack) {
+        (0, 0) => String::new(),
+        (s, 0) => format!("/{s}"),
+        (s, a) => format!("/{s}/{a}"),
+    };
+    out.extend_from_slice(format!(" {} {}{seqs} ", env.seq, env.flags).as_bytes());
     match env.route_key() {
         None => out.push(b'-'),
         Some(b"-") => out.extend_from_slice(b"\\x2d"),
@@ -137,6 +140,8 @@ mod tests {
         let env = decode(b"1001 2 0 room\\s1 hello there").unwrap();
         assert_eq!(env.route_key(), Some(&b"room 1"[..]));
         assert_eq!(&*env.payload, b"hello there");
+        let env = decode(b"ACK 0 0/0/41").unwrap();
+        assert_eq!((env.cmd, env.server_seq, env.ack), (cmd::ACK, 0, 41));
     }
 
     #[test]
@@ -149,6 +154,8 @@ mod tests {
             b"1 1 1 - \\q",
             b"1 1 1 - \\x4",
             b"\xff 1",
+            b"1 1 0/x",
+            b"1 1 0/1/-2",
         ] {
             assert!(decode(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }

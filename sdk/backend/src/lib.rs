@@ -52,11 +52,7 @@ pub trait Handler: Send + Sync + 'static {
     fn on_request(&self, req: Request, push: &Pusher) -> impl Future<Output = Response> + Send;
 
     /// A session that sent requests here has ended (logout, disconnect, kick).
-    fn on_session_closed(
-        &self,
-        _closed: SessionClosed,
-        _push: &Pusher,
-    ) -> impl Future<Output = ()> + Send {
+    fn on_session_closed(&self, _closed: SessionClosed, _push: &Pusher) -> impl Future<Output = ()> + Send {
         async {}
     }
 }
@@ -85,18 +81,12 @@ pub enum Response {
 impl Response {
     /// A reply with the request's command.
     pub fn reply(payload: impl Into<Vec<u8>>) -> Response {
-        Response::Reply {
-            cmd: None,
-            payload: payload.into(),
-        }
+        Response::Reply { cmd: None, payload: payload.into() }
     }
 
     /// An error answer.
     pub fn error(code: u32, message: impl Into<String>) -> Response {
-        Response::Error {
-            code: code.max(1),
-            message: message.into(),
-        }
+        Response::Error { code: code.max(1), message: message.into() }
     }
 }
 
@@ -144,14 +134,7 @@ impl Pusher {
     }
 
     async fn to_all(&self, frame: Vec<u8>) -> Result<usize, PushError> {
-        let links: Vec<_> = self
-            .shared
-            .links
-            .lock()
-            .expect("links lock")
-            .values()
-            .cloned()
-            .collect();
+        let links: Vec<_> = self.shared.links.lock().expect("links lock").values().cloned().collect();
         if links.is_empty() {
             return Err(PushError::NoGateway);
         }
@@ -165,77 +148,33 @@ impl Pusher {
     }
 
     /// Pushes to one session, through the gateway that owns it.
-    pub async fn to_session(
-        &self,
-        session_id: u64,
-        cmd: u32,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<(), PushError> {
+    pub async fn to_session(&self, session_id: u64, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<(), PushError> {
         let link = {
             let sessions = self.shared.sessions.lock().expect("sessions lock");
-            let link = sessions
-                .get(&session_id)
-                .ok_or(PushError::UnknownSession(session_id))?;
-            self.shared
-                .links
-                .lock()
-                .expect("links lock")
-                .get(link)
-                .cloned()
+            let link = sessions.get(&session_id).ok_or(PushError::UnknownSession(session_id))?;
+            self.shared.links.lock().expect("links lock").get(link).cloned()
         };
         let link = link.ok_or(PushError::UnknownSession(session_id))?;
-        let frame = Self::frame(Kind::PushToSession(PushToSession {
-            session_id,
-            cmd,
-            payload: payload.into(),
-        }));
-        link.send(frame)
-            .await
-            .map_err(|_| PushError::UnknownSession(session_id))
+        let frame = Self::frame(Kind::PushToSession(PushToSession { session_id, cmd, payload: payload.into() }));
+        link.send(frame).await.map_err(|_| PushError::UnknownSession(session_id))
     }
 
     /// Pushes to every session of a user, on every gateway. Returns the
     /// number of gateway links it was sent to.
-    pub async fn to_user(
-        &self,
-        user_id: &str,
-        cmd: u32,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<usize, PushError> {
-        let push = PushToUser {
-            user_id: user_id.into(),
-            cmd,
-            payload: payload.into(),
-        };
+    pub async fn to_user(&self, user_id: &str, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
+        let push = PushToUser { user_id: user_id.into(), cmd, payload: payload.into() };
         self.to_all(Self::frame(Kind::PushToUser(push))).await
     }
 
     /// Pushes to every member session of a group, on every gateway.
-    pub async fn to_group(
-        &self,
-        group: &str,
-        cmd: u32,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<usize, PushError> {
-        let push = PushToGroup {
-            group: group.into(),
-            cmd,
-            payload: payload.into(),
-        };
+    pub async fn to_group(&self, group: &str, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
+        let push = PushToGroup { group: group.into(), cmd, payload: payload.into() };
         self.to_all(Self::frame(Kind::PushToGroup(push))).await
     }
 
     /// Pushes to every logged-in session on every gateway.
-    pub async fn broadcast(
-        &self,
-        cmd: u32,
-        payload: impl Into<Vec<u8>>,
-    ) -> Result<usize, PushError> {
-        self.to_all(Self::frame(Kind::Broadcast(Broadcast {
-            cmd,
-            payload: payload.into(),
-        })))
-        .await
+    pub async fn broadcast(&self, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
+        self.to_all(Self::frame(Kind::Broadcast(Broadcast { cmd, payload: payload.into() }))).await
     }
 
     /// Number of gateway links connected.
@@ -252,11 +191,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H) -> io::Result<
 
 /// Like [`serve`], with a [`Pusher`] the caller keeps for pushes outside
 /// of requests (timers, game events).
-pub async fn serve_with<H: Handler>(
-    listener: TcpListener,
-    handler: H,
-    pusher: Pusher,
-) -> io::Result<()> {
+pub async fn serve_with<H: Handler>(listener: TcpListener, handler: H, pusher: Pusher) -> io::Result<()> {
     let handler = Arc::new(handler);
     loop {
         let (stream, peer) = listener.accept().await?;
@@ -270,20 +205,11 @@ pub async fn serve_with<H: Handler>(
     }
 }
 
-async fn run_link<H: Handler>(
-    stream: TcpStream,
-    handler: Arc<H>,
-    pusher: Pusher,
-) -> io::Result<()> {
+async fn run_link<H: Handler>(stream: TcpStream, handler: Arc<H>, pusher: Pusher) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
     let link = pusher.shared.next_link.fetch_add(1, Ordering::Relaxed);
-    pusher
-        .shared
-        .links
-        .lock()
-        .expect("links lock")
-        .insert(link, tx.clone());
+    pusher.shared.links.lock().expect("links lock").insert(link, tx.clone());
     // Writer: batches whatever is queued into one write.
     let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64 * 1024);
@@ -301,26 +227,9 @@ async fn run_link<H: Handler>(
             batch.clear();
         }
     });
-    let result = read_link(
-        BufReader::with_capacity(64 * 1024, read),
-        &*handler,
-        &pusher,
-        &tx,
-        link,
-    )
-    .await;
-    pusher
-        .shared
-        .links
-        .lock()
-        .expect("links lock")
-        .remove(&link);
-    pusher
-        .shared
-        .sessions
-        .lock()
-        .expect("sessions lock")
-        .retain(|_, l| *l != link);
+    let result = read_link(BufReader::with_capacity(64 * 1024, read), &*handler, &pusher, &tx, link).await;
+    pusher.shared.links.lock().expect("links lock").remove(&link);
+    pusher.shared.sessions.lock().expect("sessions lock").retain(|_, l| *l != link);
     drop(tx);
     let _ = writer.await;
     result
@@ -341,41 +250,22 @@ async fn read_link<H: Handler, R: AsyncReadExt + Unpin>(
             Err(e) => return Err(e),
         };
         if len > MAX_FRAME {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("link frame of {len} bytes"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("link frame of {len} bytes")));
         }
         buf.resize(len, 0);
         read.read_exact(&mut buf).await?;
-        let frame = LinkFrame::decode(&buf[..])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let frame = LinkFrame::decode(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         match frame.kind {
             Some(Kind::Request(req)) => {
                 let (session_id, cmd, seq) = (req.session_id, req.cmd, req.seq);
-                pusher
-                    .shared
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .entry(session_id)
-                    .or_insert(link);
+                pusher.shared.sessions.lock().expect("sessions lock").entry(session_id).or_insert(link);
                 let reply = match handler.on_request(req, pusher).await {
-                    Response::Reply { cmd: c, payload } => Reply {
-                        session_id,
-                        cmd: c.unwrap_or(cmd),
-                        seq,
-                        payload,
-                        ..Default::default()
-                    },
-                    Response::Error { code, message } => Reply {
-                        session_id,
-                        cmd,
-                        seq,
-                        error: code,
-                        error_message: message,
-                        ..Default::default()
-                    },
+                    Response::Reply { cmd: c, payload } => {
+                        Reply { session_id, cmd: c.unwrap_or(cmd), seq, payload, ..Default::default() }
+                    }
+                    Response::Error { code, message } => {
+                        Reply { session_id, cmd, seq, error: code, error_message: message, ..Default::default() }
+                    }
                     Response::None => continue,
                 };
                 let mut out = Vec::new();
@@ -385,12 +275,7 @@ async fn read_link<H: Handler, R: AsyncReadExt + Unpin>(
                 }
             }
             Some(Kind::SessionClosed(closed)) => {
-                pusher
-                    .shared
-                    .sessions
-                    .lock()
-                    .expect("sessions lock")
-                    .remove(&closed.session_id);
+                pusher.shared.sessions.lock().expect("sessions lock").remove(&closed.session_id);
                 handler.on_session_closed(closed, pusher).await;
             }
             Some(Kind::Hello(hello)) => {
@@ -400,12 +285,7 @@ async fn read_link<H: Handler, R: AsyncReadExt + Unpin>(
                 let msg = format!("gateway sent a game-server frame: {other:?}");
                 return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
             }
-            None => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "link frame without kind",
-                ))
-            }
+            None => return Err(io::Error::new(io::ErrorKind::InvalidData, "link frame without kind")),
         }
     }
 }

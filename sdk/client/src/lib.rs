@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use portcullis_proto::framework::Payload;
 use portcullis_proto::pb::client::{
-    Delivery, Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest,
-    SendResult, SendToGroup, SendToUser, SendToUsers,
+    Delivery, Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest, SendResult, SendToGroup,
+    SendToUser, SendToUsers,
 };
 use portcullis_proto::{cmd, Codec, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,9 +122,7 @@ pub struct Client {
 
 impl Client {
     /// Connects with the protobuf codec.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-    ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
+    pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         Self::connect_with(addr, Codec::Protobuf, Duration::from_secs(10)).await
     }
 
@@ -164,9 +162,7 @@ impl Client {
                 };
                 buf.extend_from_slice(&chunk[..n]);
                 let mut pos = 0;
-                while let Ok(Some((range, used))) =
-                    codec.framing().next_frame(&buf[pos..], MAX_FRAME)
-                {
+                while let Ok(Some((range, used))) = codec.framing().next_frame(&buf[pos..], MAX_FRAME) {
                     let frame = &buf[pos + range.start..pos + range.end];
                     pos += used;
                     let Ok(env) = codec.decode(frame) else {
@@ -181,20 +177,9 @@ impl Client {
             reader_pending.lock().expect("pending lock").clear();
             let _ = events_tx.send(Event::Closed).await;
         });
-        let inner = Inner {
-            codec,
-            tx,
-            pending,
-            seq: AtomicU32::new(0),
-            timeout,
-            tasks: Mutex::new(vec![writer, reader]),
-        };
-        Ok((
-            Client {
-                inner: Arc::new(inner),
-            },
-            events,
-        ))
+        let inner =
+            Inner { codec, tx, pending, seq: AtomicU32::new(0), timeout, tasks: Mutex::new(vec![writer, reader]) };
+        Ok((Client { inner: Arc::new(inner) }, events))
     }
 
     /// The codec in use.
@@ -204,11 +189,7 @@ impl Client {
 
     fn next_seq(&self) -> u32 {
         loop {
-            let s = self
-                .inner
-                .seq
-                .fetch_add(1, Ordering::Relaxed)
-                .wrapping_add(1);
+            let s = self.inner.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
             if s != 0 {
                 return s;
             }
@@ -224,52 +205,33 @@ impl Client {
     ) -> Result<Envelope<'static>, ClientError> {
         let seq = self.next_seq();
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .insert(seq, tx);
+        self.inner.pending.lock().expect("pending lock").insert(seq, tx);
         let mut env = Envelope::new(cmd, seq, 0, payload);
         env.route_key = route_key.map(Into::into);
         let mut frame = Vec::with_capacity(payload.len() + 32);
         self.inner.codec.encode(&env, &mut frame);
         if self.inner.tx.send(frame).await.is_err() {
-            self.inner
-                .pending
-                .lock()
-                .expect("pending lock")
-                .remove(&seq);
+            self.inner.pending.lock().expect("pending lock").remove(&seq);
             return Err(ClientError::Closed);
         }
         let answer = match tokio::time::timeout(self.inner.timeout, rx).await {
             Ok(Ok(env)) => env,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
-                self.inner
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .remove(&seq);
+                self.inner.pending.lock().expect("pending lock").remove(&seq);
                 return Err(ClientError::Timeout(self.inner.timeout));
             }
         };
         if answer.cmd == cmd::ERROR {
             let e: ErrorMsg = self.decode(&answer.payload)?;
             let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified);
-            return Err(ClientError::Server {
-                code,
-                message: e.message,
-            });
+            return Err(ClientError::Server { code, message: e.message });
         }
         Ok(answer)
     }
 
     fn decode<M: Payload>(&self, bytes: &[u8]) -> Result<M, ClientError> {
-        self.inner
-            .codec
-            .payload_form()
-            .decode(bytes)
-            .map_err(|e| ClientError::Decode(e.to_string()))
+        self.inner.codec.payload_form().decode(bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     async fn framework<M: Payload, R: Payload>(&self, cmd: u32, msg: &M) -> Result<R, ClientError> {
@@ -284,29 +246,13 @@ impl Client {
     }
 
     /// Like [`Client::call`], with a routing key (a room, a match).
-    pub async fn call_keyed(
-        &self,
-        cmd: u32,
-        key: &[u8],
-        payload: &[u8],
-    ) -> Result<Vec<u8>, ClientError> {
-        Ok(self
-            .request(cmd, payload, Some(key))
-            .await?
-            .payload
-            .into_owned())
+    pub async fn call_keyed(&self, cmd: u32, key: &[u8], payload: &[u8]) -> Result<Vec<u8>, ClientError> {
+        Ok(self.request(cmd, payload, Some(key)).await?.payload.into_owned())
     }
 
     /// Logs in and starts background heartbeats at the interval the gateway asks for.
     pub async fn login(&self, token: &str) -> Result<LoginReply, ClientError> {
-        let reply: LoginReply = self
-            .framework(
-                cmd::LOGIN,
-                &LoginRequest {
-                    token: token.into(),
-                },
-            )
-            .await?;
+        let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into() }).await?;
         let every = Duration::from_millis(u64::from(reply.heartbeat_interval_ms.max(100)));
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let beat = tokio::spawn(async move {
@@ -337,64 +283,33 @@ impl Client {
 
     /// Joins a group.
     pub async fn join(&self, group: &str) -> Result<(), ClientError> {
-        let body = self
-            .inner
-            .codec
-            .payload_form()
-            .encode_to_vec(&GroupRequest {
-                group: group.into(),
-            });
+        let body = self.inner.codec.payload_form().encode_to_vec(&GroupRequest { group: group.into() });
         self.request(cmd::JOIN_GROUP, &body, None).await.map(drop)
     }
 
     /// Leaves a group.
     pub async fn leave(&self, group: &str) -> Result<(), ClientError> {
-        let body = self
-            .inner
-            .codec
-            .payload_form()
-            .encode_to_vec(&GroupRequest {
-                group: group.into(),
-            });
+        let body = self.inner.codec.payload_form().encode_to_vec(&GroupRequest { group: group.into() });
         self.request(cmd::LEAVE_GROUP, &body, None).await.map(drop)
     }
 
     /// Sends to every session of a user; returns how many it reached.
     pub async fn send_to_user(&self, user_id: &str, payload: &[u8]) -> Result<u32, ClientError> {
-        let msg = SendToUser {
-            user_id: user_id.into(),
-            payload: payload.to_vec(),
-        };
+        let msg = SendToUser { user_id: user_id.into(), payload: payload.to_vec() };
         let r: SendResult = self.framework(cmd::SEND_TO_USER, &msg).await?;
         Ok(r.delivered)
     }
 
     /// Sends to every session of several users; returns how many it reached.
-    pub async fn send_to_users(
-        &self,
-        user_ids: &[&str],
-        payload: &[u8],
-    ) -> Result<u32, ClientError> {
-        let msg = SendToUsers {
-            user_ids: user_ids.iter().map(|u| u.to_string()).collect(),
-            payload: payload.to_vec(),
-        };
+    pub async fn send_to_users(&self, user_ids: &[&str], payload: &[u8]) -> Result<u32, ClientError> {
+        let msg = SendToUsers { user_ids: user_ids.iter().map(|u| u.to_string()).collect(), payload: payload.to_vec() };
         let r: SendResult = self.framework(cmd::SEND_TO_USERS, &msg).await?;
         Ok(r.delivered)
     }
 
     /// Sends to a group's members (not to this session unless `include_self`).
-    pub async fn send_to_group(
-        &self,
-        group: &str,
-        payload: &[u8],
-        include_self: bool,
-    ) -> Result<u32, ClientError> {
-        let msg = SendToGroup {
-            group: group.into(),
-            payload: payload.to_vec(),
-            include_self,
-        };
+    pub async fn send_to_group(&self, group: &str, payload: &[u8], include_self: bool) -> Result<u32, ClientError> {
+        let msg = SendToGroup { group: group.into(), payload: payload.to_vec(), include_self };
         let r: SendResult = self.framework(cmd::SEND_TO_GROUP, &msg).await?;
         Ok(r.delivered)
     }
@@ -402,12 +317,7 @@ impl Client {
 
 /// Routes one received frame: answers to their waiting request, the rest
 /// to the event queue. Returns false once nobody listens any more.
-async fn dispatch(
-    codec: Codec,
-    env: Envelope<'static>,
-    pending: &Pending,
-    events: &mpsc::Sender<Event>,
-) -> bool {
+async fn dispatch(codec: Codec, env: Envelope<'static>, pending: &Pending, events: &mpsc::Sender<Event>) -> bool {
     if !env.is_push() && env.seq != 0 {
         if let Some(waiter) = pending.lock().expect("pending lock").remove(&env.seq) {
             let _ = waiter.send(env);
@@ -416,11 +326,7 @@ async fn dispatch(
     }
     let form = codec.payload_form();
     let event = match env.cmd {
-        cmd::KICK => Event::Kicked(
-            form.decode::<Kick>(&env.payload)
-                .map(|k| k.reason)
-                .unwrap_or_default(),
-        ),
+        cmd::KICK => Event::Kicked(form.decode::<Kick>(&env.payload).map(|k| k.reason).unwrap_or_default()),
         cmd::ERROR => match form.decode::<ErrorMsg>(&env.payload) {
             Ok(e) => Event::Error {
                 code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
@@ -428,21 +334,11 @@ async fn dispatch(
             },
             Err(_) => return true,
         },
-        cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => {
-            match form.decode::<Delivery>(&env.payload) {
-                Ok(d) => Event::Delivery {
-                    cmd: env.cmd,
-                    from_user_id: d.from_user_id,
-                    group: d.group,
-                    payload: d.payload,
-                },
-                Err(_) => return true,
-            }
-        }
-        c => Event::Push {
-            cmd: c,
-            payload: env.payload.into_owned(),
+        cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => match form.decode::<Delivery>(&env.payload) {
+            Ok(d) => Event::Delivery { cmd: env.cmd, from_user_id: d.from_user_id, group: d.group, payload: d.payload },
+            Err(_) => return true,
         },
+        c => Event::Push { cmd: c, payload: env.payload.into_owned() },
     };
     events.send(event).await.is_ok()
 }

@@ -61,14 +61,7 @@ async fn main() -> anyhow::Result<()> {
         (Some(t), _, _) => t.clone(),
         (None, Some(user), Some(secret)) => {
             let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
-            sign(
-                secret.as_bytes(),
-                &Claims {
-                    uid: user.clone(),
-                    dev: args.device.clone(),
-                    exp,
-                },
-            )
+            sign(secret.as_bytes(), &Claims { uid: user.clone(), dev: args.device.clone(), exp })
         }
         _ => anyhow::bail!("give --token, or --user and --secret to mint one"),
     };
@@ -82,10 +75,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     let me = client.login(&token).await.context("login failed")?;
-    println!(
-        "logged in as {} (session {}); /help for commands",
-        me.user_id, me.session_id
-    );
+    println!("logged in as {} (session {}); /help for commands", me.user_id, me.session_id);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         tokio::select! {
@@ -110,27 +100,11 @@ fn print_event(e: Event) {
         Event::Push { cmd, payload } => {
             println!("* push {cmd}: {}", String::from_utf8_lossy(&payload))
         }
-        Event::Delivery {
-            from_user_id,
-            group,
-            payload,
-            ..
-        } if group.is_empty() => {
-            println!(
-                "* {from_user_id} → you: {}",
-                String::from_utf8_lossy(&payload)
-            )
+        Event::Delivery { from_user_id, group, payload, .. } if group.is_empty() => {
+            println!("* {from_user_id} → you: {}", String::from_utf8_lossy(&payload))
         }
-        Event::Delivery {
-            from_user_id,
-            group,
-            payload,
-            ..
-        } => {
-            println!(
-                "* [{group}] {from_user_id}: {}",
-                String::from_utf8_lossy(&payload)
-            )
+        Event::Delivery { from_user_id, group, payload, .. } => {
+            println!("* [{group}] {from_user_id}: {}", String::from_utf8_lossy(&payload))
         }
         Event::Error { code, message } => println!("* error {code:?}: {message}"),
         Event::Kicked(reason) => println!("* kicked: {reason}"),
@@ -148,29 +122,12 @@ async fn run_command(client: &Client, line: &str) -> anyhow::Result<Option<Strin
         "/quit" => return Ok(None),
         "/join" => client.join(arg).await.map(|_| format!("joined {arg}"))?,
         "/leave" => client.leave(arg).await.map(|_| format!("left {arg}"))?,
-        "/to" => format!(
-            "delivered to {} session(s)",
-            client.send_to_user(arg, text.as_bytes()).await?
-        ),
-        "/group" => format!(
-            "delivered to {} session(s)",
-            client.send_to_group(arg, text.as_bytes(), false).await?
-        ),
+        "/to" => format!("delivered to {} session(s)", client.send_to_user(arg, text.as_bytes()).await?),
+        "/group" => format!("delivered to {} session(s)", client.send_to_group(arg, text.as_bytes(), false).await?),
         "/echo" => String::from_utf8_lossy(&client.call(1000, rest.as_bytes()).await?).into(),
-        "/say" => String::from_utf8_lossy(
-            &client
-                .call_keyed(1101, arg.as_bytes(), text.as_bytes())
-                .await?,
-        )
-        .into(),
-        "/add" => format!(
-            "counter = {}",
-            String::from_utf8_lossy(&client.call(1200, rest.as_bytes()).await?)
-        ),
-        "/get" => format!(
-            "counter = {}",
-            String::from_utf8_lossy(&client.call(1201, b"").await?)
-        ),
+        "/say" => String::from_utf8_lossy(&client.call_keyed(1101, arg.as_bytes(), text.as_bytes()).await?).into(),
+        "/add" => format!("counter = {}", String::from_utf8_lossy(&client.call(1200, rest.as_bytes()).await?)),
+        "/get" => format!("counter = {}", String::from_utf8_lossy(&client.call(1201, b"").await?)),
         "/cmd" => {
             let id: u32 = arg.parse().context("/cmd takes a numeric command id")?;
             String::from_utf8_lossy(&client.call(id, text.as_bytes()).await?).into()

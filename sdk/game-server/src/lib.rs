@@ -54,16 +54,10 @@ impl Handler for SampleGame {
         match req.cmd {
             ECHO => Response::reply(req.payload),
             CHAT_SAY => {
-                let Some(room) = req
-                    .route_key
-                    .as_deref()
-                    .and_then(|k| std::str::from_utf8(k).ok())
-                    .filter(|r| !r.is_empty())
+                let Some(room) =
+                    req.route_key.as_deref().and_then(|k| std::str::from_utf8(k).ok()).filter(|r| !r.is_empty())
                 else {
-                    return Response::error(
-                        ERR_BAD_REQUEST,
-                        "CHAT_SAY needs the room as routing key",
-                    );
+                    return Response::error(ERR_BAD_REQUEST, "CHAT_SAY needs the room as routing key");
                 };
                 let mut line = format!("{}: ", req.user_id).into_bytes();
                 line.extend_from_slice(&req.payload);
@@ -76,25 +70,15 @@ impl Handler for SampleGame {
                 let delta = if req.payload.is_empty() {
                     Ok(1)
                 } else {
-                    std::str::from_utf8(&req.payload)
-                        .ok()
-                        .and_then(|s| s.trim().parse::<i64>().ok())
-                        .ok_or(())
+                    std::str::from_utf8(&req.payload).ok().and_then(|s| s.trim().parse::<i64>().ok()).ok_or(())
                 };
                 match delta {
-                    Ok(d) => Response::reply(
-                        (self.counter.fetch_add(d, Ordering::Relaxed) + d).to_string(),
-                    ),
-                    Err(()) => {
-                        Response::error(ERR_BAD_REQUEST, "COUNTER_ADD takes a decimal integer")
-                    }
+                    Ok(d) => Response::reply((self.counter.fetch_add(d, Ordering::Relaxed) + d).to_string()),
+                    Err(()) => Response::error(ERR_BAD_REQUEST, "COUNTER_ADD takes a decimal integer"),
                 }
             }
             COUNTER_GET => Response::reply(self.counter().to_string()),
-            other => Response::error(
-                ERR_UNKNOWN_COMMAND,
-                format!("the sample game has no command {other}"),
-            ),
+            other => Response::error(ERR_UNKNOWN_COMMAND, format!("the sample game has no command {other}")),
         }
     }
 }
