@@ -21,7 +21,9 @@ pub mod core;
 pub mod framework;
 pub mod io;
 pub mod route;
+pub mod security;
 pub mod session;
+pub mod shard;
 
 pub use crate::core::{Gateway, Output, Stats};
 pub use config::Config;

@@ -1,15 +1,14 @@
 //! `portcullis-dataplane --config config/portcullis.toml --io kernel`
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use portcullis_dataplane::auth::TokenAuthenticator;
-use portcullis_dataplane::io::kernel::KernelIo;
-use portcullis_dataplane::{Config, Gateway};
+use portcullis_dataplane::io::kernel::{RunningGateway, WorkerStatus};
+use portcullis_dataplane::{Config, Stats};
 
 /// The Portcullis dataplane: serves players and forwards their commands to game servers.
 #[derive(Parser)]
@@ -24,14 +23,11 @@ struct Args {
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 5)]
     status_every: u64,
-    /// Seconds allowed for the shutdown after SIGTERM/SIGINT.
-    #[arg(long, default_value_t = 5)]
-    drain_secs: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum IoKind {
-    /// Ordinary kernel sockets (epoll).
+    /// Ordinary kernel sockets (epoll), one thread per worker.
     Kernel,
 }
 
@@ -48,45 +44,67 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    let secret = config.auth.token_secret()?;
     let IoKind::Kernel = args.io;
-    let mut io = KernelIo::bind(&config)?;
-    for (l, addr) in config.listeners.iter().zip(io.local_addrs()) {
-        tracing::info!(
-            "listening on {addr} ({} codec, max frame {} bytes)",
-            l.codec,
-            l.max_frame_bytes.unwrap_or(config.gateway.max_frame_bytes)
-        );
-    }
-    for s in &config.services {
-        tracing::info!("service {:?}: {} game server(s) {:?}", s.name, s.servers.len(), s.servers);
-    }
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).context("system clock before 1970")?.as_secs();
-    let mut core = Gateway::new(&config, Box::new(TokenAuthenticator::new(secret)), Instant::now(), unix);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
     }
-    let every = Duration::from_secs(args.status_every);
-    let mut next_status = Instant::now() + every;
-    let mut last = core.stats().clone();
-    portcullis_dataplane::io::run(&mut io, &mut core, &stop, Duration::from_secs(args.drain_secs), |now, core| {
-        if args.status_every == 0 || now < next_status {
-            return;
-        }
-        next_status = now + every;
-        let s = core.stats();
-        let secs = every.as_secs_f64();
+    let gateway = RunningGateway::start(&config)?;
+    for (l, addr) in config.listeners.iter().zip(&gateway.addrs) {
+        let max = l.max_frame_bytes.unwrap_or(config.gateway.max_frame_bytes);
+        tracing::info!("listening on {addr} ({} codec, max frame {max} bytes)", l.codec);
+    }
+    for s in &config.services {
+        let servers: Vec<_> = s.servers.iter().map(|s| s.addr()).collect();
         tracing::info!(
-            "sessions {} users {} groups {} links up {} | in {:.0}/s out {:.0}/s requests {:.0}/s | refused: bad frame {} not logged in {} auth {} unknown cmd {} no backend {} slow consumer {} heartbeat {}",
-            core.sessions().len(), core.sessions().user_count(), core.sessions().group_count(), core.links_up(),
-            (s.frames_in - last.frames_in) as f64 / secs, (s.frames_out - last.frames_out) as f64 / secs,
-            (s.requests - last.requests) as f64 / secs,
-            s.drop_bad_frame, s.drop_not_logged_in, s.drop_auth_failed, s.drop_unknown_command,
-            s.drop_backend_unavailable, s.slow_consumers, s.heartbeat_timeouts,
+            "service {:?}: {:?} balancing{} over {servers:?}",
+            s.name,
+            s.balance,
+            if s.sticky { ", sticky" } else { "" }
         );
-        last = s.clone();
-    })?;
+    }
+    tracing::info!("{} worker(s) running", config.gateway.workers);
+    let every = Duration::from_secs(args.status_every);
+    let (mut next_status, mut last) = (Instant::now() + every, total(&gateway.status()));
+    while !stop.load(Ordering::Relaxed) && gateway.is_running() {
+        std::thread::sleep(Duration::from_millis(100));
+        if args.status_every > 0 && Instant::now() >= next_status {
+            next_status += every;
+            let workers = gateway.status();
+            let now = total(&workers);
+            print_status(&workers, &now, &last, every, gateway.shared().user_count());
+            last = now;
+        }
+    }
+    tracing::info!("shutting down: clients are told to reconnect elsewhere");
+    gateway.stop()?;
     tracing::info!("shut down");
     Ok(())
+}
+
+fn total(workers: &[WorkerStatus]) -> Stats {
+    let mut t = Stats::default();
+    for w in workers {
+        t += &w.stats;
+    }
+    t
+}
+
+fn print_status(workers: &[WorkerStatus], s: &Stats, last: &Stats, every: Duration, users: usize) {
+    let secs = every.as_secs_f64();
+    let rate = |now: u64, before: u64| (now - before) as f64 / secs;
+    let sessions: usize = workers.iter().map(|w| w.sessions).sum();
+    let conns: usize = workers.iter().map(|w| w.connections).sum();
+    tracing::info!(
+        "connections {conns} sessions {sessions} users {users} links up {} | in {:.0}/s out {:.0}/s requests {:.0}/s cross-worker {:.0}/s | resumes {} detached {} expired {} replaced {} | refused: bad frame {} throttled {} not logged in {} auth {} conflict {} unknown cmd {} no backend {} backend lost {} timeout {} slow consumer {} heartbeat {}",
+        workers.iter().map(|w| w.links_up).sum::<usize>(),
+        rate(s.frames_in, last.frames_in),
+        rate(s.frames_out, last.frames_out),
+        rate(s.requests, last.requests),
+        rate(s.cross_worker, last.cross_worker),
+        s.resumes, s.sessions_detached, s.sessions_expired, s.sessions_replaced,
+        s.drop_bad_frame, s.drop_throttled, s.drop_not_logged_in, s.drop_auth_failed, s.drop_login_conflict,
+        s.drop_unknown_command, s.drop_backend_unavailable, s.drop_backend_lost, s.drop_backend_timeout,
+        s.slow_consumers, s.heartbeat_timeouts,
+    );
 }

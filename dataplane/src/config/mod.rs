@@ -51,6 +51,15 @@ pub struct Config {
     /// Gateway-wide settings.
     #[serde(default)]
     pub gateway: GatewayConfig,
+    /// Multi-login and resume.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Connection and rate limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Game-server links: timeouts, health checks, reconnects.
+    #[serde(default)]
+    pub backends: BackendsConfig,
     /// Client listeners; at least one.
     pub listeners: Vec<ListenerConfig>,
     /// How LOGIN is authenticated.
@@ -69,6 +78,12 @@ pub struct Config {
 pub struct GatewayConfig {
     /// Name of this gateway, sent to game servers in the link's Hello.
     pub name: String,
+    /// Worker threads, each with its own listeners (SO_REUSEPORT), sessions
+    /// and game-server links.
+    pub workers: usize,
+    /// After SIGTERM: time allowed to answer in-flight requests, tell
+    /// clients to reconnect elsewhere and flush, before exiting.
+    pub shutdown_deadline_ms: u64,
     /// A session with no frame for this long is closed (KICK "heartbeat timeout").
     pub heartbeat_timeout_ms: u64,
     /// Default maximum frame size of listeners.
@@ -81,25 +96,136 @@ pub struct GatewayConfig {
     pub max_groups_per_session: usize,
     /// Longest group name or user id accepted, in bytes.
     pub max_name_bytes: usize,
-    /// Delay before reconnecting a game-server link that went down.
-    pub backend_reconnect_ms: u64,
-    /// Requests to a game-server link whose unsent output exceeds this are
-    /// refused with BACKEND_UNAVAILABLE.
-    pub max_backend_outbound_bytes: usize,
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             name: "portcullis".into(),
+            workers: 1,
+            shutdown_deadline_ms: 5_000,
             heartbeat_timeout_ms: 30_000,
             max_frame_bytes: portcullis_proto::framing::DEFAULT_MAX_FRAME,
             max_outbound_bytes: 4 << 20,
             max_bad_frames: 8,
             max_groups_per_session: 64,
             max_name_bytes: 128,
-            backend_reconnect_ms: 1_000,
-            max_backend_outbound_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Multi-login policy and session resume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Which sessions of one user may coexist.
+    pub multi_login: MultiLogin,
+    /// For `multi-device`: sessions one user may have.
+    pub max_devices: usize,
+    /// What a login that collides with the policy does.
+    pub on_conflict: OnConflict,
+    /// How long a dropped session waits for its client to RESUME.
+    pub resume_window_ms: u64,
+    /// Unacknowledged server messages kept per session for replay.
+    pub replay_max_messages: usize,
+    /// Bytes of unacknowledged server messages kept per session.
+    pub replay_max_bytes: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            multi_login: MultiLogin::MultiDevice,
+            max_devices: 5,
+            on_conflict: OnConflict::KickOldest,
+            resume_window_ms: 60_000,
+            replay_max_messages: 1024,
+            replay_max_bytes: 1 << 20,
+        }
+    }
+}
+
+/// Which sessions of one user may coexist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MultiLogin {
+    /// One session per user.
+    Single,
+    /// One session per device type (`ios`, `pc`…).
+    PerDeviceType,
+    /// Up to `max_devices` sessions per user.
+    MultiDevice,
+}
+
+/// What a colliding login does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnConflict {
+    /// The new login is refused (LOGIN_CONFLICT).
+    RejectNew,
+    /// The oldest colliding session gets a KICK and is closed.
+    KickOldest,
+}
+
+/// Connection and message-rate limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Client connections of the whole gateway.
+    pub max_connections: usize,
+    /// Client connections from one source IP.
+    pub max_connections_per_ip: usize,
+    /// Frames per second one session may send (token bucket rate)…
+    pub session_rate: u32,
+    /// …and the bucket's size (burst).
+    pub session_burst: u32,
+    /// Frames per second from one source IP, per worker…
+    pub ip_rate: u32,
+    /// …and the bucket's size.
+    pub ip_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 1_000_000,
+            max_connections_per_ip: 10_000,
+            session_rate: 500,
+            session_burst: 1_000,
+            ip_rate: 200_000,
+            ip_burst: 400_000,
+        }
+    }
+}
+
+/// Game-server links.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendsConfig {
+    /// A request unanswered this long gets BACKEND_TIMEOUT.
+    pub request_timeout_ms: u64,
+    /// Interval of health-check pings on each link.
+    pub health_interval_ms: u64,
+    /// A link whose ping is unanswered this long is closed and reconnected.
+    pub health_timeout_ms: u64,
+    /// First reconnect delay; doubles per failure…
+    pub reconnect_ms: u64,
+    /// …up to this.
+    pub reconnect_max_ms: u64,
+    /// Requests to a link whose unsent output exceeds this are refused with
+    /// BACKEND_UNAVAILABLE.
+    pub max_outbound_bytes: usize,
+}
+
+impl Default for BackendsConfig {
+    fn default() -> Self {
+        BackendsConfig {
+            request_timeout_ms: 10_000,
+            health_interval_ms: 1_000,
+            health_timeout_ms: 3_000,
+            reconnect_ms: 100,
+            reconnect_max_ms: 5_000,
+            max_outbound_bytes: 64 << 20,
         }
     }
 }
@@ -128,12 +254,26 @@ pub enum AuthConfig {
         /// …or the name of an environment variable holding it.
         secret_env: Option<String>,
     },
+    /// Forward the LOGIN payload to an auth service behind the router.
+    Delegate {
+        /// The backend service that authenticates.
+        service: String,
+        /// A login unanswered this long fails with AUTH_FAILED.
+        #[serde(default = "default_auth_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_auth_timeout() -> u64 {
+    3_000
 }
 
 impl AuthConfig {
     /// The token secret, read from the config or the environment.
     pub fn token_secret(&self) -> Result<Vec<u8>, ConfigError> {
-        let AuthConfig::Token { secret, secret_env } = self;
+        let AuthConfig::Token { secret, secret_env } = self else {
+            return Err(invalid("auth.kind", "this needs kind = \"token\""));
+        };
         let secret = match (secret, secret_env) {
             (Some(s), None) => s.clone(),
             (None, Some(var)) => std::env::var(var)
@@ -153,11 +293,46 @@ impl AuthConfig {
 pub struct ServiceConfig {
     /// Name used by routes.
     pub name: String,
-    /// Game-server addresses.
-    pub servers: Vec<SocketAddr>,
+    /// Game-server addresses: `"host:port"` or `{ addr = "host:port", weight = 3 }`.
+    pub servers: Vec<ServerConfig>,
     /// How requests are spread over the servers.
     #[serde(default)]
     pub balance: Balance,
+    /// Keep each session on the game server it first used (while healthy).
+    #[serde(default)]
+    pub sticky: bool,
+}
+
+/// One game server of a service.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum ServerConfig {
+    /// Address, weight 1.
+    Addr(SocketAddr),
+    /// Address and weight.
+    Weighted {
+        /// Address.
+        addr: SocketAddr,
+        /// Relative share of requests (weighted) or of the hash ring.
+        weight: u32,
+    },
+}
+
+impl ServerConfig {
+    /// The address.
+    pub fn addr(&self) -> SocketAddr {
+        match *self {
+            ServerConfig::Addr(a) | ServerConfig::Weighted { addr: a, .. } => a,
+        }
+    }
+
+    /// The weight (1 unless given).
+    pub fn weight(&self) -> u32 {
+        match *self {
+            ServerConfig::Addr(_) => 1,
+            ServerConfig::Weighted { weight, .. } => weight,
+        }
+    }
 }
 
 /// Balancing policy of a service.
@@ -167,6 +342,15 @@ pub enum Balance {
     /// Each request to the next healthy server in turn.
     #[default]
     RoundRobin,
+    /// Smooth weighted round-robin by `weight`.
+    Weighted,
+    /// The healthy server with the fewest requests awaiting an answer.
+    LeastOutstanding,
+    /// Consistent hashing on the user id: a user stays on one server.
+    HashUser,
+    /// Consistent hashing on the envelope's routing key (a room stays on one
+    /// server); requests without a key hash on the user id.
+    HashRouteKey,
 }
 
 /// A route: an inclusive range of business commands to a service.
@@ -198,18 +382,41 @@ impl Config {
     /// Checks what the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let g = &self.gateway;
+        let (s, l, b) = (&self.sessions, &self.limits, &self.backends);
         for (key, value) in [
+            ("gateway.workers", g.workers),
+            ("gateway.shutdown_deadline_ms", g.shutdown_deadline_ms as usize),
             ("gateway.heartbeat_timeout_ms", g.heartbeat_timeout_ms as usize),
             ("gateway.max_frame_bytes", g.max_frame_bytes),
             ("gateway.max_outbound_bytes", g.max_outbound_bytes),
             ("gateway.max_bad_frames", g.max_bad_frames as usize),
             ("gateway.max_name_bytes", g.max_name_bytes),
-            ("gateway.backend_reconnect_ms", g.backend_reconnect_ms as usize),
-            ("gateway.max_backend_outbound_bytes", g.max_backend_outbound_bytes),
+            ("sessions.max_devices", s.max_devices),
+            ("sessions.resume_window_ms", s.resume_window_ms as usize),
+            ("sessions.replay_max_messages", s.replay_max_messages),
+            ("sessions.replay_max_bytes", s.replay_max_bytes),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.session_rate", l.session_rate as usize),
+            ("limits.session_burst", l.session_burst as usize),
+            ("limits.ip_rate", l.ip_rate as usize),
+            ("limits.ip_burst", l.ip_burst as usize),
+            ("backends.request_timeout_ms", b.request_timeout_ms as usize),
+            ("backends.health_interval_ms", b.health_interval_ms as usize),
+            ("backends.health_timeout_ms", b.health_timeout_ms as usize),
+            ("backends.reconnect_ms", b.reconnect_ms as usize),
+            ("backends.reconnect_max_ms", b.reconnect_max_ms as usize),
+            ("backends.max_outbound_bytes", b.max_outbound_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be greater than zero"));
             }
+        }
+        if g.workers > 64 {
+            return Err(invalid("gateway.workers", "at most 64 workers"));
+        }
+        if b.reconnect_max_ms < b.reconnect_ms {
+            return Err(invalid("backends.reconnect_max_ms", "must not be below backends.reconnect_ms"));
         }
         if g.max_frame_bytes > u32::MAX as usize {
             return Err(invalid("gateway.max_frame_bytes", "must fit in 32 bits"));
@@ -226,7 +433,9 @@ impl Config {
                 return Err(invalid(format!("listeners[{i}].max_frame_bytes"), "must be 1..=4294967295"));
             }
         }
-        self.auth.token_secret()?;
+        if let AuthConfig::Token { .. } = self.auth {
+            self.auth.token_secret()?;
+        }
         let mut names = HashSet::new();
         for (i, s) in self.services.iter().enumerate() {
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
@@ -234,6 +443,9 @@ impl Config {
             }
             if s.servers.is_empty() {
                 return Err(invalid(format!("services[{i}].servers"), "list at least one game-server address"));
+            }
+            if let Some(j) = s.servers.iter().position(|v| v.weight() == 0 || v.weight() > 1000) {
+                return Err(invalid(format!("services[{i}].servers[{j}].weight"), "must be 1..=1000"));
             }
         }
         let known = || self.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ");
@@ -260,6 +472,18 @@ impl Config {
                     format!("no service named {:?} (services: {})", r.service, known()),
                 ));
             }
+        }
+        if let AuthConfig::Delegate { service, timeout_ms } = &self.auth {
+            if !names.contains(service.as_str()) {
+                return Err(invalid("auth.service", format!("no service named {service:?} (services: {})", known())));
+            }
+            if *timeout_ms == 0 {
+                return Err(invalid("auth.timeout_ms", "must be greater than zero"));
+            }
+        }
+        let links: usize = self.services.iter().map(|s| s.servers.len()).sum();
+        if links > 4096 {
+            return Err(invalid("services", "at most 4096 game servers in all"));
         }
         Ok(())
     }

@@ -1,13 +1,13 @@
-//! The sans-IO gateway core: decode → session → framework commands → route
-//! → encode, for one worker.
+//! The sans-IO gateway core of one worker: decode → security checks →
+//! session → framework commands → route → encode.
 //!
 //! The core never touches a socket or the OS clock. An IO backend drives it:
 //!
 //! 1. **Inputs** — `handle_connect`, `handle_data`, `handle_writable`,
 //!    `handle_disconnect` for client connections; `handle_link_connected`,
 //!    `handle_link_data`, `handle_link_writable`, `handle_link_closed` for
-//!    game-server links; `handle_timeout` when [`Gateway::poll_timeout`] is due.
-//!    Each takes `now`.
+//!    game-server links; `handle_inbox` for messages from other workers;
+//!    `handle_timeout` when [`Gateway::poll_timeout`] is due. Each takes `now`.
 //! 2. **Outputs** — after any input, call [`Gateway::poll_output`] until it
 //!    returns `None` and carry out each [`Output`]: write
 //!    [`Gateway::outbound`] / [`Gateway::link_outbound`] and report what was
@@ -15,27 +15,32 @@
 //! 3. **Timer** — wait no longer than [`Gateway::poll_timeout`].
 //!
 //! Encoded output accumulates in one buffer per connection, so a burst of
-//! responses leaves in one write.
+//! responses leaves in one write. Sessions of other workers are reached
+//! through the [`Shared`] state's rings, never touched directly.
 
+mod cross;
+mod deliver;
+mod links;
 mod stats;
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portcullis_proto::framework::Payload;
-use portcullis_proto::link::{self, RequestRef, ServerFrame};
-use portcullis_proto::pb::client::{ErrorCode, Kick};
-use portcullis_proto::pb::link::{link_frame, Hello, SessionClosed};
-use portcullis_proto::{cmd, flags, Codec, Envelope, FrameError, Framing};
+use portcullis_proto::pb::client::ErrorCode;
+use portcullis_proto::{cmd, Codec, FrameError};
 use rustc_hash::FxHashMap;
 
 pub use self::stats::Stats;
 use crate::auth::Authenticator;
-use crate::backend::{Link, LinkState, MAX_LINK_FRAME};
+use crate::backend::{Link, LinkState};
 use crate::config::Config;
 use crate::route::{LinkId, Router};
-use crate::session::{ConnId, SessionId, SessionTable};
+use crate::security::rate_limit::TokenBucket;
+use crate::session::policy::Policy;
+use crate::session::{ConnId, Session, SessionId, SessionTable};
+use crate::shard::{Shared, WORKER_SHIFT};
 
 /// Something the IO backend must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,17 +66,31 @@ struct ListenerSpec {
     max_frame: usize,
 }
 
+/// An operation a connection is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Nothing.
+    Nothing,
+    /// A delegated LOGIN.
+    Login,
+    /// A RESUME being answered by another worker, until the deadline.
+    Resume(Instant),
+}
+
 /// A client connection.
 #[derive(Debug)]
-struct Conn {
-    session: SessionId,
-    codec: Codec,
+pub(crate) struct Conn {
+    pub(crate) session: SessionId,
+    pub(crate) codec: Codec,
     max_frame: usize,
+    ip: IpAddr,
+    admitted: bool,
     inbuf: Vec<u8>,
-    out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
     queued: bool,
-    closing: bool,
+    pub(crate) closing: bool,
     bad_frames: u32,
+    pub(crate) waiting: Waiting,
 }
 
 /// Limits copied out of the config.
@@ -82,75 +101,131 @@ pub(crate) struct Limits {
     pub(crate) max_bad_frames: u32,
     pub(crate) max_groups: usize,
     pub(crate) max_name: usize,
-    pub(crate) reconnect: Duration,
+    pub(crate) resume_window: Duration,
+    pub(crate) replay_messages: usize,
+    pub(crate) replay_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_per_ip: usize,
+    pub(crate) session_rate: (u32, u32),
+    pub(crate) ip_rate: (u32, u32),
+    pub(crate) request_timeout: Duration,
+    pub(crate) health_interval: Duration,
+    pub(crate) health_timeout: Duration,
+    pub(crate) reconnect: (Duration, Duration),
     pub(crate) max_link_outbound: usize,
+    pub(crate) shutdown_deadline: Duration,
     pub(crate) gateway_name: String,
+}
+
+impl Limits {
+    fn new(c: &Config) -> Limits {
+        let (g, s, l, b) = (&c.gateway, &c.sessions, &c.limits, &c.backends);
+        let ms = Duration::from_millis;
+        Limits {
+            heartbeat_timeout: ms(g.heartbeat_timeout_ms),
+            max_outbound: g.max_outbound_bytes,
+            max_bad_frames: g.max_bad_frames,
+            max_groups: g.max_groups_per_session,
+            max_name: g.max_name_bytes,
+            resume_window: ms(s.resume_window_ms),
+            replay_messages: s.replay_max_messages,
+            replay_bytes: s.replay_max_bytes,
+            max_connections: l.max_connections,
+            max_per_ip: l.max_connections_per_ip,
+            session_rate: (l.session_rate, l.session_burst),
+            ip_rate: (l.ip_rate, l.ip_burst),
+            request_timeout: ms(b.request_timeout_ms),
+            health_interval: ms(b.health_interval_ms),
+            health_timeout: ms(b.health_timeout_ms),
+            reconnect: (ms(b.reconnect_ms), ms(b.reconnect_max_ms)),
+            max_link_outbound: b.max_outbound_bytes,
+            shutdown_deadline: ms(g.shutdown_deadline_ms),
+            gateway_name: g.name.clone(),
+        }
+    }
+}
+
+/// Progress of a graceful shutdown.
+#[derive(Debug, Clone, Copy)]
+struct Shutdown {
+    /// Clients are told to reconnect once requests in flight are answered,
+    /// or at this time at the latest.
+    kick_at: Instant,
+    kicked: bool,
 }
 
 /// The gateway core of one worker. See the module docs for how to drive it.
 pub struct Gateway {
+    pub(crate) worker: usize,
+    pub(crate) shared: Arc<Shared>,
     pub(crate) limits: Limits,
+    pub(crate) policy: Policy,
     listeners: Vec<ListenerSpec>,
     /// `now` at construction and the Unix time it corresponds to.
     clock: (Instant, u64),
-    conns: FxHashMap<ConnId, Conn>,
+    /// The `now` of the input being handled.
+    pub(crate) now: Instant,
+    pub(crate) conns: FxHashMap<ConnId, Conn>,
     pub(crate) sessions: SessionTable,
-    router: Router,
-    links: Vec<Link>,
+    pub(crate) router: Router,
+    pub(crate) links: Vec<Link>,
     pub(crate) auth: Box<dyn Authenticator>,
+    /// Per source IP: rate bucket and connections on this worker.
+    ip_buckets: HashMap<IpAddr, (TokenBucket, u32)>,
     outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
-    next_session: SessionId,
+    next_session: u64,
     next_sweep: Instant,
-    shutting_down: bool,
-    /// Reused buffers: framework payloads, fan-out targets, and one encoded
-    /// frame per codec during a fan-out.
+    shutdown: Option<Shutdown>,
+    /// Reused buffers.
     pub(crate) scratch: Vec<u8>,
-    targets: Vec<ConnId>,
-    fanout: [Vec<u8>; 4],
+    pub(crate) targets: Vec<SessionId>,
 }
 
 impl Gateway {
-    /// A core for a validated config. `now` and `unix_now` (seconds) anchor
-    /// its clock: later `now`s are converted to Unix time from them.
-    pub fn new(config: &Config, auth: Box<dyn Authenticator>, now: Instant, unix_now: u64) -> Gateway {
-        let g = &config.gateway;
+    /// The core of worker `worker` for a validated config. `now` and
+    /// `unix_now` (seconds) anchor its clock: later `now`s are converted to
+    /// Unix time from them.
+    pub fn new(
+        config: &Config,
+        worker: usize,
+        shared: Arc<Shared>,
+        auth: Box<dyn Authenticator>,
+        now: Instant,
+        unix_now: u64,
+    ) -> Gateway {
         let router = Router::new(config);
         let links = config
             .services
             .iter()
             .enumerate()
-            .flat_map(|(i, s)| s.servers.iter().map(move |a| Link::new(*a, i, now)))
+            .flat_map(|(i, s)| s.servers.iter().map(move |srv| Link::new(srv.addr(), i, now)))
             .collect();
         let listeners = (0..config.listeners.len())
             .map(|i| ListenerSpec { codec: config.listeners[i].codec, max_frame: config.max_frame(i) })
             .collect();
+        let s = &config.sessions;
         let mut core = Gateway {
-            limits: Limits {
-                heartbeat_timeout: Duration::from_millis(g.heartbeat_timeout_ms),
-                max_outbound: g.max_outbound_bytes,
-                max_bad_frames: g.max_bad_frames,
-                max_groups: g.max_groups_per_session,
-                max_name: g.max_name_bytes,
-                reconnect: Duration::from_millis(g.backend_reconnect_ms),
-                max_link_outbound: g.max_backend_outbound_bytes,
-                gateway_name: g.name.clone(),
-            },
+            worker,
+            shared,
+            limits: Limits::new(config),
+            policy: Policy { multi_login: s.multi_login, max_devices: s.max_devices, on_conflict: s.on_conflict },
             listeners,
             clock: (now, unix_now),
+            now,
             conns: FxHashMap::default(),
             sessions: SessionTable::default(),
             router,
             links,
             auth,
+            ip_buckets: HashMap::new(),
             outputs: VecDeque::new(),
             stats: Stats::default(),
             next_session: 1,
             next_sweep: now,
-            shutting_down: false,
+            shutdown: None,
             scratch: Vec::new(),
             targets: Vec::new(),
-            fanout: Default::default(),
         };
         core.handle_timeout(now);
         core
@@ -163,9 +238,19 @@ impl Gateway {
         &self.stats
     }
 
-    /// The sessions, with their user and group indexes.
+    /// The sessions of this worker, with their user and group indexes.
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
+    }
+
+    /// State shared with the other workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.worker
     }
 
     /// Number of open client connections.
@@ -178,6 +263,11 @@ impl Gateway {
         self.links.iter().filter(|l| l.state == LinkState::Up).count()
     }
 
+    /// Requests awaiting an answer from game servers.
+    pub fn requests_in_flight(&self) -> usize {
+        self.links.iter().map(|l| l.inflight.len()).sum()
+    }
+
     /// The session carried by a connection.
     pub fn session_of(&self, conn: ConnId) -> Option<SessionId> {
         self.conns.get(&conn).map(|c| c.session)
@@ -188,50 +278,69 @@ impl Gateway {
         self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
     }
 
-    /// Whether [`Gateway::shutdown`] was called.
+    /// Whether [`Gateway::shutdown`] was called: the IO backend stops
+    /// accepting connections.
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
+        self.shutdown.is_some()
+    }
+
+    /// Whether a shutdown has told every client to go and nothing is left
+    /// to send: the worker may exit.
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown.is_some_and(|s| s.kicked) && self.conns.is_empty()
     }
 
     // ----- client connection inputs ---------------------------------------
 
     /// A client connected on listener `listener` (index in the config).
-    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, listener: usize, _peer: SocketAddr) {
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, listener: usize, peer: SocketAddr) {
+        self.now = now;
         let spec = self.listeners[listener];
-        let session = self.next_session;
+        let ip = peer.ip();
+        let admitted = self.shared.admit(ip, self.limits.max_connections, self.limits.max_per_ip);
+        let session = ((self.worker as u64) << WORKER_SHIFT) | self.next_session;
         self.next_session += 1;
-        self.sessions.insert(session, conn, now);
+        self.sessions.insert(Session::new(session, conn, spec.codec, now, self.limits.session_rate.1));
         self.conns.insert(
             conn,
             Conn {
                 session,
                 codec: spec.codec,
                 max_frame: spec.max_frame,
+                ip,
+                admitted: admitted.is_ok(),
                 inbuf: Vec::new(),
                 out: Vec::new(),
                 queued: false,
                 closing: false,
                 bad_frames: 0,
+                waiting: Waiting::Nothing,
             },
         );
         self.stats.connections += 1;
-        if self.shutting_down {
-            self.kick(conn, "gateway shutting down: reconnect to another gateway");
+        if let Err(why) = admitted {
+            self.stats.drop_connection_limit += 1;
+            self.send_error(conn, 0, 0, ErrorCode::Throttled, why);
+            return self.close(conn, End::Session);
+        }
+        let burst = self.limits.ip_rate.1;
+        self.ip_buckets.entry(ip).or_insert_with(|| (TokenBucket::full(burst, now), 0)).1 += 1;
+        if self.shutdown.is_some() {
+            self.kick(conn, "gateway shutting down: reconnect to another gateway", true);
         }
     }
 
     /// Bytes arrived on a client connection.
     pub fn handle_data(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.closing {
             return;
         }
         if c.inbuf.is_empty() {
             // Fast path: frames are parsed straight from the caller's buffer
             // and only an incomplete tail is copied.
-            if let Some(used) = self.process_frames(now, conn, data) {
+            if let Some(used) = self.process_frames(conn, data) {
                 if used < data.len() {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.inbuf.extend_from_slice(&data[used..]);
@@ -241,7 +350,7 @@ impl Gateway {
         } else {
             let mut buf = std::mem::take(&mut c.inbuf);
             buf.extend_from_slice(data);
-            if let Some(used) = self.process_frames(now, conn, &buf) {
+            if let Some(used) = self.process_frames(conn, &buf) {
                 buf.drain(..used);
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.inbuf = buf;
@@ -261,123 +370,119 @@ impl Gateway {
     }
 
     /// A client connection is gone (closed by the peer, by an error, or
-    /// after an [`Output::Close`]).
-    pub fn handle_disconnect(&mut self, _now: Instant, conn: ConnId) {
-        if let Some(c) = self.conns.remove(&conn) {
-            self.end_session(c.session);
-        }
-    }
-
-    // ----- game-server link inputs -----------------------------------------
-
-    /// A link's connect succeeded.
-    pub fn handle_link_connected(&mut self, _now: Instant, link: LinkId) {
-        let name = self.limits.gateway_name.clone();
-        let l = &mut self.links[link];
-        l.state = LinkState::Up;
-        l.out.clear();
-        l.inbuf.clear();
-        link::encode_frame(link_frame::Kind::Hello(Hello { gateway: name, worker: 0 }), &mut l.out);
-        self.queue_link(link);
-    }
-
-    /// Bytes arrived from a game server.
-    pub fn handle_link_data(&mut self, now: Instant, link: LinkId, data: &[u8]) {
-        if self.links[link].state != LinkState::Up {
-            return;
-        }
-        let mut buf = std::mem::take(&mut self.links[link].inbuf);
-        buf.extend_from_slice(data);
-        let mut pos = 0;
-        let ok = loop {
-            match Framing::LengthPrefixed.next_frame(&buf[pos..], MAX_LINK_FRAME) {
-                Ok(Some((range, used))) => {
-                    let frame = &buf[pos + range.start..pos + range.end];
-                    pos += used;
-                    match ServerFrame::decode(frame) {
-                        Ok(f) => self.on_server_frame(f),
-                        Err(_) => break false,
-                    }
+    /// after an [`Output::Close`]). A logged-in session waits for a RESUME.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.now = now;
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if c.admitted {
+            self.shared.release(c.ip);
+            if let Some(entry) = self.ip_buckets.get_mut(&c.ip) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.ip_buckets.remove(&c.ip);
                 }
-                Ok(None) => break true,
-                Err(_) => break false,
             }
-        };
-        if ok {
-            buf.drain(..pos);
-            self.links[link].inbuf = buf;
-        } else {
-            self.stats.drop_bad_link_frame += 1;
-            self.handle_link_closed(now, link);
-            self.outputs.push_back(Output::CloseLink(link));
         }
-    }
-
-    /// A link with output pending can take more.
-    pub fn handle_link_writable(&mut self, link: LinkId) {
-        if !self.links[link].out.is_empty() {
-            self.queue_link(link);
+        if self.sessions.get(c.session).is_some_and(|s| s.conn == Some(conn)) {
+            self.detach(c.session);
         }
-    }
-
-    /// A link's connect failed or its connection dropped.
-    pub fn handle_link_closed(&mut self, now: Instant, link: LinkId) {
-        let l = &mut self.links[link];
-        if matches!(l.state, LinkState::Down { .. }) {
-            return;
-        }
-        l.state = LinkState::Down { retry_at: now + self.limits.reconnect };
-        l.out.clear();
-        l.inbuf.clear();
-        self.stats.link_failures += 1;
     }
 
     // ----- time ------------------------------------------------------------
 
     /// When [`Gateway::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let retries = self.links.iter().filter_map(|l| match l.state {
-            LinkState::Down { retry_at } => Some(retry_at),
-            _ => None,
+        let links = self.links.iter().map(|l| match l.state {
+            LinkState::Down { retry_at } => retry_at,
+            LinkState::Up => l.ping.map_or(l.next_ping, |(_, sent)| sent + self.limits.health_timeout),
+            LinkState::Connecting => self.next_sweep,
         });
-        retries.chain([self.next_sweep]).min()
+        let shutdown = self.shutdown.filter(|s| !s.kicked).map(|s| s.kick_at);
+        links.chain([self.next_sweep]).chain(shutdown).min()
     }
 
-    /// Runs what is due at `now`: heartbeat deadlines, link reconnects.
+    /// Runs what is due at `now`: link reconnects and health checks, request
+    /// timeouts, heartbeat deadlines, resume windows, shutdown progress.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for (id, l) in self.links.iter_mut().enumerate() {
-            if matches!(l.state, LinkState::Down { retry_at } if retry_at <= now) {
-                l.state = LinkState::Connecting;
-                self.outputs.push_back(Output::ConnectLink(id, l.addr));
+        self.now = now;
+        self.link_timers();
+        if let Some(s) = self.shutdown {
+            if !s.kicked && (now >= s.kick_at || self.requests_in_flight() == 0) {
+                self.kick_everyone();
             }
         }
         if now < self.next_sweep {
             return;
         }
-        // A sweep over all sessions, a few times per deadline: O(sessions)
-        // per interval and no per-frame timer work.
-        let timeout = self.limits.heartbeat_timeout;
+        // A sweep over all sessions a few times per deadline: O(sessions) per
+        // interval and no per-frame timer work.
+        let timeout = self.limits.heartbeat_timeout.min(self.limits.resume_window);
         let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.next_sweep = now + interval;
+        self.expire_requests();
+        let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
         let mut idle = std::mem::take(&mut self.targets);
         idle.clear();
         idle.extend(
-            self.sessions.iter().filter(|s| now.saturating_duration_since(s.last_seen) >= timeout).map(|s| s.conn),
+            self.sessions
+                .iter()
+                .filter(|s| match (s.conn, s.detached_at) {
+                    (Some(_), _) => now.saturating_duration_since(s.last_seen) >= heartbeat,
+                    (None, Some(at)) => now.saturating_duration_since(at) >= window,
+                    (None, None) => true,
+                })
+                .map(|s| s.id),
         );
-        for &conn in &idle {
-            self.stats.heartbeat_timeouts += 1;
-            self.kick(conn, "heartbeat timeout");
+        for &sid in &idle {
+            match self.sessions.get(sid).and_then(|s| s.conn) {
+                Some(conn) => {
+                    self.stats.heartbeat_timeouts += 1;
+                    self.send_kick(conn, "heartbeat timeout", false);
+                    self.close(conn, End::Detach);
+                }
+                None => {
+                    self.stats.sessions_expired += 1;
+                    self.end_session(sid);
+                }
+            }
         }
         self.targets = idle;
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.waiting, Waiting::Resume(deadline) if deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stale {
+            self.conns.get_mut(&conn).expect("listed").waiting = Waiting::Nothing;
+            self.stats.drop_resume_failed += 1;
+            self.send_error(conn, cmd::RESUME, 0, ErrorCode::ResumeFailed, "the session did not answer in time");
+        }
     }
 
-    /// Starts a shutdown: every client gets a KICK telling it to reconnect
-    /// elsewhere and is closed; new connections are refused the same way.
-    pub fn shutdown(&mut self, _now: Instant) {
-        self.shutting_down = true;
+    /// Starts a graceful shutdown: no new connections (the IO backend stops
+    /// accepting), no new requests; once requests in flight are answered (or
+    /// half the deadline has passed) every client gets a KICK telling it to
+    /// reconnect elsewhere and is closed after its output is flushed.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.shutdown.is_none() {
+            self.shutdown = Some(Shutdown { kick_at: now + self.limits.shutdown_deadline / 2, kicked: false });
+            self.handle_timeout(now);
+        }
+    }
+
+    fn kick_everyone(&mut self) {
+        if let Some(s) = &mut self.shutdown {
+            s.kicked = true;
+        }
         let conns: Vec<ConnId> = self.conns.keys().copied().collect();
         for conn in conns {
-            self.kick(conn, "gateway shutting down: reconnect to another gateway");
+            self.kick(conn, "gateway shutting down: reconnect to another gateway", true);
+        }
+        let detached: Vec<SessionId> = self.sessions.iter().map(|s| s.id).collect();
+        for sid in detached {
+            self.end_session(sid);
         }
     }
 
@@ -424,11 +529,11 @@ impl Gateway {
 
     /// Splits frames off `buf` and runs each through the path. Returns the
     /// bytes consumed, or `None` once the connection is closing.
-    fn process_frames(&mut self, now: Instant, conn: ConnId, buf: &[u8]) -> Option<usize> {
+    fn process_frames(&mut self, conn: ConnId, buf: &[u8]) -> Option<usize> {
         let c = self.conns.get(&conn)?;
-        let (session, codec, max) = (c.session, c.codec, c.max_frame);
+        let (session, codec, max, ip) = (c.session, c.codec, c.max_frame, c.ip);
         if let Some(s) = self.sessions.get_mut(session) {
-            s.last_seen = now;
+            s.last_seen = self.now;
         }
         let framing = codec.framing();
         let mut pos = 0;
@@ -437,7 +542,12 @@ impl Gateway {
                 Ok(Some((range, used))) => {
                     let frame = &buf[pos + range.start..pos + range.end];
                     pos += used;
-                    if !self.on_frame(now, conn, session, codec, frame) {
+                    if !self.admit_frame(session, ip) {
+                        self.stats.drop_throttled += 1;
+                        self.send_error(conn, 0, 0, ErrorCode::Throttled, "rate limit: slow down");
+                        continue;
+                    }
+                    if !self.on_frame(conn, session, codec, frame) {
                         return None;
                     }
                 }
@@ -446,16 +556,25 @@ impl Gateway {
                     self.stats.drop_frame_too_large += 1;
                     let msg = format!("frame of {len} bytes exceeds the maximum of {max}");
                     self.send_error(conn, 0, 0, ErrorCode::FrameTooLarge, &msg);
-                    self.close(conn);
+                    self.close(conn, End::Session);
                     return None;
                 }
             }
         }
     }
 
+    /// The session's and the source IP's token buckets.
+    fn admit_frame(&mut self, session: SessionId, ip: IpAddr) -> bool {
+        let now = self.now;
+        let (rate, burst) = self.limits.session_rate;
+        let session_ok = self.sessions.get_mut(session).is_none_or(|s| s.rate.allow(now, rate, burst));
+        let (rate, burst) = self.limits.ip_rate;
+        session_ok && self.ip_buckets.get_mut(&ip).is_none_or(|(b, _)| b.allow(now, rate, burst))
+    }
+
     /// One frame through decode → framework or route. Returns whether the
     /// connection is still open.
-    fn on_frame(&mut self, now: Instant, conn: ConnId, session: SessionId, codec: Codec, frame: &[u8]) -> bool {
+    fn on_frame(&mut self, conn: ConnId, session: SessionId, codec: Codec, frame: &[u8]) -> bool {
         let env = match codec.decode(frame) {
             Ok(env) => env,
             Err(e) => {
@@ -465,8 +584,13 @@ impl Gateway {
             }
         };
         self.stats.frames_in += 1;
+        if env.ack != 0 {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.replay.ack(env.ack.min(s.replay.last_seq()));
+            }
+        }
         if cmd::is_framework(env.cmd) {
-            return self.on_framework(now, conn, session, codec, &env);
+            return self.on_framework(conn, session, codec, &env);
         }
         self.on_business(conn, session, &env);
         true
@@ -475,240 +599,107 @@ impl Gateway {
     /// Counts a refused frame against the connection; closes it at the
     /// limit. Returns whether it is still open.
     pub(crate) fn count_bad_frame(&mut self, conn: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
         c.bad_frames += 1;
         if c.bad_frames >= self.limits.max_bad_frames {
-            self.close(conn);
+            self.close(conn, End::Session);
             return false;
         }
         true
     }
 
-    /// A business command: check login, route, forward to a game server.
-    fn on_business(&mut self, conn: ConnId, session: SessionId, env: &Envelope<'_>) {
-        let Some(s) = self.sessions.get_mut(session) else {
-            return;
-        };
-        let Some(user) = &s.user else {
-            self.stats.drop_not_logged_in += 1;
-            return self.send_error(conn, env.cmd, env.seq, ErrorCode::NotLoggedIn, "log in first");
-        };
-        let Some(service) = self.router.service_of(env.cmd) else {
-            self.stats.drop_unknown_command += 1;
-            return self.send_error(conn, env.cmd, env.seq, ErrorCode::UnknownCommand, "no route for this command");
-        };
-        let (links, max) = (&self.links, self.limits.max_link_outbound);
-        let Some(link) = self.router.pick(service, |l| links[l].accepts(max)) else {
-            self.stats.drop_backend_unavailable += 1;
-            let msg = format!("no game server of service {:?} is available", self.router.services()[service].name);
-            return self.send_error(conn, env.cmd, env.seq, ErrorCode::BackendUnavailable, &msg);
-        };
-        s.links_used |= 1 << (link % 64);
-        let req = RequestRef {
-            session_id: session,
-            user_id: &user.user_id,
-            cmd: env.cmd,
-            seq: env.seq,
-            payload: &env.payload,
-            route_key: env.route_key(),
-        };
-        link::encode_request(&req, &mut self.links[link].out);
-        self.stats.requests += 1;
-        self.queue_link(link);
-    }
+    // ----- connection and session lifecycle ------------------------------------
 
-    /// A frame from a game server.
-    fn on_server_frame(&mut self, frame: ServerFrame<'_>) {
-        match frame {
-            ServerFrame::Reply { session_id, cmd, seq, payload, error, error_message } => {
-                let Some(conn) = self.sessions.get(session_id).map(|s| s.conn) else {
-                    self.stats.drop_session_gone += 1;
-                    return;
-                };
-                if error != 0 {
-                    let msg = format!("game server error {error}: {error_message}");
-                    self.send_error(conn, cmd, seq, ErrorCode::BackendError, &msg);
-                } else {
-                    self.stats.replies += 1;
-                    self.send(conn, &Envelope::new(cmd, seq, flags::RESPONSE, payload));
-                }
-            }
-            ServerFrame::PushToSession { session_id, cmd, payload } => {
-                let Some(conn) = self.sessions.get(session_id).map(|s| s.conn) else {
-                    self.stats.drop_session_gone += 1;
-                    return;
-                };
-                self.stats.pushes += 1;
-                self.send(conn, &Envelope::new(cmd, 0, flags::PUSH, payload));
-            }
-            ServerFrame::PushToUser { user_id, cmd, payload } => {
-                let mut targets = self.take_targets();
-                targets.extend(self.sessions.conns_of(self.sessions.of_user(user_id).iter().copied()));
-                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
-            }
-            ServerFrame::PushToGroup { group, cmd, payload } => {
-                let mut targets = self.take_targets();
-                targets.extend(self.sessions.conns_of(self.sessions.members(group)));
-                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
-            }
-            ServerFrame::Broadcast { cmd, payload } => {
-                let mut targets = self.take_targets();
-                targets.extend(self.sessions.iter().filter(|s| s.user.is_some()).map(|s| s.conn));
-                self.fan_out(targets, |codec, out| codec.encode(&Envelope::new(cmd, 0, flags::PUSH, payload), out));
-            }
-        }
-    }
-
-    // ----- sending -----------------------------------------------------------
-
-    /// The reused fan-out target list, empty; hand it back to `fan_out`.
-    pub(crate) fn take_targets(&mut self) -> Vec<ConnId> {
-        let mut targets = std::mem::take(&mut self.targets);
-        targets.clear();
-        targets
-    }
-
-    /// Sends one message to many connections, encoding it once per codec.
-    /// Returns how many connections it was queued on.
-    pub(crate) fn fan_out(&mut self, targets: Vec<ConnId>, encode: impl Fn(Codec, &mut Vec<u8>)) -> usize {
-        let mut frames = std::mem::take(&mut self.fanout);
-        frames.iter_mut().for_each(Vec::clear);
-        let mut delivered = 0;
-        for &conn in &targets {
-            let Some(c) = self.conns.get(&conn) else {
-                continue;
-            };
-            let frame = &mut frames[c.codec as usize];
-            if frame.is_empty() {
-                encode(c.codec, frame);
-            }
-            if self.append(conn, frame) {
-                delivered += 1;
-            }
-        }
-        self.stats.pushes += delivered as u64;
-        self.fanout = frames;
-        self.targets = targets;
-        delivered
-    }
-
-    /// Encodes an envelope onto a connection.
-    pub(crate) fn send(&mut self, conn: ConnId, env: &Envelope<'_>) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
-        if c.closing {
-            return;
-        }
-        c.codec.encode(env, &mut c.out);
-        self.after_append(conn);
-    }
-
-    /// Appends an already encoded frame to a connection.
-    fn append(&mut self, conn: ConnId, frame: &[u8]) -> bool {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
-        if c.closing {
-            return false;
-        }
-        c.out.extend_from_slice(frame);
-        self.after_append(conn)
-    }
-
-    /// Queues a transmit, or disconnects a client whose unsent output passed
-    /// the high-water mark. Returns whether the frame stays queued.
-    fn after_append(&mut self, conn: ConnId) -> bool {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return false;
-        };
-        self.stats.frames_out += 1;
-        if c.out.len() > self.limits.max_outbound {
-            self.stats.slow_consumers += 1;
-            // Nothing more can reach a client that does not read: drop its
-            // backlog and close.
-            c.out.clear();
-            self.close(conn);
-            return false;
-        }
-        if !c.queued {
-            c.queued = true;
-            self.outputs.push_back(Output::Transmit(conn));
-        }
-        true
-    }
-
-    /// Sends a framework payload message in the connection's payload form.
-    pub(crate) fn send_payload<M: Payload>(&mut self, conn: ConnId, cmd: u32, seq: u32, flags: u32, msg: &M) {
-        let Some(c) = self.conns.get(&conn) else {
-            return;
-        };
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        c.codec.payload_form().encode(msg, &mut buf);
-        self.send(conn, &Envelope::new(cmd, seq, flags, &buf));
-        self.scratch = buf;
-    }
-
-    /// Sends an ERROR frame answering `(cmd, seq)`.
-    pub(crate) fn send_error(&mut self, conn: ConnId, cmd: u32, seq: u32, code: ErrorCode, message: &str) {
-        let err = portcullis_proto::pb::client::Error { code: code as i32, message: message.into(), cmd };
-        self.send_payload(conn, cmd::ERROR, seq, flags::RESPONSE, &err);
-    }
-
-    /// Sends a KICK notification, then closes the connection.
-    pub(crate) fn kick(&mut self, conn: ConnId, reason: &str) {
-        self.send_payload(conn, cmd::KICK, 0, flags::PUSH, &Kick { reason: reason.into() });
-        self.close(conn);
-    }
-
-    /// Closes a connection after its pending output; its session ends now.
-    pub(crate) fn close(&mut self, conn: ConnId) {
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
-        };
+    /// Closes a connection after its pending output; `end` says what
+    /// becomes of its session.
+    pub(crate) fn close(&mut self, conn: ConnId, end: End) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.closing {
             return;
         }
         c.closing = true;
         let session = c.session;
         self.outputs.push_back(Output::Close(conn));
-        self.end_session(session);
-    }
-
-    /// Removes a session and tells the game servers it used.
-    fn end_session(&mut self, session: SessionId) {
-        let Some(s) = self.sessions.remove(session) else {
-            return;
-        };
-        if s.links_used == 0 {
-            return;
-        }
-        let user_id = s.user.map(|u| u.user_id.into_string()).unwrap_or_default();
-        for id in 0..self.links.len() {
-            if s.links_used & (1 << (id % 64)) != 0 && self.links[id].state == LinkState::Up {
-                let closed = SessionClosed { session_id: session, user_id: user_id.clone() };
-                link::encode_frame(link_frame::Kind::SessionClosed(closed), &mut self.links[id].out);
-                self.queue_link(id);
+        if self.sessions.get(session).is_some_and(|s| s.conn == Some(conn)) {
+            match end {
+                End::Session => self.end_session(session),
+                End::Detach => self.detach(session),
             }
         }
     }
 
-    fn queue_link(&mut self, link: LinkId) {
+    /// A session lost its connection: a logged-in one waits for a RESUME
+    /// within the window; an anonymous one ends.
+    fn detach(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(session) else { return };
+        if s.user.is_none() || self.shutdown.is_some() {
+            return self.end_session(session);
+        }
+        s.conn = None;
+        s.detached_at = Some(self.now);
+        self.stats.sessions_detached += 1;
+        let user = s.user_id().expect("logged in").to_owned();
+        self.shared.set_user_session(&user, session, self.worker, false);
+    }
+
+    /// Ends a session: leaves its groups, leaves the user index, tells the
+    /// game servers it used.
+    pub(crate) fn end_session(&mut self, session: SessionId) {
+        let Some(s) = self.take_session(session) else { return };
+        if let Some(user) = s.user_id() {
+            self.shared.logout(user, session);
+        }
+        self.notify_links(&s, true);
+    }
+
+    /// Removes a session from this worker (to end it or to move it),
+    /// updating the shared group counts.
+    pub(crate) fn take_session(&mut self, session: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(session)?;
+        for g in &s.groups {
+            self.shared.group_member(g, self.worker, false);
+        }
+        Some(s)
+    }
+
+    fn queue_transmit(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.queued {
+                c.queued = true;
+                self.outputs.push_back(Output::Transmit(conn));
+            }
+        }
+    }
+
+    pub(crate) fn queue_link(&mut self, link: LinkId) {
         let l = &mut self.links[link];
         if !l.queued {
             l.queued = true;
             self.outputs.push_back(Output::TransmitLink(link));
         }
     }
+
+    pub(crate) fn push_output(&mut self, out: Output) {
+        self.outputs.push_back(out);
+    }
+}
+
+/// What closing a connection does to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// End it (logout, kick, protocol violation).
+    Session,
+    /// Keep it for a RESUME if it is logged in (the connection failed).
+    Detach,
 }
 
 /// Drops the first `n` bytes of a buffer.
 fn drain_front(buf: &mut Vec<u8>, n: usize) {
     if n >= buf.len() {
         buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
     } else {
         buf.drain(..n);
     }

@@ -1,45 +1,98 @@
 //! Counters of the core. Every refused or dropped frame counts under the
 //! reason it was refused for.
 
-/// Monotonic counters of one worker's core.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Stats {
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident,)*) => {
+        /// Monotonic counters of one worker's core.
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl Stats {
+            /// Every counter with its name, for metrics.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+        }
+
+        impl std::ops::AddAssign<&Stats> for Stats {
+            fn add_assign(&mut self, other: &Stats) {
+                $(self.$name += other.$name;)*
+            }
+        }
+    };
+}
+
+counters! {
     /// Client connections accepted.
-    pub connections: u64,
+    connections,
     /// Client frames decoded.
-    pub frames_in: u64,
+    frames_in,
     /// Client frames queued for sending.
-    pub frames_out: u64,
+    frames_out,
     /// Successful logins.
-    pub logins: u64,
+    logins,
+    /// Successful resumes.
+    resumes,
+    /// Messages replayed on resume.
+    replayed,
     /// Business requests forwarded to game servers.
-    pub requests: u64,
+    requests,
     /// Replies from game servers delivered.
-    pub replies: u64,
+    replies,
     /// Pushes (from game servers or SEND_TO_*) delivered, counted per session.
-    pub pushes: u64,
+    pushes,
+    /// Messages sent to other workers.
+    cross_worker,
+    /// Sessions whose connection dropped, kept for RESUME.
+    sessions_detached,
+    /// Dropped sessions that were not resumed within the window.
+    sessions_expired,
+    /// Sessions ended by the multi-login policy.
+    sessions_replaced,
+    /// Refused: connections over a connection limit.
+    drop_connection_limit,
+    /// Refused: frames over a session or IP rate limit.
+    drop_throttled,
     /// Dropped: frames that could not be decoded.
-    pub drop_bad_frame: u64,
+    drop_bad_frame,
     /// Dropped: frames over the maximum size (connection closed).
-    pub drop_frame_too_large: u64,
+    drop_frame_too_large,
     /// Refused: business commands before login.
-    pub drop_not_logged_in: u64,
+    drop_not_logged_in,
     /// Refused: commands without handler or route.
-    pub drop_unknown_command: u64,
+    drop_unknown_command,
     /// Refused: failed logins.
-    pub drop_auth_failed: u64,
+    drop_auth_failed,
+    /// Refused: logins over the multi-login policy.
+    drop_login_conflict,
+    /// Refused: RESUMEs that could not be honoured.
+    drop_resume_failed,
     /// Refused: framework payloads that could not be decoded or were invalid.
-    pub drop_bad_payload: u64,
+    drop_bad_payload,
     /// Refused: no healthy game server.
-    pub drop_backend_unavailable: u64,
+    drop_backend_unavailable,
+    /// Answered with an error: requests in flight on a game server that went down.
+    drop_backend_lost,
+    /// Answered with an error: requests a game server did not answer in time.
+    drop_backend_timeout,
+    /// Refused: business commands during shutdown.
+    drop_shutting_down,
     /// Dropped: replies or pushes for sessions that no longer exist.
-    pub drop_session_gone: u64,
+    drop_session_gone,
+    /// Dropped: replies that arrived after their request timed out.
+    drop_late_reply,
     /// Dropped: undecodable frames from game servers (link closed).
-    pub drop_bad_link_frame: u64,
-    /// Sessions closed for missing their heartbeat deadline.
-    pub heartbeat_timeouts: u64,
+    drop_bad_link_frame,
+    /// Dropped: messages for another worker whose inbox was full.
+    drop_inbox_full,
+    /// Sessions ended because their replay buffer overflowed.
+    replay_overflows,
+    /// Connections closed for missing their heartbeat deadline.
+    heartbeat_timeouts,
     /// Connections closed because the client did not read its output.
-    pub slow_consumers: u64,
-    /// Game-server links that went down.
-    pub link_failures: u64,
+    slow_consumers,
+    /// Game-server links that went down (connect failures included).
+    link_failures,
 }

@@ -16,7 +16,7 @@ use portcullis_proto::{cmd, flags, Codec, Envelope, Framing};
 use prost::Message;
 
 use super::*;
-use crate::auth::TokenAuthenticator;
+use crate::shard::Shared;
 
 const SECRET: &str = "0123456789abcdef0123";
 const UNIX_START: u64 = 1_800_000_000;
@@ -55,89 +55,156 @@ fn config(extra: &str) -> Config {
 }
 
 fn token(user: &str) -> String {
-    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: UNIX_START + 3600 })
+    token_for(user, "pc")
 }
 
-/// A core plus a perfect network: every transmit is delivered at once,
-/// except to clients marked as not reading.
+fn token_for(user: &str, device: &str) -> String {
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: UNIX_START + 3600 })
+}
+
+/// Cores (one per worker) plus a perfect network: every transmit is
+/// delivered at once, except to clients marked as not reading; game servers
+/// answer health checks unless muted.
 struct Harness {
-    core: Gateway,
+    cores: Vec<Gateway>,
     now: Instant,
     next_conn: ConnId,
+    worker_of: HashMap<ConnId, usize>,
     codec: HashMap<ConnId, Codec>,
     received: HashMap<ConnId, Vec<u8>>,
     closed: HashSet<ConnId>,
     not_reading: HashSet<ConnId>,
-    link_sent: HashMap<LinkId, Vec<u8>>,
-    connects: Vec<LinkId>,
+    link_sent: HashMap<(usize, LinkId), Vec<Kind>>,
+    connects: Vec<(usize, LinkId)>,
+    muted: HashSet<(usize, LinkId)>,
 }
 
 impl Harness {
     fn new(extra: &str) -> Harness {
+        Self::with_workers(extra, 1)
+    }
+
+    fn with_workers(extra: &str, workers: usize) -> Harness {
         let c = config(extra);
         let now = Instant::now();
-        let auth = Box::new(TokenAuthenticator::new(SECRET.as_bytes().to_vec()));
+        let shared = Shared::new(workers, [7; 32]);
+        let cores = (0..workers)
+            .map(|w| Gateway::new(&c, w, shared.clone(), crate::auth::from_config(&c).unwrap(), now, UNIX_START))
+            .collect();
         let mut h = Harness {
-            core: Gateway::new(&c, auth, now, UNIX_START),
+            cores,
             now,
             next_conn: 1,
+            worker_of: HashMap::new(),
             codec: HashMap::new(),
             received: HashMap::new(),
             closed: HashSet::new(),
             not_reading: HashSet::new(),
             link_sent: HashMap::new(),
             connects: Vec::new(),
+            muted: HashSet::new(),
         };
         h.flush();
         h
     }
 
+    fn core(&mut self, conn: ConnId) -> &mut Gateway {
+        let w = self.worker_of[&conn];
+        &mut self.cores[w]
+    }
+
+    /// Carries out every output of every core and every cross-worker
+    /// message until nothing moves.
     fn flush(&mut self) {
-        while let Some(out) = self.core.poll_output() {
-            match out {
-                Output::Transmit(c) => {
-                    if !self.not_reading.contains(&c) {
-                        let bytes = self.core.outbound(c).to_vec();
-                        self.core.consume(c, bytes.len());
-                        self.received.entry(c).or_default().extend(bytes);
+        loop {
+            let mut moved = false;
+            for w in 0..self.cores.len() {
+                self.cores[w].handle_inbox(self.now);
+                while let Some(out) = self.cores[w].poll_output() {
+                    moved = true;
+                    self.carry_out(w, out);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn carry_out(&mut self, w: usize, out: Output) {
+        let core = &mut self.cores[w];
+        match out {
+            Output::Transmit(c) => {
+                if !self.not_reading.contains(&c) {
+                    let bytes = core.outbound(c).to_vec();
+                    core.consume(c, bytes.len());
+                    self.received.entry(c).or_default().extend(bytes);
+                }
+            }
+            Output::Close(c) => {
+                let bytes = core.outbound(c).to_vec();
+                self.received.entry(c).or_default().extend(bytes);
+                self.closed.insert(c);
+                core.handle_disconnect(self.now, c);
+            }
+            Output::ConnectLink(l, _) => self.connects.push((w, l)),
+            Output::TransmitLink(l) => {
+                let bytes = core.link_outbound(l).to_vec();
+                core.consume_link(l, bytes.len());
+                let mut pos = 0;
+                while let Some((r, used)) = Framing::LengthPrefixed.next_frame(&bytes[pos..], usize::MAX).unwrap() {
+                    let kind = pbl::LinkFrame::decode(&bytes[pos + r.start..pos + r.end]).unwrap().kind.unwrap();
+                    pos += used;
+                    match kind {
+                        Kind::Ping(p) if !self.muted.contains(&(w, l)) => {
+                            let mut pong = Vec::new();
+                            encode_frame(Kind::Pong(pbl::Pong { nonce: p.nonce }), &mut pong);
+                            core.handle_link_data(self.now, l, &pong);
+                        }
+                        Kind::Ping(_) | Kind::Hello(_) => {}
+                        other => self.link_sent.entry((w, l)).or_default().push(other),
                     }
                 }
-                Output::Close(c) => {
-                    let bytes = self.core.outbound(c).to_vec();
-                    self.received.entry(c).or_default().extend(bytes);
-                    self.closed.insert(c);
-                    self.core.handle_disconnect(self.now, c);
-                }
-                Output::ConnectLink(l, _) => self.connects.push(l),
-                Output::TransmitLink(l) => {
-                    let bytes = self.core.link_outbound(l).to_vec();
-                    self.core.consume_link(l, bytes.len());
-                    self.link_sent.entry(l).or_default().extend(bytes);
-                }
-                Output::CloseLink(_) => {}
             }
+            Output::CloseLink(_) => {}
         }
     }
 
     fn advance(&mut self, d: Duration) {
         self.now += d;
-        self.core.handle_timeout(self.now);
+        for core in &mut self.cores {
+            core.handle_timeout(self.now);
+        }
         self.flush();
     }
 
     fn connect(&mut self, codec: Codec) -> ConnId {
+        self.connect_on(0, codec)
+    }
+
+    fn connect_on(&mut self, worker: usize, codec: Codec) -> ConnId {
         let listener =
             [Codec::Protobuf, Codec::Text, Codec::Json, Codec::Flatbuffers].iter().position(|c| *c == codec).unwrap();
         let id = self.next_conn;
         self.next_conn += 1;
         self.codec.insert(id, codec);
-        self.core.handle_connect(self.now, id, listener, SocketAddr::from(([127, 0, 0, 1], 5000)));
+        self.worker_of.insert(id, worker);
+        let now = self.now;
+        self.cores[worker].handle_connect(now, id, listener, SocketAddr::from(([127, 0, 0, 1], 5000)));
         self.flush();
         id
     }
 
+    fn drop_conn(&mut self, conn: ConnId) {
+        let now = self.now;
+        self.core(conn).handle_disconnect(now, conn);
+        self.closed.insert(conn);
+        self.flush();
+    }
+
     fn raw(&mut self, conn: ConnId, bytes: &[u8]) {
-        self.core.handle_data(self.now, conn, bytes);
+        let now = self.now;
+        self.core(conn).handle_data(now, conn, bytes);
         self.flush();
     }
 
@@ -176,10 +243,14 @@ impl Harness {
     }
 
     fn login(&mut self, conn: ConnId, user: &str) -> LoginReply {
-        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token: token(user) });
+        self.login_as(conn, user, "pc")
+    }
+
+    fn login_as(&mut self, conn: ConnId, user: &str, device: &str) -> LoginReply {
+        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token: token_for(user, device) });
         let frames = self.take(conn);
         assert_eq!(frames.len(), 1, "{frames:?}");
-        assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGIN, 1, flags::RESPONSE));
+        assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGIN, 1, flags::RESPONSE), "{frames:?}");
         self.form(conn).decode(&frames[0].payload).unwrap()
     }
 
@@ -194,30 +265,54 @@ impl Harness {
     }
 
     fn links_up(&mut self) {
-        for l in std::mem::take(&mut self.connects) {
-            self.core.handle_link_connected(self.now, l);
+        for (w, l) in std::mem::take(&mut self.connects) {
+            let now = self.now;
+            self.cores[w].handle_link_connected(now, l);
         }
         self.flush();
         self.link_sent.clear();
     }
 
-    /// Link frames a game server received since the last call.
+    /// Link frames game server `link` of worker 0 received since the last call.
     fn link_frames(&mut self, link: LinkId) -> Vec<Kind> {
-        let buf = self.link_sent.remove(&link).unwrap_or_default();
-        let mut out = Vec::new();
-        let mut pos = 0;
-        while let Some((r, used)) = Framing::LengthPrefixed.next_frame(&buf[pos..], usize::MAX).unwrap() {
-            out.push(pbl::LinkFrame::decode(&buf[pos + r.start..pos + r.end]).unwrap().kind.unwrap());
-            pos += used;
-        }
-        out
+        self.link_frames_of(0, link)
+    }
+
+    fn link_frames_of(&mut self, worker: usize, link: LinkId) -> Vec<Kind> {
+        self.link_sent.remove(&(worker, link)).unwrap_or_default()
     }
 
     fn server_sends(&mut self, link: LinkId, kind: Kind) {
+        self.server_sends_on(0, link, kind);
+    }
+
+    fn server_sends_on(&mut self, worker: usize, link: LinkId, kind: Kind) {
         let mut bytes = Vec::new();
         encode_frame(kind, &mut bytes);
-        self.core.handle_link_data(self.now, link, &bytes);
+        let now = self.now;
+        self.cores[worker].handle_link_data(now, link, &bytes);
         self.flush();
+    }
+
+    /// Answers every request game server `link` (worker 0) received with its payload.
+    fn echo_requests(&mut self, link: LinkId) -> usize {
+        let frames = self.link_frames(link);
+        let mut n = 0;
+        for f in frames {
+            if let Kind::Request(r) = f {
+                n += 1;
+                let reply = pbl::Reply {
+                    session_id: r.session_id,
+                    cmd: r.cmd,
+                    seq: r.seq,
+                    payload: r.payload,
+                    request_id: r.request_id,
+                    ..Default::default()
+                };
+                self.server_sends(link, Kind::Reply(reply));
+            }
+        }
+        n
     }
 }
 
@@ -230,13 +325,13 @@ fn login_logout_and_the_reply_fields() {
         assert_eq!(reply.user_id, "alice", "{codec}");
         assert_eq!(reply.device, "pc");
         assert_eq!(reply.heartbeat_interval_ms, 10_000);
-        assert_eq!(h.core.sessions().of_user("alice").len(), 1);
+        assert_eq!(h.cores[0].sessions().of_user("alice").len(), 1);
         h.send(c, &Envelope::new(cmd::LOGOUT, 2, 0, b""));
         let frames = h.take(c);
         assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGOUT, 2, flags::RESPONSE));
         assert!(h.closed.contains(&c));
-        assert_eq!(h.core.sessions().of_user("alice").len(), 0);
-        assert_eq!(h.core.connection_count(), 0);
+        assert_eq!(h.cores[0].sessions().of_user("alice").len(), 0);
+        assert_eq!(h.cores[0].connection_count(), 0);
     }
 }
 
@@ -257,7 +352,7 @@ fn login_refusals() {
     h.login(c, "bob");
     h.send_msg(c, cmd::LOGIN, 5, &LoginRequest { token: token("bob") });
     h.expect_error(c, ErrorCode::AlreadyLoggedIn);
-    assert_eq!(h.core.stats().drop_auth_failed, 3);
+    assert_eq!(h.cores[0].stats().drop_auth_failed, 3);
 }
 
 #[test]
@@ -294,7 +389,7 @@ fn heartbeat_deadline_closes_idle_sessions_only() {
     assert_eq!(frames.last().unwrap().cmd, cmd::KICK);
     let kick: Kick = h.form(idle).decode(&frames.last().unwrap().payload).unwrap();
     assert_eq!(kick.reason, "heartbeat timeout");
-    assert_eq!(h.core.stats().heartbeat_timeouts, 1);
+    assert_eq!(h.cores[0].stats().heartbeat_timeouts, 1);
     // Just before the deadline a session survives; at it, it is closed.
     h.advance(Duration::from_millis(29_000));
     assert!(!h.closed.contains(&busy));
@@ -305,7 +400,7 @@ fn heartbeat_deadline_closes_idle_sessions_only() {
 #[test]
 fn poll_timeout_bounds_the_wait_until_the_deadline() {
     let h = Harness::new("");
-    let t = h.core.poll_timeout().unwrap();
+    let t = h.cores[0].poll_timeout().unwrap();
     assert!(t > h.now && t <= h.now + Duration::from_secs(30));
 }
 
@@ -411,18 +506,28 @@ fn business_commands_are_routed_round_robin_and_answered() {
     let Kind::Request(req) = &l0[0] else { panic!("{l0:?}") };
     assert_eq!((req.session_id, req.user_id.as_str(), req.cmd, req.seq), (login.session_id, "alice", 1001, 3));
     assert_eq!((&req.payload[..], req.route_key.as_deref()), (&b"ping"[..], Some(&b"room-9"[..])));
-    h.server_sends(
-        0,
-        Kind::Reply(pbl::Reply {
-            session_id: login.session_id,
-            cmd: 1001,
-            seq: 3,
-            payload: b"pong".to_vec(),
-            ..Default::default()
-        }),
-    );
+    let Kind::Request(req4) = &l1[0] else { panic!("{l1:?}") };
+    let (rid3, rid4) = (req.request_id, req4.request_id);
+    let reply = pbl::Reply {
+        session_id: login.session_id,
+        cmd: 1001,
+        seq: 3,
+        payload: b"pong".to_vec(),
+        request_id: rid3,
+        ..Default::default()
+    };
+    h.server_sends(0, Kind::Reply(reply.clone()));
     let frames = h.take(c);
-    assert_eq!(frames, [Envelope::new(1001, 3, flags::RESPONSE, b"pong").into_owned()]);
+    assert_eq!(frames.len(), 1);
+    assert_eq!(
+        (frames[0].cmd, frames[0].seq, frames[0].flags, &*frames[0].payload),
+        (1001, 3, flags::RESPONSE, &b"pong"[..])
+    );
+    assert!(frames[0].server_seq > 0, "answers to a logged-in session are sequenced");
+    // A second reply to the same request is dropped.
+    h.server_sends(0, Kind::Reply(reply));
+    assert!(h.take(c).is_empty());
+    assert_eq!(h.cores[0].stats().drop_late_reply, 1);
     h.server_sends(
         1,
         Kind::Reply(pbl::Reply {
@@ -431,6 +536,7 @@ fn business_commands_are_routed_round_robin_and_answered() {
             seq: 4,
             error: 7,
             error_message: "no such room".into(),
+            request_id: rid4,
             ..Default::default()
         }),
     );
@@ -560,18 +666,25 @@ fn a_client_that_stops_reading_is_cut_off_and_others_are_served() {
     assert!(h.closed.contains(&stalled));
     assert!(!h.closed.contains(&reader));
     assert_eq!(h.take(reader).len(), 100);
-    assert_eq!(h.core.stats().slow_consumers, 1);
+    assert_eq!(h.cores[0].stats().slow_consumers, 1);
 }
 
 #[test]
 fn a_failed_link_is_reconnected_after_the_delay() {
     let mut h = Harness::new("");
     h.links_up();
-    h.core.handle_link_closed(h.now, 0);
-    h.advance(Duration::from_millis(500));
+    h.cores[0].handle_link_closed(h.now, 0);
+    h.advance(Duration::from_millis(50));
     assert!(h.connects.is_empty());
-    h.advance(Duration::from_millis(500));
-    assert_eq!(h.connects, [0]);
+    h.advance(Duration::from_millis(50));
+    assert_eq!(h.connects, [(0, 0)], "first retry after reconnect_ms");
+    // The retry fails too: the next waits twice as long.
+    h.cores[0].handle_link_closed(h.now, 0);
+    h.connects.clear();
+    h.advance(Duration::from_millis(150));
+    assert!(h.connects.is_empty());
+    h.advance(Duration::from_millis(50));
+    assert_eq!(h.connects, [(0, 0)], "backoff doubled");
     // While down, requests go to the other server.
     let c = h.connect(Codec::Protobuf);
     h.login(c, "al");
@@ -579,10 +692,10 @@ fn a_failed_link_is_reconnected_after_the_delay() {
     h.send(c, &Envelope::new(1000, 3, 0, b""));
     assert_eq!(h.link_frames(1).len(), 2);
     // Garbage from a game server closes its link.
-    h.core.handle_link_data(h.now, 1, &[0, 0, 0, 1, 0xff]);
+    h.cores[0].handle_link_data(h.now, 1, &[0, 0, 0, 1, 0xff]);
     h.flush();
-    assert_eq!(h.core.links_up(), 0);
-    assert_eq!(h.core.stats().drop_bad_link_frame, 1);
+    assert_eq!(h.cores[0].links_up(), 0);
+    assert_eq!(h.cores[0].stats().drop_bad_link_frame, 1);
 }
 
 #[test]
@@ -590,7 +703,7 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
     let mut h = Harness::new("");
     let a = h.connect(Codec::Protobuf);
     h.login(a, "a");
-    h.core.shutdown(h.now);
+    h.cores[0].shutdown(h.now);
     h.flush();
     let frames = h.take(a);
     let kick: Kick = h.form(a).decode(&frames[0].payload).unwrap();

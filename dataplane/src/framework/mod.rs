@@ -1,45 +1,39 @@
 //! Framework commands, handled inside the gateway and never seen by game
 //! servers: LOGIN, LOGOUT, HEARTBEAT, JOIN/LEAVE GROUP, SEND_TO_USER(S),
-//! SEND_TO_GROUP, ACK. Clients may not send gateway-to-client commands
-//! (KICK, ERROR). RESUME arrives with session resume.
+//! SEND_TO_GROUP, ACK, RESUME. Clients may not send gateway-to-client
+//! commands (KICK, ERROR).
 //!
-//! Every request is answered: a response with the request's `seq`, or an
-//! ERROR frame.
+//! Every request is answered — a response with the request's `seq`, or an
+//! ERROR frame — except ACK.
 
-use std::time::Instant;
+mod login;
+mod resume;
 
 use portcullis_proto::framework::Payload;
-use portcullis_proto::pb::client::{
-    Delivery, ErrorCode, GroupRequest, LoginReply, LoginRequest, SendResult, SendToGroup, SendToUser, SendToUsers,
-};
+use portcullis_proto::pb::client::{ErrorCode, GroupRequest, SendResult, SendToGroup, SendToUser, SendToUsers};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
-use crate::core::Gateway;
+use crate::core::{End, Gateway};
 use crate::session::{ConnId, SessionId};
+use crate::shard::DeliveryMsg;
 
 impl Gateway {
     /// Handles a framework command. Returns whether the connection is still open.
-    pub(crate) fn on_framework(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        session: SessionId,
-        codec: Codec,
-        env: &Envelope<'_>,
-    ) -> bool {
+    pub(crate) fn on_framework(&mut self, conn: ConnId, session: SessionId, codec: Codec, env: &Envelope<'_>) -> bool {
         let logged_in = self.sessions.get(session).is_some_and(|s| s.user.is_some());
-        let needs_login = !matches!(env.cmd, cmd::HEARTBEAT | cmd::LOGIN | cmd::LOGOUT);
+        let needs_login = !matches!(env.cmd, cmd::HEARTBEAT | cmd::LOGIN | cmd::LOGOUT | cmd::RESUME | cmd::ACK);
         if needs_login && !logged_in {
             self.stats.drop_not_logged_in += 1;
             self.send_error(conn, env.cmd, env.seq, ErrorCode::NotLoggedIn, "log in first");
             return true;
         }
         match env.cmd {
-            cmd::HEARTBEAT => self.respond(conn, env, &[]),
-            cmd::LOGIN => return self.login(now, conn, session, codec, env),
+            cmd::HEARTBEAT => self.send_raw(conn, &Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[])),
+            cmd::LOGIN => return self.login(conn, session, codec, env),
+            cmd::RESUME => return self.resume(conn, session, codec, env),
             cmd::LOGOUT => {
-                self.respond(conn, env, &[]);
-                self.close(conn);
+                self.send_raw(conn, &Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[]));
+                self.close(conn, End::Session);
                 return false;
             }
             cmd::JOIN_GROUP | cmd::LEAVE_GROUP => {
@@ -50,52 +44,55 @@ impl Gateway {
                     return self.count_bad_frame(conn);
                 }
                 if env.cmd == cmd::LEAVE_GROUP {
-                    self.sessions.leave(session, &req.group);
-                } else if let Err(e) = self.sessions.join(session, &req.group, self.limits.max_groups) {
-                    self.stats.drop_bad_payload += 1;
-                    self.send_error(conn, env.cmd, env.seq, ErrorCode::BadPayload, &e.to_string());
-                    return true;
+                    if self.sessions.leave(session, &req.group) {
+                        self.shared.group_member(&req.group, self.worker, false);
+                    }
+                } else {
+                    match self.sessions.join(session, &req.group, self.limits.max_groups) {
+                        Ok(true) => self.shared.group_member(&req.group, self.worker, true),
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.stats.drop_bad_payload += 1;
+                            self.send_error(conn, env.cmd, env.seq, ErrorCode::BadPayload, &e.to_string());
+                            return true;
+                        }
+                    }
                 }
-                self.respond(conn, env, &[]);
+                self.answer(conn, &mut Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[]));
             }
-            cmd::SEND_TO_USER => {
-                let Some(req) = self.payload::<SendToUser>(conn, codec, env) else {
-                    return self.count_bad_frame(conn);
+            cmd::SEND_TO_USER | cmd::SEND_TO_USERS => {
+                let (users, payload) = if env.cmd == cmd::SEND_TO_USER {
+                    let Some(req) = self.payload::<SendToUser>(conn, codec, env) else {
+                        return self.count_bad_frame(conn);
+                    };
+                    (vec![req.user_id], req.payload)
+                } else {
+                    let Some(req) = self.payload::<SendToUsers>(conn, codec, env) else {
+                        return self.count_bad_frame(conn);
+                    };
+                    (req.user_ids, req.payload)
                 };
-                let mut targets = self.take_targets();
-                targets.extend(self.sessions.conns_of(self.sessions.of_user(&req.user_id).iter().copied()));
-                self.deliver(conn, session, env, targets, "", &req.payload);
-            }
-            cmd::SEND_TO_USERS => {
-                let Some(req) = self.payload::<SendToUsers>(conn, codec, env) else {
-                    return self.count_bad_frame(conn);
-                };
-                let mut targets = self.take_targets();
-                for user in &req.user_ids {
-                    targets.extend(self.sessions.conns_of(self.sessions.of_user(user).iter().copied()));
+                let mut targets: Vec<(usize, SessionId)> = Vec::new();
+                for user in &users {
+                    targets.extend(self.shared.sessions_of(user).iter().map(|s| (s.worker, s.session)));
                 }
                 targets.sort_unstable();
                 targets.dedup();
-                self.deliver(conn, session, env, targets, "", &req.payload);
+                let msg = self.delivery(session, env.cmd, String::new(), payload);
+                let delivered = self.deliver_anywhere(&targets, msg);
+                self.send_result(conn, env, delivered);
             }
             cmd::SEND_TO_GROUP => {
                 let Some(req) = self.payload::<SendToGroup>(conn, codec, env) else {
                     return self.count_bad_frame(conn);
                 };
-                let mut targets = self.take_targets();
-                targets.extend(self.sessions.conns_of(self.sessions.members(&req.group)));
-                if !req.include_self {
-                    targets.retain(|c| *c != conn);
-                }
-                self.deliver(conn, session, env, targets, &req.group, &req.payload);
+                let exclude = if req.include_self { 0 } else { session };
+                let msg = self.delivery(session, env.cmd, req.group, req.payload);
+                let delivered = self.deliver_to_group(exclude, msg);
+                self.send_result(conn, env, delivered);
             }
-            // Acknowledgements matter once sessions keep a replay buffer.
+            // The envelope's `ack` field has been applied already.
             cmd::ACK => {}
-            cmd::RESUME => {
-                self.stats.drop_unknown_command += 1;
-                let msg = "RESUME is not enabled on this gateway";
-                self.send_error(conn, env.cmd, env.seq, ErrorCode::UnknownCommand, msg);
-            }
             other => {
                 self.stats.drop_unknown_command += 1;
                 let msg = match cmd::name(other) {
@@ -109,68 +106,18 @@ impl Gateway {
         true
     }
 
-    fn login(&mut self, now: Instant, conn: ConnId, session: SessionId, codec: Codec, env: &Envelope<'_>) -> bool {
-        if self.sessions.get(session).is_some_and(|s| s.user.is_some()) {
-            self.send_error(conn, env.cmd, env.seq, ErrorCode::AlreadyLoggedIn, "this session is already logged in");
-            return true;
-        }
-        let Some(req) = self.payload::<LoginRequest>(conn, codec, env) else {
-            return self.count_bad_frame(conn);
-        };
-        let user = match self.auth.authenticate(&req, self.unix_time(now)) {
-            Ok(user) if user.user_id.len() <= self.limits.max_name => user,
-            Ok(_) => {
-                self.stats.drop_auth_failed += 1;
-                self.send_error(conn, env.cmd, env.seq, ErrorCode::AuthFailed, "user id too long");
-                return self.count_bad_frame(conn);
-            }
-            Err(e) => {
-                self.stats.drop_auth_failed += 1;
-                self.send_error(conn, env.cmd, env.seq, ErrorCode::AuthFailed, &e.to_string());
-                return self.count_bad_frame(conn);
-            }
-        };
-        let reply = LoginReply {
-            session_id: session,
-            user_id: user.user_id.to_string(),
-            device: user.device.to_string(),
-            heartbeat_interval_ms: (self.limits.heartbeat_timeout.as_millis() / 3) as u32,
-        };
-        self.sessions.bind_user(session, user);
-        self.stats.logins += 1;
-        self.send_payload(conn, env.cmd, env.seq, flags::RESPONSE, &reply);
-        true
+    fn delivery(&self, session: SessionId, cmd: u32, group: String, payload: Vec<u8>) -> DeliveryMsg {
+        let from = self.sessions.get(session).and_then(|s| s.user_id()).unwrap_or_default().to_string();
+        DeliveryMsg { cmd, from_user_id: from, group, payload }
     }
 
-    /// Pushes a SEND_TO_* message to `targets` and answers the sender with
-    /// the number of sessions reached.
-    fn deliver(
-        &mut self,
-        conn: ConnId,
-        session: SessionId,
-        env: &Envelope<'_>,
-        targets: Vec<ConnId>,
-        group: &str,
-        payload: &[u8],
-    ) {
-        let from = self.sessions.get(session).and_then(|s| s.user.as_ref()).map(|u| u.user_id.to_string());
-        let delivery =
-            Delivery { from_user_id: from.unwrap_or_default(), group: group.to_string(), payload: payload.to_vec() };
-        let push_cmd = env.cmd;
-        let delivered = self.fan_out(targets, |codec, out| {
-            let body = codec.payload_form().encode_to_vec(&delivery);
-            codec.encode(&Envelope::new(push_cmd, 0, flags::PUSH, &body), out);
-        });
-        self.send_payload(conn, env.cmd, env.seq, flags::RESPONSE, &SendResult { delivered: delivered as u32 });
-    }
-
-    /// Answers a request with an empty or raw payload.
-    fn respond(&mut self, conn: ConnId, env: &Envelope<'_>, payload: &[u8]) {
-        self.send(conn, &Envelope::new(env.cmd, env.seq, flags::RESPONSE, payload));
+    fn send_result(&mut self, conn: ConnId, env: &Envelope<'_>, delivered: usize) {
+        let result = SendResult { delivered: delivered as u32 };
+        self.send_payload(conn, Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[]), &result, true);
     }
 
     /// Decodes a framework payload, answering BAD_PAYLOAD if it cannot be.
-    fn payload<M: Payload>(&mut self, conn: ConnId, codec: Codec, env: &Envelope<'_>) -> Option<M> {
+    pub(crate) fn payload<M: Payload>(&mut self, conn: ConnId, codec: Codec, env: &Envelope<'_>) -> Option<M> {
         match codec.payload_form().decode::<M>(&env.payload) {
             Ok(m) => Some(m),
             Err(e) => {

@@ -4,20 +4,23 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::IoBackend;
-use crate::auth::TokenAuthenticator;
+use crate::auth;
 use crate::config::Config;
 use crate::route::LinkId;
 use crate::session::ConnId;
-use crate::{Gateway, Output};
+use crate::shard::Shared;
+use crate::{Gateway, Output, Stats};
 
+const WAKE: Token = Token((1 << 20) - 1);
 const LINK_BASE: usize = 1 << 20;
 const CLIENT_BASE: usize = 1 << 21;
 const READ_CHUNK: usize = 64 * 1024;
@@ -32,7 +35,7 @@ struct LinkSocket {
     connected: bool,
 }
 
-/// Kernel sockets behind mio.
+/// Kernel sockets behind mio, for one worker.
 pub struct KernelIo {
     poll: Poll,
     events: Events,
@@ -42,20 +45,37 @@ pub struct KernelIo {
     generation: u32,
     links: Vec<Option<LinkSocket>>,
     buf: Box<[u8]>,
+    waker: Arc<Waker>,
+}
+
+/// A listening socket with SO_REUSEPORT, so that every worker has its own
+/// accept queue on the same port and the kernel spreads connections.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 impl KernelIo {
-    /// Binds every listener of the config.
-    pub fn bind(config: &Config) -> io::Result<KernelIo> {
+    /// Binds the listeners of the config for one worker. `addrs` are the
+    /// addresses to bind instead of the config's (the first worker's actual
+    /// ports when the config asks for port 0).
+    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>) -> io::Result<KernelIo> {
         let poll = Poll::new()?;
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let mut listener = TcpListener::bind(l.bind)
-                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind listeners[{i}].bind = {}: {e}", l.bind)))?;
+            let addr = addrs.map_or(l.bind, |a| a[i]);
+            let mut listener = listen(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind listeners[{i}].bind = {addr}: {e}")))?;
             poll.registry().register(&mut listener, Token(i), Interest::READABLE)?;
             listeners.push(listener);
         }
         let link_count = config.services.iter().map(|s| s.servers.len()).sum();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
         Ok(KernelIo {
             poll,
             events: Events::with_capacity(1024),
@@ -65,12 +85,18 @@ impl KernelIo {
             generation: 0,
             links: (0..link_count).map(|_| None).collect(),
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            waker,
         })
     }
 
     /// Addresses the listeners are bound to (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+    }
+
+    /// Wakes this worker from its IO wait (from another thread).
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
     }
 
     fn slot(id: ConnId) -> usize {
@@ -186,7 +212,9 @@ impl IoBackend for KernelIo {
         let ready: Vec<(usize, bool, bool)> =
             self.events.iter().map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())).collect();
         for (token, readable, writable) in ready {
-            if token < LINK_BASE {
+            if token == WAKE.0 {
+                continue;
+            } else if token < LINK_BASE {
                 self.accept(core, token, now);
             } else if token < CLIENT_BASE {
                 let link = token - LINK_BASE;
@@ -227,6 +255,12 @@ impl IoBackend for KernelIo {
             }
         }
         Ok(())
+    }
+
+    fn stop_accepting(&mut self) {
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
     }
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
@@ -282,42 +316,115 @@ impl IoBackend for KernelIo {
     }
 }
 
-/// A gateway worker running on kernel sockets in its own thread.
+/// What a running worker last reported.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerStatus {
+    /// Its counters.
+    pub stats: Stats,
+    /// Sessions it holds (connected or waiting for a RESUME).
+    pub sessions: usize,
+    /// Client connections.
+    pub connections: usize,
+    /// Groups with members on it.
+    pub groups: usize,
+    /// Game-server links up.
+    pub links_up: usize,
+    /// Requests awaiting game servers.
+    pub in_flight: usize,
+}
+
+/// A gateway process's workers on kernel sockets, one thread each.
 pub struct RunningGateway {
     /// Bound listener addresses, in config order.
     pub addrs: Vec<SocketAddr>,
+    shared: Arc<Shared>,
+    status: Arc<Mutex<Vec<WorkerStatus>>>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<io::Result<()>>>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+/// 32 bytes from the OS's CSPRNG.
+fn random_key() -> io::Result<[u8; 32]> {
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    Ok(key)
 }
 
 impl RunningGateway {
-    /// Starts a worker for `config` with the token authenticator and
-    /// returns once its listeners are bound.
+    /// Binds every worker's listeners and starts `gateway.workers` worker
+    /// threads; returns once all are bound.
     pub fn start(config: &Config) -> io::Result<RunningGateway> {
-        let secret = config.auth.token_secret().map_err(io::Error::other)?;
-        let mut io = KernelIo::bind(config)?;
-        let addrs = io.local_addrs();
+        let workers = config.gateway.workers;
+        let shared = Shared::new(workers, random_key()?);
+        let first = KernelIo::bind(config, None)?;
+        let addrs = first.local_addrs();
+        let mut ios = vec![first];
+        for _ in 1..workers {
+            ios.push(KernelIo::bind(config, Some(&addrs))?);
+        }
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let mut core = Gateway::new(config, Box::new(TokenAuthenticator::new(secret)), Instant::now(), unix);
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("portcullis-worker-0".into())
-            .spawn(move || super::run(&mut io, &mut core, &flag, Duration::from_secs(5), |_, _| {}))?;
-        Ok(RunningGateway { addrs, stop, thread: Some(thread) })
+        let status = Arc::new(Mutex::new(vec![WorkerStatus::default(); workers]));
+        let deadline = Duration::from_millis(config.gateway.shutdown_deadline_ms);
+        let mut threads = Vec::new();
+        for (worker, mut io) in ios.into_iter().enumerate() {
+            let auth = auth::from_config(config).map_err(io::Error::other)?;
+            let mut core = Gateway::new(config, worker, shared.clone(), auth, Instant::now(), unix);
+            let waker = io.waker();
+            shared.set_waker(worker, move || {
+                let _ = waker.wake();
+            });
+            let (stop, status) = (stop.clone(), status.clone());
+            threads.push(std::thread::Builder::new().name(format!("portcullis-worker-{worker}")).spawn(move || {
+                super::run(&mut io, &mut core, &stop, deadline, |_, core| {
+                    let report = WorkerStatus {
+                        stats: core.stats().clone(),
+                        sessions: core.sessions().len(),
+                        connections: core.connection_count(),
+                        groups: core.sessions().group_count(),
+                        links_up: core.links_up(),
+                        in_flight: core.requests_in_flight(),
+                    };
+                    status.lock().expect("status lock")[worker] = report;
+                })
+            })?);
+        }
+        Ok(RunningGateway { addrs, shared, status, stop, threads })
     }
 
-    /// Shuts the worker down and waits for it.
+    /// What each worker last reported (about every 100 ms).
+    pub fn status(&self) -> Vec<WorkerStatus> {
+        self.status.lock().expect("status lock").clone()
+    }
+
+    /// State shared by the workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Whether every worker thread is still running.
+    pub fn is_running(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
+    }
+
+    /// Starts the graceful shutdown of every worker.
+    pub fn request_stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Shuts the workers down and waits for them.
     pub fn stop(mut self) -> io::Result<()> {
         self.stop_and_join()
     }
 
     fn stop_and_join(&mut self) -> io::Result<()> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        match self.thread.take() {
-            Some(t) => t.join().map_err(|_| io::Error::other("gateway worker panicked"))?,
-            None => Ok(()),
+        self.request_stop();
+        let mut result = Ok(());
+        for t in self.threads.drain(..) {
+            let r = t.join().map_err(|_| io::Error::other("gateway worker panicked")).and_then(|r| r);
+            result = result.and(r);
         }
+        result
     }
 }
 

@@ -23,42 +23,49 @@ pub trait IoBackend {
     /// Carries out every output the core has queued
     /// ([`Gateway::poll_output`]) until none is left.
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()>;
+
+    /// Stops accepting new connections (shutdown).
+    fn stop_accepting(&mut self);
 }
 
 /// Longest a worker sleeps, so that it notices `stop` and reports status.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
-/// Runs one worker until `stop` is set and its shutdown completes: the
-/// core kicks every client with a reconnect notice, the backend flushes,
-/// and the loop returns once all clients are gone or `drain` has passed.
+/// Runs one worker until `stop` is set and its shutdown completes (see
+/// [`Gateway::shutdown`]), or `deadline` after `stop` at the latest.
 /// `tick` is called about every 100 ms with the core, for status output.
 pub fn run<B: IoBackend>(
     io: &mut B,
     core: &mut Gateway,
     stop: &AtomicBool,
-    drain: Duration,
+    deadline: Duration,
     mut tick: impl FnMut(Instant, &Gateway),
 ) -> io::Result<()> {
-    let mut deadline = None;
+    let mut exit_at = None;
     let mut next_tick = Instant::now();
+    let (shared, worker) = (core.shared().clone(), core.worker());
     loop {
         let now = Instant::now();
+        core.handle_inbox(now);
         core.handle_timeout(now);
-        if stop.load(Ordering::Relaxed) && deadline.is_none() {
+        if stop.load(Ordering::Relaxed) && exit_at.is_none() {
+            io.stop_accepting();
             core.shutdown(now);
-            deadline = Some(now + drain);
+            exit_at = Some(now + deadline);
         }
         io.flush(core)?;
         if now >= next_tick {
             tick(now, core);
             next_tick = now + MAX_WAIT;
         }
-        if let Some(deadline) = deadline {
-            if core.connection_count() == 0 || now >= deadline {
-                return Ok(());
-            }
+        if core.is_shut_down() || exit_at.is_some_and(|t| now >= t) {
+            tick(now, core);
+            return Ok(());
         }
         let wait = core.poll_timeout().map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
-        io.poll(core, Some(wait))?;
+        let wait = if shared.prepare_sleep(worker) { wait } else { Duration::ZERO };
+        let polled = io.poll(core, Some(wait));
+        shared.woke(worker);
+        polled?;
     }
 }

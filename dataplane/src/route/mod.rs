@@ -1,10 +1,23 @@
-//! Routing: which backend service serves a business command, and which of
-//! its game servers gets the next request.
+//! Routing: which backend service serves a business command ([`Router`]),
+//! and which of its game servers gets a request ([`Service::pick`]) under
+//! the service's balancing policy.
+
+mod ring;
 
 use crate::config::{Balance, Config};
+pub use ring::{stable_hash, HashRing};
 
-/// Index of a backend link (one game server) in the core's link table.
+/// Index of a backend link (one game server) in a worker's link table.
 pub type LinkId = usize;
+
+/// What a balancing decision may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct PickKey<'a> {
+    /// The session's user.
+    pub user_id: &'a str,
+    /// The envelope's routing key, if any.
+    pub route_key: Option<&'a [u8]>,
+}
 
 /// One backend service and its game servers.
 #[derive(Debug)]
@@ -15,7 +28,78 @@ pub struct Service {
     pub links: Vec<LinkId>,
     /// Balancing policy.
     pub balance: Balance,
+    /// Sessions keep the server they first used.
+    pub sticky: bool,
+    weights: Vec<i64>,
+    current: Vec<i64>,
     next: usize,
+    ring: HashRing,
+}
+
+impl Service {
+    /// A service over `links`, with the servers' addresses (hashed into the
+    /// ring, so every gateway agrees on it) and weights.
+    pub fn new(name: &str, balance: Balance, sticky: bool, servers: &[(LinkId, String, u32)]) -> Service {
+        let ring = HashRing::new(servers.iter().map(|(_, addr, w)| (addr.as_str(), *w)));
+        Service {
+            name: name.into(),
+            links: servers.iter().map(|s| s.0).collect(),
+            balance,
+            sticky,
+            weights: servers.iter().map(|s| i64::from(s.2)).collect(),
+            current: vec![0; servers.len()],
+            next: 0,
+            ring,
+        }
+    }
+
+    /// Picks a game server for a request among those for which `usable`
+    /// holds; `load` gives a server's outstanding requests. `None` if no
+    /// server is usable.
+    pub fn pick(
+        &mut self,
+        key: PickKey<'_>,
+        usable: impl Fn(LinkId) -> bool,
+        load: impl Fn(LinkId) -> usize,
+    ) -> Option<LinkId> {
+        let n = self.links.len();
+        let links = &self.links;
+        let i = match self.balance {
+            Balance::RoundRobin => {
+                let i = (0..n).map(|k| (self.next + k) % n).find(|&i| usable(links[i]))?;
+                self.next = (i + 1) % n;
+                i
+            }
+            Balance::Weighted => {
+                // Smooth weighted round-robin: spreads a server's share evenly.
+                let mut best: Option<usize> = None;
+                let mut total = 0;
+                for i in (0..n).filter(|&i| usable(links[i])) {
+                    self.current[i] += self.weights[i];
+                    total += self.weights[i];
+                    if best.is_none_or(|b| self.current[i] > self.current[b]) {
+                        best = Some(i);
+                    }
+                }
+                let i = best?;
+                self.current[i] -= total;
+                i
+            }
+            Balance::LeastOutstanding => {
+                let start = self.next;
+                let i =
+                    (0..n).map(|k| (start + k) % n).filter(|&i| usable(links[i])).min_by_key(|&i| load(links[i]))?;
+                self.next = (start + 1) % n;
+                i
+            }
+            Balance::HashUser => self.ring.lookup(stable_hash(key.user_id.as_bytes()), |i| usable(links[i]))?,
+            Balance::HashRouteKey => {
+                let bytes = key.route_key.unwrap_or(key.user_id.as_bytes());
+                self.ring.lookup(stable_hash(bytes), |i| usable(links[i]))?
+            }
+        };
+        Some(self.links[i])
+    }
 }
 
 /// The route table and the services.
@@ -35,9 +119,14 @@ impl Router {
             .services
             .iter()
             .map(|s| {
-                let links = (next_link..next_link + s.servers.len()).collect();
+                let servers: Vec<_> = s
+                    .servers
+                    .iter()
+                    .enumerate()
+                    .map(|(j, srv)| (next_link + j, srv.addr().to_string(), srv.weight()))
+                    .collect();
                 next_link += s.servers.len();
-                Service { name: s.name.clone(), links, balance: s.balance, next: 0 }
+                Service::new(&s.name, s.balance, s.sticky, &servers)
             })
             .collect();
         let mut routes: Vec<_> = config
@@ -59,80 +148,21 @@ impl Router {
         (cmd <= last).then_some(service)
     }
 
+    /// The index of a service by name.
+    pub fn service_named(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.name == name)
+    }
+
     /// The services.
     pub fn services(&self) -> &[Service] {
         &self.services
     }
 
-    /// Picks a game server of `service` among those for which `usable`
-    /// holds, or `None` if none is.
-    pub fn pick(&mut self, service: usize, usable: impl Fn(LinkId) -> bool) -> Option<LinkId> {
-        let s = &mut self.services[service];
-        match s.balance {
-            Balance::RoundRobin => {
-                let n = s.links.len();
-                (0..n).find_map(|k| {
-                    let i = (s.next + k) % n;
-                    usable(s.links[i]).then(|| {
-                        s.next = (i + 1) % n;
-                        s.links[i]
-                    })
-                })
-            }
-        }
+    /// A service, mutably (to pick a server).
+    pub fn service_mut(&mut self, i: usize) -> &mut Service {
+        &mut self.services[i]
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn router() -> Router {
-        let c = Config::parse(
-            r#"
-            [[listeners]]
-            bind = "127.0.0.1:1"
-            [auth]
-            kind = "token"
-            secret = "0123456789abcdef"
-            [[services]]
-            name = "a"
-            servers = ["127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"]
-            [[services]]
-            name = "b"
-            servers = ["127.0.0.1:5"]
-            [[routes]]
-            commands = [2000, 2999]
-            service = "b"
-            [[routes]]
-            commands = [1000, 1000]
-            service = "a"
-            "#,
-            "t",
-        )
-        .unwrap();
-        Router::new(&c)
-    }
-
-    #[test]
-    fn ranges_are_inclusive_and_gaps_unrouted() {
-        let r = router();
-        assert_eq!(r.service_of(999), None);
-        assert_eq!(r.service_of(1000), Some(0));
-        assert_eq!(r.service_of(1001), None);
-        assert_eq!(r.service_of(2000), Some(1));
-        assert_eq!(r.service_of(2999), Some(1));
-        assert_eq!(r.service_of(3000), None);
-        assert_eq!(r.services()[1].links, [3]);
-    }
-
-    #[test]
-    fn round_robin_skips_unusable_servers() {
-        let mut r = router();
-        let picks: Vec<_> = (0..6).map(|_| r.pick(0, |_| true).unwrap()).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
-        let picks: Vec<_> = (0..4).map(|_| r.pick(0, |l| l != 1).unwrap()).collect();
-        assert_eq!(picks, [0, 2, 0, 2]);
-        assert_eq!(r.pick(0, |_| false), None);
-    }
-}
+mod tests;

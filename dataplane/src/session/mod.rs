@@ -3,10 +3,17 @@
 //!
 //! Ids are assigned by the core and never reused within a worker.
 
+pub mod policy;
+pub mod replay;
+
 use std::collections::HashMap;
 use std::time::Instant;
 
+use portcullis_proto::Codec;
 use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::security::rate_limit::TokenBucket;
+use replay::ReplayBuffer;
 
 /// Id of a session, unique within the gateway process.
 pub type SessionId = u64;
@@ -23,22 +30,57 @@ pub struct UserBinding {
     pub device: Box<str>,
 }
 
-/// One player session.
+/// One player session. It lives on one worker; RESUME may move it whole to
+/// another.
 #[derive(Debug)]
 pub struct Session {
     /// Its id.
     pub id: SessionId,
-    /// The connection carrying it.
-    pub conn: ConnId,
+    /// The connection carrying it; `None` while it waits for a RESUME.
+    pub conn: Option<ConnId>,
+    /// Codec of its connection (a RESUME must use the same).
+    pub codec: Codec,
     /// Set at login.
     pub user: Option<UserBinding>,
     /// Groups it has joined.
     pub groups: Vec<Box<str>>,
     /// Time of the last frame received; the heartbeat deadline runs from it.
     pub last_seen: Instant,
+    /// When its connection dropped, if it did.
+    pub detached_at: Option<Instant>,
     /// Bit `i` set: the session sent requests over backend link `i % 64`,
-    /// which is told when the session closes.
+    /// which is told when the session closes or moves.
     pub links_used: u64,
+    /// `(service, link)` this session sticks to, for sticky services.
+    pub sticky: Vec<(u16, u16)>,
+    /// Sequenced server messages not yet acknowledged.
+    pub replay: ReplayBuffer,
+    /// Frame rate limit.
+    pub rate: TokenBucket,
+}
+
+impl Session {
+    /// A new anonymous session on `conn`.
+    pub fn new(id: SessionId, conn: ConnId, codec: Codec, now: Instant, burst: u32) -> Session {
+        Session {
+            id,
+            conn: Some(conn),
+            codec,
+            user: None,
+            groups: Vec::new(),
+            last_seen: now,
+            detached_at: None,
+            links_used: 0,
+            sticky: Vec::new(),
+            replay: ReplayBuffer::default(),
+            rate: TokenBucket::full(burst, now),
+        }
+    }
+
+    /// The user id, if logged in.
+    pub fn user_id(&self) -> Option<&str> {
+        self.user.as_ref().map(|u| &*u.user_id)
+    }
 }
 
 /// Why a group operation was refused.
@@ -61,9 +103,15 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// Adds a new, anonymous session.
-    pub fn insert(&mut self, id: SessionId, conn: ConnId, now: Instant) {
-        let s = Session { id, conn, user: None, groups: Vec::new(), last_seen: now, links_used: 0 };
+    /// Adds a session, indexing its user and groups.
+    pub fn insert(&mut self, s: Session) {
+        let id = s.id;
+        if let Some(user) = &s.user {
+            self.users.entry(user.user_id.clone()).or_default().push(id);
+        }
+        for g in &s.groups {
+            self.groups.entry(g.clone()).or_default().insert(id);
+        }
         self.sessions.insert(id, s);
     }
 
@@ -105,11 +153,6 @@ impl SessionTable {
         self.users.get(user_id).map_or(&[], Vec::as_slice)
     }
 
-    /// Connections of the given sessions (sessions that are gone are skipped).
-    pub fn conns_of<'a>(&'a self, ids: impl IntoIterator<Item = SessionId> + 'a) -> impl Iterator<Item = ConnId> + 'a {
-        ids.into_iter().filter_map(|id| self.sessions.get(&id)).map(|s| s.conn)
-    }
-
     /// Members of a group.
     pub fn members(&self, group: &str) -> impl Iterator<Item = SessionId> + '_ {
         self.groups.get(group).into_iter().flatten().copied()
@@ -125,28 +168,29 @@ impl SessionTable {
         self.users.len()
     }
 
-    /// Adds a session to a group (no-op if already a member).
-    pub fn join(&mut self, id: SessionId, group: &str, max_groups: usize) -> Result<(), GroupError> {
+    /// Adds a session to a group. Returns whether it was not a member yet.
+    pub fn join(&mut self, id: SessionId, group: &str, max_groups: usize) -> Result<bool, GroupError> {
         let Some(s) = self.sessions.get_mut(&id) else {
-            return Ok(());
+            return Ok(false);
         };
         if s.groups.iter().any(|g| &**g == group) {
-            return Ok(());
+            return Ok(false);
         }
         if s.groups.len() >= max_groups {
             return Err(GroupError::TooMany(max_groups));
         }
         s.groups.push(group.into());
         self.groups.entry(group.into()).or_default().insert(id);
-        Ok(())
+        Ok(true)
     }
 
-    /// Removes a session from a group (no-op if not a member).
-    pub fn leave(&mut self, id: SessionId, group: &str) {
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.groups.retain(|g| &**g != group);
-        }
+    /// Removes a session from a group. Returns whether it was a member.
+    pub fn leave(&mut self, id: SessionId, group: &str) -> bool {
+        let Some(s) = self.sessions.get_mut(&id) else { return false };
+        let before = s.groups.len();
+        s.groups.retain(|g| &**g != group);
         Self::unindex_group(&mut self.groups, id, group);
+        before != s.groups.len()
     }
 
     fn unindex_group(groups: &mut HashMap<Box<str>, FxHashSet<SessionId>>, id: SessionId, group: &str) {
@@ -188,21 +232,26 @@ mod tests {
     fn indexes_follow_sessions() {
         let now = Instant::now();
         let mut t = SessionTable::default();
-        t.insert(1, 10, now);
-        t.insert(2, 20, now);
+        t.insert(Session::new(1, 10, Codec::Protobuf, now, 1));
+        t.insert(Session::new(2, 20, Codec::Protobuf, now, 1));
         t.bind_user(1, user("alice"));
         t.bind_user(2, user("alice"));
         assert_eq!(t.of_user("alice"), &[1, 2]);
-        t.join(1, "room", 4).unwrap();
-        t.join(1, "room", 4).unwrap();
+        assert!(t.join(1, "room", 4).unwrap());
+        assert!(!t.join(1, "room", 4).unwrap());
         t.join(2, "room", 4).unwrap();
         let mut m: Vec<_> = t.members("room").collect();
         m.sort();
         assert_eq!(m, [1, 2]);
-        t.leave(2, "room");
+        assert!(t.leave(2, "room"));
+        assert!(!t.leave(2, "room"));
+        assert_eq!(t.members("room").collect::<Vec<_>>(), [1]);
+        let s1 = t.remove(1).unwrap();
+        assert_eq!(t.of_user("alice"), &[2]);
+        t.insert(s1);
+        assert_eq!(t.of_user("alice"), &[2, 1], "re-inserting re-indexes");
         assert_eq!(t.members("room").collect::<Vec<_>>(), [1]);
         t.remove(1);
-        assert_eq!(t.of_user("alice"), &[2]);
         assert_eq!(t.members("room").count(), 0);
         assert_eq!(t.group_count(), 0);
         t.remove(2);
@@ -212,8 +261,8 @@ mod tests {
     #[test]
     fn group_limit() {
         let mut t = SessionTable::default();
-        t.insert(1, 1, Instant::now());
-        t.join(1, "a", 1).unwrap();
+        t.insert(Session::new(1, 1, Codec::Protobuf, Instant::now(), 1));
+        assert!(t.join(1, "a", 1).unwrap());
         assert_eq!(t.join(1, "b", 1), Err(GroupError::TooMany(1)));
     }
 }

@@ -1,0 +1,164 @@
+//! The replay buffer of a session: every sequenced server message, encoded,
+//! until the client acknowledges it. On RESUME the rest is sent again, in
+//! order. Bounded in messages and bytes; the bytes live in one buffer that is
+//! reused, so steady traffic allocates nothing.
+
+use std::collections::VecDeque;
+
+/// Why a message could not be kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// More unacknowledged messages or bytes than the limits allow.
+    #[error("more than {max_messages} messages or {max_bytes} bytes unacknowledged")]
+    Overflow {
+        /// Message limit.
+        max_messages: usize,
+        /// Byte limit.
+        max_bytes: usize,
+    },
+}
+
+/// Unacknowledged sequenced messages of one session.
+#[derive(Debug, Default)]
+pub struct ReplayBuffer {
+    /// Encoded frames back to back, from `start`.
+    bytes: Vec<u8>,
+    start: usize,
+    /// `(server_seq, frame length)` of each frame in `bytes`, oldest first.
+    index: VecDeque<(u64, u32)>,
+    /// The last sequence number handed out.
+    last_seq: u64,
+}
+
+/// Above this much spare capacity, an emptied buffer gives its memory back.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+impl ReplayBuffer {
+    /// The next sequence number, consumed.
+    pub fn next_seq(&mut self) -> u64 {
+        self.last_seq += 1;
+        self.last_seq
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Appends a frame with sequence number `seq`, encoded by `encode` into
+    /// the buffer. Returns the frame's bytes, or an error (the frame is then
+    /// not kept) if the limits would be exceeded.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        max_messages: usize,
+        max_bytes: usize,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<&[u8], ReplayError> {
+        if self.start > 0 && self.start >= self.bytes.len() / 2 {
+            self.bytes.drain(..self.start);
+            self.start = 0;
+        }
+        let mark = self.bytes.len();
+        encode(&mut self.bytes);
+        let len = self.bytes.len() - mark;
+        if self.index.len() >= max_messages || self.len_bytes() > max_bytes {
+            self.bytes.truncate(mark);
+            return Err(ReplayError::Overflow { max_messages, max_bytes });
+        }
+        self.index.push_back((seq, len as u32));
+        Ok(&self.bytes[mark..])
+    }
+
+    /// Drops every message up to and including `seq`.
+    pub fn ack(&mut self, seq: u64) {
+        while let Some(&(s, len)) = self.index.front() {
+            if s > seq {
+                break;
+            }
+            self.index.pop_front();
+            self.start += len as usize;
+        }
+        if self.index.is_empty() {
+            self.bytes.clear();
+            self.start = 0;
+            if self.bytes.capacity() > KEEP_CAPACITY {
+                self.bytes = Vec::new();
+                self.index = VecDeque::new();
+            }
+        }
+    }
+
+    /// Unacknowledged messages.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether every message was acknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes of unacknowledged messages.
+    pub fn len_bytes(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    /// The unacknowledged frames, oldest first, back to back.
+    pub fn frames(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(r: &mut ReplayBuffer, text: &str) -> Result<u64, ReplayError> {
+        let seq = r.next_seq();
+        r.push(seq, 4, 64, |out| out.extend_from_slice(text.as_bytes())).map(|_| seq)
+    }
+
+    #[test]
+    fn ack_trims_in_order_and_replay_is_the_rest() {
+        let mut r = ReplayBuffer::default();
+        for t in ["a1", "b2", "c3"] {
+            push(&mut r, t).unwrap();
+        }
+        assert_eq!(r.frames(), b"a1b2c3");
+        r.ack(1);
+        assert_eq!((r.frames(), r.len()), (&b"b2c3"[..], 2));
+        r.ack(1);
+        assert_eq!(r.len(), 2, "acks are idempotent");
+        r.ack(99);
+        assert!(r.is_empty() && r.frames().is_empty());
+        assert_eq!(push(&mut r, "d4"), Ok(4), "sequence numbers keep counting");
+    }
+
+    #[test]
+    fn limits_refuse_the_message_and_keep_the_rest() {
+        let mut r = ReplayBuffer::default();
+        for t in ["1", "2", "3", "4"] {
+            push(&mut r, t).unwrap();
+        }
+        assert_eq!(push(&mut r, "5"), Err(ReplayError::Overflow { max_messages: 4, max_bytes: 64 }));
+        assert_eq!(r.frames(), b"1234");
+        r.ack(4);
+        let big = "x".repeat(65);
+        assert!(push(&mut r, &big).is_err(), "byte limit");
+        assert!(r.frames().is_empty());
+    }
+
+    #[test]
+    fn space_is_reused_under_steady_traffic() {
+        let mut r = ReplayBuffer::default();
+        for i in 0..10_000u64 {
+            let seq = r.next_seq();
+            r.push(seq, 1024, 1 << 20, |out| out.extend_from_slice(&[i as u8; 100])).unwrap();
+            if i % 8 == 7 {
+                r.ack(seq - 2);
+            }
+        }
+        assert!(r.bytes.capacity() < 8 * 1024, "capacity {}", r.bytes.capacity());
+    }
+}
