@@ -200,6 +200,11 @@ impl Shared {
         self.inboxes[worker].ring.pop()
     }
 
+    /// Messages waiting for `worker`.
+    pub fn pending(&self, worker: usize) -> usize {
+        self.inboxes[worker].ring.len()
+    }
+
     /// `worker` is about to wait for IO: returns false (do not wait) if its
     /// inbox already has messages.
     pub fn prepare_sleep(&self, worker: usize) -> bool {

@@ -125,7 +125,8 @@ impl Harness {
                     self.carry_out(w, out);
                 }
             }
-            if !moved {
+            let shared = self.cores[0].shared().clone();
+            if !moved && (0..self.cores.len()).all(|w| shared.pending(w) == 0) {
                 return;
             }
         }
@@ -712,3 +713,5 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
     let late = h.connect(Codec::Protobuf);
     assert!(h.closed.contains(&late));
 }
+
+mod resilience;
