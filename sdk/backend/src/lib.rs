@@ -31,14 +31,19 @@ use std::sync::{Arc, Mutex};
 
 use portcullis_proto::link::encode_frame;
 use portcullis_proto::pb::link::{
-    link_frame::Kind, Broadcast, LinkFrame, PushToGroup, PushToSession, PushToUser, Reply,
+    link_frame::Kind, Broadcast, LinkFrame, Pong, PushToGroup, PushToSession, PushToUser, Reply, Status,
 };
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-pub use portcullis_proto::pb::link::{Request, SessionClosed};
+pub use portcullis_proto::pb::client::LoginRequest;
+pub use portcullis_proto::pb::link::{AuthResult, Request, SessionClosed};
+
+/// The command of login requests a delegate-to-backend gateway forwards
+/// (payload: protobuf [`LoginRequest`]; answer with [`Response::authenticated`]).
+pub const LOGIN: u32 = portcullis_proto::cmd::LOGIN;
 
 /// Largest link frame accepted from a gateway.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -74,7 +79,7 @@ pub enum Response {
         /// Explanation for the client.
         message: String,
     },
-    /// No answer (the handler answers later with a push, or never).
+    /// No answer: the request is complete (the handler may push later).
     None,
 }
 
@@ -88,6 +93,11 @@ impl Response {
     pub fn error(code: u32, message: impl Into<String>) -> Response {
         Response::Error { code: code.max(1), message: message.into() }
     }
+
+    /// The answer of an auth service accepting a [`LOGIN`].
+    pub fn authenticated(user_id: impl Into<String>, device: impl Into<String>) -> Response {
+        Response::reply(AuthResult { user_id: user_id.into(), device: device.into() }.encode_to_vec())
+    }
 }
 
 #[derive(Default)]
@@ -96,6 +106,7 @@ struct Shared {
     /// Which link each known session arrived on.
     sessions: Mutex<HashMap<u64, u64>>,
     next_link: AtomicU64,
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// Pushes messages to players through the gateways. Cheap to clone.
@@ -177,6 +188,14 @@ impl Pusher {
         self.to_all(Self::frame(Kind::Broadcast(Broadcast { cmd, payload: payload.into() }))).await
     }
 
+    /// Announces to every gateway (now and later connected) whether this
+    /// server is draining: a draining server gets no new sessions, while
+    /// sessions already assigned to it (sticky services) keep coming.
+    pub async fn set_draining(&self, draining: bool) {
+        self.shared.draining.store(draining, Ordering::Release);
+        let _ = self.to_all(Self::frame(Kind::Status(Status { draining }))).await;
+    }
+
     /// Number of gateway links connected.
     pub fn gateway_links(&self) -> usize {
         self.shared.links.lock().expect("links lock").len()
@@ -184,7 +203,8 @@ impl Pusher {
 }
 
 /// Serves gateway links accepted on `listener` with `handler` until the
-/// listener fails.
+/// listener fails. Dropping (or aborting) the returned future closes every
+/// link it serves, as a crash would.
 pub async fn serve<H: Handler>(listener: TcpListener, handler: H) -> io::Result<()> {
     serve_with(listener, handler, Pusher::default()).await
 }
@@ -193,23 +213,39 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: H) -> io::Result<
 /// of requests (timers, game events).
 pub async fn serve_with<H: Handler>(listener: TcpListener, handler: H, pusher: Pusher) -> io::Result<()> {
     let handler = Arc::new(handler);
+    let mut links = tokio::task::JoinSet::new();
     loop {
-        let (stream, peer) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let (handler, pusher) = (handler.clone(), pusher.clone());
-        tokio::spawn(async move {
-            if let Err(e) = run_link(stream, handler, pusher).await {
-                tracing::info!("gateway link from {peer} ended: {e}");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = accepted?;
+                let _ = stream.set_nodelay(true);
+                let (handler, pusher) = (handler.clone(), pusher.clone());
+                links.spawn(async move {
+                    if let Err(e) = run_link(stream, handler, pusher).await {
+                        tracing::info!("gateway link from {peer} ended: {e}");
+                    }
+                });
             }
-        });
+            Some(_) = links.join_next(), if !links.is_empty() => {}
+        }
     }
 }
 
 async fn run_link<H: Handler>(stream: TcpStream, handler: Arc<H>, pusher: Pusher) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(LINK_QUEUE);
+    // The writer must end with the link: abort it if this task is dropped.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
     let link = pusher.shared.next_link.fetch_add(1, Ordering::Relaxed);
     pusher.shared.links.lock().expect("links lock").insert(link, tx.clone());
+    if pusher.shared.draining.load(Ordering::Acquire) {
+        let _ = tx.send(Pusher::frame(Kind::Status(Status { draining: true }))).await;
+    }
     // Writer: batches whatever is queued into one write.
     let writer = tokio::spawn(async move {
         let mut batch = Vec::with_capacity(64 * 1024);
@@ -227,6 +263,7 @@ async fn run_link<H: Handler>(stream: TcpStream, handler: Arc<H>, pusher: Pusher
             batch.clear();
         }
     });
+    let _guard = AbortOnDrop(writer.abort_handle());
     let result = read_link(BufReader::with_capacity(64 * 1024, read), &*handler, &pusher, &tx, link).await;
     pusher.shared.links.lock().expect("links lock").remove(&link);
     pusher.shared.sessions.lock().expect("sessions lock").retain(|_, l| *l != link);
@@ -257,22 +294,31 @@ async fn read_link<H: Handler, R: AsyncReadExt + Unpin>(
         let frame = LinkFrame::decode(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         match frame.kind {
             Some(Kind::Request(req)) => {
-                let (session_id, cmd, seq) = (req.session_id, req.cmd, req.seq);
-                pusher.shared.sessions.lock().expect("sessions lock").entry(session_id).or_insert(link);
+                let (session_id, cmd, seq, request_id) = (req.session_id, req.cmd, req.seq, req.request_id);
+                if req.cmd != LOGIN {
+                    pusher.shared.sessions.lock().expect("sessions lock").insert(session_id, link);
+                }
+                let base = Reply { session_id, cmd, seq, request_id, ..Default::default() };
                 let reply = match handler.on_request(req, pusher).await {
-                    Response::Reply { cmd: c, payload } => {
-                        Reply { session_id, cmd: c.unwrap_or(cmd), seq, payload, ..Default::default() }
-                    }
-                    Response::Error { code, message } => {
-                        Reply { session_id, cmd, seq, error: code, error_message: message, ..Default::default() }
-                    }
-                    Response::None => continue,
+                    Response::Reply { cmd: c, payload } => Reply { cmd: c.unwrap_or(cmd), payload, ..base },
+                    Response::Error { code, message } => Reply { error: code, error_message: message, ..base },
+                    Response::None => Reply { silent: true, ..base },
                 };
                 let mut out = Vec::new();
                 encode_frame(Kind::Reply(reply), &mut out);
                 if tx.send(out).await.is_err() {
                     return Ok(());
                 }
+            }
+            Some(Kind::Ping(ping)) => {
+                let mut out = Vec::new();
+                encode_frame(Kind::Pong(Pong { nonce: ping.nonce }), &mut out);
+                if tx.send(out).await.is_err() {
+                    return Ok(());
+                }
+            }
+            Some(Kind::SessionResumed(moved)) => {
+                pusher.shared.sessions.lock().expect("sessions lock").insert(moved.session_id, link);
             }
             Some(Kind::SessionClosed(closed)) => {
                 pusher.shared.sessions.lock().expect("sessions lock").remove(&closed.session_id);

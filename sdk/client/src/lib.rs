@@ -1,42 +1,62 @@
 //! The client SDK: connect to a gateway, log in, send requests and
-//! framework commands, receive pushes. Heartbeats run in the background
-//! after login.
+//! framework commands, receive pushes — and survive a dropped connection.
+//!
+//! After login, heartbeats and acknowledgements run in the background. Every
+//! server message carries a per-session sequence number; the SDK delivers
+//! each at most once, acknowledges them (piggy-backed on requests, and at
+//! least every [`ACK_EVERY`]), and after an [`Event::Disconnected`] a call to
+//! [`Client::resume`] gets the same session back on a new connection, with
+//! everything the gateway sent meanwhile replayed in order.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), portcullis_client::ClientError> {
-//! let (client, mut events) = portcullis_client::Client::connect("127.0.0.1:7000").await?;
+//! use portcullis_client::{Client, Event};
+//! let (client, mut events) = Client::connect("127.0.0.1:7000").await?;
 //! client.login("<token>").await?;
 //! client.join("room:lobby").await?;
 //! let echoed = client.call(1000, b"hello").await?;
 //! while let Some(event) = events.recv().await {
-//!     println!("{event:?}");
+//!     match event {
+//!         Event::Disconnected => { client.resume().await?; }
+//!         other => println!("{other:?}"),
+//!     }
 //! }
 //! # Ok(()) }
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use portcullis_proto::framework::Payload;
 use portcullis_proto::pb::client::{
-    Delivery, Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest, SendResult, SendToGroup,
-    SendToUser, SendToUsers,
+    Delivery, Error as ErrorMsg, GroupRequest, Kick, LoginReply, LoginRequest, ResumeReply, ResumeRequest,
+    SendResult, SendToGroup, SendToUser, SendToUsers,
 };
+pub use portcullis_proto::pb::client::ErrorCode;
 use portcullis_proto::{cmd, Codec, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Largest frame the client accepts from the gateway.
 pub const MAX_FRAME: usize = 16 << 20;
 
+/// Acknowledgements are sent at least this often while messages arrive.
+pub const ACK_EVERY: Duration = Duration::from_millis(200);
+
 /// Pushes buffered before the reader waits for the application.
 const EVENT_QUEUE: usize = 4096;
 
-/// Something the gateway sent without being asked.
+/// Unacknowledged messages after which an ACK is sent at once.
+const ACK_BATCH: u64 = 64;
+
+/// Something the gateway sent without being asked, or a change of the
+/// connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A push from a game server.
@@ -64,9 +84,18 @@ pub enum Event {
         /// Explanation.
         message: String,
     },
-    /// The gateway closed the session (KICK) with this reason.
-    Kicked(String),
-    /// The connection is closed.
+    /// The gateway ended the session (KICK). With `reconnect`, the gateway
+    /// is going away: connect to another one and log in again.
+    Kicked {
+        /// Why.
+        reason: String,
+        /// Whether to reconnect elsewhere.
+        reconnect: bool,
+    },
+    /// The connection dropped while logged in: [`Client::resume`] within
+    /// the resume window gets the session back.
+    Disconnected,
+    /// The connection is closed for good (logout, kick, or before login).
     Closed,
 }
 
@@ -93,35 +122,55 @@ pub enum ClientError {
     /// The answer could not be decoded.
     #[error("undecodable answer: {0}")]
     Decode(String),
+    /// `resume` without a session to resume.
+    #[error("no session to resume: log in first")]
+    NoSession,
 }
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Envelope<'static>>>>>;
 
-struct Inner {
-    codec: Codec,
+/// The state of the current connection.
+struct Link {
     tx: mpsc::Sender<Vec<u8>>,
-    pending: Pending,
-    seq: AtomicU32,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    addr: SocketAddr,
+    codec: Codec,
     timeout: Duration,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    link: Mutex<Link>,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+    seq: AtomicU32,
+    /// Highest server_seq delivered to the application.
+    last_seen: Arc<AtomicU64>,
+    /// Highest server_seq acknowledged to the gateway.
+    last_acked: AtomicU64,
+    resume_token: Mutex<Option<String>>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    closing: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+        for t in self.link.lock().expect("link lock").tasks.drain(..) {
+            t.abort();
+        }
+        for t in self.background.lock().expect("tasks lock").drain(..) {
             t.abort();
         }
     }
 }
 
-/// A connection to a gateway. Cheap to clone; calls may run concurrently.
+/// A session with a gateway. Cheap to clone; calls may run concurrently.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
 }
 
 impl Client {
-    /// Connects with the protobuf codec.
+    /// Connects with the protobuf codec and a 10 s request timeout.
     pub async fn connect(addr: impl ToSocketAddrs) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         Self::connect_with(addr, Codec::Protobuf, Duration::from_secs(10)).await
     }
@@ -132,59 +181,37 @@ impl Client {
         codec: Codec,
         timeout: Duration,
     ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (mut read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let addr = lookup_host(addr).await?.next().ok_or(ClientError::Closed)?;
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let pending: Pending = Arc::default();
-        let writer = tokio::spawn(async move {
-            let mut batch = Vec::new();
-            while let Some(frame) = rx.recv().await {
-                batch.extend_from_slice(&frame);
-                while let Ok(f) = rx.try_recv() {
-                    batch.extend_from_slice(&f);
-                }
-                if write.write_all(&batch).await.is_err() {
-                    return;
-                }
-                batch.clear();
-            }
-        });
-        let reader_pending = pending.clone();
-        let reader = tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(64 * 1024);
-            let mut chunk = vec![0u8; 64 * 1024];
-            'read: loop {
-                let n = match read.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                let mut pos = 0;
-                while let Ok(Some((range, used))) = codec.framing().next_frame(&buf[pos..], MAX_FRAME) {
-                    let frame = &buf[pos + range.start..pos + range.end];
-                    pos += used;
-                    let Ok(env) = codec.decode(frame) else {
-                        break 'read;
-                    };
-                    if !dispatch(codec, env.into_owned(), &reader_pending, &events_tx).await {
-                        break 'read;
-                    }
-                }
-                buf.drain(..pos);
-            }
-            reader_pending.lock().expect("pending lock").clear();
-            let _ = events_tx.send(Event::Closed).await;
-        });
-        let inner =
-            Inner { codec, tx, pending, seq: AtomicU32::new(0), timeout, tasks: Mutex::new(vec![writer, reader]) };
+        let last_seen = Arc::new(AtomicU64::new(0));
+        let closing = Arc::new(AtomicBool::new(false));
+        let link = open(addr, codec, &pending, &events_tx, &last_seen, &closing).await?;
+        let inner = Inner {
+            addr,
+            codec,
+            timeout,
+            link: Mutex::new(link),
+            pending,
+            events: events_tx,
+            seq: AtomicU32::new(0),
+            last_seen,
+            last_acked: AtomicU64::new(0),
+            resume_token: Mutex::new(None),
+            background: Mutex::new(Vec::new()),
+            closing,
+        };
         Ok((Client { inner: Arc::new(inner) }, events))
     }
 
     /// The codec in use.
     pub fn codec(&self) -> Codec {
         self.inner.codec
+    }
+
+    /// The highest server sequence number delivered so far.
+    pub fn last_server_seq(&self) -> u64 {
+        self.inner.last_seen.load(Ordering::Acquire)
     }
 
     fn next_seq(&self) -> u32 {
@@ -194,6 +221,17 @@ impl Client {
                 return s;
             }
         }
+    }
+
+    /// Sends a frame, piggy-backing the acknowledgement.
+    async fn send_frame(&self, mut env: Envelope<'_>) -> Result<(), ClientError> {
+        env.ack = self.inner.last_seen.load(Ordering::Acquire);
+        let mut frame = Vec::with_capacity(env.payload.len() + 40);
+        self.inner.codec.encode(&env, &mut frame);
+        let tx = self.inner.link.lock().expect("link lock").tx.clone();
+        tx.send(frame).await.map_err(|_| ClientError::Closed)?;
+        self.inner.last_acked.fetch_max(env.ack, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Sends a frame and waits for its answer (a response or an ERROR).
@@ -208,11 +246,9 @@ impl Client {
         self.inner.pending.lock().expect("pending lock").insert(seq, tx);
         let mut env = Envelope::new(cmd, seq, 0, payload);
         env.route_key = route_key.map(Into::into);
-        let mut frame = Vec::with_capacity(payload.len() + 32);
-        self.inner.codec.encode(&env, &mut frame);
-        if self.inner.tx.send(frame).await.is_err() {
+        if let Err(e) = self.send_frame(env).await {
             self.inner.pending.lock().expect("pending lock").remove(&seq);
-            return Err(ClientError::Closed);
+            return Err(e);
         }
         let answer = match tokio::time::timeout(self.inner.timeout, rx).await {
             Ok(Ok(env)) => env,
@@ -250,10 +286,17 @@ impl Client {
         Ok(self.request(cmd, payload, Some(key)).await?.payload.into_owned())
     }
 
-    /// Logs in and starts background heartbeats at the interval the gateway asks for.
+    /// Logs in; starts background heartbeats (at the interval the gateway
+    /// asks for) and acknowledgements.
     pub async fn login(&self, token: &str) -> Result<LoginReply, ClientError> {
         let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into() }).await?;
-        let every = Duration::from_millis(u64::from(reply.heartbeat_interval_ms.max(100)));
+        *self.inner.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
+        self.start_background(reply.heartbeat_interval_ms);
+        Ok(reply)
+    }
+
+    fn start_background(&self, heartbeat_ms: u32) {
+        let every = Duration::from_millis(u64::from(heartbeat_ms.max(100)));
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
         let beat = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -261,13 +304,44 @@ impl Client {
             loop {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
-                let client = Client { inner };
-                if let Err(ClientError::Closed) = client.heartbeat().await {
-                    return;
-                }
+                let _ = Client { inner }.heartbeat().await;
             }
         });
-        self.inner.tasks.lock().expect("tasks lock").push(beat);
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let acks = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ACK_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let _ = Client { inner }.ack_if_behind(1).await;
+            }
+        });
+        self.inner.background.lock().expect("tasks lock").extend([beat, acks]);
+    }
+
+    /// Sends an ACK if at least `min` messages are unacknowledged.
+    async fn ack_if_behind(&self, min: u64) -> Result<(), ClientError> {
+        let seen = self.inner.last_seen.load(Ordering::Acquire);
+        if seen >= self.inner.last_acked.load(Ordering::Acquire) + min {
+            self.send_frame(Envelope::new(cmd::ACK, 0, 0, &[])).await?;
+        }
+        Ok(())
+    }
+
+    /// Gets the session back on a new connection after
+    /// [`Event::Disconnected`]: everything unacknowledged is replayed, and
+    /// requests still waiting for their answer get it if the gateway had it.
+    pub async fn resume(&self) -> Result<ResumeReply, ClientError> {
+        let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
+        let i = &self.inner;
+        let link = open(i.addr, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing).await?;
+        let old = std::mem::replace(&mut *i.link.lock().expect("link lock"), link);
+        for t in old.tasks {
+            t.abort();
+        }
+        let last_server_seq = i.last_seen.load(Ordering::Acquire);
+        let reply: ResumeReply = self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
+        i.last_acked.store(last_server_seq, Ordering::Release);
         Ok(reply)
     }
 
@@ -278,6 +352,7 @@ impl Client {
 
     /// Logs out; the gateway closes the connection after answering.
     pub async fn logout(&self) -> Result<(), ClientError> {
+        self.inner.closing.store(true, Ordering::Release);
         self.request(cmd::LOGOUT, &[], None).await.map(drop)
     }
 
@@ -315,30 +390,130 @@ impl Client {
     }
 }
 
-/// Routes one received frame: answers to their waiting request, the rest
-/// to the event queue. Returns false once nobody listens any more.
-async fn dispatch(codec: Codec, env: Envelope<'static>, pending: &Pending, events: &mpsc::Sender<Event>) -> bool {
-    if !env.is_push() && env.seq != 0 {
-        if let Some(waiter) = pending.lock().expect("pending lock").remove(&env.seq) {
-            let _ = waiter.send(env);
-            return true;
+/// Opens a connection and starts its reader and writer.
+async fn open(
+    addr: SocketAddr,
+    codec: Codec,
+    pending: &Pending,
+    events: &mpsc::Sender<Event>,
+    last_seen: &Arc<AtomicU64>,
+    closing: &Arc<AtomicBool>,
+) -> Result<Link, ClientError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (read, mut write) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let writer = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while let Some(frame) = rx.recv().await {
+            batch.extend_from_slice(&frame);
+            while let Ok(f) = rx.try_recv() {
+                batch.extend_from_slice(&f);
+            }
+            if write.write_all(&batch).await.is_err() {
+                return;
+            }
+            batch.clear();
         }
-    }
-    let form = codec.payload_form();
-    let event = match env.cmd {
-        cmd::KICK => Event::Kicked(form.decode::<Kick>(&env.payload).map(|k| k.reason).unwrap_or_default()),
-        cmd::ERROR => match form.decode::<ErrorMsg>(&env.payload) {
-            Ok(e) => Event::Error {
-                code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
-                message: e.message,
-            },
-            Err(_) => return true,
-        },
-        cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => match form.decode::<Delivery>(&env.payload) {
-            Ok(d) => Event::Delivery { cmd: env.cmd, from_user_id: d.from_user_id, group: d.group, payload: d.payload },
-            Err(_) => return true,
-        },
-        c => Event::Push { cmd: c, payload: env.payload.into_owned() },
+    });
+    let reader = Reader {
+        codec,
+        pending: pending.clone(),
+        events: events.clone(),
+        last_seen: last_seen.clone(),
+        closing: closing.clone(),
+        tx: tx.clone(),
     };
-    events.send(event).await.is_ok()
+    let reader = tokio::spawn(reader.run(read));
+    Ok(Link { tx, tasks: vec![writer, reader] })
+}
+
+/// Reads one connection: answers to their waiting request, the rest to the
+/// event queue, each sequenced message at most once.
+struct Reader {
+    codec: Codec,
+    pending: Pending,
+    events: mpsc::Sender<Event>,
+    last_seen: Arc<AtomicU64>,
+    closing: Arc<AtomicBool>,
+    tx: mpsc::Sender<Vec<u8>>,
+}
+
+impl Reader {
+    async fn run(self, mut read: OwnedReadHalf) {
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut chunk = vec![0u8; 64 * 1024];
+        let (mut kicked, mut unacked) = (false, 0u64);
+        'read: loop {
+            let n = match read.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            buf.extend_from_slice(&chunk[..n]);
+            let mut pos = 0;
+            while let Ok(Some((range, used))) = self.codec.framing().next_frame(&buf[pos..], MAX_FRAME) {
+                let frame = &buf[pos + range.start..pos + range.end];
+                pos += used;
+                let Ok(env) = self.codec.decode(frame) else { break 'read };
+                kicked |= env.cmd == cmd::KICK;
+                if env.server_seq != 0 {
+                    if env.server_seq <= self.last_seen.load(Ordering::Acquire) {
+                        continue; // a replayed duplicate
+                    }
+                    self.last_seen.store(env.server_seq, Ordering::Release);
+                    unacked += 1;
+                }
+                if !self.dispatch(env.into_owned()).await {
+                    break 'read;
+                }
+            }
+            buf.drain(..pos);
+            if unacked >= ACK_BATCH {
+                unacked = 0;
+                let mut ack = Vec::new();
+                let env = Envelope { ack: self.last_seen.load(Ordering::Acquire), ..Envelope::new(cmd::ACK, 0, 0, &[]) };
+                self.codec.encode(&env, &mut ack);
+                let _ = self.tx.try_send(ack);
+            }
+        }
+        // Requests waiting keep waiting through a resume (their answers are
+        // replayed) until their timeout; after a final close they fail now.
+        let resumable = !kicked && !self.closing.load(Ordering::Acquire) && self.last_seen.load(Ordering::Acquire) > 0;
+        if !resumable {
+            self.pending.lock().expect("pending lock").clear();
+        }
+        let _ = self.events.send(if resumable { Event::Disconnected } else { Event::Closed }).await;
+    }
+
+    async fn dispatch(&self, env: Envelope<'static>) -> bool {
+        if !env.is_push() && env.seq != 0 {
+            if let Some(waiter) = self.pending.lock().expect("pending lock").remove(&env.seq) {
+                let _ = waiter.send(env);
+                return true;
+            }
+            if env.cmd != cmd::ERROR {
+                return true; // an answer nobody waits for any more
+            }
+        }
+        let form = self.codec.payload_form();
+        let event = match env.cmd {
+            cmd::KICK => {
+                let k = form.decode::<Kick>(&env.payload).unwrap_or_default();
+                Event::Kicked { reason: k.reason, reconnect: k.reconnect }
+            }
+            cmd::ERROR => match form.decode::<ErrorMsg>(&env.payload) {
+                Ok(e) => Event::Error {
+                    code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
+                    message: e.message,
+                },
+                Err(_) => return true,
+            },
+            cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => match form.decode::<Delivery>(&env.payload) {
+                Ok(d) => Event::Delivery { cmd: env.cmd, from_user_id: d.from_user_id, group: d.group, payload: d.payload },
+                Err(_) => return true,
+            },
+            c => Event::Push { cmd: c, payload: env.payload.into_owned() },
+        };
+        self.events.send(event).await.is_ok()
+    }
 }

@@ -81,6 +81,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Closed) | None => { println!("* connection closed"); return Ok(()); }
+                Some(Event::Disconnected) => match client.resume().await {
+                    Ok(r) => println!("* connection dropped; resumed session {} ({} message(s) replayed)", r.session_id, r.replayed),
+                    Err(e) => { println!("* connection dropped and could not be resumed: {e}"); return Ok(()); }
+                },
                 Some(e) => print_event(e),
             },
             line = lines.next_line() => {
@@ -107,8 +111,10 @@ fn print_event(e: Event) {
             println!("* [{group}] {from_user_id}: {}", String::from_utf8_lossy(&payload))
         }
         Event::Error { code, message } => println!("* error {code:?}: {message}"),
-        Event::Kicked(reason) => println!("* kicked: {reason}"),
-        Event::Closed => {}
+        Event::Kicked { reason, reconnect } => {
+            println!("* kicked: {reason}{}", if reconnect { " (reconnect elsewhere)" } else { "" })
+        }
+        Event::Disconnected | Event::Closed => {}
     }
 }
 

@@ -6,6 +6,8 @@
 //! | [`CHAT_SAY`] | text; routing key = room | `ok`, and a [`CHAT_MESSAGE`] push `"<user>: <text>"` to group `room:<room>` |
 //! | [`COUNTER_ADD`] | decimal delta (empty: 1) | the new value, decimal |
 //! | [`COUNTER_GET`] | — | the value, decimal |
+//! | [`STREAM`] | decimal count N | `ok`, then N pushes [`STREAM_ITEM`] `"0"`…`"N-1"` to the session, one per millisecond |
+//! | `LOGIN` (2) | delegated login: token `demo:<user>[:<device>]` | the user, for `auth.kind = "delegate"` gateways |
 //!
 //! Players join a room's group with the framework's JOIN_GROUP
 //! (`room:<room>`) to hear its chat.
@@ -13,7 +15,10 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
+use std::time::Duration;
+
+use portcullis_backend_sdk::{Handler, LoginRequest, Pusher, Request, Response, LOGIN};
+use prost::Message;
 
 /// Echoes the payload.
 pub const ECHO: u32 = 1000;
@@ -25,6 +30,11 @@ pub const CHAT_MESSAGE: u32 = 1102;
 pub const COUNTER_ADD: u32 = 1200;
 /// Reads the shared counter.
 pub const COUNTER_GET: u32 = 1201;
+
+/// Starts a stream of pushes to the caller.
+pub const STREAM: u32 = 1300;
+/// Push: one item of a stream.
+pub const STREAM_ITEM: u32 = 1301;
 
 /// Error code for commands this server does not know.
 pub const ERR_UNKNOWN_COMMAND: u32 = 404;
@@ -78,6 +88,32 @@ impl Handler for SampleGame {
                 }
             }
             COUNTER_GET => Response::reply(self.counter().to_string()),
+            STREAM => {
+                let Some(count) = std::str::from_utf8(&req.payload).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+                    return Response::error(ERR_BAD_REQUEST, "STREAM takes a decimal count");
+                };
+                let (push, session) = (push.clone(), req.session_id);
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(1));
+                    for i in 0..count {
+                        tick.tick().await;
+                        if push.to_session(session, STREAM_ITEM, i.to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                Response::reply(&b"ok"[..])
+            }
+            LOGIN => {
+                let token = LoginRequest::decode(&req.payload[..]).map(|l| l.token).unwrap_or_default();
+                let mut parts = token.split(':');
+                match (parts.next(), parts.next(), parts.next()) {
+                    (Some("demo"), Some(user), device) if !user.is_empty() => {
+                        Response::authenticated(user, device.unwrap_or("pc"))
+                    }
+                    _ => Response::error(403, "unknown demo credentials (use demo:<user>[:<device>])"),
+                }
+            }
             other => Response::error(ERR_UNKNOWN_COMMAND, format!("the sample game has no command {other}")),
         }
     }
