@@ -1,26 +1,28 @@
 //! The core path per 64-byte message, in memory (no sockets):
 //!
-//! - `request`: client frame → decode → session → route → link frame
-//! - `reply`: link frame → session → client frame
+//! - `request`: client frame → decode → rate limits → session → route →
+//!   link frame (request tracked in flight)
+//! - `reply`: link frame → in-flight lookup → session → sequenced, kept for
+//!   replay → client frame
 //!
 //! Before criterion runs, the same paths are run 100 000 times under a
-//! counting allocator and the allocations per message are printed.
+//! counting allocator and the allocations the core makes per message are
+//! printed.
 //!
 //! `cargo bench -p portcullis-benches --bench core_path`
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use portcullis_benches::alloc_counter::{allocations, CountingAlloc};
 use portcullis_dataplane::auth::TokenAuthenticator;
+use portcullis_dataplane::shard::Shared;
 use portcullis_dataplane::{Config, Gateway, Output};
-use portcullis_proto::link::encode_frame;
 use portcullis_proto::pb::client::LoginRequest;
-use portcullis_proto::pb::link::{link_frame::Kind, Reply};
 use portcullis_proto::token::{sign, Claims};
-use portcullis_proto::{cmd, Codec, Envelope};
+use portcullis_proto::{cmd, wire, Codec, Envelope, Framing};
 
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
@@ -31,8 +33,29 @@ const CONN: u64 = 1;
 struct Bench {
     core: Gateway,
     now: Instant,
+    session: u64,
     request: Vec<u8>,
     reply: Vec<u8>,
+    request_id: u64,
+}
+
+/// A game server's `Reply` link frame, written without allocating.
+fn reply_frame(out: &mut Vec<u8>, session: u64, request_id: u64, payload: &[u8]) {
+    out.clear();
+    let mark = Framing::LengthPrefixed.begin(out);
+    let body = wire::uint_len(1, session)
+        + wire::uint_len(2, 1000)
+        + wire::uint_len(3, 7)
+        + wire::bytes_len(4, payload.len())
+        + wire::uint_len(7, request_id);
+    wire::put_varint(out, (10 << 3) | 2);
+    wire::put_varint(out, body as u64);
+    wire::put_uint(out, 1, session);
+    wire::put_uint(out, 2, 1000);
+    wire::put_uint(out, 3, 7);
+    wire::put_bytes(out, 4, payload);
+    wire::put_uint(out, 7, request_id);
+    Framing::LengthPrefixed.finish(out, mark);
 }
 
 /// Carries out every output as a perfect network would.
@@ -59,7 +82,8 @@ fn drain(core: &mut Gateway) -> usize {
 fn setup() -> Bench {
     let config = Config::parse(
         &format!(
-            "[[listeners]]\nbind = \"127.0.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
+            "[limits]\nsession_rate = 4000000\nsession_burst = 1000\n\
+             [[listeners]]\nbind = \"127.0.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
              [[services]]\nname = \"game\"\nservers = [\"127.0.0.1:9000\"]\n\
              [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
         ),
@@ -67,7 +91,8 @@ fn setup() -> Bench {
     )
     .expect("config");
     let now = Instant::now();
-    let mut core = Gateway::new(&config, Box::new(TokenAuthenticator::new(SECRET.into())), now, 1_800_000_000);
+    let auth = Box::new(TokenAuthenticator::new(SECRET.into()));
+    let mut core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, 1_800_000_000);
     while core.poll_output().is_some() {}
     core.handle_link_connected(now, 0);
     core.handle_connect(now, CONN, 0, SocketAddr::from(([127, 0, 0, 1], 5555)));
@@ -81,45 +106,74 @@ fn setup() -> Bench {
     let payload = [0x5a; 64];
     let mut request = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(1000, 7, 0, &payload), &mut request);
-    let mut reply = Vec::new();
-    let r = Reply { session_id: session, cmd: 1000, seq: 7, payload: payload.to_vec(), ..Default::default() };
-    encode_frame(Kind::Reply(r), &mut reply);
-    Bench { core, now, request, reply }
+    Bench { core, now, session, request, reply: Vec::with_capacity(256), request_id: 0 }
 }
 
 impl Bench {
+    /// A client request through the core; returns the bytes sent to the link.
     fn request(&mut self) -> usize {
+        // Time moves on a microsecond per message, so the rate limits refill.
+        self.now += Duration::from_micros(1);
         self.core.handle_data(self.now, CONN, black_box(&self.request));
+        self.request_id += 1;
         drain(&mut self.core)
     }
 
+    /// The game server's answer to the last request (built outside the core).
+    fn prepare_reply(&mut self) {
+        reply_frame(&mut self.reply, self.session, self.request_id, &[0x5a; 64]);
+    }
+
+    /// The prepared answer through the core; returns the bytes sent to the
+    /// client. The client acknowledges every 64 answers.
     fn reply(&mut self) -> usize {
         self.core.handle_link_data(self.now, 0, black_box(&self.reply));
         drain(&mut self.core)
     }
 }
 
+/// The client acknowledges what it received, piggy-backed on a heartbeat.
+fn ack(b: &mut Bench) {
+    let seq = b.core.stats().replies;
+    let mut frame = Vec::new();
+    Codec::Protobuf.encode(&Envelope { ack: seq, ..Envelope::new(cmd::HEARTBEAT, 9, 0, b"") }, &mut frame);
+    b.core.handle_data(b.now, CONN, &frame);
+    drain(&mut b.core);
+}
+
+fn round_trip(b: &mut Bench) -> (usize, usize) {
+    let sent = b.request();
+    b.prepare_reply();
+    let answered = b.reply();
+    if b.request_id.is_multiple_of(64) {
+        ack(b);
+    }
+    (sent, answered)
+}
+
 fn allocations_per_message(b: &mut Bench) {
     const N: u64 = 100_000;
     for _ in 0..1000 {
-        b.request();
-        b.reply();
+        round_trip(b);
     }
-    let before = allocations();
-    for _ in 0..N {
+    let (mut request_allocs, mut reply_allocs) = (0, 0);
+    for i in 0..N {
+        let before = allocations();
         assert!(b.request() > 64, "the request reached the link");
-    }
-    let mid = allocations();
-    for _ in 0..N {
+        let mid = allocations();
+        b.prepare_reply();
+        let ready = allocations();
         assert!(b.reply() > 64, "the reply reached the client");
+        reply_allocs += allocations() - ready;
+        request_allocs += mid - before;
+        if i % 64 == 63 {
+            ack(b);
+        }
     }
-    let after = allocations();
     println!(
-        "allocations per message over {N} messages: request path {:.4} ({} total), reply path {:.4} ({} total)",
-        (mid - before) as f64 / N as f64,
-        mid - before,
-        (after - mid) as f64 / N as f64,
-        after - mid
+        "core allocations per 64-byte message over {N} round trips: request path {:.4} ({request_allocs} total), reply path {:.4} ({reply_allocs} total)",
+        request_allocs as f64 / N as f64,
+        reply_allocs as f64 / N as f64,
     );
     assert!(b.core.stats().requests >= N && b.core.stats().replies >= N);
 }
@@ -130,8 +184,7 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group("core_path_64B");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("request: client frame -> link frame", |bench| bench.iter(|| b.request()));
-    g.bench_function("reply: link frame -> client frame", |bench| bench.iter(|| b.reply()));
+    g.bench_function("round trip: request + reply through the core", |bench| bench.iter(|| round_trip(&mut b)));
     g.finish();
     c.final_summary();
 }

@@ -89,7 +89,7 @@ async fn start_local(secret: &str) -> anyhow::Result<(RunningGateway, SocketAddr
     let game_addr = game.local_addr()?;
     tokio::spawn(portcullis_backend_sdk::serve(game, SampleGame::default()));
     let text = format!(
-        "[gateway]\nmax_outbound_bytes = 67108864\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
+        "[gateway]\nmax_outbound_bytes = 67108864\n[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
          secret = \"{secret}\"\n[[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n\
          [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );

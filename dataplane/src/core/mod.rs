@@ -542,12 +542,7 @@ impl Gateway {
                 Ok(Some((range, used))) => {
                     let frame = &buf[pos + range.start..pos + range.end];
                     pos += used;
-                    if !self.admit_frame(session, ip) {
-                        self.stats.drop_throttled += 1;
-                        self.send_error(conn, 0, 0, ErrorCode::Throttled, "rate limit: slow down");
-                        continue;
-                    }
-                    if !self.on_frame(conn, session, codec, frame) {
+                    if !self.on_frame(conn, session, codec, ip, frame) {
                         return None;
                     }
                 }
@@ -574,7 +569,7 @@ impl Gateway {
 
     /// One frame through decode → framework or route. Returns whether the
     /// connection is still open.
-    fn on_frame(&mut self, conn: ConnId, session: SessionId, codec: Codec, frame: &[u8]) -> bool {
+    fn on_frame(&mut self, conn: ConnId, session: SessionId, codec: Codec, ip: IpAddr, frame: &[u8]) -> bool {
         let env = match codec.decode(frame) {
             Ok(env) => env,
             Err(e) => {
@@ -583,6 +578,11 @@ impl Gateway {
                 return self.count_bad_frame(conn);
             }
         };
+        if !self.admit_frame(session, ip) {
+            self.stats.drop_throttled += 1;
+            self.send_error(conn, env.cmd, env.seq, ErrorCode::Throttled, "rate limit exceeded: slow down");
+            return true;
+        }
         self.stats.frames_in += 1;
         if env.ack != 0 {
             if let Some(s) = self.sessions.get_mut(session) {

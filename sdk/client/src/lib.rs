@@ -31,11 +31,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use portcullis_proto::framework::Payload;
-use portcullis_proto::pb::client::{
-    Delivery, Error as ErrorMsg, GroupRequest, Kick, LoginReply, LoginRequest, ResumeReply, ResumeRequest,
-    SendResult, SendToGroup, SendToUser, SendToUsers,
-};
 pub use portcullis_proto::pb::client::ErrorCode;
+use portcullis_proto::pb::client::{
+    Delivery, Error as ErrorMsg, GroupRequest, Kick, LoginReply, LoginRequest, ResumeReply, ResumeRequest, SendResult,
+    SendToGroup, SendToUser, SendToUsers,
+};
 use portcullis_proto::{cmd, Codec, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -340,7 +340,8 @@ impl Client {
             t.abort();
         }
         let last_server_seq = i.last_seen.load(Ordering::Acquire);
-        let reply: ResumeReply = self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
+        let reply: ResumeReply =
+            self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
         i.last_acked.store(last_server_seq, Ordering::Release);
         Ok(reply)
     }
@@ -463,15 +464,14 @@ impl Reader {
                     self.last_seen.store(env.server_seq, Ordering::Release);
                     unacked += 1;
                 }
-                if !self.dispatch(env.into_owned()).await {
-                    break 'read;
-                }
+                self.dispatch(env.into_owned()).await;
             }
             buf.drain(..pos);
             if unacked >= ACK_BATCH {
                 unacked = 0;
                 let mut ack = Vec::new();
-                let env = Envelope { ack: self.last_seen.load(Ordering::Acquire), ..Envelope::new(cmd::ACK, 0, 0, &[]) };
+                let env =
+                    Envelope { ack: self.last_seen.load(Ordering::Acquire), ..Envelope::new(cmd::ACK, 0, 0, &[]) };
                 self.codec.encode(&env, &mut ack);
                 let _ = self.tx.try_send(ack);
             }
@@ -485,14 +485,14 @@ impl Reader {
         let _ = self.events.send(if resumable { Event::Disconnected } else { Event::Closed }).await;
     }
 
-    async fn dispatch(&self, env: Envelope<'static>) -> bool {
+    async fn dispatch(&self, env: Envelope<'static>) {
         if !env.is_push() && env.seq != 0 {
             if let Some(waiter) = self.pending.lock().expect("pending lock").remove(&env.seq) {
                 let _ = waiter.send(env);
-                return true;
+                return;
             }
             if env.cmd != cmd::ERROR {
-                return true; // an answer nobody waits for any more
+                return; // an answer nobody waits for any more
             }
         }
         let form = self.codec.payload_form();
@@ -506,14 +506,22 @@ impl Reader {
                     code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
                     message: e.message,
                 },
-                Err(_) => return true,
+                Err(_) => return,
             },
-            cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => match form.decode::<Delivery>(&env.payload) {
-                Ok(d) => Event::Delivery { cmd: env.cmd, from_user_id: d.from_user_id, group: d.group, payload: d.payload },
-                Err(_) => return true,
-            },
+            cmd::SEND_TO_USER | cmd::SEND_TO_USERS | cmd::SEND_TO_GROUP => {
+                match form.decode::<Delivery>(&env.payload) {
+                    Ok(d) => Event::Delivery {
+                        cmd: env.cmd,
+                        from_user_id: d.from_user_id,
+                        group: d.group,
+                        payload: d.payload,
+                    },
+                    Err(_) => return,
+                }
+            }
             c => Event::Push { cmd: c, payload: env.payload.into_owned() },
         };
-        self.events.send(event).await.is_ok()
+        // An application that dropped its event receiver still gets answers.
+        let _ = self.events.send(event).await;
     }
 }

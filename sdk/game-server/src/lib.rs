@@ -89,7 +89,8 @@ impl Handler for SampleGame {
             }
             COUNTER_GET => Response::reply(self.counter().to_string()),
             STREAM => {
-                let Some(count) = std::str::from_utf8(&req.payload).ok().and_then(|s| s.trim().parse::<u32>().ok()) else {
+                let Some(count) = std::str::from_utf8(&req.payload).ok().and_then(|s| s.trim().parse::<u32>().ok())
+                else {
                     return Response::error(ERR_BAD_REQUEST, "STREAM takes a decimal count");
                 };
                 let (push, session) = (push.clone(), req.session_id);

@@ -480,3 +480,16 @@ fn two_workers_apply_multi_login_and_hand_sessions_over_on_resume() {
     let d: Delivery = h.form(back).decode(&frames[0].payload).unwrap();
     assert_eq!(d.payload, b"welcome back");
 }
+
+#[test]
+fn send_to_self_and_other_devices_after_a_kick() {
+    let mut h = Harness::new("[sessions]\nmulti_login = \"multi-device\"\nmax_devices = 2");
+    let conns: Vec<_> = (0..3).map(|_| h.connect(Codec::Protobuf)).collect();
+    for (i, &c) in conns.iter().enumerate() {
+        h.login_as(c, "al", &format!("d{i}"));
+    }
+    h.send_msg(conns[1], cmd::SEND_TO_USER, 2, &SendToUser { user_id: "al".into(), payload: b"all mine".to_vec() });
+    let frames = h.take(conns[1]);
+    assert_eq!(frames.len(), 2, "{frames:?}");
+    assert_eq!(h.take(conns[2]).len(), 1);
+}
