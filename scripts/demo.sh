@@ -38,5 +38,5 @@ done
 say "$PLAYERS simulated players for $DURATION s"
 $bin/portcullis-load --scenario demo --gateway 127.0.0.1:7000 --clients "$PLAYERS" --duration "$DURATION"
 say "a short load run through the same gateway:"
-$bin/portcullis-load --gateway 127.0.0.1:7000 --clients 50 --duration 3 --warmup 1
+$bin/portcullis-load --gateway 127.0.0.1:7000 --clients 100 --duration 3 --warmup 1
 say "stopping (the gateway kicks every client with a reconnect notice on SIGTERM)"

@@ -22,3 +22,15 @@ fn demo_scenario_shows_traffic_and_answers_everything() {
     assert!(out.contains("[  3s] sent:"), "{out}");
     assert!(out.contains("every request was answered"), "{out}");
 }
+
+#[test]
+fn idle_scenario_measures_memory_per_session() {
+    let out = load(&["--scenario", "idle", "--clients", "2000", "--workers", "2"]);
+    let per: f64 = out
+        .split("MiB, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure in {out}"));
+    assert!(per > 0.0 && out.contains("idle 2000 sessions"), "{out}");
+}

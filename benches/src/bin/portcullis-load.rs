@@ -6,9 +6,16 @@
 //!   p50/p99/p999 round-trip latency (HdrHistogram).
 //! - `--scenario demo`: a few simulated players chat in rooms, message each
 //!   other and play with the shared counter, printed live.
+//! - `--scenario idle`: `--clients` sessions log in and stay idle; prints
+//!   the gateway's resident memory per session. With `--gateway ADDR
+//!   --gateway-pid PID`, bare sockets log in to that gateway process and its
+//!   RSS is read from /proc; without, the sessions log in to a gateway core
+//!   in this process through its sans-IO API (same path minus the sockets,
+//!   whose buffers are kernel memory, not RSS), so counts beyond the
+//!   open-files limit can be measured.
 //!
-//! Without `--gateway`, a gateway worker and a sample game server start in
-//! this process on loopback ports chosen by the OS.
+//! Without `--gateway`, `--workers` gateway workers and a sample game
+//! server start in this process on loopback ports chosen by the OS.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,6 +59,12 @@ struct Args {
     /// Seconds of warm-up before measuring (echo).
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Workers of the in-process gateway.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Process id of the `--gateway` (idle scenario: its RSS is measured).
+    #[arg(long, requires = "gateway")]
+    gateway_pid: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -60,42 +73,53 @@ enum Scenario {
     Echo,
     /// Live demo of players chatting and playing.
     Demo,
+    /// Idle sessions: memory per session.
+    Idle,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.clients == 0 || args.depth == 0 || args.duration == 0 {
-        bail!("--clients, --depth and --duration must be at least 1");
+    if args.clients == 0 || args.depth == 0 || args.duration == 0 || args.workers == 0 {
+        bail!("--clients, --depth, --duration and --workers must be at least 1");
+    }
+    if args.scenario == Scenario::Idle {
+        return match (args.gateway, args.gateway_pid) {
+            (Some(addr), Some(pid)) => idle_sockets(&args, addr, pid),
+            (None, _) => idle_in_memory(&args),
+            (Some(_), None) => bail!("--scenario idle with --gateway needs --gateway-pid to measure"),
+        };
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let (addr, _local) = match args.gateway {
             Some(addr) => (addr, None),
             None => {
-                let local = start_local(&args.secret).await?;
+                let local = start_local(&args.secret, args.workers).await?;
                 (local.0.addrs[0], Some(local))
             }
         };
         match args.scenario {
             Scenario::Echo => echo(&args, addr).await,
             Scenario::Demo => demo(&args, addr).await,
+            Scenario::Idle => unreachable!("handled above"),
         }
     })
 }
 
 /// Starts a sample game server and a gateway worker on loopback.
-async fn start_local(secret: &str) -> anyhow::Result<(RunningGateway, SocketAddr)> {
+async fn start_local(secret: &str, workers: usize) -> anyhow::Result<(RunningGateway, SocketAddr)> {
     let game = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let game_addr = game.local_addr()?;
     tokio::spawn(portcullis_backend_sdk::serve(game, SampleGame::default()));
     let text = format!(
-        "[gateway]\nmax_outbound_bytes = 67108864\n[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
+        "[gateway]\nworkers = {workers}\nmax_outbound_bytes = 67108864\nheartbeat_timeout_ms = 600000\n\
+         [limits]\nsession_rate = 1000000\nsession_burst = 1000000\nmax_connections_per_ip = 1000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
          secret = \"{secret}\"\n[[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n\
          [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
     let config = Config::parse(&text, "portcullis-load")?;
     let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await??;
-    eprintln!("in-process gateway on {} → sample game server on {game_addr}", gateway.addrs[0]);
+    eprintln!("in-process gateway ({workers} worker(s)) on {} → sample game server on {game_addr}", gateway.addrs[0]);
     Ok((gateway, game_addr))
 }
 
@@ -184,10 +208,11 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     eprintln!();
     let rate = total.len() as f64 / elapsed.as_secs_f64();
     println!(
-        "echo {} clients depth {} payload {} B: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {} errors)",
+        "echo {} clients depth {} payload {} B{}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {} errors)",
         args.clients,
         args.depth,
         args.payload,
+        if args.gateway.is_none() { format!(" workers {}", args.workers) } else { String::new() },
         rate,
         total.value_at_quantile(0.50),
         total.value_at_quantile(0.99),
@@ -310,5 +335,117 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
         bail!("{failures} requests failed during the demo");
     }
     println!("demo finished: every request was answered");
+    Ok(())
+}
+
+/// Resident memory of a process, bytes.
+fn rss(pid: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(kb * 1024)
+}
+
+fn login_frame(secret: &str, user: &str) -> Vec<u8> {
+    use portcullis_proto::pb::client::LoginRequest;
+    use portcullis_proto::{cmd, Codec, Envelope};
+    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token: token(secret, user) });
+    let mut frame = Vec::new();
+    Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);
+    frame
+}
+
+fn report_idle(n: usize, workers: &str, before: u64, after: u64) {
+    println!(
+        "idle {n} sessions, {workers}: RSS {:.1} MiB -> {:.1} MiB, {:.0} bytes per idle session",
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        after.saturating_sub(before) as f64 / n as f64
+    );
+}
+
+/// Idle sessions logged in to gateway cores in this process through the
+/// sans-IO API, spread over `--workers` cores as SO_REUSEPORT would.
+fn idle_in_memory(args: &Args) -> anyhow::Result<()> {
+    use portcullis_dataplane::shard::Shared;
+    use portcullis_dataplane::Gateway;
+    let text = format!(
+        "[gateway]\nworkers = {}\n[limits]\nmax_connections_per_ip = 100000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
+         [auth]\nkind = \"token\"\nsecret = \"{}\"\n",
+        args.workers, args.secret
+    );
+    let config = Config::parse(&text, "portcullis-load idle")?;
+    let shared = Shared::new(args.workers, [7; 32]);
+    let now = Instant::now();
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let before = rss("self")?;
+    let mut cores: Vec<Gateway> = (0..args.workers)
+        .map(|w| {
+            let auth = portcullis_dataplane::auth::from_config(&config).expect("token auth");
+            Gateway::new(&config, w, shared.clone(), auth, now, unix)
+        })
+        .collect();
+    for i in 0..args.clients {
+        let core = &mut cores[i % args.workers];
+        let conn = i as u64;
+        let peer = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40_000));
+        core.handle_connect(now, conn, 0, peer);
+        core.handle_data(now, conn, &login_frame(&args.secret, &format!("idle-{i}")));
+        while let Some(out) = core.poll_output() {
+            if let portcullis_dataplane::Output::Transmit(c) = out {
+                let n = core.outbound(c).len();
+                core.consume(c, n);
+            }
+        }
+    }
+    let logged_in: u64 = cores.iter().map(|c| c.stats().logins).sum();
+    anyhow::ensure!(logged_in == args.clients as u64, "only {logged_in} of {} logins succeeded", args.clients);
+    let after = rss("self")?;
+    report_idle(args.clients, &format!("{} in-memory core(s)", args.workers), before, after);
+    drop(cores);
+    Ok(())
+}
+
+/// Idle bare-socket sessions logged in to a gateway process.
+fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
+    use portcullis_proto::{cmd, Codec};
+    use std::io::{Read, Write};
+    let n = args.clients;
+    let pid = pid.to_string();
+    let before = rss(&pid)?;
+    let mut socks = Vec::with_capacity(n);
+    let started = Instant::now();
+    for i in 0..n {
+        // 127.0.0.x: a new source address every 20 000 connections, so the
+        // ephemeral ports of one address do not run out.
+        let source = SocketAddr::from(([127, 0, 0, 1 + (i / 20_000) as u8], 0));
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket.bind(&source.into())?;
+        socket.connect(&addr.into()).with_context(|| format!("connection {i} from {source} (open-files limit?)"))?;
+        let mut stream: std::net::TcpStream = socket.into();
+        stream.write_all(&login_frame(&args.secret, &format!("idle-{i}")))?;
+        socks.push(stream);
+        if (i + 1) % 5_000 == 0 {
+            eprintln!("  {} sessions connected ({:.1} s)", i + 1, started.elapsed().as_secs_f64());
+        }
+    }
+    // Every login must be answered before measuring.
+    let mut buf = [0u8; 4096];
+    for (i, s) in socks.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut got = 0;
+        while got < 4 || got < 4 + u32::from_be_bytes(buf[..4].try_into()?) as usize {
+            let k = s.read(&mut buf[got..]).with_context(|| format!("login answer of session {i}"))?;
+            anyhow::ensure!(k > 0, "session {i} was closed instead of logged in");
+            got += k;
+        }
+        let env = Codec::Protobuf.decode(&buf[4..got]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        anyhow::ensure!(env.cmd == cmd::LOGIN, "session {i} got command {} instead of a LOGIN answer", env.cmd);
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    report_idle(n, &format!("gateway process {pid}"), before, rss(&pid)?);
     Ok(())
 }
