@@ -149,7 +149,7 @@ async fn a_game_server_killed_and_restarted_under_load_answers_every_request() {
         ok += o;
         errors += e;
     }
-    assert!(ok > 1000, "{ok} answered ok");
+    assert!(ok > 100, "{ok} answered ok");
     let after = stack.games[0].game.requests.load(Ordering::Relaxed);
     assert!(after > during, "server 0 rejoined after its restart ({during} -> {after})");
     stack.wait_for_game_servers().await;
@@ -177,7 +177,7 @@ async fn a_draining_server_gets_no_new_sessions_while_sticky_ones_finish() {
     }
     let (old, _events) = stuck.expect("a session on server 0");
     stack.games[0].pusher.set_draining(true).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = count(0);
     for i in 0..8 {
         let (c, _) = stack.player(&format!("new{i}")).await;

@@ -133,6 +133,8 @@ type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Envelope<'static>>>>>;
 struct Link {
     tx: mpsc::Sender<Vec<u8>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Set by the reader when the connection ends.
+    down: Arc<AtomicBool>,
 }
 
 struct Inner {
@@ -228,7 +230,13 @@ impl Client {
         env.ack = self.inner.last_seen.load(Ordering::Acquire);
         let mut frame = Vec::with_capacity(env.payload.len() + 40);
         self.inner.codec.encode(&env, &mut frame);
-        let tx = self.inner.link.lock().expect("link lock").tx.clone();
+        let (tx, down) = {
+            let link = self.inner.link.lock().expect("link lock");
+            (link.tx.clone(), link.down.clone())
+        };
+        if down.load(Ordering::Acquire) {
+            return Err(ClientError::Closed);
+        }
         tx.send(frame).await.map_err(|_| ClientError::Closed)?;
         self.inner.last_acked.fetch_max(env.ack, Ordering::AcqRel);
         Ok(())
@@ -246,7 +254,11 @@ impl Client {
         self.inner.pending.lock().expect("pending lock").insert(seq, tx);
         let mut env = Envelope::new(cmd, seq, 0, payload);
         env.route_key = route_key.map(Into::into);
-        if let Err(e) = self.send_frame(env).await {
+        let sent = self.send_frame(env).await;
+        // The reader sets `down` before it fails what is pending: checking it
+        // after registering closes the race with a connection that just ended.
+        let down = self.inner.link.lock().expect("link lock").down.load(Ordering::Acquire);
+        if let Err(e) = sent.and(if down { Err(ClientError::Closed) } else { Ok(()) }) {
             self.inner.pending.lock().expect("pending lock").remove(&seq);
             return Err(e);
         }
@@ -417,8 +429,10 @@ async fn open(
             batch.clear();
         }
     });
+    let down = Arc::new(AtomicBool::new(false));
     let reader = Reader {
         codec,
+        down: down.clone(),
         pending: pending.clone(),
         events: events.clone(),
         last_seen: last_seen.clone(),
@@ -426,13 +440,14 @@ async fn open(
         tx: tx.clone(),
     };
     let reader = tokio::spawn(reader.run(read));
-    Ok(Link { tx, tasks: vec![writer, reader] })
+    Ok(Link { tx, tasks: vec![writer, reader], down })
 }
 
 /// Reads one connection: answers to their waiting request, the rest to the
 /// event queue, each sequenced message at most once.
 struct Reader {
     codec: Codec,
+    down: Arc<AtomicBool>,
     pending: Pending,
     events: mpsc::Sender<Event>,
     last_seen: Arc<AtomicU64>,
@@ -478,6 +493,7 @@ impl Reader {
         }
         // Requests waiting keep waiting through a resume (their answers are
         // replayed) until their timeout; after a final close they fail now.
+        self.down.store(true, Ordering::Release);
         let resumable = !kicked && !self.closing.load(Ordering::Acquire) && self.last_seen.load(Ordering::Acquire) > 0;
         if !resumable {
             self.pending.lock().expect("pending lock").clear();
