@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing Portcullis needs on a fresh Debian 12
-# machine. Idempotent: does nothing that is already done.
-# (protoc comes vendored through the protoc-bin-vendored crate; flatc is only
-# needed to regenerate committed code, see proto/schema/regen-flatbuffers.sh.)
+# machine, and says what it does. Idempotent: what is already there is kept.
+#
+# - a C toolchain and pkg-config for crates with build scripts;
+# - iproute2 and nftables for the veth harness and the flood benchmarks;
+# - the BPF toolchain of the XDP program (../shared/TOOLCHAIN.md): Debian's
+#   rustc with a prebuilt BPF core, LLVM 22, bpftool, and bpf-linker built
+#   for that LLVM into .tools/ (about a minute, once);
+# - bpffs mounted on /sys/fs/bpf (as root).
+# protoc comes vendored through a crate; flatc is only needed to regenerate
+# committed code (proto/schema/regen-flatbuffers.sh).
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -16,6 +24,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     fi
 fi
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
 apt_install() {
     local missing=()
     for pkg in "$@"; do
@@ -23,12 +34,22 @@ apt_install() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     say "installing Debian packages: ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# A C toolchain for crates with build scripts.
-apt_install gcc pkg-config
-say "toolchain: $(cargo --version)"
+apt_install gcc pkg-config iproute2 nftables \
+    rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
+
+tools="$PWD/.tools"
+if [ ! -x "$tools/bin/bpf-linker" ]; then
+    say "building bpf-linker 0.13.0 for LLVM 22 into .tools/ (about a minute)"
+    LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked --quiet \
+        --no-default-features --features llvm-22 --root "$tools"
+fi
+
+if [ "$(id -u)" -eq 0 ] && ! mountpoint -q /sys/fs/bpf; then
+    say "mounting bpffs on /sys/fs/bpf"
+    mount -t bpf bpf /sys/fs/bpf
+fi
+say "toolchain: $(cargo --version); BPF: $(/usr/bin/rustc --version), $("$tools/bin/bpf-linker" --version)"

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod core;
+pub mod filter;
 pub mod framework;
 pub mod io;
 pub mod route;

@@ -1,44 +1,49 @@
 //! Types shared between the XDP program (kernel side, `no_std`) and the
-//! dataplane that loads it and reads its maps.
+//! dataplane that loads it and manages its maps.
 //!
 //! Every type is `#[repr(C)]` with explicit padding so that both sides agree
-//! on the layout of map keys and values byte for byte.
+//! on the layout of map keys and values byte for byte. With the `user`
+//! feature they implement `aya::Pod`.
 #![no_std]
 
-/// Why the XDP program let a packet through or dropped it. Each reason has
-/// its own per-CPU counter, indexed by the discriminant.
+/// What the XDP program did with a packet. Each has its own per-CPU
+/// counter in [`maps::COUNTERS`], indexed by the discriminant.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Not for a gateway port: handed to the kernel (SSH, control plane…).
-    PassToKernel = 0,
-    /// For a gateway port: redirected to the dataplane's AF_XDP socket.
-    Redirected = 1,
+    /// Not for a gateway port (SSH, control plane, ARP…): to the kernel.
+    PassOther = 0,
+    /// For a gateway port, but no AF_XDP socket on this queue: to the kernel.
+    PassGateway = 1,
+    /// For a gateway port: redirected to the AF_XDP socket of its queue.
+    Redirected = 2,
     /// Dropped: headers truncated or inconsistent.
-    DropMalformed = 2,
+    DropMalformed = 3,
     /// Dropped: the source is in a blocklist.
-    DropBlocklisted = 3,
-    /// Dropped: the source exceeded its packet rate.
-    DropRateLimited = 4,
+    DropBlocklisted = 4,
+    /// Dropped: the source exceeded its UDP or SYN rate.
+    DropRateLimited = 5,
 }
 
 impl Verdict {
     /// Number of verdicts, the length of the counter array.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 
     /// Every verdict, in discriminant order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
-        Verdict::PassToKernel,
+        Verdict::PassOther,
+        Verdict::PassGateway,
         Verdict::Redirected,
         Verdict::DropMalformed,
         Verdict::DropBlocklisted,
         Verdict::DropRateLimited,
     ];
 
-    /// The counter name used in metrics (`drop_rate_limited`…).
+    /// The counter name used in metrics and the CLI (`drop_rate_limited`…).
     pub const fn name(self) -> &'static str {
         match self {
-            Verdict::PassToKernel => "pass_to_kernel",
+            Verdict::PassOther => "pass_other",
+            Verdict::PassGateway => "pass_gateway",
             Verdict::Redirected => "redirected",
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropBlocklisted => "drop_blocklisted",
@@ -55,7 +60,35 @@ pub mod ip_proto {
     pub const UDP: u8 = 17;
 }
 
-/// Key of the gateway-ports map: traffic to these reaches the dataplane.
+/// Names of the program and of its maps, pinned by name under
+/// `/sys/fs/bpf/portcullis/`.
+pub mod maps {
+    /// The XDP program.
+    pub const PROGRAM: &str = "portcullis_xdp";
+    /// `Array<FilterConfig>` of one entry.
+    pub const CONFIG: &str = "CONFIG";
+    /// `HashMap<PortKey, u8>`: the gateway ports.
+    pub const PORTS: &str = "PORTS";
+    /// `LpmTrie<[u8; 4], u8>`: blocked IPv4 sources.
+    pub const BLOCK_V4: &str = "BLOCK_V4";
+    /// `LpmTrie<[u8; 16], u8>`: blocked IPv6 sources.
+    pub const BLOCK_V6: &str = "BLOCK_V6";
+    /// `LpmTrie<[u8; 4], u8>`: IPv4 sources that bypass rate limits.
+    pub const ALLOW_V4: &str = "ALLOW_V4";
+    /// `LpmTrie<[u8; 16], u8>`: IPv6 sources that bypass rate limits.
+    pub const ALLOW_V6: &str = "ALLOW_V6";
+    /// `LruHashMap<BucketKey, Bucket>`: per-source token buckets.
+    pub const BUCKETS: &str = "BUCKETS";
+    /// `LruPerCpuHashMap<[u8; 16], SourceStats>`: per-source packet counts.
+    pub const SOURCES: &str = "SOURCES";
+    /// `PerCpuArray<u64>` of [`crate::Verdict::COUNT`] counters.
+    pub const COUNTERS: &str = "COUNTERS";
+    /// `XskMap`: the AF_XDP socket of each receive queue.
+    pub const XSKS: &str = "XSKS";
+}
+
+/// Key of the gateway-ports map: traffic to these is rate-limited and goes
+/// to the dataplane.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortKey {
@@ -74,6 +107,103 @@ impl PortKey {
     }
 }
 
+/// Rates of the per-source token buckets, packets per second; a rate of 0
+/// means no limit.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FilterConfig {
+    /// UDP packets per second per source, to gateway ports.
+    pub udp_rate: u32,
+    /// UDP bucket size.
+    pub udp_burst: u32,
+    /// TCP SYNs per second per source, to gateway ports.
+    pub syn_rate: u32,
+    /// SYN bucket size.
+    pub syn_burst: u32,
+}
+
+/// Which bucket of a source.
+pub mod bucket_kind {
+    /// UDP to gateway ports.
+    pub const UDP: u8 = 0;
+    /// TCP SYN to gateway ports.
+    pub const SYN: u8 = 1;
+}
+
+/// Key of a token bucket: the source (IPv4 mapped into IPv6) and the kind.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// Source address; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+    /// [`bucket_kind`].
+    pub kind: u8,
+    /// Explicit padding, always zero.
+    pub _pad: [u8; 3],
+}
+
+/// Micro-tokens per packet: buckets count in millionths of a packet so the
+/// refill needs no floating point.
+pub const MICRO: u64 = 1_000_000;
+
+/// A token bucket of one source.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Bucket {
+    /// Tokens, in millionths of a packet.
+    pub tokens: u64,
+    /// Time of the last refill, `bpf_ktime_get_ns`.
+    pub last_ns: u64,
+}
+
+impl Bucket {
+    /// Refills at `rate` per second up to `burst` for `now_ns`, then takes
+    /// one packet's worth if there is one. Shared by the XDP program and the
+    /// tests so both run the same arithmetic.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, rate: u32, burst: u32) -> bool {
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        // Ten seconds refill any bucket; capping keeps the product small.
+        let elapsed = if elapsed > 10_000_000_000 { 10_000_000_000 } else { elapsed };
+        let cap = burst as u64 * MICRO;
+        let refilled = self.tokens + elapsed * rate as u64 / 1_000;
+        self.tokens = if refilled > cap { cap } else { refilled };
+        self.last_ns = now_ns;
+        if self.tokens >= MICRO {
+            self.tokens -= MICRO;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Packets seen from one source towards gateway ports (per CPU).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SourceStats {
+    /// Packets seen.
+    pub packets: u64,
+    /// Packets dropped (blocklist or rate).
+    pub dropped: u64,
+}
+
+/// An IPv4 address as the IPv6 key of shared maps (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain `repr(C)` data with explicit padding, valid for any bytes.
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::FilterConfig {}
+    unsafe impl aya::Pod for super::BucketKey {}
+    unsafe impl aya::Pod for super::Bucket {}
+    unsafe impl aya::Pod for super::SourceStats {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,9 +211,31 @@ mod tests {
     #[test]
     fn layouts_are_stable() {
         assert_eq!(core::mem::size_of::<PortKey>(), 4);
-        assert_eq!(core::mem::align_of::<PortKey>(), 2);
+        assert_eq!(core::mem::size_of::<FilterConfig>(), 16);
+        assert_eq!(core::mem::size_of::<BucketKey>(), 20);
+        assert_eq!(core::mem::size_of::<Bucket>(), 16);
+        assert_eq!(core::mem::size_of::<SourceStats>(), 16);
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i);
         }
+    }
+
+    #[test]
+    fn bucket_burst_then_rate() {
+        let mut b = Bucket { tokens: 0, last_ns: 0 };
+        // Starting empty at t=1 s: a full burst of 5 is available.
+        let passed = (0..10).filter(|_| b.take(1_000_000_000, 100, 5)).count();
+        assert_eq!(passed, 5);
+        // 100/s: 10 ms later one more.
+        assert!(b.take(1_010_000_000, 100, 5));
+        assert!(!b.take(1_010_000_000, 100, 5));
+        // Over a simulated second at 1000 attempts/s: about the rate.
+        let mut n = 0;
+        for ms in 1..=1000u64 {
+            if b.take(1_010_000_000 + ms * 1_000_000, 100, 5) {
+                n += 1;
+            }
+        }
+        assert!((99..=101).contains(&n), "{n}");
     }
 }

@@ -1,0 +1,287 @@
+//! The XDP flood filter on the veth harness (root). Each test builds its own
+//! pair of namespaces and its own pin directory, attaches the filter to the
+//! gateway side and sends real traffic from the players' side. Without root,
+//! namespaces or the compiled program, each test says why and skips.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_common::{FilterConfig, Verdict};
+use portcullis_dataplane::filter::{self, Cidr, Filter, List, Proto};
+use portcullis_harness::flood::{self, Flood, Kind};
+use portcullis_harness::{Harness, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6, PLAYER_IFACE, PLAYER_V6};
+
+const PORT: u16 = 7000;
+
+struct Setup {
+    h: Harness,
+    filter: Filter,
+    pin: PathBuf,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.filter.purge();
+    }
+}
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A harness with the filter attached to its gateway side, gateway ports
+/// udp/tcp 7000 and the given UDP rate; `None` (with a message) if this
+/// machine cannot run it.
+fn setup(test: &str, udp: (u32, u32)) -> Option<Setup> {
+    if let Some(why) = portcullis_harness::unavailable() {
+        eprintln!("skipping {test}: {why}");
+        return None;
+    }
+    if let Err(e) = filter::program() {
+        assert!(std::env::var("PORTCULLIS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"), "required but: {e}");
+        eprintln!("skipping {test}: {e}");
+        return None;
+    }
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/portcullis-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let h = Harness::up().expect("harness");
+    let filter = Filter::at(&pin);
+    let mode = h.in_gateway(|| filter.attach(GATEWAY_IFACE, false));
+    let s = Setup { h, filter, pin };
+    match mode {
+        Ok(_) => {}
+        Err(filter::FilterError::NoBpffs(dir))
+            if std::env::var("PORTCULLIS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1") =>
+        {
+            eprintln!("skipping {test}: {dir} is not bpffs (./scripts/setup.sh mounts it)");
+            return None;
+        }
+        Err(e) => panic!("attach: {e}"),
+    }
+    let mut rules = s.filter.rules().expect("rules");
+    rules.add_port(Proto::Udp, PORT).unwrap();
+    rules.add_port(Proto::Tcp, PORT).unwrap();
+    rules.set_rates(FilterConfig { udp_rate: udp.0, udp_burst: udp.1, syn_rate: 100, syn_burst: 10 }).unwrap();
+    Some(s)
+}
+
+impl Setup {
+    fn counter(&self, v: Verdict) -> u64 {
+        self.filter.rules().unwrap().counters().unwrap().into_iter().find(|(x, _)| *x == v).unwrap().1
+    }
+
+    /// A UDP socket on the gateway side.
+    fn receiver(&self, addr: IpAddr) -> UdpSocket {
+        let s = self.h.in_gateway(|| UdpSocket::bind(SocketAddr::new(addr, PORT))).expect("bind receiver");
+        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        // Room for every datagram a test lets through before it reads them.
+        let size: libc::c_int = 32 << 20;
+        // SAFETY: setsockopt on a socket we own, with a c_int option.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                &size as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
+        s
+    }
+
+    fn flood(&self, f: &Flood) -> flood::Report {
+        self.h
+            .in_players(|| {
+                flood::pin_to_cpu(0);
+                flood::run(PLAYER_IFACE, self.h.player_mac, self.h.gateway_mac, f)
+            })
+            .expect("flood")
+    }
+
+    fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullisctl"))
+            .args(["filter", "--pin-dir", self.pin.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "portcullisctl {args:?}: {text}");
+        text
+    }
+}
+
+/// Datagrams received per source until the socket is quiet.
+fn drain(sock: &UdpSocket) -> HashMap<IpAddr, u64> {
+    let mut counts = HashMap::new();
+    let mut buf = [0u8; 2048];
+    while let Ok((_, from)) = sock.recv_from(&mut buf) {
+        *counts.entry(from.ip()).or_default() += 1;
+    }
+    counts
+}
+
+fn v4(x: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(10, 77, 0, x))
+}
+
+#[test]
+fn a_flood_is_cut_to_its_rate_while_a_legitimate_client_loses_nothing() {
+    let Some(s) = setup("flood_cut_to_rate", (500, 50)) else { return };
+    let rx = s.receiver(GATEWAY_V4.into());
+    // Paced so that the veth ring never overflows: what is measured is the
+    // filter, not a saturated link.
+    let flood_spec = Flood { rate: Some(50_000), ..Flood::udp(v4(11), GATEWAY_V4.into(), PORT, 25_000) };
+    let (report, legit_sent) = std::thread::scope(|t| {
+        let legit = t.spawn(|| {
+            s.h.in_players(|| {
+                let sock = UdpSocket::bind(SocketAddr::new(v4(10), 0)).unwrap();
+                for i in 0..100u32 {
+                    sock.send_to(&i.to_be_bytes(), SocketAddr::new(GATEWAY_V4.into(), PORT)).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                100u64
+            })
+        });
+        let report = s.flood(&flood_spec);
+        (report, legit.join().unwrap())
+    });
+    let got = drain(&rx);
+    let flood_got = got.get(&v4(11)).copied().unwrap_or(0);
+    assert_eq!(got.get(&v4(10)).copied().unwrap_or(0), legit_sent, "the legitimate client lost nothing: {got:?}");
+    let allowed = 50.0 + 500.0 * (report.elapsed.as_secs_f64() + 0.05);
+    assert!(flood_got >= 50 && (flood_got as f64) <= allowed, "flood passed {flood_got}, bucket allows {allowed:.0}");
+    assert!(s.counter(Verdict::DropRateLimited) >= report.sent - flood_got);
+    let top = s.filter.rules().unwrap().top_sources(1).unwrap();
+    assert_eq!(top[0].addr, v4(11), "the flooder tops the sources");
+}
+
+#[test]
+fn blocklisted_cidrs_are_dropped_entirely_until_removed() {
+    let Some(s) = setup("blocklist", (0, 0)) else { return };
+    let rx = s.receiver(GATEWAY_V4.into());
+    let block: Cidr = "10.77.0.0/28".parse().unwrap();
+    s.filter.rules().unwrap().add(List::Block, block).unwrap();
+    let r = s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(12), GATEWAY_V4.into(), PORT, 1_000) });
+    assert!(drain(&rx).is_empty(), "nothing from a blocked source");
+    assert_eq!(s.counter(Verdict::DropBlocklisted), r.sent);
+    assert!(s.filter.rules().unwrap().remove(List::Block, block).unwrap());
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(12), GATEWAY_V4.into(), PORT, 100) });
+    assert_eq!(drain(&rx).get(&v4(12)).copied(), Some(100), "allowed again after removal");
+}
+
+#[test]
+fn allowlisted_sources_bypass_the_rate_limit() {
+    let Some(s) = setup("allowlist", (100, 10)) else { return };
+    let rx = s.receiver(GATEWAY_V4.into());
+    s.filter.rules().unwrap().add(List::Allow, "10.77.0.13".parse().unwrap()).unwrap();
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(13), GATEWAY_V4.into(), PORT, 2_000) });
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(14), GATEWAY_V4.into(), PORT, 2_000) });
+    let got = drain(&rx);
+    assert_eq!(got.get(&v4(13)).copied(), Some(2_000), "allowlisted: all of it");
+    assert!(got.get(&v4(14)).copied().unwrap_or(0) < 200, "not allowlisted: limited ({got:?})");
+}
+
+#[test]
+fn malformed_packets_are_counted_and_dropped_and_other_ports_pass() {
+    let Some(s) = setup("malformed_and_pass", (10, 1)) else { return };
+    for kind in [Kind::MalformedIhl, Kind::Truncated] {
+        s.flood(&Flood { kind, rate: Some(50_000), ..Flood::udp(v4(15), GATEWAY_V4.into(), PORT, 500) });
+    }
+    assert_eq!(s.counter(Verdict::DropMalformed), 1_000);
+    // SSH-like TCP on another port passes untouched, even at a tight UDP rate.
+    let before = s.counter(Verdict::PassOther);
+    let listener = s.h.in_gateway(|| TcpListener::bind(SocketAddr::new(GATEWAY_V4.into(), 2222))).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        c.write_all(&buf).unwrap();
+    });
+    let echoed = s.h.in_players(|| {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), 2222), Duration::from_secs(5)).unwrap();
+        c.write_all(b"hello").unwrap();
+        let mut buf = [0u8; 5];
+        c.read_exact(&mut buf).unwrap();
+        buf
+    });
+    server.join().unwrap();
+    assert_eq!(&echoed, b"hello");
+    assert!(s.counter(Verdict::PassOther) > before);
+}
+
+#[test]
+fn ipv6_floods_are_limited_and_blocklisted() {
+    let Some(s) = setup("ipv6", (300, 30)) else { return };
+    let rx = s.receiver(GATEWAY_V6.into());
+    let r = s.flood(&Flood::udp(PLAYER_V6.into(), GATEWAY_V6.into(), PORT, 20_000));
+    let got = drain(&rx).get(&IpAddr::V6(PLAYER_V6)).copied().unwrap_or(0);
+    let allowed = 30.0 + 300.0 * (r.elapsed.as_secs_f64() + 0.05);
+    assert!(got >= 30 && got as f64 <= allowed, "IPv6 flood passed {got}, bucket allows {allowed:.0}");
+    s.filter.rules().unwrap().add(List::Block, "fd77::/16".parse().unwrap()).unwrap();
+    let before = s.counter(Verdict::DropBlocklisted);
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(PLAYER_V6.into(), GATEWAY_V6.into(), PORT, 500) });
+    assert_eq!(s.counter(Verdict::DropBlocklisted) - before, 500);
+    // SYN floods over IPv6 pay the SYN bucket (100/s, burst 10).
+    let r =
+        s.flood(&Flood { kind: Kind::Syn, ..Flood::udp("fd77::99".parse().unwrap(), GATEWAY_V6.into(), PORT, 5_000) });
+    assert!(s.counter(Verdict::DropRateLimited) >= r.sent - 10 - (100.0 * (r.elapsed.as_secs_f64() + 0.05)) as u64);
+}
+
+#[test]
+fn rules_from_the_cli_take_effect_and_the_filter_outlives_its_loader() {
+    let Some(s) = setup("cli", (0, 0)) else { return };
+    // Re-attach from another process (the CLI) and let it exit.
+    let netns = s.h.gateway.clone();
+    let out = s.ctl(&["attach", "--iface", GATEWAY_IFACE, "--netns", &netns]);
+    assert!(out.contains("attached to veth-g"), "{out}");
+    let rx = s.receiver(GATEWAY_V4.into());
+    s.ctl(&["block", "add", "10.77.0.16/32"]);
+    s.ctl(&["rate", "--udp", "200/20"]);
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(16), GATEWAY_V4.into(), PORT, 300) });
+    assert!(drain(&rx).is_empty(), "blocked by a rule set from another process, no loader running");
+    let status = s.ctl(&["status"]);
+    assert!(
+        status.contains("drop_blocklisted") && status.contains("10.77.0.16/32") && status.contains("udp 200/s"),
+        "{status}"
+    );
+    s.ctl(&["block", "remove", "10.77.0.16/32"]);
+    // Bad input is refused with an explanation.
+    let bad = Command::new(env!("CARGO_BIN_EXE_portcullisctl"))
+        .args(["filter", "--pin-dir", s.pin.to_str().unwrap(), "block", "add", "10.0.0.0/40"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("at most 32"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_portcullisctl"))
+        .args(["filter", "--pin-dir", s.pin.to_str().unwrap(), "rate", "--udp", "100/0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("burst"));
+}
+
+#[test]
+fn counters_and_rules_survive_a_reload_of_the_program() {
+    let Some(s) = setup("reload", (0, 0)) else { return };
+    s.filter.rules().unwrap().add(List::Block, "10.77.0.17".parse().unwrap()).unwrap();
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(17), GATEWAY_V4.into(), PORT, 400) });
+    let before = s.counter(Verdict::DropBlocklisted);
+    assert_eq!(before, 400);
+    // Reload: a new program instance replaces the attachment.
+    s.h.in_gateway(|| s.filter.attach(GATEWAY_IFACE, false)).unwrap();
+    assert_eq!(s.counter(Verdict::DropBlocklisted), before, "counters survived");
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(17), GATEWAY_V4.into(), PORT, 100) });
+    assert_eq!(s.counter(Verdict::DropBlocklisted), before + 100, "the blocklist survived");
+    let started = Instant::now();
+    s.filter.detach(GATEWAY_IFACE).unwrap();
+    assert!(!s.filter.is_attached(GATEWAY_IFACE));
+    s.flood(&Flood { rate: Some(20_000), ..Flood::udp(v4(17), GATEWAY_V4.into(), PORT, 100) });
+    assert_eq!(s.counter(Verdict::DropBlocklisted), before + 100, "detached: no longer filtering");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

@@ -1,0 +1,271 @@
+//! The Portcullis XDP flood filter. Per packet, before the kernel allocates
+//! anything:
+//!
+//! 1. parse Ethernet (up to two VLAN tags), IPv4 / IPv6, UDP / TCP, every
+//!    read bounds-checked; malformed headers are dropped;
+//! 2. drop sources in the blocklists (LPM tries, IPv4 and IPv6);
+//! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
+//! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket,
+//!    unless the source is allowlisted; over the rate: drop. Buckets are
+//!    shared by all CPUs (one rate per source, not per CPU); two CPUs
+//!    updating one source's bucket at the same instant may lose an update
+//!    (BPF has no atomic compare-and-swap here), which can let a packet or
+//!    two extra through, never block one wrongly;
+//! 5. the rest goes to the AF_XDP socket of the receiving queue, or to the
+//!    kernel if none is registered there.
+//!
+//! Every outcome counts in a per-CPU counter named after it.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::bindings::xdp_action;
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::macros::{map, xdp};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, XskMap};
+use aya_ebpf::programs::XdpContext;
+use portcullis_common::{
+    bucket_kind, ip_proto, v4_mapped, Bucket, BucketKey, FilterConfig, PortKey, SourceStats, Verdict, MICRO,
+};
+
+#[map]
+static CONFIG: Array<FilterConfig> = Array::pinned(1, 0);
+#[map]
+static PORTS: HashMap<PortKey, u8> = HashMap::pinned(64, 0);
+#[map]
+static BLOCK_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(65_536, 0);
+#[map]
+static BLOCK_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(65_536, 0);
+#[map]
+static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4_096, 0);
+#[map]
+static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4_096, 0);
+#[map]
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(262_144, 0);
+#[map]
+static SOURCES: LruPerCpuHashMap<[u8; 16], SourceStats> = LruPerCpuHashMap::pinned(65_536, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
+#[map]
+static XSKS: XskMap = XskMap::pinned(64, 0);
+
+const ETH_LEN: usize = 14;
+const VLAN_LEN: usize = 4;
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPV6_LEN: usize = 40;
+const UDP_LEN: usize = 8;
+const TCP_LEN: usize = 20;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+#[xdp]
+pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
+    let verdict = filter(&ctx);
+    if let Some(c) = COUNTERS.get_ptr_mut(verdict as u32) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+    match verdict {
+        Verdict::Redirected => XSKS.redirect(ctx.rx_queue_index(), 0).unwrap_or(xdp_action::XDP_PASS),
+        Verdict::DropMalformed | Verdict::DropBlocklisted | Verdict::DropRateLimited => xdp_action::XDP_DROP,
+        Verdict::PassOther | Verdict::PassGateway => xdp_action::XDP_PASS,
+    }
+}
+
+/// A pointer to a `T` at `offset` in the packet, if the packet is long enough.
+#[inline(always)]
+fn at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+    let start = ctx.data();
+    if start + offset + size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + offset) as *const T)
+}
+
+/// One byte of the packet. The volatile read keeps LLVM from merging
+/// loads into shapes the verifier cannot follow.
+#[inline(always)]
+fn byte(ctx: &XdpContext, offset: usize) -> Option<u8> {
+    // SAFETY: `at` checked the bounds.
+    at::<u8>(ctx, offset).map(|p| unsafe { core::ptr::read_volatile(p) })
+}
+
+#[inline(always)]
+fn be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    let (hi, lo) = (byte(ctx, offset)?, byte(ctx, offset + 1)?);
+    Some(u16::from_be_bytes([hi, lo]))
+}
+
+/// A packet's source and its transport, as far as the filter cares.
+struct Packet {
+    src: [u8; 16],
+    v4: Option<[u8; 4]>,
+    proto: u8,
+    l4: usize,
+}
+
+fn filter(ctx: &XdpContext) -> Verdict {
+    let Some(mut ethertype) = be16(ctx, 12) else { return Verdict::DropMalformed };
+    let mut l3 = ETH_LEN;
+    for _ in 0..2 {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let Some(inner) = be16(ctx, l3 + 2) else { return Verdict::DropMalformed };
+        ethertype = inner;
+        l3 += VLAN_LEN;
+    }
+    let packet = match ethertype {
+        ETH_P_IPV4 => match ipv4(ctx, l3) {
+            Ok(p) => p,
+            Err(v) => return v,
+        },
+        ETH_P_IPV6 => match ipv6(ctx, l3) {
+            Ok(p) => p,
+            Err(v) => return v,
+        },
+        _ => return Verdict::PassOther,
+    };
+    if blocked(&packet) {
+        count_source(&packet.src, true);
+        return Verdict::DropBlocklisted;
+    }
+    let (port, kind) = match packet.proto {
+        ip_proto::UDP => {
+            let (Some(port), Some(len)) = (be16(ctx, packet.l4 + 2), be16(ctx, packet.l4 + 4)) else {
+                return Verdict::DropMalformed;
+            };
+            if (len as usize) < UDP_LEN {
+                return Verdict::DropMalformed;
+            }
+            (port, Some(bucket_kind::UDP))
+        }
+        ip_proto::TCP => {
+            let (Some(port), Some(offset), Some(flags)) =
+                (be16(ctx, packet.l4 + 2), byte(ctx, packet.l4 + 12), byte(ctx, packet.l4 + 13))
+            else {
+                return Verdict::DropMalformed;
+            };
+            if ((offset >> 4) as usize) * 4 < TCP_LEN || at::<[u8; TCP_LEN]>(ctx, packet.l4).is_none() {
+                return Verdict::DropMalformed;
+            }
+            let syn = flags & TCP_SYN != 0 && flags & TCP_ACK == 0;
+            (port, if syn { Some(bucket_kind::SYN) } else { None })
+        }
+        _ => return Verdict::PassOther,
+    };
+    // SAFETY: lookups in a hash map; the value is not used.
+    if unsafe { PORTS.get(&PortKey::new(port, packet.proto)) }.is_none() {
+        return Verdict::PassOther;
+    }
+    if let Some(kind) = kind {
+        if !allowed(&packet) && !take_token(&packet.src, kind) {
+            count_source(&packet.src, true);
+            return Verdict::DropRateLimited;
+        }
+    }
+    count_source(&packet.src, false);
+    if XSKS.get(ctx.rx_queue_index()).is_some() {
+        Verdict::Redirected
+    } else {
+        Verdict::PassGateway
+    }
+}
+
+fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
+    let version_ihl = byte(ctx, l3).ok_or(Verdict::DropMalformed)?;
+    let ihl = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || ihl < 20 {
+        return Err(Verdict::DropMalformed);
+    }
+    let total = be16(ctx, l3 + 2).ok_or(Verdict::DropMalformed)? as usize;
+    let frag = be16(ctx, l3 + 6).ok_or(Verdict::DropMalformed)?;
+    let proto = byte(ctx, l3 + 9).ok_or(Verdict::DropMalformed)?;
+    // SAFETY: bounds checked by `at`.
+    let src = unsafe { *at::<[u8; 4]>(ctx, l3 + 12).ok_or(Verdict::DropMalformed)? };
+    if total < ihl || at::<[u8; 20]>(ctx, l3).is_none() {
+        return Err(Verdict::DropMalformed);
+    }
+    let packet = Packet { src: v4_mapped(src), v4: Some(src), proto, l4: l3 + ihl };
+    if frag & 0x1fff != 0 {
+        // A later fragment: no transport header to look at.
+        return Err(if blocked(&packet) { Verdict::DropBlocklisted } else { Verdict::PassOther });
+    }
+    Ok(packet)
+}
+
+fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
+    let version = byte(ctx, l3).ok_or(Verdict::DropMalformed)?;
+    if version >> 4 != 6 || at::<[u8; IPV6_LEN]>(ctx, l3).is_none() {
+        return Err(Verdict::DropMalformed);
+    }
+    let proto = byte(ctx, l3 + 6).ok_or(Verdict::DropMalformed)?;
+    // SAFETY: bounds checked by `at`.
+    let src = unsafe { *at::<[u8; 16]>(ctx, l3 + 8).ok_or(Verdict::DropMalformed)? };
+    Ok(Packet { src, v4: None, proto, l4: l3 + IPV6_LEN })
+}
+
+#[inline(always)]
+fn blocked(p: &Packet) -> bool {
+    match p.v4 {
+        Some(a) => BLOCK_V4.get(Key::new(32, a)).is_some(),
+        None => BLOCK_V6.get(Key::new(128, p.src)).is_some(),
+    }
+}
+
+#[inline(always)]
+fn allowed(p: &Packet) -> bool {
+    match p.v4 {
+        Some(a) => ALLOW_V4.get(Key::new(32, a)).is_some(),
+        None => ALLOW_V6.get(Key::new(128, p.src)).is_some(),
+    }
+}
+
+/// The source's bucket of `kind`: whether a token was left.
+#[inline(always)]
+fn take_token(src: &[u8; 16], kind: u8) -> bool {
+    let Some(cfg) = CONFIG.get(0) else { return true };
+    let (rate, burst) =
+        if kind == bucket_kind::UDP { (cfg.udp_rate, cfg.udp_burst) } else { (cfg.syn_rate, cfg.syn_burst) };
+    if rate == 0 {
+        return true;
+    }
+    // SAFETY: a monotonic clock read.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = BucketKey { addr: *src, kind, _pad: [0; 3] };
+    match BUCKETS.get_ptr_mut(&key) {
+        // SAFETY: a map value of the right type; concurrent CPUs may race
+        // (see the module docs), which costs accuracy, not memory safety.
+        Some(b) => unsafe { (*b).take(now, rate, burst) },
+        None => {
+            let fresh = Bucket { tokens: (burst as u64).saturating_sub(1) * MICRO, last_ns: now };
+            let _ = BUCKETS.insert(&key, &fresh, 0);
+            burst > 0
+        }
+    }
+}
+
+#[inline(always)]
+fn count_source(src: &[u8; 16], dropped: bool) {
+    match SOURCES.get_ptr_mut(src) {
+        // SAFETY: a per-CPU value, touched only by this CPU.
+        Some(s) => unsafe {
+            (*s).packets += 1;
+            (*s).dropped += dropped as u64;
+        },
+        None => {
+            let _ = SOURCES.insert(src, &SourceStats { packets: 1, dropped: dropped as u64 }, 0);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
