@@ -67,7 +67,9 @@ fn setup(test: &str, udp: (u32, u32)) -> Option<Setup> {
     let mut rules = s.filter.rules().expect("rules");
     rules.add_port(Proto::Udp, PORT).unwrap();
     rules.add_port(Proto::Tcp, PORT).unwrap();
-    rules.set_rates(FilterConfig { udp_rate: udp.0, udp_burst: udp.1, syn_rate: 100, syn_burst: 10 }).unwrap();
+    rules
+        .set_rates(FilterConfig { udp_rate: udp.0, udp_burst: udp.1, syn_rate: 100, syn_burst: 10, lists: 0 })
+        .unwrap();
     Some(s)
 }
 

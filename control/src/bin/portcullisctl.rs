@@ -256,9 +256,9 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
                 let cidrs: Vec<String> = rules.list(list)?.iter().map(|c| c.to_string()).collect();
                 println!("{name}: {}", cidrs.join(" "));
             }
-            println!("top sources (packets to gateway ports, dropped):");
+            println!("top sources over their rate (packets dropped):");
             for s in rules.top_sources(top)? {
-                println!("  {:<40} {:>12} {:>12}", s.addr, s.packets, s.dropped);
+                println!("  {:<40} {:>12}", s.addr, s.dropped);
             }
         }
         FilterCommand::Block { op } => list_op(&f, List::Block, op)?,

@@ -19,12 +19,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
-use portcullis_common::{ip_proto, maps, FilterConfig, PortKey, SourceStats, Verdict};
+use portcullis_common::{ip_proto, maps, port_index, FilterConfig, SourceStats, Verdict};
 
 /// Default pin directory.
 pub const PIN_DIR: &str = "/sys/fs/bpf/portcullis";
@@ -118,12 +118,20 @@ impl Filter {
         self.link_path(iface).exists()
     }
 
-    /// Loads the program (reusing pinned maps, so rules and counters
-    /// survive) and attaches it to `iface` in the calling thread's network
-    /// namespace: native mode, falling back to SKB mode unless
-    /// `native_only`. The attachment is pinned and outlives this process.
-    /// Attaching again replaces the program on that interface.
-    pub fn attach(&self, iface: &str, native_only: bool) -> Result<AttachMode, FilterError> {
+    /// Loads and verifies the program with its maps pinned here, without
+    /// attaching it: for `BPF_PROG_TEST_RUN` benchmarks.
+    pub fn load_detached(&self) -> Result<Loaded, FilterError> {
+        let mut ebpf = self.load()?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(maps::PROGRAM)
+            .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
+            .try_into()
+            .map_err(bpf("the program is not XDP"))?;
+        prog.load().map_err(bpf("verifying the XDP program"))?;
+        Ok(Loaded { ebpf })
+    }
+
+    fn load(&self) -> Result<aya::Ebpf, FilterError> {
         let object = program()?;
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
         if !on_bpffs(parent) && !on_bpffs(&self.dir) {
@@ -132,10 +140,19 @@ impl Filter {
         for d in [self.maps_dir(), self.dir.join("links")] {
             std::fs::create_dir_all(&d).map_err(bpf(format!("creating {}", d.display())))?;
         }
-        let mut ebpf = EbpfLoader::new()
+        EbpfLoader::new()
             .default_map_pin_directory(self.maps_dir())
             .load(object)
-            .map_err(bpf("loading the XDP program"))?;
+            .map_err(bpf("loading the XDP program"))
+    }
+
+    /// Loads the program (reusing pinned maps, so rules and counters
+    /// survive) and attaches it to `iface` in the calling thread's network
+    /// namespace: native mode, falling back to SKB mode unless
+    /// `native_only`. The attachment is pinned and outlives this process.
+    /// Attaching again replaces the program on that interface.
+    pub fn attach(&self, iface: &str, native_only: bool) -> Result<AttachMode, FilterError> {
+        let mut ebpf = self.load()?;
         let prog: &mut Xdp = ebpf
             .program_mut(maps::PROGRAM)
             .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
@@ -226,6 +243,26 @@ impl Filter {
     }
 }
 
+/// A loaded, unattached program.
+pub struct Loaded {
+    ebpf: aya::Ebpf,
+}
+
+impl Loaded {
+    /// Runs the program over `packet` `repeat` times in the kernel.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<testrun::TestRun, FilterError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog: &Xdp = self
+            .ebpf
+            .program(maps::PROGRAM)
+            .ok_or_else(|| FilterError::NotBuilt("no portcullis_xdp program".into()))?
+            .try_into()
+            .map_err(bpf("the program is not XDP"))?;
+        let fd = prog.fd().map_err(bpf("the program is not loaded"))?;
+        testrun::run(fd.as_fd().as_raw_fd(), packet, repeat).map_err(bpf("BPF_PROG_TEST_RUN"))
+    }
+}
+
 /// Which list a CIDR goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum List {
@@ -253,7 +290,7 @@ impl Proto {
     }
 }
 
-/// One source's packets towards gateway ports, summed over CPUs.
+/// One source's packets over its rate, summed over CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceCount {
     /// The source.
@@ -270,7 +307,7 @@ type Trie6 = LpmTrie<MapData, [u8; 16], u8>;
 /// The filter's maps, opened from their pins.
 pub struct Rules {
     config: Array<MapData, FilterConfig>,
-    ports: HashMap<MapData, PortKey, u8>,
+    ports: Array<MapData, u8>,
     block_v4: Trie4,
     block_v6: Trie6,
     allow_v4: Trie4,
@@ -295,7 +332,27 @@ impl Rules {
             IpAddr::V4(a) => v4.insert(&Key::new(prefix, a.octets()), 1, 0),
             IpAddr::V6(a) => v6.insert(&Key::new(prefix, a.octets()), 1, 0),
         }
-        .map_err(bpf(format!("adding {cidr}")))
+        .map_err(bpf(format!("adding {cidr}")))?;
+        self.sync_list_flags()
+    }
+
+    /// Tells the program which lists have entries (it skips empty ones).
+    fn sync_list_flags(&mut self) -> Result<(), FilterError> {
+        use portcullis_common::lists;
+        let mut bits = 0;
+        for (trie, bit) in [(&self.block_v4, lists::BLOCK_V4), (&self.allow_v4, lists::ALLOW_V4)] {
+            if trie.keys().next().is_some() {
+                bits |= bit;
+            }
+        }
+        for (trie, bit) in [(&self.block_v6, lists::BLOCK_V6), (&self.allow_v6, lists::ALLOW_V6)] {
+            if trie.keys().next().is_some() {
+                bits |= bit;
+            }
+        }
+        let mut cfg = self.rates()?;
+        cfg.lists = bits;
+        self.config.set(0, cfg, 0).map_err(bpf("updating the list flags"))
     }
 
     /// Removes a CIDR from a list; `Ok(false)` if it was not there.
@@ -306,11 +363,13 @@ impl Rules {
             IpAddr::V4(a) => v4.remove(&Key::new(prefix, a.octets())),
             IpAddr::V6(a) => v6.remove(&Key::new(prefix, a.octets())),
         };
-        match r {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(bpf(format!("removing {cidr}"))(e)),
-        }
+        let removed = match r {
+            Ok(()) => true,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) => return Err(bpf(format!("removing {cidr}"))(e)),
+        };
+        self.sync_list_flags()?;
+        Ok(removed)
     }
 
     /// The CIDRs of a list.
@@ -328,8 +387,10 @@ impl Rules {
         Ok(out)
     }
 
-    /// Sets the per-source rates (packets/s, 0: unlimited) and bursts.
-    pub fn set_rates(&mut self, cfg: FilterConfig) -> Result<(), FilterError> {
+    /// Sets the per-source rates (packets/s, 0: unlimited) and bursts
+    /// (`cfg.lists` is ignored: the list flags are kept as they are).
+    pub fn set_rates(&mut self, mut cfg: FilterConfig) -> Result<(), FilterError> {
+        cfg.lists = self.rates()?.lists;
         for (name, rate, burst) in [("UDP", cfg.udp_rate, cfg.udp_burst), ("SYN", cfg.syn_rate, cfg.syn_burst)] {
             if rate > 0 && burst == 0 {
                 return Err(FilterError::BadRate(format!("{name} rate {rate}/s needs a burst of at least 1")));
@@ -348,24 +409,25 @@ impl Rules {
 
     /// Makes `port` a gateway port (rate-limited, redirected to AF_XDP).
     pub fn add_port(&mut self, proto: Proto, port: u16) -> Result<(), FilterError> {
-        self.ports.insert(PortKey::new(port, proto.number()), 1, 0).map_err(bpf(format!("adding port {port}")))
+        self.ports.set(port_index(port, proto.number()), 1, 0).map_err(bpf(format!("adding port {port}")))
     }
 
-    /// Stops treating `port` as a gateway port.
+    /// Stops treating `port` as a gateway port; `Ok(false)` if it was not one.
     pub fn remove_port(&mut self, proto: Proto, port: u16) -> Result<bool, FilterError> {
-        match self.ports.remove(&PortKey::new(port, proto.number())) {
-            Ok(()) => Ok(true),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
-            Err(e) => Err(bpf(format!("removing port {port}"))(e)),
-        }
+        let i = port_index(port, proto.number());
+        let was = self.ports.get(&i, 0).map_err(bpf(format!("reading port {port}")))? != 0;
+        self.ports.set(i, 0, 0).map_err(bpf(format!("removing port {port}")))?;
+        Ok(was)
     }
 
     /// The gateway ports.
     pub fn ports(&self) -> Result<Vec<(Proto, u16)>, FilterError> {
         let mut out = Vec::new();
-        for k in self.ports.keys() {
-            let k = k.map_err(bpf("listing ports"))?;
-            out.push((if k.proto == ip_proto::UDP { Proto::Udp } else { Proto::Tcp }, k.port));
+        for (i, v) in self.ports.iter().enumerate() {
+            if v.map_err(bpf("listing ports"))? != 0 {
+                let proto = if i >= 65_536 { Proto::Tcp } else { Proto::Udp };
+                out.push((proto, (i % 65_536) as u16));
+            }
         }
         out.sort_by_key(|p| (p.1, p.0 == Proto::Tcp));
         Ok(out)
@@ -382,7 +444,7 @@ impl Rules {
             .collect()
     }
 
-    /// The `n` sources with the most packets towards gateway ports.
+    /// The `n` sources with the most packets over their rate.
     pub fn top_sources(&self, n: usize) -> Result<Vec<SourceCount>, FilterError> {
         let mut sums: StdHashMap<[u8; 16], (u64, u64)> = StdHashMap::new();
         for entry in self.sources.iter() {

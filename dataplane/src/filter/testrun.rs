@@ -30,6 +30,8 @@ struct TestAttr {
     flags: u32,
     cpu: u32,
     batch_size: u32,
+    /// Explicit: the kernel refuses non-zero bytes past the last field.
+    _pad: u32,
 }
 
 /// Runs program `prog_fd` over `packet` `repeat` times.

@@ -67,7 +67,7 @@ pub mod maps {
     pub const PROGRAM: &str = "portcullis_xdp";
     /// `Array<FilterConfig>` of one entry.
     pub const CONFIG: &str = "CONFIG";
-    /// `HashMap<PortKey, u8>`: the gateway ports.
+    /// `Array<u8>` indexed by [`crate::port_index`]: the gateway ports.
     pub const PORTS: &str = "PORTS";
     /// `LpmTrie<[u8; 4], u8>`: blocked IPv4 sources.
     pub const BLOCK_V4: &str = "BLOCK_V4";
@@ -79,7 +79,7 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `LruHashMap<BucketKey, Bucket>`: per-source token buckets.
     pub const BUCKETS: &str = "BUCKETS";
-    /// `LruPerCpuHashMap<[u8; 16], SourceStats>`: per-source packet counts.
+    /// `LruPerCpuHashMap<[u8; 16], SourceStats>`: sources over their rate.
     pub const SOURCES: &str = "SOURCES";
     /// `PerCpuArray<u64>` of [`crate::Verdict::COUNT`] counters.
     pub const COUNTERS: &str = "COUNTERS";
@@ -87,24 +87,27 @@ pub mod maps {
     pub const XSKS: &str = "XSKS";
 }
 
-/// Key of the gateway-ports map: traffic to these is rate-limited and goes
-/// to the dataplane.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PortKey {
-    /// Destination port, host byte order.
-    pub port: u16,
-    /// [`ip_proto`] number.
-    pub proto: u8,
-    /// Explicit padding, always zero.
-    pub _pad: u8,
+/// Index of a gateway port in the ports array: UDP ports first, then TCP.
+#[inline(always)]
+pub const fn port_index(port: u16, proto: u8) -> u32 {
+    if proto == ip_proto::TCP {
+        65_536 + port as u32
+    } else {
+        port as u32
+    }
 }
 
-impl PortKey {
-    /// A key for `port` over `proto`.
-    pub const fn new(port: u16, proto: u8) -> Self {
-        PortKey { port, proto, _pad: 0 }
-    }
+/// Bits of [`FilterConfig::lists`]: which lists have entries, so that the
+/// program skips lookups in empty tries.
+pub mod lists {
+    /// `BLOCK_V4` is not empty.
+    pub const BLOCK_V4: u32 = 1;
+    /// `BLOCK_V6` is not empty.
+    pub const BLOCK_V6: u32 = 2;
+    /// `ALLOW_V4` is not empty.
+    pub const ALLOW_V4: u32 = 4;
+    /// `ALLOW_V6` is not empty.
+    pub const ALLOW_V6: u32 = 8;
 }
 
 /// Rates of the per-source token buckets, packets per second; a rate of 0
@@ -120,6 +123,8 @@ pub struct FilterConfig {
     pub syn_rate: u32,
     /// SYN bucket size.
     pub syn_burst: u32,
+    /// [`lists`] bits, kept by the loader.
+    pub lists: u32,
 }
 
 /// Which bucket of a source.
@@ -178,7 +183,7 @@ impl Bucket {
     }
 }
 
-/// Packets seen from one source towards gateway ports (per CPU).
+/// Packets of one source over its rate (per CPU).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SourceStats {
@@ -197,7 +202,6 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain `repr(C)` data with explicit padding, valid for any bytes.
-    unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
@@ -210,8 +214,9 @@ mod tests {
 
     #[test]
     fn layouts_are_stable() {
-        assert_eq!(core::mem::size_of::<PortKey>(), 4);
-        assert_eq!(core::mem::size_of::<FilterConfig>(), 16);
+        assert_eq!(port_index(7000, ip_proto::UDP), 7000);
+        assert_eq!(port_index(7000, ip_proto::TCP), 72_536);
+        assert_eq!(core::mem::size_of::<FilterConfig>(), 20);
         assert_eq!(core::mem::size_of::<BucketKey>(), 20);
         assert_eq!(core::mem::size_of::<Bucket>(), 16);
         assert_eq!(core::mem::size_of::<SourceStats>(), 16);

@@ -3,7 +3,8 @@
 //!
 //! 1. parse Ethernet (up to two VLAN tags), IPv4 / IPv6, UDP / TCP, every
 //!    read bounds-checked; malformed headers are dropped;
-//! 2. drop sources in the blocklists (LPM tries, IPv4 and IPv6);
+//! 2. drop sources in the blocklists (LPM tries, IPv4 and IPv6; blocked
+//!    sources are counted per reason, not per source);
 //! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
 //! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket,
 //!    unless the source is allowlisted; over the rate: drop. Buckets are
@@ -27,13 +28,16 @@ use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::{
-    bucket_kind, ip_proto, v4_mapped, Bucket, BucketKey, FilterConfig, PortKey, SourceStats, Verdict, MICRO,
+    bucket_kind, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, SourceStats, Verdict, MICRO,
 };
 
 #[map]
 static CONFIG: Array<FilterConfig> = Array::pinned(1, 0);
+/// One byte per (protocol, port): index `port` for UDP, `65536 + port` for
+/// TCP; non-zero marks a gateway port. An array lookup is far cheaper than
+/// a hash lookup on every packet.
 #[map]
-static PORTS: HashMap<PortKey, u8> = HashMap::pinned(64, 0);
+static PORTS: Array<u8> = Array::pinned(2 * 65_536, 0);
 #[map]
 static BLOCK_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(65_536, 0);
 #[map]
@@ -43,14 +47,16 @@ static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
 static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
-static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(262_144, 0);
+static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(262_144, BPF_F_NO_COMMON_LRU);
 #[map]
-static SOURCES: LruPerCpuHashMap<[u8; 16], SourceStats> = LruPerCpuHashMap::pinned(65_536, 0);
+static SOURCES: LruPerCpuHashMap<[u8; 16], SourceStats> = LruPerCpuHashMap::pinned(65_536, BPF_F_NO_COMMON_LRU);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
 #[map]
 static XSKS: XskMap = XskMap::pinned(64, 0);
 
+/// Per-CPU LRU lists: no lock shared between CPUs on updates.
+const BPF_F_NO_COMMON_LRU: u32 = 2;
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -131,8 +137,8 @@ fn filter(ctx: &XdpContext) -> Verdict {
         },
         _ => return Verdict::PassOther,
     };
-    if blocked(&packet) {
-        count_source(&packet.src, true);
+    let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
+    if blocked(&packet, lists) {
         return Verdict::DropBlocklisted;
     }
     let (port, kind) = match packet.proto {
@@ -159,17 +165,16 @@ fn filter(ctx: &XdpContext) -> Verdict {
         }
         _ => return Verdict::PassOther,
     };
-    // SAFETY: lookups in a hash map; the value is not used.
-    if unsafe { PORTS.get(&PortKey::new(port, packet.proto)) }.is_none() {
+    if PORTS.get(port_index(port, packet.proto)).is_none_or(|v| *v == 0) {
         return Verdict::PassOther;
     }
+    // The allowlist is only consulted for sources over their rate.
     if let Some(kind) = kind {
-        if !allowed(&packet) && !take_token(&packet.src, kind) {
-            count_source(&packet.src, true);
+        if !take_token(&packet.src, kind) && !allowed(&packet, lists) {
+            count_source(&packet.src);
             return Verdict::DropRateLimited;
         }
     }
-    count_source(&packet.src, false);
     if XSKS.get(ctx.rx_queue_index()).is_some() {
         Verdict::Redirected
     } else {
@@ -194,7 +199,8 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     let packet = Packet { src: v4_mapped(src), v4: Some(src), proto, l4: l3 + ihl };
     if frag & 0x1fff != 0 {
         // A later fragment: no transport header to look at.
-        return Err(if blocked(&packet) { Verdict::DropBlocklisted } else { Verdict::PassOther });
+        let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
+        return Err(if blocked(&packet, lists) { Verdict::DropBlocklisted } else { Verdict::PassOther });
     }
     Ok(packet)
 }
@@ -210,19 +216,21 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     Ok(Packet { src, v4: None, proto, l4: l3 + IPV6_LEN })
 }
 
+/// Whether the source is blocklisted; empty lists are not looked up.
 #[inline(always)]
-fn blocked(p: &Packet) -> bool {
+fn blocked(p: &Packet, lists: u32) -> bool {
     match p.v4 {
-        Some(a) => BLOCK_V4.get(Key::new(32, a)).is_some(),
-        None => BLOCK_V6.get(Key::new(128, p.src)).is_some(),
+        Some(a) => lists & lists::BLOCK_V4 != 0 && BLOCK_V4.get(Key::new(32, a)).is_some(),
+        None => lists & lists::BLOCK_V6 != 0 && BLOCK_V6.get(Key::new(128, p.src)).is_some(),
     }
 }
 
+/// Whether the source is allowlisted; empty lists are not looked up.
 #[inline(always)]
-fn allowed(p: &Packet) -> bool {
+fn allowed(p: &Packet, lists: u32) -> bool {
     match p.v4 {
-        Some(a) => ALLOW_V4.get(Key::new(32, a)).is_some(),
-        None => ALLOW_V6.get(Key::new(128, p.src)).is_some(),
+        Some(a) => lists & lists::ALLOW_V4 != 0 && ALLOW_V4.get(Key::new(32, a)).is_some(),
+        None => lists & lists::ALLOW_V6 != 0 && ALLOW_V6.get(Key::new(128, p.src)).is_some(),
     }
 }
 
@@ -250,16 +258,17 @@ fn take_token(src: &[u8; 16], kind: u8) -> bool {
     }
 }
 
+/// Counts a packet of a source over its rate (the "top sources" view).
 #[inline(always)]
-fn count_source(src: &[u8; 16], dropped: bool) {
+fn count_source(src: &[u8; 16]) {
     match SOURCES.get_ptr_mut(src) {
         // SAFETY: a per-CPU value, touched only by this CPU.
         Some(s) => unsafe {
             (*s).packets += 1;
-            (*s).dropped += dropped as u64;
+            (*s).dropped += 1;
         },
         None => {
-            let _ = SOURCES.insert(src, &SourceStats { packets: 1, dropped: dropped as u64 }, 0);
+            let _ = SOURCES.insert(src, &SourceStats { packets: 1, dropped: 1 }, 0);
         }
     }
 }

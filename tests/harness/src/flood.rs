@@ -38,12 +38,14 @@ pub struct Flood {
     pub rate: Option<u64>,
     /// UDP payload bytes.
     pub payload: usize,
+    /// Stop after this long even if `count` is not reached.
+    pub for_at_most: Option<Duration>,
 }
 
 impl Flood {
     /// `count` UDP packets from `src` to `dst:port`.
     pub fn udp(src: IpAddr, dst: IpAddr, port: u16, count: u64) -> Flood {
-        Flood { kind: Kind::Udp, sources: vec![src], dst, port, count, rate: None, payload: 18 }
+        Flood { kind: Kind::Udp, sources: vec![src], dst, port, count, rate: None, payload: 18, for_at_most: None }
     }
 
     /// `count` sources from `base` upwards (IPv4), e.g. a spoofed /24.
@@ -229,6 +231,9 @@ pub fn run(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], flood: &Flood) -> st
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < flood.count {
+        if flood.for_at_most.is_some_and(|d| sent.is_multiple_of(1024) && started.elapsed() >= d) {
+            break;
+        }
         if let Some(rate) = flood.rate {
             let due = Duration::from_secs_f64(sent as f64 / rate as f64);
             let now = started.elapsed();
