@@ -110,10 +110,17 @@ pub struct Harness {
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 impl Harness {
-    /// Builds a new harness (cleaning stale ones first).
+    /// Builds a new harness owned by this process (cleaning stale ones first).
     pub fn up() -> anyhow::Result<Harness> {
+        Self::up_for(std::process::id())
+    }
+
+    /// Builds a new harness owned by process `owner`: it counts as stale
+    /// once that process is gone. Scripts pass their own pid and keep the
+    /// harness with [`Harness::keep`].
+    pub fn up_for(owner: u32) -> anyhow::Result<Harness> {
         cleanup_stale();
-        let name = format!("{PREFIX}{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!("{PREFIX}{owner}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let mut h = Harness {
             players: format!("{name}-p"),
             gateway: format!("{name}-g"),
@@ -143,6 +150,20 @@ impl Harness {
             ip(&["-n", ns, "link", "set", iface, "up"])?;
         }
         Ok((mac(g, GATEWAY_IFACE)?, mac(p, PLAYER_IFACE)?))
+    }
+
+    /// A harness that already exists (built by another process).
+    pub fn open(name: &str) -> anyhow::Result<Harness> {
+        let (players, gateway) = (format!("{name}-p"), format!("{name}-g"));
+        let (gateway_mac, player_mac) = (mac(&gateway, GATEWAY_IFACE)?, mac(&players, PLAYER_IFACE)?);
+        Ok(Harness { name: name.into(), players, gateway, gateway_mac, player_mac })
+    }
+
+    /// Leaves the namespaces in place when this value goes away.
+    pub fn keep(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
     }
 
     /// Runs `f` in a thread inside network namespace `ns` (only the network

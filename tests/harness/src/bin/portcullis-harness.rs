@@ -1,9 +1,12 @@
-//! `portcullis-harness up|down|status|flood`: the veth harness by hand.
+//! `portcullis-harness up|down|status|flood`: the veth harness by hand and
+//! from scripts (the demo).
 
-use clap::{Parser, Subcommand};
-use portcullis_harness::{cleanup_stale, flood, list, Harness};
+use std::net::IpAddr;
 
-/// Build, inspect and tear down the veth test harness.
+use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_harness::{cleanup_stale, flood, list, Harness, GATEWAY_V4, PLAYER_IFACE, PLAYER_V4};
+
+/// Build, inspect and tear down the veth test harness; send floods.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
@@ -13,14 +16,39 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Create a harness and keep it until Enter is pressed (or stdin closes).
-    Up,
-    /// Remove every harness namespace (of any process).
-    Down,
+    /// Create a harness. With --owner-pid it stays after this command and is
+    /// removed by `down` (or as stale once that process is gone); without,
+    /// it stays until Enter is pressed.
+    Up {
+        /// Process that owns the harness (a script's `$$`).
+        #[arg(long)]
+        owner_pid: Option<u32>,
+    },
+    /// Remove harness namespaces: those of one owner, or all.
+    Down {
+        /// Only this owner's.
+        #[arg(long)]
+        owner_pid: Option<u32>,
+    },
     /// List harness namespaces; stale ones are removed first.
     Status,
-    /// Build a harness, send a flood from the players' side, tear it down.
+    /// Send a flood from the players' side of a harness.
     Flood {
+        /// Harness name (as printed by `up`); default: build a temporary one.
+        #[arg(long)]
+        name: Option<String>,
+        /// What to send.
+        #[arg(long, value_enum, default_value = "udp")]
+        kind: FloodKind,
+        /// Source address (may be spoofed); default 10.77.0.2.
+        #[arg(long)]
+        source: Option<IpAddr>,
+        /// Spread over this many consecutive IPv4 sources from --source.
+        #[arg(long, default_value_t = 1)]
+        sources: u32,
+        /// Destination port.
+        #[arg(long, default_value_t = 7000)]
+        port: u16,
         /// Packets.
         #[arg(long, default_value_t = 100_000)]
         count: u64,
@@ -30,30 +58,41 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum FloodKind {
+    Udp,
+    Syn,
+    Malformed,
+}
+
 fn main() -> anyhow::Result<()> {
     if let Some(why) = portcullis_harness::unavailable() {
         anyhow::bail!("the harness cannot run here: {why}");
     }
     match Args::parse().command {
-        Cmd::Up => {
-            let h = Harness::up()?;
-            println!(
-                "players namespace {} ({} {}), gateway namespace {} ({} {})",
-                h.players,
-                portcullis_harness::PLAYER_IFACE,
-                portcullis_harness::PLAYER_V4,
-                h.gateway,
-                portcullis_harness::GATEWAY_IFACE,
-                portcullis_harness::GATEWAY_V4
+        Cmd::Up { owner_pid } => {
+            let h = match owner_pid {
+                Some(pid) => Harness::up_for(pid)?,
+                None => Harness::up()?,
+            };
+            println!("{}", h.name);
+            eprintln!(
+                "players: {} ({PLAYER_IFACE} {PLAYER_V4} +10.77.0.10-59), gateway side: {} (veth-g {GATEWAY_V4})",
+                h.players, h.gateway
             );
-            println!("press Enter to tear it down");
-            let mut line = String::new();
-            let _ = std::io::stdin().read_line(&mut line);
+            if owner_pid.is_some() {
+                h.keep();
+            } else {
+                eprintln!("press Enter to tear it down");
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+            }
         }
-        Cmd::Down => {
-            for ns in list() {
+        Cmd::Down { owner_pid } => {
+            let prefix = owner_pid.map(|p| format!("{}{p}-", portcullis_harness::PREFIX));
+            for ns in list().into_iter().filter(|n| prefix.as_ref().is_none_or(|p| n.starts_with(p))) {
                 portcullis_harness::ip(&["netns", "del", &ns])?;
-                println!("removed {ns}");
+                eprintln!("removed {ns}");
             }
         }
         Cmd::Status => {
@@ -64,24 +103,34 @@ fn main() -> anyhow::Result<()> {
                 println!("{ns}");
             }
         }
-        Cmd::Flood { count, rate } => {
-            let h = Harness::up()?;
-            let f = flood::Flood {
-                rate,
-                ..flood::Flood::udp(
-                    portcullis_harness::PLAYER_V4.into(),
-                    portcullis_harness::GATEWAY_V4.into(),
-                    7000,
-                    count,
-                )
+        Cmd::Flood { name, kind, source, sources, port, count, rate } => {
+            let h = match &name {
+                Some(n) => Harness::open(n)?,
+                None => Harness::up()?,
             };
-            let r = h.in_players(|| flood::run(portcullis_harness::PLAYER_IFACE, h.player_mac, h.gateway_mac, &f))?;
+            let source = source.unwrap_or(IpAddr::V4(PLAYER_V4));
+            let dst =
+                if source.is_ipv4() { IpAddr::V4(GATEWAY_V4) } else { IpAddr::V6(portcullis_harness::GATEWAY_V6) };
+            let srcs = match source {
+                IpAddr::V4(v4) if sources > 1 => flood::Flood::spoofed(v4, sources),
+                other => vec![other],
+            };
+            let kind = match kind {
+                FloodKind::Udp => flood::Kind::Udp,
+                FloodKind::Syn => flood::Kind::Syn,
+                FloodKind::Malformed => flood::Kind::MalformedIhl,
+            };
+            let f = flood::Flood { kind, sources: srcs, rate, ..flood::Flood::udp(source, dst, port, count) };
+            let r = h.in_players(|| flood::run(PLAYER_IFACE, h.player_mac, h.gateway_mac, &f))?;
             println!(
                 "sent {} packets in {:.2} s ({:.0} pps)",
                 r.sent,
                 r.elapsed.as_secs_f64(),
                 r.sent as f64 / r.elapsed.as_secs_f64()
             );
+            if name.is_some() {
+                h.keep();
+            }
         }
     }
     Ok(())
