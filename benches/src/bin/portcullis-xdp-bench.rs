@@ -92,7 +92,10 @@ fn test_run(repeat: u32) -> anyhow::Result<()> {
     }
     // Rate-limited: a bucket of one packet that never refills in time.
     rules.set_rates(FilterConfig { udp_rate: 1, udp_burst: 1, ..FilterConfig::default() })?;
-    report("drop by rate (source over its bucket)", &udp("10.88.0.1", 7000), 1)?;
+    report("drop by rate (blocklist of 1 CIDR looked up too)", &udp("10.88.0.1", 7000), 1)?;
+    rules.remove(List::Block, "10.99.0.0/16".parse()?)?;
+    report("drop by rate (empty blocklist, skipped)", &udp("10.88.0.2", 7000), 1)?;
+    report("pass (not a gateway port, empty blocklist)", &udp("10.77.0.2", 9999), 2)?;
     drop(loaded);
     filter.purge()?;
     Ok(())

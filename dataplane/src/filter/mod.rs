@@ -19,12 +19,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
-use portcullis_common::{ip_proto, maps, port_index, FilterConfig, SourceStats, Verdict};
+use portcullis_common::{ip_proto, maps, port_index, Bucket, BucketKey, FilterConfig, Verdict};
 
 /// Default pin directory.
 pub const PIN_DIR: &str = "/sys/fs/bpf/portcullis";
@@ -237,7 +237,7 @@ impl Filter {
             block_v6: map!(maps::BLOCK_V6),
             allow_v4: map!(maps::ALLOW_V4),
             allow_v6: map!(maps::ALLOW_V6),
-            sources: map!(maps::SOURCES),
+            buckets: map!(maps::BUCKETS),
             counters: map!(maps::COUNTERS),
         })
     }
@@ -290,13 +290,11 @@ impl Proto {
     }
 }
 
-/// One source's packets over its rate, summed over CPUs.
+/// A source's packets dropped for being over its rate (UDP and SYN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SourceCount {
     /// The source.
     pub addr: IpAddr,
-    /// Packets seen.
-    pub packets: u64,
     /// Packets dropped.
     pub dropped: u64,
 }
@@ -312,7 +310,7 @@ pub struct Rules {
     block_v6: Trie6,
     allow_v4: Trie4,
     allow_v6: Trie6,
-    sources: PerCpuHashMap<MapData, [u8; 16], SourceStats>,
+    buckets: HashMap<MapData, BucketKey, Bucket>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -446,24 +444,21 @@ impl Rules {
 
     /// The `n` sources with the most packets over their rate.
     pub fn top_sources(&self, n: usize) -> Result<Vec<SourceCount>, FilterError> {
-        let mut sums: StdHashMap<[u8; 16], (u64, u64)> = StdHashMap::new();
-        for entry in self.sources.iter() {
-            let (addr, values) = entry.map_err(bpf("reading sources"))?;
-            let e = sums.entry(addr).or_default();
-            for v in values.iter() {
-                e.0 += v.packets;
-                e.1 += v.dropped;
-            }
+        let mut sums: StdHashMap<[u8; 16], u64> = StdHashMap::new();
+        for entry in self.buckets.iter() {
+            let (key, bucket) = entry.map_err(bpf("reading buckets"))?;
+            *sums.entry(key.addr).or_default() += bucket.dropped;
         }
         let mut v: Vec<SourceCount> = sums
             .into_iter()
-            .map(|(a, (packets, dropped))| {
+            .filter(|(_, dropped)| *dropped > 0)
+            .map(|(a, dropped)| {
                 let v6 = Ipv6Addr::from(a);
                 let addr = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
-                SourceCount { addr, packets, dropped }
+                SourceCount { addr, dropped }
             })
             .collect();
-        v.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.addr.cmp(&b.addr)));
+        v.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.addr.cmp(&b.addr)));
         v.truncate(n);
         Ok(v)
     }

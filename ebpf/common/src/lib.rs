@@ -79,8 +79,6 @@ pub mod maps {
     pub const ALLOW_V6: &str = "ALLOW_V6";
     /// `LruHashMap<BucketKey, Bucket>`: per-source token buckets.
     pub const BUCKETS: &str = "BUCKETS";
-    /// `LruPerCpuHashMap<[u8; 16], SourceStats>`: sources over their rate.
-    pub const SOURCES: &str = "SOURCES";
     /// `PerCpuArray<u64>` of [`crate::Verdict::COUNT`] counters.
     pub const COUNTERS: &str = "COUNTERS";
     /// `XskMap`: the AF_XDP socket of each receive queue.
@@ -157,8 +155,11 @@ pub const MICRO: u64 = 1_000_000;
 pub struct Bucket {
     /// Tokens, in millionths of a packet.
     pub tokens: u64,
-    /// Time of the last refill, `bpf_ktime_get_ns`.
+    /// Time of the last refill, `bpf_ktime_get_coarse_ns`.
     pub last_ns: u64,
+    /// Packets of this source dropped for being over the rate (the "top
+    /// sources" view; approximate when CPUs race).
+    pub dropped: u64,
 }
 
 impl Bucket {
@@ -178,19 +179,10 @@ impl Bucket {
             self.tokens -= MICRO;
             true
         } else {
+            self.dropped += 1;
             false
         }
     }
-}
-
-/// Packets of one source over its rate (per CPU).
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct SourceStats {
-    /// Packets seen.
-    pub packets: u64,
-    /// Packets dropped (blocklist or rate).
-    pub dropped: u64,
 }
 
 /// An IPv4 address as the IPv6 key of shared maps (`::ffff:a.b.c.d`).
@@ -205,7 +197,6 @@ mod pod {
     unsafe impl aya::Pod for super::FilterConfig {}
     unsafe impl aya::Pod for super::BucketKey {}
     unsafe impl aya::Pod for super::Bucket {}
-    unsafe impl aya::Pod for super::SourceStats {}
 }
 
 #[cfg(test)]
@@ -218,8 +209,7 @@ mod tests {
         assert_eq!(port_index(7000, ip_proto::TCP), 72_536);
         assert_eq!(core::mem::size_of::<FilterConfig>(), 20);
         assert_eq!(core::mem::size_of::<BucketKey>(), 20);
-        assert_eq!(core::mem::size_of::<Bucket>(), 16);
-        assert_eq!(core::mem::size_of::<SourceStats>(), 16);
+        assert_eq!(core::mem::size_of::<Bucket>(), 24);
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i);
         }
@@ -227,13 +217,14 @@ mod tests {
 
     #[test]
     fn bucket_burst_then_rate() {
-        let mut b = Bucket { tokens: 0, last_ns: 0 };
+        let mut b = Bucket::default();
         // Starting empty at t=1 s: a full burst of 5 is available.
         let passed = (0..10).filter(|_| b.take(1_000_000_000, 100, 5)).count();
         assert_eq!(passed, 5);
         // 100/s: 10 ms later one more.
         assert!(b.take(1_010_000_000, 100, 5));
         assert!(!b.take(1_010_000_000, 100, 5));
+        assert_eq!(b.dropped, 6, "five refused at first, one now");
         // Over a simulated second at 1000 attempts/s: about the rate.
         let mut n = 0;
         for ms in 1..=1000u64 {

@@ -22,13 +22,13 @@
 use core::mem::size_of;
 
 use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, XskMap};
+use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::{
-    bucket_kind, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, SourceStats, Verdict, MICRO,
+    bucket_kind, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, Verdict, MICRO,
 };
 
 #[map]
@@ -48,8 +48,6 @@ static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4_096, 0);
 static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
 static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(262_144, BPF_F_NO_COMMON_LRU);
-#[map]
-static SOURCES: LruPerCpuHashMap<[u8; 16], SourceStats> = LruPerCpuHashMap::pinned(65_536, BPF_F_NO_COMMON_LRU);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
 #[map]
@@ -171,7 +169,6 @@ fn filter(ctx: &XdpContext) -> Verdict {
     // The allowlist is only consulted for sources over their rate.
     if let Some(kind) = kind {
         if !take_token(&packet.src, kind) && !allowed(&packet, lists) {
-            count_source(&packet.src);
             return Verdict::DropRateLimited;
         }
     }
@@ -243,32 +240,18 @@ fn take_token(src: &[u8; 16], kind: u8) -> bool {
     if rate == 0 {
         return true;
     }
-    // SAFETY: a monotonic clock read.
-    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: a monotonic clock read; the coarse clock (a tick, a few ms)
+    // is cheaper and fine for refills.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let key = BucketKey { addr: *src, kind, _pad: [0; 3] };
     match BUCKETS.get_ptr_mut(&key) {
         // SAFETY: a map value of the right type; concurrent CPUs may race
         // (see the module docs), which costs accuracy, not memory safety.
         Some(b) => unsafe { (*b).take(now, rate, burst) },
         None => {
-            let fresh = Bucket { tokens: (burst as u64).saturating_sub(1) * MICRO, last_ns: now };
+            let fresh = Bucket { tokens: (burst as u64).saturating_sub(1) * MICRO, last_ns: now, dropped: 0 };
             let _ = BUCKETS.insert(&key, &fresh, 0);
             burst > 0
-        }
-    }
-}
-
-/// Counts a packet of a source over its rate (the "top sources" view).
-#[inline(always)]
-fn count_source(src: &[u8; 16]) {
-    match SOURCES.get_ptr_mut(src) {
-        // SAFETY: a per-CPU value, touched only by this CPU.
-        Some(s) => unsafe {
-            (*s).packets += 1;
-            (*s).dropped += 1;
-        },
-        None => {
-            let _ = SOURCES.insert(src, &SourceStats { packets: 1, dropped: 1 }, 0);
         }
     }
 }
