@@ -84,6 +84,14 @@ pub enum AttachMode {
     Skb,
 }
 
+/// The XDP program of the object.
+fn xdp(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, FilterError> {
+    ebpf.program_mut(maps::PROGRAM)
+        .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
+        .try_into()
+        .map_err(bpf("the program is not XDP"))
+}
+
 /// Whether `path` is on bpffs.
 fn on_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -121,16 +129,10 @@ impl Filter {
     /// Loads and verifies the program with its maps pinned here, without
     /// attaching it: for `BPF_PROG_TEST_RUN` benchmarks.
     pub fn load_detached(&self) -> Result<Loaded, FilterError> {
-        let mut ebpf = self.load()?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
-            .try_into()
-            .map_err(bpf("the program is not XDP"))?;
-        prog.load().map_err(bpf("verifying the XDP program"))?;
-        Ok(Loaded { ebpf })
+        Ok(Loaded { ebpf: self.load()? })
     }
 
+    /// Loads the object with its maps pinned here and verifies the program.
     fn load(&self) -> Result<aya::Ebpf, FilterError> {
         let object = program()?;
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
@@ -140,10 +142,12 @@ impl Filter {
         for d in [self.maps_dir(), self.dir.join("links")] {
             std::fs::create_dir_all(&d).map_err(bpf(format!("creating {}", d.display())))?;
         }
-        EbpfLoader::new()
+        let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(self.maps_dir())
             .load(object)
-            .map_err(bpf("loading the XDP program"))
+            .map_err(bpf("loading the XDP program"))?;
+        xdp(&mut ebpf)?.load().map_err(bpf("verifying the XDP program"))?;
+        Ok(ebpf)
     }
 
     /// Loads the program (reusing pinned maps, so rules and counters
@@ -153,12 +157,7 @@ impl Filter {
     /// Attaching again replaces the program on that interface.
     pub fn attach(&self, iface: &str, native_only: bool) -> Result<AttachMode, FilterError> {
         let mut ebpf = self.load()?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(maps::PROGRAM)
-            .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
-            .try_into()
-            .map_err(bpf("the program is not XDP"))?;
-        prog.load().map_err(bpf("verifying the XDP program"))?;
+        let prog = xdp(&mut ebpf)?;
         if std::ffi::CString::new(iface).ok().is_none_or(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } == 0) {
             return Err(FilterError::NoInterface(iface.into()));
         }

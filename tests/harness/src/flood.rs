@@ -74,6 +74,16 @@ fn checksum(data: &[u8], mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
+/// The transport header and payload with its checksum over the
+/// pseudo-header, so that what the filter passes the kernel accepts.
+fn with_checksum(mut pseudo: Vec<u8>, mut l4: Vec<u8>, proto: u8) -> Vec<u8> {
+    pseudo.extend_from_slice(&l4);
+    let c = checksum(&pseudo, 0);
+    let at = if proto == 17 { 6 } else { 16 };
+    l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    l4
+}
+
 /// Builds one frame.
 pub fn frame(
     kind: Kind,
@@ -119,18 +129,10 @@ pub fn frame(
             let c = checksum(&h, 0);
             h[10..12].copy_from_slice(&c.to_be_bytes());
             f.extend_from_slice(&h);
-            let mut l4 = l4;
-            // Pseudo-header checksum so that the kernel accepts what passes.
-            let mut pseudo = Vec::with_capacity(12 + l4.len());
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
+            let mut pseudo = [s.octets(), d.octets()].concat();
             pseudo.extend_from_slice(&[0, proto]);
             pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
-            pseudo.extend_from_slice(&l4);
-            let c = checksum(&pseudo, 0);
-            let at = if proto == 17 { 6 } else { 16 };
-            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&l4);
+            f.extend_from_slice(&with_checksum(pseudo, l4, proto));
             if kind == Kind::Truncated {
                 f.truncate(14 + 12);
             }
@@ -145,17 +147,10 @@ pub fn frame(
             h[8..24].copy_from_slice(&s.octets());
             h[24..40].copy_from_slice(&d.octets());
             f.extend_from_slice(&h);
-            let mut l4 = l4;
-            let mut pseudo = Vec::with_capacity(40 + l4.len());
-            pseudo.extend_from_slice(&s.octets());
-            pseudo.extend_from_slice(&d.octets());
+            let mut pseudo = [s.octets(), d.octets()].concat();
             pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, proto]);
-            pseudo.extend_from_slice(&l4);
-            let c = checksum(&pseudo, 0);
-            let at = if proto == 17 { 6 } else { 16 };
-            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&l4);
+            f.extend_from_slice(&with_checksum(pseudo, l4, proto));
             if kind == Kind::Truncated {
                 f.truncate(14 + 20);
             }
