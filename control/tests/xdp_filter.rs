@@ -287,3 +287,16 @@ fn counters_and_rules_survive_a_reload_of_the_program() {
     assert_eq!(s.counter(Verdict::DropBlocklisted), before + 100, "detached: no longer filtering");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn later_fragments_and_ipv6_fragments_pay_the_udp_bucket() {
+    let Some(s) = setup("fragments", (100, 10)) else { return };
+    for src in [v4(18), IpAddr::V6(PLAYER_V6)] {
+        let before = s.counter(Verdict::DropRateLimited);
+        let dst = if src.is_ipv4() { IpAddr::V4(GATEWAY_V4) } else { IpAddr::V6(GATEWAY_V6) };
+        let r = s.flood(&Flood { kind: Kind::LaterFragment, rate: Some(20_000), ..Flood::udp(src, dst, PORT, 2_000) });
+        let dropped = s.counter(Verdict::DropRateLimited) - before;
+        let allowed = 10 + (100.0 * (r.elapsed.as_secs_f64() + 0.05)) as u64;
+        assert!(dropped + allowed >= r.sent, "{src}: only {dropped} of {} fragments dropped", r.sent);
+    }
+}

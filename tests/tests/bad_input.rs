@@ -166,7 +166,12 @@ async fn oversized_frames_and_garbage_streams_are_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
-    let stack = Stack::start("max_outbound_bytes = 262144").await;
+    // Replay buffers larger than the output high-water mark: the slow-consumer
+    // cut-off, not the peer-backlog refusal, is what this test exercises.
+    let stack = Stack::start(
+        "max_outbound_bytes = 262144\n[sessions]\nreplay_max_bytes = 134217728\nreplay_max_messages = 100000",
+    )
+    .await;
     let (healthy, _events) = stack.player("healthy").await;
     let (talker, _talker_events) = stack.player("talker").await;
     // The stalled client logs in and joins a group, then never reads again.
@@ -178,13 +183,19 @@ async fn a_client_that_stops_reading_is_disconnected_and_others_are_served() {
         .encode_to_vec(&portcullis_proto::pb::client::GroupRequest { group: "flood".into() });
     stalled.send(&Envelope::new(cmd::JOIN_GROUP, 2, 0, &body)).await;
     assert_eq!(stalled.recv().await.unwrap().cmd, cmd::JOIN_GROUP);
-    // Flood the group until the gateway gives up on it (bounded: 64 MiB).
+    // Flood the group until the gateway gives up on the connection
+    // (bounded: 32 MiB). The session itself stays, waiting for a RESUME.
     let chunk = vec![7u8; 32 * 1024];
+    let slow_consumers = || stack.gateway.status().iter().map(|w| w.stats.slow_consumers).sum::<u64>();
     let mut cut_off = false;
-    for _ in 0..2048 {
-        if talker.send_to_group("flood", &chunk, false).await.unwrap() == 0 {
-            cut_off = true;
-            break;
+    for round in 0..1024 {
+        talker.send_to_group("flood", &chunk, false).await.unwrap();
+        if round % 32 == 31 {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            if slow_consumers() > 0 {
+                cut_off = true;
+                break;
+            }
         }
     }
     assert!(cut_off, "the stalled client was never disconnected");

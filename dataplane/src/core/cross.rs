@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use portcullis_proto::{flags, Envelope};
 
-use super::Gateway;
+use super::{Gateway, Waiting};
 use crate::session::SessionId;
 use crate::shard::{CrossMsg, DeliveryMsg};
 
@@ -43,7 +43,14 @@ impl Gateway {
     fn on_cross(&mut self, msg: CrossMsg) {
         match msg {
             CrossMsg::Deliver { sessions, msg } => {
-                self.deliver_to(&sessions, &msg);
+                let (here, away): (Vec<SessionId>, Vec<SessionId>) =
+                    sessions.into_iter().partition(|s| self.sessions.get(*s).is_some());
+                self.deliver_to(&here, &msg);
+                for s in away {
+                    if let Some(&(worker, _)) = self.handed_over.get(&s) {
+                        self.send_cross(worker, CrossMsg::Deliver { sessions: vec![s], msg: msg.clone() });
+                    }
+                }
             }
             CrossMsg::GroupDeliver { exclude, msg } => {
                 let mut targets = std::mem::take(&mut self.targets);
@@ -54,7 +61,12 @@ impl Gateway {
             }
             CrossMsg::Forward { session, cmd, seq, flags: f, payload } => {
                 if self.sessions.get(session).is_none() {
-                    self.stats.drop_session_gone += 1;
+                    match self.handed_over.get(&session) {
+                        Some(&(worker, _)) => {
+                            self.send_cross(worker, CrossMsg::Forward { session, cmd, seq, flags: f, payload });
+                        }
+                        None => self.stats.drop_session_gone += 1,
+                    }
                     return;
                 }
                 if f & flags::PUSH != 0 {
@@ -68,6 +80,12 @@ impl Gateway {
                 self.error_to_session(session, cmd, seq, code, &message)
             }
             CrossMsg::Kick { session, reason } => {
+                if self.sessions.get(session).is_none() {
+                    if let Some(&(worker, _)) = self.handed_over.get(&session) {
+                        self.send_cross(worker, CrossMsg::Kick { session, reason });
+                    }
+                    return;
+                }
                 self.stats.sessions_replaced += 1;
                 self.kick_session(session, &reason);
             }
@@ -76,12 +94,28 @@ impl Gateway {
                     Ok(s) => CrossMsg::ResumeGranted { conn: reply_to.1, seq, session: Box::new(s) },
                     Err(reason) => CrossMsg::ResumeRefused { conn: reply_to.1, seq, reason },
                 };
-                if let Some(CrossMsg::ResumeGranted { session, .. }) = self.send_cross(reply_to.0, answer) {
+                let granted = matches!(answer, CrossMsg::ResumeGranted { .. });
+                match self.send_cross(reply_to.0, answer) {
                     // The requester cannot hear us: keep the session here.
-                    self.adopt_detached(*session);
+                    Some(CrossMsg::ResumeGranted { session, .. }) => self.adopt_detached(*session),
+                    // The grant is queued first; only then does everyone
+                    // route to the new owner, and what still reaches us
+                    // follows the grant into the same ring.
+                    None if granted => {
+                        self.shared.session_moved(session, reply_to.0);
+                        self.handed_over.insert(session, (reply_to.0, self.now));
+                    }
+                    _ => {}
                 }
             }
-            CrossMsg::ResumeGranted { conn, seq, session } => self.complete_resume(conn, seq, *session),
+            CrossMsg::ResumeGranted { conn, seq, session } => {
+                if self.conns.get(&conn).is_some_and(|c| matches!(c.waiting, Waiting::Resume(_))) {
+                    self.complete_resume(conn, seq, *session)
+                } else {
+                    // The connection gave up (or timed out) meanwhile.
+                    self.adopt_detached(*session)
+                }
+            }
             CrossMsg::ResumeRefused { conn, seq, reason } => self.resume_refused(conn, seq, &reason),
         }
     }

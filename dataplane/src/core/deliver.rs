@@ -39,7 +39,22 @@ impl Gateway {
     /// replay and writes it to the connection if there is one. A session
     /// whose replay buffer overflows is ended. Returns whether it was queued.
     pub(crate) fn deliver(&mut self, session: SessionId, env: &mut Envelope<'_>) -> bool {
+        self.deliver_as(session, env, false)
+    }
+
+    /// Like [`Gateway::deliver`]; a `peer` message (SEND_TO_*, from another
+    /// player) is refused for a session whose replay buffer is half full,
+    /// so that no player can end another's session by flooding it.
+    pub(crate) fn deliver_as(&mut self, session: SessionId, env: &mut Envelope<'_>, peer: bool) -> bool {
         let Some(s) = self.sessions.get_mut(session) else { return false };
+        if peer
+            && s.user.is_some()
+            && (s.replay.len() >= self.limits.replay_messages / 2
+                || s.replay.len_bytes() + env.payload.len() >= self.limits.replay_bytes / 2)
+        {
+            self.stats.drop_recipient_backlog += 1;
+            return false;
+        }
         if s.user.is_none() {
             return match s.conn {
                 Some(conn) => {
@@ -151,7 +166,7 @@ impl Gateway {
         for &sid in targets {
             let Some(form) = self.sessions.get(sid).map(|s| s.codec.payload_form()) else { continue };
             let body = forms[(form == PayloadForm::Json) as usize].get_or_insert_with(|| form.encode_to_vec(&delivery));
-            if self.deliver(sid, &mut Envelope::new(msg.cmd, 0, flags::PUSH, body)) {
+            if self.deliver_as(sid, &mut Envelope::new(msg.cmd, 0, flags::PUSH, body), true) {
                 n += 1;
             }
         }

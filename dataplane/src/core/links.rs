@@ -225,8 +225,13 @@ impl Gateway {
         for id in 0..self.links.len() {
             let l = &mut self.links[id];
             match l.state {
+                LinkState::Connecting if now.saturating_duration_since(l.next_ping) >= self.limits.health_timeout => {
+                    // `next_ping` holds when the connect started.
+                    self.link_down(id, "did not accept the connection in time");
+                }
                 LinkState::Down { retry_at } if retry_at <= now => {
                     l.state = LinkState::Connecting;
+                    l.next_ping = now;
                     let addr = l.addr;
                     self.push_output(super::Output::ConnectLink(id, addr));
                 }
@@ -269,7 +274,7 @@ impl Gateway {
     /// A frame from a game server.
     fn on_server_frame(&mut self, link: LinkId, frame: ServerFrame<'_>) {
         match frame {
-            ServerFrame::Reply { session_id, cmd, seq, payload, error, error_message, request_id, silent } => {
+            ServerFrame::Reply { session_id: _, cmd, seq: _, payload, error, error_message, request_id, silent } => {
                 let Some(f) = self.links[link].inflight.remove(&request_id) else {
                     self.stats.drop_late_reply += 1;
                     return;
@@ -280,6 +285,8 @@ impl Gateway {
                 if silent {
                     return;
                 }
+                // Routed by what we sent, not by what the game server says.
+                let (session_id, seq) = (f.session, f.seq);
                 let answer = if error != 0 {
                     let message = format!("game server error {error}: {error_message}");
                     Answer::Error { cmd, seq, code: ErrorCode::BackendError, message }

@@ -40,7 +40,7 @@ use crate::route::{LinkId, Router};
 use crate::security::rate_limit::TokenBucket;
 use crate::session::policy::Policy;
 use crate::session::{ConnId, Session, SessionId, SessionTable};
-use crate::shard::{Shared, WORKER_SHIFT};
+use crate::shard::Shared;
 
 /// Something the IO backend must do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +180,9 @@ pub struct Gateway {
     /// Reused buffers.
     pub(crate) scratch: Vec<u8>,
     pub(crate) targets: Vec<SessionId>,
+    /// Sessions this worker handed to another on RESUME, and when: messages
+    /// that were already on their way here are forwarded there.
+    pub(crate) handed_over: FxHashMap<SessionId, (usize, Instant)>,
 }
 
 impl Gateway {
@@ -226,6 +229,7 @@ impl Gateway {
             shutdown: None,
             scratch: Vec::new(),
             targets: Vec::new(),
+            handed_over: FxHashMap::default(),
         };
         core.handle_timeout(now);
         core
@@ -298,7 +302,7 @@ impl Gateway {
         let spec = self.listeners[listener];
         let ip = peer.ip();
         let admitted = self.shared.admit(ip, self.limits.max_connections, self.limits.max_per_ip);
-        let session = ((self.worker as u64) << WORKER_SHIFT) | self.next_session;
+        let session = self.shared.session_base(self.worker) | self.next_session;
         self.next_session += 1;
         self.sessions.insert(Session::new(session, conn, spec.codec, now, self.limits.session_rate.1));
         self.conns.insert(
@@ -420,6 +424,7 @@ impl Gateway {
         let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.next_sweep = now + interval;
         self.expire_requests();
+        self.handed_over.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(10));
         let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
         let mut idle = std::mem::take(&mut self.targets);
         idle.clear();
@@ -436,8 +441,9 @@ impl Gateway {
         for &sid in &idle {
             match self.sessions.get(sid).and_then(|s| s.conn) {
                 Some(conn) => {
+                    // No KICK: the session waits for a RESUME, and a KICK
+                    // would tell the client it ended.
                     self.stats.heartbeat_timeouts += 1;
-                    self.send_kick(conn, "heartbeat timeout", false);
                     self.close(conn, End::Detach);
                 }
                 None => {
@@ -542,7 +548,11 @@ impl Gateway {
                 Ok(Some((range, used))) => {
                     let frame = &buf[pos + range.start..pos + range.end];
                     pos += used;
-                    if !self.on_frame(conn, session, codec, ip, frame) {
+                    // Any frame may close the connection (a kick, a slow
+                    // consumer, a replay overflow): nothing after it counts.
+                    if !self.on_frame(conn, session, codec, ip, frame)
+                        || self.conns.get(&conn).is_none_or(|c| c.closing)
+                    {
                         return None;
                     }
                 }

@@ -85,6 +85,9 @@ counters! {
     drop_late_reply,
     /// Dropped: undecodable frames from game servers (link closed).
     drop_bad_link_frame,
+    /// Dropped: peer messages (SEND_TO_*) for a session with half its
+    /// replay buffer unacknowledged.
+    drop_recipient_backlog,
     /// Dropped: messages for another worker whose inbox was full.
     drop_inbox_full,
     /// Sessions ended because their replay buffer overflowed.

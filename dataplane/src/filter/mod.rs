@@ -26,6 +26,10 @@ use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
 use portcullis_common::{ip_proto, maps, port_index, Bucket, BucketKey, FilterConfig, Verdict};
 
+/// Largest rate or burst: keeps the bucket arithmetic (elapsed ns × rate,
+/// burst × 10⁶) inside 64 bits.
+pub const MAX_RATE: u32 = 100_000_000;
+
 /// Default pin directory.
 pub const PIN_DIR: &str = "/sys/fs/bpf/portcullis";
 
@@ -392,8 +396,8 @@ impl Rules {
             if rate > 0 && burst == 0 {
                 return Err(FilterError::BadRate(format!("{name} rate {rate}/s needs a burst of at least 1")));
             }
-            if u64::from(burst) > u64::from(u32::MAX) / 2 {
-                return Err(FilterError::BadRate(format!("{name} burst {burst} is too large")));
+            if rate > MAX_RATE || burst > MAX_RATE {
+                return Err(FilterError::BadRate(format!("{name} rate and burst are at most {MAX_RATE} packets")));
             }
         }
         self.config.set(0, cfg, 0).map_err(bpf("setting the rates"))

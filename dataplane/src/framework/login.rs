@@ -88,9 +88,12 @@ impl Gateway {
 
     /// Binds an authenticated user under the multi-login policy and answers.
     fn finish_login(&mut self, conn: ConnId, seq: u32, user: UserBinding) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.closing) else { return };
         c.waiting = Waiting::Nothing;
         let session = c.session;
+        if self.sessions.get(session).is_none_or(|s| s.user.is_some()) {
+            return;
+        }
         if user.user_id.len() > self.limits.max_name {
             self.login_failed(conn, seq, "user id too long");
             return;

@@ -89,7 +89,7 @@ impl Gateway {
         };
         c.waiting = Waiting::Nothing;
         let anonymous = std::mem::replace(&mut c.session, s.id);
-        self.sessions.remove(anonymous);
+        self.end_session(anonymous);
         s.conn = Some(conn);
         s.detached_at = None;
         s.last_seen = self.now;

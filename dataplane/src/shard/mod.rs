@@ -20,8 +20,12 @@ use portcullis_proto::Codec;
 use crate::session::policy::{Decision, Policy, UserSession};
 use crate::session::{ConnId, Session, SessionId};
 
-/// Bits of a session id that hold the worker that created it.
-pub const WORKER_SHIFT: u32 = 48;
+/// A session id is `process (16 bits) ‖ worker (8 bits) ‖ counter (40 bits)`:
+/// the process part is random per gateway process, so that game servers
+/// linked to several gateways never see two sessions with one id.
+pub const WORKER_SHIFT: u32 = 40;
+/// Where the per-process part of a session id starts.
+pub const PROCESS_SHIFT: u32 = 48;
 
 /// Capacity of each worker's inbox ring.
 pub const INBOX_CAPACITY: usize = 64 * 1024;
@@ -175,6 +179,13 @@ impl Shared {
         &self.resume_key
     }
 
+    /// The first session id of `worker`: the process part comes from the
+    /// (random) resume key.
+    pub fn session_base(&self, worker: usize) -> u64 {
+        let process = u64::from(u16::from_le_bytes([self.resume_key[30], self.resume_key[31]]));
+        (process << PROCESS_SHIFT) | ((worker as u64) << WORKER_SHIFT)
+    }
+
     // ----- inboxes -------------------------------------------------------
 
     /// Installs the function that wakes `worker` from its IO wait.
@@ -227,12 +238,12 @@ impl Shared {
 
     /// The worker that owns a session now.
     pub fn owner_of(&self, session: SessionId) -> usize {
-        self.moved.get(&session).map_or((session >> WORKER_SHIFT) as usize, |w| *w)
+        self.moved.get(&session).map_or(((session >> WORKER_SHIFT) & 0xff) as usize, |w| *w)
     }
 
     /// Records that a session now lives on `worker`.
     pub fn session_moved(&self, session: SessionId, worker: usize) {
-        if (session >> WORKER_SHIFT) as usize == worker {
+        if ((session >> WORKER_SHIFT) & 0xff) as usize == worker {
             self.moved.remove(&session);
         } else {
             self.moved.insert(session, worker);
@@ -344,6 +355,18 @@ impl Shared {
 mod tests {
     use super::*;
     use crate::config::{MultiLogin, OnConflict};
+
+    #[test]
+    fn session_ids_differ_between_processes_and_name_their_worker() {
+        let (mut k1, mut k2) = ([0u8; 32], [0u8; 32]);
+        k1[31] = 1;
+        k2[31] = 2;
+        let (a, b) = (Shared::new(2, k1), Shared::new(2, k2));
+        assert_ne!(a.session_base(0), b.session_base(0));
+        assert_ne!(a.session_base(0), a.session_base(1));
+        assert_eq!(a.owner_of(a.session_base(1) | 42), 1);
+        assert_eq!(b.owner_of(b.session_base(0) | 42), 0);
+    }
 
     #[test]
     fn connection_limits_total_and_per_ip() {

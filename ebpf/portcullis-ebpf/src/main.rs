@@ -1,12 +1,15 @@
 //! The Portcullis XDP flood filter. Per packet, before the kernel allocates
 //! anything:
 //!
-//! 1. parse Ethernet (up to two VLAN tags), IPv4 / IPv6, UDP / TCP, every
-//!    read bounds-checked; malformed headers are dropped;
+//! 1. parse Ethernet (up to two VLAN tags), IPv4 / IPv6 (up to four
+//!    extension headers), UDP / TCP, every read bounds-checked; malformed
+//!    headers are dropped; fragments after the first pay the source's UDP
+//!    bucket;
 //! 2. drop sources in the blocklists (LPM tries, IPv4 and IPv6; blocked
 //!    sources are counted per reason, not per source);
 //! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
-//! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket,
+//! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket (per
+//!    IPv4 address, per IPv6 /64),
 //!    unless the source is allowlisted; over the rate: drop. Buckets are
 //!    shared by all CPUs (one rate per source, not per CPU); two CPUs
 //!    updating one source's bucket at the same instant may lose an update
@@ -62,6 +65,10 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_LEN: usize = 40;
+const IPV6_HOP_BY_HOP: u8 = 0;
+const IPV6_ROUTING: u8 = 43;
+const IPV6_FRAGMENT: u8 = 44;
+const IPV6_DEST_OPTS: u8 = 60;
 const UDP_LEN: usize = 8;
 const TCP_LEN: usize = 20;
 const TCP_SYN: u8 = 0x02;
@@ -195,9 +202,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     }
     let packet = Packet { src: v4_mapped(src), v4: Some(src), proto, l4: l3 + ihl };
     if frag & 0x1fff != 0 {
-        // A later fragment: no transport header to look at.
-        let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
-        return Err(if blocked(&packet, lists) { Verdict::DropBlocklisted } else { Verdict::PassOther });
+        return Err(later_fragment(&packet));
     }
     Ok(packet)
 }
@@ -207,10 +212,51 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, Verdict> {
     if version >> 4 != 6 || at::<[u8; IPV6_LEN]>(ctx, l3).is_none() {
         return Err(Verdict::DropMalformed);
     }
-    let proto = byte(ctx, l3 + 6).ok_or(Verdict::DropMalformed)?;
+    let mut proto = byte(ctx, l3 + 6).ok_or(Verdict::DropMalformed)?;
     // SAFETY: bounds checked by `at`.
     let src = unsafe { *at::<[u8; 16]>(ctx, l3 + 8).ok_or(Verdict::DropMalformed)? };
-    Ok(Packet { src, v4: None, proto, l4: l3 + IPV6_LEN })
+    let mut l4 = l3 + IPV6_LEN;
+    // Walk up to four extension headers, so that a header in front cannot
+    // smuggle a flood past the buckets.
+    for _ in 0..4 {
+        if !matches!(proto, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_FRAGMENT) {
+            break;
+        }
+        // Every extension header is at least 8 bytes; reading them whole
+        // keeps the verifier able to prove the bounds at a variable offset.
+        // SAFETY: `at` checked the bounds.
+        let h = unsafe { core::ptr::read_volatile(at::<[u8; 8]>(ctx, l4).ok_or(Verdict::DropMalformed)?) };
+        match proto {
+            IPV6_FRAGMENT => {
+                let offset = u16::from_be_bytes([h[2], h[3]]) & 0xfff8;
+                proto = h[0];
+                l4 += 8;
+                if offset != 0 {
+                    return Err(later_fragment(&Packet { src, v4: None, proto, l4 }));
+                }
+            }
+            _ => {
+                proto = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+        }
+    }
+    Ok(Packet { src, v4: None, proto, l4 })
+}
+
+/// A fragment after the first carries no ports: blocklisted sources are
+/// dropped, and the rest pays the source's UDP bucket (floods of fragments
+/// are still floods).
+#[inline(always)]
+fn later_fragment(p: &Packet) -> Verdict {
+    let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
+    if blocked(p, lists) {
+        Verdict::DropBlocklisted
+    } else if !take_token(&p.src, bucket_kind::UDP) && !allowed(p, lists) {
+        Verdict::DropRateLimited
+    } else {
+        Verdict::PassOther
+    }
 }
 
 /// Whether the source is blocklisted; empty lists are not looked up.
@@ -243,7 +289,13 @@ fn take_token(src: &[u8; 16], kind: u8) -> bool {
     // SAFETY: a monotonic clock read; the coarse clock (a tick, a few ms)
     // is cheaper and fine for refills.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let key = BucketKey { addr: *src, kind, _pad: [0; 3] };
+    // IPv6 sources share a bucket per /64: one host owns a whole /64, and
+    // per-address buckets would let it walk past the limit.
+    let mut addr = *src;
+    if !is_v4_mapped(&addr) {
+        addr[8..].copy_from_slice(&[0; 8]);
+    }
+    let key = BucketKey { addr, kind, _pad: [0; 3] };
     match BUCKETS.get_ptr_mut(&key) {
         // SAFETY: a map value of the right type; concurrent CPUs may race
         // (see the module docs), which costs accuracy, not memory safety.
@@ -254,6 +306,11 @@ fn take_token(src: &[u8; 16], kind: u8) -> bool {
             burst > 0
         }
     }
+}
+
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
 }
 
 #[cfg(not(test))]

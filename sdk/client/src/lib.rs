@@ -152,6 +152,8 @@ struct Inner {
     resume_token: Mutex<Option<String>>,
     background: Mutex<Vec<JoinHandle<()>>>,
     closing: Arc<AtomicBool>,
+    /// A session exists that a dropped connection could resume.
+    logged_in: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
@@ -188,7 +190,8 @@ impl Client {
         let pending: Pending = Arc::default();
         let last_seen = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
-        let link = open(addr, codec, &pending, &events_tx, &last_seen, &closing).await?;
+        let logged_in = Arc::new(AtomicBool::new(false));
+        let link = open(addr, codec, &pending, &events_tx, &last_seen, &closing, &logged_in).await?;
         let inner = Inner {
             addr,
             codec,
@@ -202,6 +205,7 @@ impl Client {
             resume_token: Mutex::new(None),
             background: Mutex::new(Vec::new()),
             closing,
+            logged_in,
         };
         Ok((Client { inner: Arc::new(inner) }, events))
     }
@@ -303,6 +307,7 @@ impl Client {
     pub async fn login(&self, token: &str) -> Result<LoginReply, ClientError> {
         let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into() }).await?;
         *self.inner.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
+        self.inner.logged_in.store(true, Ordering::Release);
         self.start_background(reply.heartbeat_interval_ms);
         Ok(reply)
     }
@@ -346,7 +351,7 @@ impl Client {
     pub async fn resume(&self) -> Result<ResumeReply, ClientError> {
         let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
         let i = &self.inner;
-        let link = open(i.addr, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing).await?;
+        let link = open(i.addr, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in).await?;
         let old = std::mem::replace(&mut *i.link.lock().expect("link lock"), link);
         for t in old.tasks {
             t.abort();
@@ -411,6 +416,7 @@ async fn open(
     events: &mpsc::Sender<Event>,
     last_seen: &Arc<AtomicU64>,
     closing: &Arc<AtomicBool>,
+    logged_in: &Arc<AtomicBool>,
 ) -> Result<Link, ClientError> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -433,6 +439,7 @@ async fn open(
     let reader = Reader {
         codec,
         down: down.clone(),
+        logged_in: logged_in.clone(),
         pending: pending.clone(),
         events: events.clone(),
         last_seen: last_seen.clone(),
@@ -448,6 +455,7 @@ async fn open(
 struct Reader {
     codec: Codec,
     down: Arc<AtomicBool>,
+    logged_in: Arc<AtomicBool>,
     pending: Pending,
     events: mpsc::Sender<Event>,
     last_seen: Arc<AtomicU64>,
@@ -473,10 +481,9 @@ impl Reader {
                 let Ok(env) = self.codec.decode(frame) else { break 'read };
                 kicked |= env.cmd == cmd::KICK;
                 if env.server_seq != 0 {
-                    if env.server_seq <= self.last_seen.load(Ordering::Acquire) {
+                    if self.last_seen.fetch_max(env.server_seq, Ordering::AcqRel) >= env.server_seq {
                         continue; // a replayed duplicate
                     }
-                    self.last_seen.store(env.server_seq, Ordering::Release);
                     unacked += 1;
                 }
                 self.dispatch(env.into_owned()).await;
@@ -494,7 +501,7 @@ impl Reader {
         // Requests waiting keep waiting through a resume (their answers are
         // replayed) until their timeout; after a final close they fail now.
         self.down.store(true, Ordering::Release);
-        let resumable = !kicked && !self.closing.load(Ordering::Acquire) && self.last_seen.load(Ordering::Acquire) > 0;
+        let resumable = !kicked && !self.closing.load(Ordering::Acquire) && self.logged_in.load(Ordering::Acquire);
         if !resumable {
             self.pending.lock().expect("pending lock").clear();
         }

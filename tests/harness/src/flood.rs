@@ -19,6 +19,9 @@ pub enum Kind {
     MalformedIhl,
     /// IPv4 frames cut inside the header.
     Truncated,
+    /// Fragments after the first (IPv4: a fragment offset; IPv6: a fragment
+    /// extension header with an offset): no ports to see.
+    LaterFragment,
 }
 
 /// A flood.
@@ -122,6 +125,9 @@ pub fn frame(
             let mut h = [0u8; 20];
             h[0] = if kind == Kind::MalformedIhl { 0x43 } else { 0x45 };
             h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+            if kind == Kind::LaterFragment {
+                h[6..8].copy_from_slice(&185u16.to_be_bytes()); // offset 1480 bytes
+            }
             h[8] = 64;
             h[9] = proto;
             h[12..16].copy_from_slice(&s.octets());
@@ -139,14 +145,19 @@ pub fn frame(
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             f.extend_from_slice(&0x86ddu16.to_be_bytes());
+            let frag = kind == Kind::LaterFragment;
             let mut h = [0u8; 40];
             h[0] = 0x60;
-            h[4..6].copy_from_slice(&(l4.len() as u16).to_be_bytes());
-            h[6] = proto;
+            h[4..6].copy_from_slice(&((l4.len() + if frag { 8 } else { 0 }) as u16).to_be_bytes());
+            h[6] = if frag { 44 } else { proto };
             h[7] = 64;
             h[8..24].copy_from_slice(&s.octets());
             h[24..40].copy_from_slice(&d.octets());
             f.extend_from_slice(&h);
+            if frag {
+                // Fragment header: next header, reserved, offset 1480 bytes, id.
+                f.extend_from_slice(&[proto, 0, 0x05, 0xc8, 0, 0, 0, 1]);
+            }
             let mut pseudo = [s.octets(), d.octets()].concat();
             pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, proto]);

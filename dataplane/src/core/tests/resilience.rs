@@ -493,3 +493,61 @@ fn send_to_self_and_other_devices_after_a_kick() {
     assert_eq!(frames.len(), 2, "{frames:?}");
     assert_eq!(h.take(conns[2]).len(), 1);
 }
+
+#[test]
+fn a_peer_cannot_end_another_session_by_flooding_it() {
+    let mut h = Harness::new("[sessions]\nreplay_max_messages = 10");
+    let victim = h.connect(Codec::Protobuf);
+    h.login(victim, "victim");
+    let attacker = h.connect(Codec::Protobuf);
+    h.login(attacker, "attacker");
+    let mut delivered = Vec::new();
+    for i in 0..20 {
+        h.send_msg(attacker, cmd::SEND_TO_USER, i, &SendToUser { user_id: "victim".into(), payload: b"spam".to_vec() });
+        let answer = h.take(attacker).remove(0);
+        let r: SendResult = h.form(attacker).decode(&answer.payload).unwrap();
+        delivered.push(r.delivered);
+        // The attacker itself acknowledges, so its own buffer never fills.
+        h.send(attacker, &Envelope { ack: answer.server_seq, ..Envelope::new(cmd::ACK, 0, 0, b"") });
+    }
+    assert!(!h.closed.contains(&victim), "the victim's session survives");
+    assert_eq!(delivered.iter().sum::<u32>(), 5, "refused once half the replay buffer waits: {delivered:?}");
+    assert_eq!(h.cores[0].stats().drop_recipient_backlog, 15);
+    // Once the victim acknowledges, messages flow again.
+    let last = h.take(victim).last().unwrap().server_seq;
+    h.send(victim, &Envelope { ack: last, ..Envelope::new(cmd::ACK, 0, 0, b"") });
+    h.send_msg(attacker, cmd::SEND_TO_USER, 99, &SendToUser { user_id: "victim".into(), payload: b"hi".to_vec() });
+    let r: SendResult = h.form(attacker).decode(&h.take(attacker)[0].payload).unwrap();
+    assert_eq!(r.delivered, 1);
+}
+
+#[test]
+fn replies_go_where_the_request_came_from_whatever_the_server_claims() {
+    let mut h = Harness::new("");
+    h.links_up();
+    let a = h.connect(Codec::Protobuf);
+    let la = h.login(a, "al");
+    let b = h.connect(Codec::Protobuf);
+    let lb = h.login(b, "bo");
+    h.send(a, &Envelope::new(1000, 7, 0, b"mine"));
+    let (link, req) = [0, 1]
+        .into_iter()
+        .find_map(|l| {
+            h.link_frames(l).into_iter().find_map(|k| if let Kind::Request(r) = k { Some((l, r)) } else { None })
+        })
+        .unwrap();
+    assert_eq!(req.session_id, la.session_id);
+    // A confused game server names another session and sequence number.
+    let reply = pbl::Reply {
+        session_id: lb.session_id,
+        cmd: 1000,
+        seq: 99,
+        payload: b"mine".to_vec(),
+        request_id: req.request_id,
+        ..Default::default()
+    };
+    h.server_sends(link, Kind::Reply(reply));
+    assert!(h.take(b).is_empty(), "nothing leaks to another session");
+    let frames = h.take(a);
+    assert_eq!((frames[0].seq, &*frames[0].payload), (7, &b"mine"[..]));
+}
