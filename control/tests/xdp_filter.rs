@@ -68,7 +68,13 @@ fn setup(test: &str, udp: (u32, u32)) -> Option<Setup> {
     rules.add_port(Proto::Udp, PORT).unwrap();
     rules.add_port(Proto::Tcp, PORT).unwrap();
     rules
-        .set_rates(FilterConfig { udp_rate: udp.0, udp_burst: udp.1, syn_rate: 100, syn_burst: 10, lists: 0 })
+        .set_rates(FilterConfig {
+            udp_rate: udp.0,
+            udp_burst: udp.1,
+            syn_rate: 100,
+            syn_burst: 10,
+            ..FilterConfig::default()
+        })
         .unwrap();
     Some(s)
 }

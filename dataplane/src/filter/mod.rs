@@ -19,12 +19,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
-use portcullis_common::{ip_proto, maps, port_index, Bucket, BucketKey, FilterConfig, Verdict};
+use portcullis_common::{ip_proto, maps, port_index, Bucket, FilterConfig, Verdict};
 
 /// Largest rate or burst: keeps the bucket arithmetic (elapsed ns × rate,
 /// burst × 10⁶) inside 64 bits.
@@ -176,6 +176,7 @@ impl Filter {
                 (prog.attach(iface, XdpMode::Skb).map_err(bpf(format!("attaching to {iface}")))?, AttachMode::Skb)
             }
         };
+        self.seed_buckets()?;
         let link: FdLink = prog
             .take_link(id)
             .map_err(bpf("taking the link"))?
@@ -183,6 +184,23 @@ impl Filter {
             .map_err(bpf("this kernel attached XDP without a BPF link, which cannot be pinned"))?;
         link.pin(self.link_path(iface)).map_err(bpf("pinning the link"))?;
         Ok(mode)
+    }
+
+    /// Gives the bucket hash a random key, once per set of pinned maps.
+    fn seed_buckets(&self) -> Result<(), FilterError> {
+        let mut rules = self.rules()?;
+        let mut cfg = rules.rates()?;
+        if cfg.seed == 0 {
+            let mut seed = [0u8; 4];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").map_err(bpf("opening /dev/urandom"))?,
+                &mut seed,
+            )
+            .map_err(bpf("reading /dev/urandom"))?;
+            cfg.seed = u32::from_ne_bytes(seed) | 1;
+            rules.config.set(0, cfg, 0).map_err(bpf("seeding the bucket hash"))?;
+        }
+        Ok(())
     }
 
     /// Detaches the program from `iface` (its maps stay pinned).
@@ -313,7 +331,7 @@ pub struct Rules {
     block_v6: Trie6,
     allow_v4: Trie4,
     allow_v6: Trie6,
-    buckets: HashMap<MapData, BucketKey, Bucket>,
+    buckets: Array<MapData, Bucket>,
     counters: PerCpuArray<MapData, u64>,
 }
 
@@ -389,9 +407,10 @@ impl Rules {
     }
 
     /// Sets the per-source rates (packets/s, 0: unlimited) and bursts
-    /// (`cfg.lists` is ignored: the list flags are kept as they are).
+    /// (`cfg.lists` and `cfg.seed` are ignored: kept as they are).
     pub fn set_rates(&mut self, mut cfg: FilterConfig) -> Result<(), FilterError> {
-        cfg.lists = self.rates()?.lists;
+        let current = self.rates()?;
+        (cfg.lists, cfg.seed) = (current.lists, current.seed);
         for (name, rate, burst) in [("UDP", cfg.udp_rate, cfg.udp_burst), ("SYN", cfg.syn_rate, cfg.syn_burst)] {
             if rate > 0 && burst == 0 {
                 return Err(FilterError::BadRate(format!("{name} rate {rate}/s needs a burst of at least 1")));
@@ -448,9 +467,11 @@ impl Rules {
     /// The `n` sources with the most packets over their rate.
     pub fn top_sources(&self, n: usize) -> Result<Vec<SourceCount>, FilterError> {
         let mut sums: StdHashMap<[u8; 16], u64> = StdHashMap::new();
-        for entry in self.buckets.iter() {
-            let (key, bucket) = entry.map_err(bpf("reading buckets"))?;
-            *sums.entry(key.addr).or_default() += bucket.dropped;
+        for bucket in self.buckets.iter() {
+            let bucket = bucket.map_err(bpf("reading buckets"))?;
+            if bucket.dropped > 0 {
+                *sums.entry(bucket.key.addr).or_default() += bucket.dropped;
+            }
         }
         let mut v: Vec<SourceCount> = sums
             .into_iter()

@@ -77,7 +77,8 @@ pub mod maps {
     pub const ALLOW_V4: &str = "ALLOW_V4";
     /// `LpmTrie<[u8; 16], u8>`: IPv6 sources that bypass rate limits.
     pub const ALLOW_V6: &str = "ALLOW_V6";
-    /// `LruHashMap<BucketKey, Bucket>`: per-source token buckets.
+    /// `Array<Bucket>` of [`crate::BUCKET_SLOTS`]: per-source token buckets,
+    /// direct-mapped by a keyed hash of the source.
     pub const BUCKETS: &str = "BUCKETS";
     /// `PerCpuArray<u64>` of [`crate::Verdict::COUNT`] counters.
     pub const COUNTERS: &str = "COUNTERS";
@@ -123,6 +124,9 @@ pub struct FilterConfig {
     pub syn_burst: u32,
     /// [`lists`] bits, kept by the loader.
     pub lists: u32,
+    /// Random key of the bucket hash, set by the loader: sources cannot be
+    /// chosen to collide.
+    pub seed: u32,
 }
 
 /// Which bucket of a source.
@@ -135,7 +139,7 @@ pub mod bucket_kind {
 
 /// Key of a token bucket: the source (IPv4 mapped into IPv6) and the kind.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct BucketKey {
     /// Source address; IPv4 as `::ffff:a.b.c.d`.
     pub addr: [u8; 16],
@@ -149,10 +153,32 @@ pub struct BucketKey {
 /// refill needs no floating point.
 pub const MICRO: u64 = 1_000_000;
 
-/// A token bucket of one source.
+/// Slots of the bucket array (a power of two).
+pub const BUCKET_SLOTS: u32 = 1 << 18;
+
+/// The slot of a source's bucket: a keyed hash of the address and kind.
+#[inline(always)]
+pub fn bucket_slot(key: &BucketKey, seed: u32) -> u32 {
+    let mut lo = [0u8; 8];
+    let mut hi = [0u8; 8];
+    lo.copy_from_slice(&key.addr[..8]);
+    hi.copy_from_slice(&key.addr[8..]);
+    let x = u64::from_ne_bytes(lo) ^ u64::from_ne_bytes(hi).rotate_left(29) ^ ((key.kind as u64) << 56) ^ seed as u64;
+    // splitmix64's finaliser.
+    let x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    let h = x ^ (x >> 31);
+    (h >> (64 - BUCKET_SLOTS.trailing_zeros())) as u32
+}
+
+/// A token bucket of one source, in its slot.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Bucket {
+    /// Whose bucket this is; another source hashing here takes the slot over.
+    pub key: BucketKey,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
     /// Tokens, in millionths of a packet.
     pub tokens: u64,
     /// Time of the last refill, `bpf_ktime_get_coarse_ns`.
@@ -207,12 +233,29 @@ mod tests {
     fn layouts_are_stable() {
         assert_eq!(port_index(7000, ip_proto::UDP), 7000);
         assert_eq!(port_index(7000, ip_proto::TCP), 72_536);
-        assert_eq!(core::mem::size_of::<FilterConfig>(), 20);
+        assert_eq!(core::mem::size_of::<FilterConfig>(), 24);
         assert_eq!(core::mem::size_of::<BucketKey>(), 20);
-        assert_eq!(core::mem::size_of::<Bucket>(), 24);
+        assert_eq!(core::mem::size_of::<Bucket>(), 48);
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i);
         }
+    }
+
+    #[test]
+    fn bucket_slots_spread_and_depend_on_the_seed() {
+        let key = |i: u32| BucketKey { addr: v4_mapped(i.to_be_bytes()), kind: 0, _pad: [0; 3] };
+        let mut used = [false; BUCKET_SLOTS as usize];
+        let mut distinct = 0;
+        for i in 0..10_000u32 {
+            let s = bucket_slot(&key(i), 7) as usize;
+            if !used[s] {
+                used[s] = true;
+                distinct += 1;
+            }
+        }
+        assert!(distinct > 9_700, "{distinct} distinct slots for 10 000 sources");
+        let moved = (0..1000u32).filter(|i| bucket_slot(&key(*i), 7) != bucket_slot(&key(*i), 8)).count();
+        assert!(moved > 990, "the seed changes the slots");
     }
 
     #[test]

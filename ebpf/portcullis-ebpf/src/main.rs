@@ -9,7 +9,9 @@
 //!    sources are counted per reason, not per source);
 //! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
 //! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket (per
-//!    IPv4 address, per IPv6 /64),
+//!    IPv4 address, per IPv6 /64; direct-mapped into an array by a keyed
+//!    hash: a source that lands on a taken slot takes it over, as an LRU
+//!    would evict),
 //!    unless the source is allowlisted; over the rate: drop. Buckets are
 //!    shared by all CPUs (one rate per source, not per CPU); two CPUs
 //!    updating one source's bucket at the same instant may lose an update
@@ -28,10 +30,11 @@ use aya_ebpf::bindings::xdp_action;
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, LpmTrie, LruHashMap, PerCpuArray, XskMap};
+use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::{
-    bucket_kind, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, Verdict, MICRO,
+    bucket_kind, bucket_slot, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, Verdict,
+    BUCKET_SLOTS, MICRO,
 };
 
 #[map]
@@ -50,14 +53,12 @@ static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
 static ALLOW_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
-static BUCKETS: LruHashMap<BucketKey, Bucket> = LruHashMap::pinned(262_144, BPF_F_NO_COMMON_LRU);
+static BUCKETS: Array<Bucket> = Array::pinned(BUCKET_SLOTS, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
 #[map]
 static XSKS: XskMap = XskMap::pinned(64, 0);
 
-/// Per-CPU LRU lists: no lock shared between CPUs on updates.
-const BPF_F_NO_COMMON_LRU: u32 = 2;
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -296,15 +297,16 @@ fn take_token(src: &[u8; 16], kind: u8) -> bool {
         addr[8..].copy_from_slice(&[0; 8]);
     }
     let key = BucketKey { addr, kind, _pad: [0; 3] };
-    match BUCKETS.get_ptr_mut(&key) {
-        // SAFETY: a map value of the right type; concurrent CPUs may race
-        // (see the module docs), which costs accuracy, not memory safety.
-        Some(b) => unsafe { (*b).take(now, rate, burst) },
-        None => {
-            let fresh = Bucket { tokens: (burst as u64).saturating_sub(1) * MICRO, last_ns: now, dropped: 0 };
-            let _ = BUCKETS.insert(&key, &fresh, 0);
-            burst > 0
+    let Some(b) = BUCKETS.get_ptr_mut(bucket_slot(&key, cfg.seed)) else { return true };
+    // SAFETY: an array slot; concurrent CPUs may race (see the module
+    // docs), which costs accuracy, not memory safety.
+    unsafe {
+        if (*b).key != key {
+            // A new source in this slot (or a collision): a fresh bucket.
+            *b = Bucket { key, _pad: 0, tokens: (burst as u64).saturating_sub(1) * MICRO, last_ns: now, dropped: 0 };
+            return burst > 0;
         }
+        (*b).take(now, rate, burst)
     }
 }
 
