@@ -78,7 +78,13 @@ pub struct Link {
     pub ping: Option<(u64, Instant)>,
     /// Consecutive failures, for the reconnect backoff.
     pub failures: u32,
+    /// Sessions that ended while this link was down: the game server hears
+    /// of them when it is back (at most [`MAX_CLOSED_WHILE_DOWN`]).
+    pub closed_while_down: Vec<(u64, Box<str>)>,
 }
+
+/// Sessions remembered per link while it is down.
+pub const MAX_CLOSED_WHILE_DOWN: usize = 65_536;
 
 impl Link {
     /// A link that has not been connected yet.
@@ -96,6 +102,7 @@ impl Link {
             next_ping: now,
             ping: None,
             failures: 0,
+            closed_while_down: Vec::new(),
         }
     }
 

@@ -10,7 +10,7 @@ use portcullis_proto::pb::link::{link_frame, SessionClosed, SessionResumed};
 use portcullis_proto::{cmd, flags, Envelope};
 
 use super::{End, Gateway};
-use crate::backend::LinkState;
+use crate::backend::{LinkState, MAX_CLOSED_WHILE_DOWN};
 use crate::session::{ConnId, Session, SessionId};
 use crate::shard::DeliveryMsg;
 
@@ -182,7 +182,14 @@ impl Gateway {
         }
         let user_id = s.user_id().unwrap_or_default().to_string();
         for id in 0..self.links.len() {
-            if s.links_used & (1 << (id % 64)) == 0 || self.links[id].state != LinkState::Up {
+            if s.links_used & (1 << (id % 64)) == 0 {
+                continue;
+            }
+            let l = &mut self.links[id];
+            if l.state != LinkState::Up {
+                if closed && l.closed_while_down.len() < MAX_CLOSED_WHILE_DOWN {
+                    l.closed_while_down.push((s.id, user_id.as_str().into()));
+                }
                 continue;
             }
             let kind = if closed {

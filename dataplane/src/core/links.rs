@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use portcullis_proto::link::{self, RequestRef, ServerFrame};
 use portcullis_proto::pb::client::ErrorCode;
-use portcullis_proto::pb::link::{link_frame, Hello, Ping};
+use portcullis_proto::pb::link::{link_frame, Hello, Ping, SessionClosed};
 use portcullis_proto::{cmd, flags, Envelope, Framing};
 
 use super::Gateway;
@@ -115,6 +115,10 @@ impl Gateway {
         l.ping = None;
         l.next_ping = now;
         link::encode_frame(link_frame::Kind::Hello(Hello { gateway: name, worker: self.worker as u32 }), &mut l.out);
+        for (session_id, user_id) in l.closed_while_down.drain(..) {
+            let closed = SessionClosed { session_id, user_id: user_id.into_string() };
+            link::encode_frame(link_frame::Kind::SessionClosed(closed), &mut l.out);
+        }
         self.queue_link(link);
         self.link_timers();
     }

@@ -8,6 +8,11 @@
 //! [`Client::resume`] gets the same session back on a new connection, with
 //! everything the gateway sent meanwhile replayed in order.
 //!
+//! Events are backpressure: the reader holds up to 4096 of them and then
+//! waits for the application, so the gateway (and its slow-consumer limit)
+//! sees a client that does not keep up. An application must drain its
+//! events — answers to requests arrive through the same reader.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), portcullis_client::ClientError> {
 //! use portcullis_client::{Client, Event};

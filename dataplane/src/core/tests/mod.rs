@@ -266,12 +266,17 @@ impl Harness {
     }
 
     fn links_up(&mut self) {
+        self.links_up_keeping_frames();
+        self.link_sent.clear();
+    }
+
+    /// Connects the pending links; what they are sent first stays readable.
+    fn links_up_keeping_frames(&mut self) {
         for (w, l) in std::mem::take(&mut self.connects) {
             let now = self.now;
             self.cores[w].handle_link_connected(now, l);
         }
         self.flush();
-        self.link_sent.clear();
     }
 
     /// Link frames game server `link` of worker 0 received since the last call.

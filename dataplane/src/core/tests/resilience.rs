@@ -551,3 +551,25 @@ fn replies_go_where_the_request_came_from_whatever_the_server_claims() {
     let frames = h.take(a);
     assert_eq!((frames[0].seq, &*frames[0].payload), (7, &b"mine"[..]));
 }
+
+#[test]
+fn a_game_server_hears_of_sessions_that_ended_while_its_link_was_down() {
+    let mut h = Harness::new("");
+    h.links_up();
+    let c = h.connect(Codec::Protobuf);
+    let login = h.login(c, "al");
+    for seq in 1..=4 {
+        h.send(c, &Envelope::new(1000, seq, 0, b"x"));
+    }
+    h.link_sent.clear();
+    h.cores[0].handle_link_closed(h.now, 0);
+    h.send(c, &Envelope::new(cmd::LOGOUT, 9, 0, b""));
+    assert!(h.link_frames(0).is_empty());
+    h.advance(Duration::from_millis(150));
+    h.links_up_keeping_frames();
+    let frames = h.link_frames(0);
+    assert!(
+        frames.iter().any(|k| matches!(k, Kind::SessionClosed(s) if s.session_id == login.session_id)),
+        "{frames:?}"
+    );
+}
