@@ -21,6 +21,7 @@ pub mod core;
 pub mod filter;
 pub mod framework;
 pub mod io;
+pub mod netstack;
 pub mod route;
 pub mod security;
 pub mod session;

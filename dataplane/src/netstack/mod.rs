@@ -1,0 +1,298 @@
+//! The userspace network stack of the kernel-bypass backends: raw Ethernet
+//! frames in and out of a [`smoltcp::phy::Device`] (the AF_XDP rings, or an
+//! in-memory queue in tests), ARP, IPv4/IPv6, ICMP echo and TCP by smoltcp,
+//! and every accepted TCP connection bridged to the sans-IO [`Gateway`]
+//! core as a client connection.
+//!
+//! Listening: each gateway port keeps a fixed pool of listening sockets
+//! (the backlog). A SYN occupies one until the handshake completes, so a SYN
+//! flood that got past the XDP buckets can hold at most `backlog` half-open
+//! connections per port — bounded memory — and an established connection is
+//! replaced by a fresh listening socket, up to `max_connections`.
+
+use std::time::Instant as StdInstant;
+
+use rustc_hash::FxHashMap;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Device;
+use smoltcp::socket::tcp;
+use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+
+use crate::session::ConnId;
+use crate::Gateway;
+
+/// Sizes of the stack.
+#[derive(Debug, Clone, Copy)]
+pub struct NetConfig {
+    /// Listening sockets (half-open connections) per port.
+    pub backlog: usize,
+    /// Connections at most.
+    pub max_connections: usize,
+    /// Receive buffer per connection, bytes.
+    pub rx_buffer: usize,
+    /// Send buffer per connection, bytes.
+    pub tx_buffer: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        // Small buffers: game traffic is many small messages, and memory per
+        // idle connection matters more than bulk throughput.
+        NetConfig { backlog: 64, max_connections: 100_000, rx_buffer: 16 * 1024, tx_buffer: 32 * 1024 }
+    }
+}
+
+/// One gateway port.
+struct Listener {
+    port: u16,
+    /// Index of the listener in the gateway config.
+    index: usize,
+    /// Sockets in LISTEN or SYN-RECEIVED.
+    waiting: Vec<SocketHandle>,
+}
+
+/// A TCP stack serving the gateway's ports.
+pub struct NetStack {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    listeners: Vec<Listener>,
+    conns: FxHashMap<ConnId, SocketHandle>,
+    handles: FxHashMap<SocketHandle, ConnId>,
+    /// Connections whose output did not fit into the send buffer.
+    blocked: Vec<ConnId>,
+    /// Closed towards the core, waiting for the TCP close to finish.
+    closing: Vec<SocketHandle>,
+    next_conn: ConnId,
+    epoch: StdInstant,
+    cfg: NetConfig,
+}
+
+impl NetStack {
+    /// A stack with address `mac` and `addrs`, listening on `ports` —
+    /// `(port, listener index in the gateway config)`.
+    pub fn new<D: Device>(
+        device: &mut D,
+        mac: [u8; 6],
+        addrs: &[IpCidr],
+        ports: &[(u16, usize)],
+        cfg: NetConfig,
+        now: StdInstant,
+    ) -> NetStack {
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
+        config.random_seed = now.elapsed().as_nanos() as u64 ^ 0x5eed_9a7e_c011_15a5 ^ u64::from(mac[5]);
+        let mut iface = Interface::new(config, device, NetInstant::ZERO);
+        iface.update_ip_addrs(|a| {
+            for addr in addrs {
+                let _ = a.push(*addr);
+            }
+        });
+        let mut stack = NetStack {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            listeners: ports.iter().map(|&(port, index)| Listener { port, index, waiting: Vec::new() }).collect(),
+            conns: FxHashMap::default(),
+            handles: FxHashMap::default(),
+            blocked: Vec::new(),
+            closing: Vec::new(),
+            next_conn: 1,
+            epoch: now,
+            cfg,
+        };
+        for i in 0..stack.listeners.len() {
+            stack.refill(i);
+        }
+        stack
+    }
+
+    fn at(&self, now: StdInstant) -> NetInstant {
+        NetInstant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
+    }
+
+    /// Tops the listener's pool of listening sockets back up.
+    fn refill(&mut self, i: usize) {
+        while self.listeners[i].waiting.len() < self.cfg.backlog
+            && self.conns.len() + self.listening() < self.cfg.max_connections + self.cfg.backlog * self.listeners.len()
+        {
+            let rx = tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]);
+            let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]);
+            let mut s = tcp::Socket::new(rx, tx);
+            s.set_nagle_enabled(false);
+            s.set_keep_alive(Some(NetDuration::from_secs(30)));
+            if s.listen(self.listeners[i].port).is_err() {
+                return;
+            }
+            let h = self.sockets.add(s);
+            self.listeners[i].waiting.push(h);
+        }
+    }
+
+    fn listening(&self) -> usize {
+        self.listeners.iter().map(|l| l.waiting.len()).sum()
+    }
+
+    /// Established connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// One round: frames from `device` through the stack into the core,
+    /// answers back out. Call [`NetStack::transmit`] / [`NetStack::close`]
+    /// for the core's client outputs in between, then `poll` again to send.
+    pub fn poll<D: Device>(&mut self, now: StdInstant, device: &mut D, core: &mut Gateway) {
+        let ts = self.at(now);
+        self.iface.poll(ts, device, &mut self.sockets);
+        self.accept(now, core);
+        self.receive(now, core);
+        self.finish_closes();
+        for conn in std::mem::take(&mut self.blocked) {
+            core.handle_writable(conn);
+        }
+        self.iface.poll(ts, device, &mut self.sockets);
+    }
+
+    /// Established sockets leave their listener's pool and become connections.
+    fn accept(&mut self, now: StdInstant, core: &mut Gateway) {
+        for i in 0..self.listeners.len() {
+            let mut j = 0;
+            while j < self.listeners[i].waiting.len() {
+                let h = self.listeners[i].waiting[j];
+                let s = self.sockets.get_mut::<tcp::Socket>(h);
+                match s.state() {
+                    tcp::State::Established => {
+                        let peer = s.remote_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
+                        self.listeners[i].waiting.swap_remove(j);
+                        let conn = self.next_conn;
+                        self.next_conn += 1;
+                        self.conns.insert(conn, h);
+                        self.handles.insert(h, conn);
+                        let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+                        core.handle_connect(now, conn, self.listeners[i].index, peer);
+                    }
+                    tcp::State::Closed => {
+                        // A handshake that failed: listen again.
+                        let port = self.listeners[i].port;
+                        let _ = s.listen(port);
+                        j += 1;
+                    }
+                    _ => j += 1,
+                }
+            }
+            self.refill(i);
+        }
+    }
+
+    /// Bytes received go to the core, straight from the socket buffers;
+    /// connections the peer closed are reported.
+    fn receive(&mut self, now: StdInstant, core: &mut Gateway) {
+        let mut gone = Vec::new();
+        for (&conn, &h) in &self.conns {
+            let s = self.sockets.get_mut::<tcp::Socket>(h);
+            while s.can_recv() {
+                let _ = s.recv(|buf| {
+                    core.handle_data(now, conn, buf);
+                    (buf.len(), ())
+                });
+            }
+            if !s.may_recv() || !s.is_active() {
+                gone.push(conn);
+            }
+        }
+        for conn in gone {
+            if let Some(h) = self.conns.remove(&conn) {
+                self.handles.remove(&h);
+                self.sockets.get_mut::<tcp::Socket>(h).close();
+                self.closing.push(h);
+                core.handle_disconnect(now, conn);
+            }
+        }
+    }
+
+    /// Writes what the core has for `conn` into its send buffer.
+    pub fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
+        let Some(&h) = self.conns.get(&conn) else { return };
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        let n = s.send_slice(core.outbound(conn)).unwrap_or(0);
+        core.consume(conn, n);
+        if !core.outbound(conn).is_empty() {
+            self.blocked.push(conn);
+        }
+    }
+
+    /// Sends what is pending, then closes `conn` and tells the core.
+    pub fn close(&mut self, now: StdInstant, core: &mut Gateway, conn: ConnId) {
+        self.transmit(core, conn);
+        if let Some(h) = self.conns.remove(&conn) {
+            self.handles.remove(&h);
+            self.sockets.get_mut::<tcp::Socket>(h).close();
+            self.closing.push(h);
+        }
+        core.handle_disconnect(now, conn);
+    }
+
+    /// Frees sockets whose close has completed.
+    fn finish_closes(&mut self) {
+        let sockets = &mut self.sockets;
+        self.closing.retain(|&h| {
+            let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
+            if done {
+                sockets.remove(h);
+            }
+            !done
+        });
+    }
+}
+
+/// An in-memory device: frames queued in and out. Tests join two stacks
+/// with it; a backend can wrap any frame source the same way.
+#[derive(Debug, Default)]
+pub struct FrameQueue {
+    /// Frames to receive.
+    pub rx: std::collections::VecDeque<Vec<u8>>,
+    /// Frames sent.
+    pub tx: std::collections::VecDeque<Vec<u8>>,
+}
+
+/// Receive token of [`FrameQueue`].
+pub struct QueueRx(Vec<u8>);
+/// Transmit token of [`FrameQueue`].
+pub struct QueueTx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>);
+
+impl smoltcp::phy::RxToken for QueueRx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl smoltcp::phy::TxToken for QueueTx<'_> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0; len];
+        let r = f(&mut frame);
+        self.0.push_back(frame);
+        r
+    }
+}
+
+impl Device for FrameQueue {
+    type RxToken<'a> = QueueRx;
+    type TxToken<'a> = QueueTx<'a>;
+
+    fn receive(&mut self, _: NetInstant) -> Option<(QueueRx, QueueTx<'_>)> {
+        let frame = self.rx.pop_front()?;
+        Some((QueueRx(frame), QueueTx(&mut self.tx)))
+    }
+
+    fn transmit(&mut self, _: NetInstant) -> Option<QueueTx<'_>> {
+        Some(QueueTx(&mut self.tx))
+    }
+
+    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
+        let mut caps = smoltcp::phy::DeviceCapabilities::default();
+        caps.max_transmission_unit = 1514;
+        caps.medium = smoltcp::phy::Medium::Ethernet;
+        caps
+    }
+}
+
+#[cfg(test)]
+mod tests;

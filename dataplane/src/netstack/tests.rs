@@ -1,0 +1,186 @@
+//! The stack against a smoltcp client over an in-memory wire, with the real
+//! gateway core behind it: ARP, the TCP handshake, a login and heartbeats
+//! both ways, a client close, and the backlog under a half-open flood.
+
+use std::time::{Duration, Instant};
+
+use portcullis_proto::pb::client::{LoginReply, LoginRequest};
+use portcullis_proto::token::{sign, Claims};
+use portcullis_proto::{cmd, flags, Codec, Envelope};
+use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+
+use super::*;
+use crate::config::Config as GatewayConfig;
+use crate::shard::Shared;
+use crate::Output;
+
+const SECRET: &str = "netstack-test-secret-0123";
+const GW: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
+const CLIENT: Ipv4Address = Ipv4Address::new(10, 77, 0, 2);
+
+struct Wire {
+    now: Instant,
+    gw_dev: FrameQueue,
+    stack: NetStack,
+    core: Gateway,
+    cl_dev: FrameQueue,
+    client: Interface,
+    sockets: SocketSet<'static>,
+}
+
+impl Wire {
+    fn new(cfg: NetConfig) -> Wire {
+        let text =
+            format!("[[listeners]]\nbind = \"10.77.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n");
+        let config = GatewayConfig::parse(&text, "netstack test").unwrap();
+        let now = Instant::now();
+        let auth = crate::auth::from_config(&config).unwrap();
+        let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, 1_800_000_000);
+        let mut gw_dev = FrameQueue::default();
+        let stack =
+            NetStack::new(&mut gw_dev, [2, 0, 0, 0, 0, 1], &[IpCidr::new(GW.into(), 24)], &[(7000, 0)], cfg, now);
+        let mut cl_dev = FrameQueue::default();
+        let mut client = Interface::new(
+            IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 2]))),
+            &mut cl_dev,
+            smoltcp::time::Instant::ZERO,
+        );
+        client.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(CLIENT.into(), 24));
+        });
+        Wire { now, gw_dev, stack, core, cl_dev, client, sockets: SocketSet::new(Vec::new()) }
+    }
+
+    /// One millisecond of both sides, frames carried across the wire.
+    fn step(&mut self) {
+        self.stack.poll(self.now, &mut self.gw_dev, &mut self.core);
+        while let Some(out) = self.core.poll_output() {
+            match out {
+                Output::Transmit(c) => self.stack.transmit(&mut self.core, c),
+                Output::Close(c) => self.stack.close(self.now, &mut self.core, c),
+                _ => {}
+            }
+        }
+        self.stack.poll(self.now, &mut self.gw_dev, &mut self.core);
+        self.cl_dev.rx.extend(self.gw_dev.tx.drain(..));
+        let ts = smoltcp::time::Instant::from_micros(self.now.elapsed().as_micros() as i64 + 1);
+        self.client.poll(ts, &mut self.cl_dev, &mut self.sockets);
+        self.gw_dev.rx.extend(self.cl_dev.tx.drain(..));
+        self.now += Duration::from_millis(1);
+    }
+
+    fn run_until(&mut self, mut done: impl FnMut(&mut Wire) -> bool) {
+        for _ in 0..5_000 {
+            self.step();
+            if done(self) {
+                return;
+            }
+        }
+        panic!("the condition never held");
+    }
+
+    fn connect(&mut self, local_port: u16) -> SocketHandle {
+        let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]));
+        s.connect(self.client.context(), (IpAddress::from(GW), 7000), local_port).unwrap();
+        self.sockets.add(s)
+    }
+
+    fn sock(&mut self, h: SocketHandle) -> &mut tcp::Socket<'static> {
+        self.sockets.get_mut::<tcp::Socket>(h)
+    }
+
+    fn send(&mut self, h: SocketHandle, env: &Envelope<'_>) {
+        let mut frame = Vec::new();
+        Codec::Protobuf.encode(env, &mut frame);
+        assert_eq!(self.sock(h).send_slice(&frame).unwrap(), frame.len());
+    }
+
+    /// The next whole frame the client received.
+    fn recv(&mut self, h: SocketHandle, buf: &mut Vec<u8>) -> Envelope<'static> {
+        self.run_until(|w| {
+            let s = w.sock(h);
+            while s.can_recv() {
+                let _ = s.recv(|b| {
+                    buf.extend_from_slice(b);
+                    (b.len(), ())
+                });
+            }
+            Codec::Protobuf.framing().next_frame(buf, 1 << 20).unwrap().is_some()
+        });
+        let (r, used) = Codec::Protobuf.framing().next_frame(buf, 1 << 20).unwrap().unwrap();
+        let env = Codec::Protobuf.decode(&buf[r]).unwrap().into_owned();
+        buf.drain(..used);
+        env
+    }
+}
+
+fn login_frame(user: &str) -> Vec<u8> {
+    let token = sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX });
+    Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token })
+}
+
+#[test]
+fn a_tcp_client_logs_in_through_the_userspace_stack() {
+    let mut w = Wire::new(NetConfig::default());
+    let h = w.connect(40_000);
+    w.run_until(|w| w.sock(h).state() == tcp::State::Established);
+    w.run_until(|w| w.stack.connections() == 1 && w.core.connection_count() == 1);
+    let login = login_frame("alice");
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login));
+    let mut buf = Vec::new();
+    let reply = w.recv(h, &mut buf);
+    assert_eq!((reply.cmd, reply.seq, reply.flags), (cmd::LOGIN, 1, flags::RESPONSE));
+    let r: LoginReply = Codec::Protobuf.payload_form().decode(&reply.payload).unwrap();
+    assert_eq!(r.user_id, "alice");
+    // Several frames in one segment, answered in order.
+    let mut batch = Vec::new();
+    for seq in 2..6 {
+        Codec::Protobuf.encode(&Envelope::new(cmd::HEARTBEAT, seq, 0, b""), &mut batch);
+    }
+    assert_eq!(w.sock(h).send_slice(&batch).unwrap(), batch.len());
+    let seqs: Vec<u32> = (0..4).map(|_| w.recv(h, &mut buf).seq).collect();
+    assert_eq!(seqs, [2, 3, 4, 5]);
+    // The client closes: the core hears it.
+    w.sock(h).close();
+    w.run_until(|w| w.core.connection_count() == 0);
+    assert_eq!(w.stack.connections(), 0);
+}
+
+#[test]
+fn logout_closes_the_tcp_connection_from_the_gateway_side() {
+    let mut w = Wire::new(NetConfig::default());
+    let h = w.connect(40_001);
+    w.run_until(|w| w.core.connection_count() == 1);
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login_frame("bob")));
+    let mut buf = Vec::new();
+    assert_eq!(w.recv(h, &mut buf).cmd, cmd::LOGIN);
+    w.send(h, &Envelope::new(cmd::LOGOUT, 2, 0, b""));
+    assert_eq!(w.recv(h, &mut buf).cmd, cmd::LOGOUT);
+    w.run_until(|w| !w.sock(h).may_recv());
+    assert_eq!(w.core.connection_count(), 0);
+}
+
+#[test]
+fn many_clients_share_a_port_and_the_backlog_bounds_half_open_sockets() {
+    let mut w = Wire::new(NetConfig { backlog: 4, ..NetConfig::default() });
+    // Waves of four: each established connection frees its listening
+    // socket, and the pool is topped up again.
+    let mut clients = Vec::new();
+    for wave in 0..3u16 {
+        let hs: Vec<SocketHandle> = (0..4).map(|i| w.connect(41_000 + wave * 4 + i)).collect();
+        w.run_until(|w| hs.iter().all(|&h| w.sock(h).state() == tcp::State::Established));
+        assert!(w.stack.listening() <= 4, "never more half-open sockets than the backlog");
+        clients.extend(hs);
+    }
+    w.run_until(|w| w.core.connection_count() == 12);
+    assert_eq!(w.stack.listening(), 4, "the pool is topped up to the backlog, no more");
+    for (i, &h) in clients.iter().enumerate() {
+        w.send(h, &Envelope::new(cmd::HEARTBEAT, i as u32 + 1, 0, b""));
+    }
+    for (i, &h) in clients.iter().enumerate() {
+        let mut buf = Vec::new();
+        assert_eq!(w.recv(h, &mut buf).seq, i as u32 + 1);
+    }
+}
