@@ -89,6 +89,25 @@ impl KernelIo {
         })
     }
 
+    /// Game-server links only, no listeners: for backends that serve
+    /// players through another path (AF_XDP) but keep links on sockets.
+    pub fn links_only(config: &Config) -> io::Result<KernelIo> {
+        let poll = Poll::new()?;
+        let link_count = config.services.iter().map(|s| s.servers.len()).sum();
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        Ok(KernelIo {
+            poll,
+            events: Events::with_capacity(1024),
+            listeners: Vec::new(),
+            clients: Vec::new(),
+            free: Vec::new(),
+            generation: 0,
+            links: (0..link_count).map(|_| None).collect(),
+            buf: vec![0; READ_CHUNK].into_boxed_slice(),
+            waker,
+        })
+    }
+
     /// Addresses the listeners are bound to (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
@@ -265,54 +284,61 @@ impl IoBackend for KernelIo {
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
         while let Some(out) = core.poll_output() {
-            let now = Instant::now();
-            match out {
-                Output::Transmit(id) => {
-                    let Some(c) = self.client(id) else { continue };
-                    match Self::write_some(&mut c.stream, core.outbound(id)) {
-                        Ok(n) => core.consume(id, n),
-                        Err(_) => {
-                            self.drop_client(Self::slot(id));
-                            core.handle_disconnect(now, id);
-                        }
-                    }
-                }
-                Output::Close(id) => {
-                    if let Some(c) = self.client(id) {
-                        let _ = Self::write_some(&mut c.stream, core.outbound(id));
-                        let _ = c.stream.shutdown(Shutdown::Both);
-                        self.drop_client(Self::slot(id));
-                    }
-                    core.handle_disconnect(now, id);
-                }
-                Output::ConnectLink(link, addr) => {
-                    self.drop_link(link);
-                    let registered = TcpStream::connect(addr).and_then(|mut stream| {
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        self.poll.registry().register(&mut stream, Token(LINK_BASE + link), interest)?;
-                        Ok(stream)
-                    });
-                    match registered {
-                        Ok(stream) => self.links[link] = Some(LinkSocket { stream, connected: false }),
-                        Err(_) => core.handle_link_closed(now, link),
-                    }
-                }
-                Output::TransmitLink(link) => {
-                    let Some(l) = self.links[link].as_mut().filter(|l| l.connected) else {
-                        continue;
-                    };
-                    match Self::write_some(&mut l.stream, core.link_outbound(link)) {
-                        Ok(n) => core.consume_link(link, n),
-                        Err(_) => {
-                            self.drop_link(link);
-                            core.handle_link_closed(now, link);
-                        }
-                    }
-                }
-                Output::CloseLink(link) => self.drop_link(link),
-            }
+            self.carry_out(core, out);
         }
         Ok(())
+    }
+}
+
+impl KernelIo {
+    /// Carries out one output of the core.
+    pub fn carry_out(&mut self, core: &mut Gateway, out: Output) {
+        let now = Instant::now();
+        match out {
+            Output::Transmit(id) => {
+                let Some(c) = self.client(id) else { return };
+                match Self::write_some(&mut c.stream, core.outbound(id)) {
+                    Ok(n) => core.consume(id, n),
+                    Err(_) => {
+                        self.drop_client(Self::slot(id));
+                        core.handle_disconnect(now, id);
+                    }
+                }
+            }
+            Output::Close(id) => {
+                if let Some(c) = self.client(id) {
+                    let _ = Self::write_some(&mut c.stream, core.outbound(id));
+                    let _ = c.stream.shutdown(Shutdown::Both);
+                    self.drop_client(Self::slot(id));
+                }
+                core.handle_disconnect(now, id);
+            }
+            Output::ConnectLink(link, addr) => {
+                self.drop_link(link);
+                let registered = TcpStream::connect(addr).and_then(|mut stream| {
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    self.poll.registry().register(&mut stream, Token(LINK_BASE + link), interest)?;
+                    Ok(stream)
+                });
+                match registered {
+                    Ok(stream) => self.links[link] = Some(LinkSocket { stream, connected: false }),
+                    Err(_) => core.handle_link_closed(now, link),
+                }
+            }
+            Output::TransmitLink(link) => {
+                let Some(l) = self.links[link].as_mut().filter(|l| l.connected) else {
+                    return;
+                };
+                match Self::write_some(&mut l.stream, core.link_outbound(link)) {
+                    Ok(n) => core.consume_link(link, n),
+                    Err(_) => {
+                        self.drop_link(link);
+                        core.handle_link_closed(now, link);
+                    }
+                }
+            }
+            Output::CloseLink(link) => self.drop_link(link),
+        }
     }
 }
 
