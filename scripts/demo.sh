@@ -18,8 +18,8 @@ PLAYERS="${PLAYERS:-9}"
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*"; }
 
 say "building (release)…"
-cargo build --release --quiet -p portcullis-dataplane -p portcullis-sample-game-server -p portcullis-benches \
-    -p portcullis-control -p portcullis-harness
+cargo build --release --quiet --features portcullis-dataplane/afxdp -p portcullis-dataplane \
+    -p portcullis-sample-game-server -p portcullis-benches -p portcullis-control -p portcullis-harness
 bin=$PWD/target/release
 pids=()
 harness=""

@@ -7,6 +7,8 @@
 # - the BPF toolchain of the XDP program (../shared/TOOLCHAIN.md): Debian's
 #   rustc with a prebuilt BPF core, LLVM 22, bpftool, and bpf-linker built
 #   for that LLVM into .tools/ (about a minute, once);
+# - clang, m4, make, libelf-dev and zlib1g-dev, with which xsk-rs builds its
+#   bundled libxdp/libbpf for the AF_XDP backend;
 # - bpffs mounted on /sys/fs/bpf (as root).
 # protoc comes vendored through a crate; flatc is only needed to regenerate
 # committed code (proto/schema/regen-flatbuffers.sh).
@@ -39,7 +41,8 @@ apt_install() {
 }
 
 apt_install gcc pkg-config iproute2 nftables \
-    rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool
+    rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool \
+    clang m4 make libelf-dev zlib1g-dev
 
 tools="$PWD/.tools"
 if [ ! -x "$tools/bin/bpf-linker" ]; then

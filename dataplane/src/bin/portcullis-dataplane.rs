@@ -29,6 +29,9 @@ struct Args {
 enum IoKind {
     /// Ordinary kernel sockets (epoll), one thread per worker.
     Kernel,
+    /// AF_XDP rings and a userspace TCP stack, one worker per queue of the
+    /// `[afxdp]` interface (the XDP filter must be attached there).
+    Afxdp,
 }
 
 fn main() {
@@ -44,12 +47,17 @@ fn main() {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
-    let IoKind::Kernel = args.io;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
     }
-    let gateway = RunningGateway::start(&config)?;
+    let gateway = match args.io {
+        IoKind::Kernel => RunningGateway::start(&config)?,
+        #[cfg(feature = "afxdp")]
+        IoKind::Afxdp => RunningGateway::start_afxdp(&config)?,
+        #[cfg(not(feature = "afxdp"))]
+        IoKind::Afxdp => anyhow::bail!("this build has no AF_XDP backend: rebuild with --features afxdp"),
+    };
     for (l, addr) in config.listeners.iter().zip(&gateway.addrs) {
         let max = l.max_frame_bytes.unwrap_or(config.gateway.max_frame_bytes);
         tracing::info!("listening on {addr} ({} codec, max frame {max} bytes)", l.codec);

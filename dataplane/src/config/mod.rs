@@ -60,6 +60,8 @@ pub struct Config {
     /// Game-server links: timeouts, health checks, reconnects.
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// The AF_XDP backend (`--io afxdp`).
+    pub afxdp: Option<AfXdpConfig>,
     /// Client listeners; at least one.
     pub listeners: Vec<ListenerConfig>,
     /// How LOGIN is authenticated.
@@ -228,6 +230,38 @@ impl Default for BackendsConfig {
             max_outbound_bytes: 64 << 20,
         }
     }
+}
+
+/// The AF_XDP backend: which interface and queues, which addresses the
+/// userspace stack answers for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AfXdpConfig {
+    /// The interface the XDP filter is attached to.
+    pub interface: String,
+    /// Receive queues, one worker each.
+    #[serde(default = "default_queues")]
+    pub queues: Vec<u32>,
+    /// Addresses of the userspace stack, e.g. `["10.77.0.1/24"]`.
+    pub addresses: Vec<String>,
+    /// Pin directory of the XDP filter, whose socket map gets our sockets.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: String,
+    /// UMEM frames per queue (half receive, half transmit).
+    #[serde(default = "default_frames")]
+    pub frames: u32,
+}
+
+fn default_queues() -> Vec<u32> {
+    vec![0]
+}
+
+fn default_pin_dir() -> String {
+    "/sys/fs/bpf/portcullis".into()
+}
+
+fn default_frames() -> u32 {
+    4096
 }
 
 /// One client listener.
@@ -479,6 +513,25 @@ impl Config {
             }
             if *timeout_ms == 0 {
                 return Err(invalid("auth.timeout_ms", "must be greater than zero"));
+            }
+        }
+        if let Some(x) = &self.afxdp {
+            if x.queues.is_empty() || x.addresses.is_empty() || x.interface.is_empty() {
+                return Err(invalid("afxdp", "set interface, at least one queue and at least one address"));
+            }
+            if x.frames < 64 || !x.frames.is_power_of_two() {
+                return Err(invalid("afxdp.frames", "a power of two, at least 64"));
+            }
+            for (i, a) in x.addresses.iter().enumerate() {
+                let ok = a
+                    .split_once('/')
+                    .is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok());
+                if !ok {
+                    return Err(invalid(
+                        format!("afxdp.addresses[{i}]"),
+                        format!("{a:?} is not an address with a prefix, e.g. 10.77.0.1/24"),
+                    ));
+                }
             }
         }
         let links: usize = self.services.iter().map(|s| s.servers.len()).sum();

@@ -235,6 +235,22 @@ impl Filter {
         Ok(())
     }
 
+    /// Registers an AF_XDP socket for receive queue `queue`: gateway-port
+    /// traffic of that queue is redirected to it.
+    pub fn register_socket(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), FilterError> {
+        let path = self.maps_dir().join(maps::XSKS);
+        if !path.exists() {
+            return Err(FilterError::NotLoaded(self.dir.display().to_string()));
+        }
+        let data = MapData::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
+        let map = Map::from_map_data(data).map_err(bpf("reading XSKS"))?;
+        let mut xsks: aya::maps::XskMap<MapData> = map.try_into().map_err(bpf("XSKS has an unexpected type"))?;
+        // SAFETY: the fd is open for the duration of the call; the kernel
+        // takes its own reference.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        xsks.set(queue, fd, 0).map_err(bpf(format!("registering the AF_XDP socket of queue {queue}")))
+    }
+
     /// Opens the pinned maps to read counters and change rules.
     pub fn rules(&self) -> Result<Rules, FilterError> {
         let dir = self.maps_dir();

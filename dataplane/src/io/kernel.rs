@@ -381,22 +381,48 @@ impl RunningGateway {
     /// threads; returns once all are bound.
     pub fn start(config: &Config) -> io::Result<RunningGateway> {
         let workers = config.gateway.workers;
-        let shared = Shared::new(workers, random_key()?);
         let first = KernelIo::bind(config, None)?;
         let addrs = first.local_addrs();
         let mut ios = vec![first];
         for _ in 1..workers {
             ios.push(KernelIo::bind(config, Some(&addrs))?);
         }
+        let wakers = ios.iter().map(|io| io.waker()).collect();
+        Self::spawn(config, ios, wakers, addrs)
+    }
+
+    /// Starts one AF_XDP worker per configured queue, in the calling
+    /// thread's network namespace (the interface's).
+    #[cfg(feature = "afxdp")]
+    pub fn start_afxdp(config: &Config) -> io::Result<RunningGateway> {
+        let x = config.afxdp.as_ref().ok_or_else(|| io::Error::other("the config has no [afxdp] section"))?;
+        let mut ios = Vec::new();
+        for &queue in &x.queues {
+            let io = super::afxdp::AfXdpIo::open(config, x, queue)?;
+            tracing::info!("AF_XDP on {} queue {queue}: {:?} mode", x.interface, io.mode);
+            ios.push(io);
+        }
+        let wakers = ios.iter().map(|io| io.waker()).collect();
+        let addrs = config.listeners.iter().map(|l| l.bind).collect();
+        Self::spawn(config, ios, wakers, addrs)
+    }
+
+    fn spawn<B: super::IoBackend + Send + 'static>(
+        config: &Config,
+        ios: Vec<B>,
+        wakers: Vec<Arc<Waker>>,
+        addrs: Vec<SocketAddr>,
+    ) -> io::Result<RunningGateway> {
+        let workers = ios.len();
+        let shared = Shared::new(workers, random_key()?);
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(vec![WorkerStatus::default(); workers]));
         let deadline = Duration::from_millis(config.gateway.shutdown_deadline_ms);
         let mut threads = Vec::new();
-        for (worker, mut io) in ios.into_iter().enumerate() {
+        for ((worker, mut io), waker) in ios.into_iter().enumerate().zip(wakers) {
             let auth = auth::from_config(config).map_err(io::Error::other)?;
             let mut core = Gateway::new(config, worker, shared.clone(), auth, Instant::now(), unix);
-            let waker = io.waker();
             shared.set_waker(worker, move || {
                 let _ = waker.wake();
             });

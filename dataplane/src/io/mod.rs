@@ -6,6 +6,8 @@
 //! for laptops, CI without root and as the baseline). AF_XDP and DPDK
 //! backends implement the same trait.
 
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
 pub mod kernel;
 
 use std::io;

@@ -1,0 +1,336 @@
+//! The AF_XDP backend: players' frames come from the receive ring of an
+//! AF_XDP socket (the XDP filter redirects gateway ports into it), go
+//! through the userspace stack ([`crate::netstack`]) to the core, and the
+//! answers leave through the transmit ring. Game-server links stay on
+//! kernel sockets. One worker per receive queue, each with its own UMEM,
+//! rings and XSKMAP entry.
+//!
+//! Zero-copy is requested first; drivers that refuse it (veth) get copy
+//! mode, reported at start. Copy-mode transmit sends at most 32 frames per
+//! kick, so the transmit path kicks until the ring has drained.
+//!
+//! Frames are copied once between UMEM and the stack in this first version
+//! (the stack's device queue); a device whose tokens lend UMEM frames
+//! directly is the next step.
+
+use std::ffi::CString;
+use std::io::{self, Write as _};
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::IpCidr;
+use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+use super::kernel::KernelIo;
+use super::IoBackend;
+use crate::config::{AfXdpConfig, Config};
+use crate::filter::Filter;
+use crate::netstack::{FrameQueue, NetConfig, NetStack};
+use crate::{Gateway, Output};
+
+/// Frames moved per ring operation.
+const BATCH: usize = 64;
+
+/// How the socket was bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XskMode {
+    /// The driver DMAs straight into UMEM.
+    ZeroCopy,
+    /// The kernel copies frames into UMEM (veth and drivers without support).
+    Copy,
+}
+
+/// One worker's AF_XDP socket and userspace stack.
+pub struct AfXdpIo {
+    links: KernelIo,
+    umem: Umem,
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Transmit frames not in flight.
+    free: Vec<FrameDesc>,
+    rx_batch: Vec<FrameDesc>,
+    comp_batch: Vec<FrameDesc>,
+    tx_batch: Vec<FrameDesc>,
+    in_flight: usize,
+    dev: FrameQueue,
+    stack: NetStack,
+    neighbors: Neighbors,
+    idle: u32,
+    /// How the socket was bound.
+    pub mode: XskMode,
+}
+
+/// The MAC address of an interface in the calling thread's network namespace.
+fn hw_addr(iface: &str) -> io::Result<[u8; 6]> {
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        data: [u8; 24],
+    }
+    const SIOCGIFHWADDR: libc::c_ulong = 0x8927;
+    let mut req = IfReq { name: [0; 16], data: [0; 24] };
+    let bytes = iface.as_bytes();
+    if bytes.len() >= 16 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "interface name too long"));
+    }
+    req.name[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: a datagram socket for the ioctl, closed below; the ioctl
+    // writes into `req`, which has the kernel's `struct ifreq` size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let r = libc::ioctl(fd, SIOCGIFHWADDR, &mut req as *mut IfReq);
+        libc::close(fd);
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let mut mac = [0; 6];
+    mac.copy_from_slice(&req.data[2..8]);
+    Ok(mac)
+}
+
+fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("{what}: {e}"))
+}
+
+impl AfXdpIo {
+    /// Opens the socket of `queue` on the configured interface (in the
+    /// calling thread's network namespace), registers it in the XDP
+    /// filter's socket map and starts the stack on the gateway ports.
+    pub fn open(config: &Config, x: &AfXdpConfig, queue: u32) -> io::Result<AfXdpIo> {
+        let frames = NonZeroU32::new(x.frames).ok_or_else(|| other("afxdp.frames", "must not be 0"))?;
+        let (umem, mut descs) =
+            Umem::new(UmemConfig::default(), frames, false).map_err(|e| other("creating the UMEM", e))?;
+        let iface: Interface =
+            CString::new(x.interface.clone()).map(Interface::new).map_err(|e| other("afxdp.interface", e))?;
+        let mut mode = XskMode::ZeroCopy;
+        let mut socket = None;
+        for (flags, m) in [(BindFlags::XDP_ZEROCOPY, XskMode::ZeroCopy), (BindFlags::XDP_COPY, XskMode::Copy)] {
+            let cfg = SocketConfig::builder()
+                .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+                .bind_flags(flags)
+                .build();
+            // SAFETY: the UMEM outlives the socket (both owned by this value).
+            if let Ok(s) = unsafe { xsk_rs::Socket::new(cfg, &umem, &iface, queue) } {
+                socket = Some(s);
+                mode = m;
+                break;
+            }
+        }
+        let (tx, rx, fq_cq) = socket.ok_or_else(|| {
+            other(
+                &format!("binding an AF_XDP socket to {} queue {queue}", x.interface),
+                "refused in zero-copy and copy mode",
+            )
+        })?;
+        let (mut fill, comp) = fq_cq.ok_or_else(|| other("AF_XDP", "no fill and completion rings"))?;
+        Filter::at(&x.pin_dir).register_socket(queue, rx.fd().as_raw_fd()).map_err(|e| other("the XDP filter", e))?;
+        let free = descs.split_off(descs.len() / 2);
+        // SAFETY: these frames belong to this UMEM and are not in use.
+        unsafe { fill.produce(&descs) };
+        let mac = hw_addr(&x.interface)?;
+        let addrs: Vec<IpCidr> = x.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
+        let mut dev = FrameQueue { verify_checksums: false, ..FrameQueue::default() };
+        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, NetConfig::default(), Instant::now());
+        let template = free.first().copied().ok_or_else(|| other("afxdp.frames", "too few frames"))?;
+        Ok(AfXdpIo {
+            links: KernelIo::links_only(config)?,
+            umem,
+            rx,
+            tx,
+            fill,
+            comp,
+            free,
+            rx_batch: vec![template; BATCH],
+            comp_batch: vec![template; BATCH],
+            tx_batch: Vec::with_capacity(BATCH),
+            in_flight: 0,
+            dev,
+            stack,
+            neighbors: Neighbors::new(mac),
+            idle: 0,
+            mode,
+        })
+    }
+
+    /// Wakes this worker from another thread.
+    pub fn waker(&self) -> std::sync::Arc<mio::Waker> {
+        self.links.waker()
+    }
+
+    /// Frames from the receive ring into the stack; the frames go back to
+    /// the fill ring at once. Returns how many.
+    fn receive(&mut self) -> usize {
+        // SAFETY: the descriptors come from and go back to this UMEM's rings.
+        let n = unsafe { self.rx.consume(&mut self.rx_batch) };
+        for d in &self.rx_batch[..n] {
+            // SAFETY: the kernel handed this frame to us until we refill it.
+            let data = unsafe { self.umem.data(d) };
+            self.neighbors.learn(data.contents(), &mut self.dev.rx);
+            self.dev.rx.push_back(data.contents().to_vec());
+        }
+        if n > 0 {
+            // SAFETY: as above.
+            unsafe { self.fill.produce(&self.rx_batch[..n]) };
+            if self.fill.needs_wakeup() {
+                let _ = self.fill.wakeup(self.rx.fd_mut(), 0);
+            }
+        }
+        n
+    }
+
+    /// Frames the stack produced onto the transmit ring; kicks until the
+    /// kernel has taken them (copy mode takes 32 per kick). Returns how many.
+    fn send(&mut self) -> usize {
+        self.reclaim();
+        let mut sent = 0;
+        while !self.dev.tx.is_empty() {
+            self.tx_batch.clear();
+            while self.tx_batch.len() < BATCH {
+                let (Some(frame), Some(mut d)) = (self.dev.tx.front(), self.free.pop()) else { break };
+                // SAFETY: a free transmit frame of this UMEM.
+                let written = unsafe { self.umem.data_mut(&mut d).cursor().write_all(frame) };
+                if written.is_err() {
+                    // Larger than a frame: dropped (the stack's MTU prevents it).
+                    self.free.push(d);
+                } else {
+                    self.tx_batch.push(d);
+                }
+                self.dev.tx.pop_front();
+            }
+            if self.tx_batch.is_empty() {
+                break; // every transmit frame is in flight
+            }
+            let mut produced = 0;
+            for _ in 0..1024 {
+                // SAFETY: frames of this UMEM, not in flight.
+                produced += unsafe { self.tx.produce(&self.tx_batch[produced..]) };
+                let _ = self.tx.wakeup();
+                self.reclaim();
+                if produced == self.tx_batch.len() {
+                    break;
+                }
+            }
+            self.in_flight += produced;
+            sent += produced;
+            self.free.extend(self.tx_batch.drain(produced..));
+        }
+        // Copy mode: keep kicking until what is in flight has left.
+        for _ in 0..64 {
+            if self.in_flight == 0 {
+                break;
+            }
+            let _ = self.tx.wakeup();
+            self.reclaim();
+        }
+        sent
+    }
+
+    /// Completed transmit frames back to the free list.
+    fn reclaim(&mut self) {
+        // SAFETY: completed descriptors of this UMEM.
+        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.in_flight = self.in_flight.saturating_sub(n);
+        self.free.extend_from_slice(&self.comp_batch[..n]);
+    }
+}
+
+impl IoBackend for AfXdpIo {
+    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        self.links.poll(core, Some(Duration::ZERO))?;
+        let got = self.receive();
+        self.stack.poll(Instant::now(), &mut self.dev, core);
+        let sent = self.send();
+        if got == 0 && sent == 0 {
+            // Busy polling, backing off when idle so that an idle gateway
+            // does not burn its core: spin, then sleep a little longer each
+            // time, up to 1 ms or the core's own deadline.
+            self.idle = self.idle.saturating_add(1);
+            if self.idle > 256 {
+                let nap = Duration::from_micros(u64::from(self.idle - 256).min(1000));
+                std::thread::sleep(timeout.map_or(nap, |t| t.min(nap)));
+            }
+        } else {
+            self.idle = 0;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
+        loop {
+            let mut any = false;
+            while let Some(out) = core.poll_output() {
+                any = true;
+                match out {
+                    Output::Transmit(conn) => self.stack.transmit(core, conn),
+                    Output::Close(conn) => self.stack.close(Instant::now(), core, conn),
+                    link => self.links.carry_out(core, link),
+                }
+            }
+            self.stack.poll(Instant::now(), &mut self.dev, core);
+            self.send();
+            if !any {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stack.stop_listening();
+    }
+}
+
+/// Neighbours learnt from the frames that reach the stack.
+///
+/// ARP goes to the kernel (the XDP filter passes it), which keeps the host's
+/// own networking intact; the stack learns a player's MAC address from the
+/// player's first IPv4 frame instead, by feeding itself the ARP reply that
+/// frame implies. Refreshed every 30 s, well inside smoltcp's cache lifetime.
+struct Neighbors {
+    mac: [u8; 6],
+    seen: rustc_hash::FxHashMap<[u8; 4], ([u8; 6], Instant)>,
+}
+
+impl Neighbors {
+    fn new(mac: [u8; 6]) -> Self {
+        Neighbors { mac, seen: rustc_hash::FxHashMap::default() }
+    }
+
+    fn learn(&mut self, frame: &[u8], rx: &mut std::collections::VecDeque<Vec<u8>>) {
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            return;
+        }
+        let their_mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
+        let their_ip: [u8; 4] = frame[26..30].try_into().expect("4 bytes");
+        let our_ip: [u8; 4] = frame[30..34].try_into().expect("4 bytes");
+        let now = Instant::now();
+        if self
+            .seen
+            .get(&their_ip)
+            .is_some_and(|(m, at)| *m == their_mac && now.duration_since(*at) < Duration::from_secs(30))
+        {
+            return;
+        }
+        if self.seen.len() > 65_536 {
+            self.seen.clear();
+        }
+        self.seen.insert(their_ip, (their_mac, now));
+        let mut arp = Vec::with_capacity(42);
+        arp.extend_from_slice(&self.mac);
+        arp.extend_from_slice(&their_mac);
+        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        arp.extend_from_slice(&their_mac);
+        arp.extend_from_slice(&their_ip);
+        arp.extend_from_slice(&self.mac);
+        arp.extend_from_slice(&our_ip);
+        rx.push_back(arp);
+    }
+}
