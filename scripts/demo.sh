@@ -2,9 +2,10 @@
 # The main job: Portcullis end to end, with what flows shown live.
 #
 # As root (with network namespaces): on the veth harness — the XDP flood
-# filter attached to the gateway side, the gateway and the sample game
-# server there, simulated players in the players' namespace, and floods
-# that the filter cuts down while the players keep playing.
+# filter attached to the gateway side, the AF_XDP dataplane (TCP terminated
+# in userspace) and the sample game server there, simulated players in the
+# players' namespace on the real Linux TCP stack, and floods that the filter
+# cuts down while the players keep playing.
 # Otherwise: the same gateway, game server and players on loopback.
 #
 # Stops by itself after DURATION seconds of play (default 20); everything it
@@ -53,17 +54,17 @@ if "$bin/portcullis-harness" status >/dev/null 2>&1; then
     gw="$harness-g"; players="$harness-p"
     say "veth harness $harness: players in $players (10.77.0.2, .10-.59), gateway side $gw (10.77.0.1)"
     "$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw"
-    "$bin/portcullisctl" filter --pin-dir "$pin" port add udp:7000 tcp:7000 >/dev/null
+    "$bin/portcullisctl" filter --pin-dir "$pin" port add udp:7000 tcp:7000 tcp:7001 tcp:7002 tcp:7003 >/dev/null
     "$bin/portcullisctl" filter --pin-dir "$pin" rate --udp 2000/4000 --syn 50/100
     "$bin/portcullisctl" check-config config/harness.toml
     say "starting the sample game server (gateway side, 127.0.0.1:9000)"
     ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 > >(sed -u 's/^/  [game] /') 2>&1 &
     pids+=($!)
-    say "starting the gateway (kernel sockets, 2 workers) on 10.77.0.1:7000-7003"
-    ip netns exec "$gw" "$bin/portcullis-dataplane" --config config/harness.toml --io kernel --status-every 5 \
+    say "starting the gateway: AF_XDP on veth-g queue 0, TCP in userspace, 10.77.0.1:7000-7003"
+    "$bin/portcullis-dataplane" --netns "$gw" --config config/harness.toml --io afxdp --status-every 5 \
         > >(sed -u 's/^/  [gateway] /') 2>&1 &
     pids+=($!)
-    wait_port "$gw" 10.77.0.1 7000
+    wait_port "$players" 10.77.0.1 7000
     say "$PLAYERS simulated players (players' namespace) for $DURATION s; floods start after 5 s"
     ip netns exec "$players" "$bin/portcullis-load" --scenario demo --gateway 10.77.0.1:7000 \
         --clients "$PLAYERS" --duration "$DURATION" &

@@ -23,6 +23,10 @@ struct Args {
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 5)]
     status_every: u64,
+    /// Run in this network namespace (`ip netns` name). Unlike `ip netns
+    /// exec`, only the network namespace changes, so bpffs pins stay visible.
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -45,8 +49,23 @@ fn main() {
     }
 }
 
+/// Moves this process (still single-threaded) into a network namespace.
+fn enter_netns(name: &str) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{name}");
+    let file = std::fs::File::open(&path).with_context(|| format!("no network namespace {name:?} ({path})"))?;
+    // SAFETY: setns on a namespace fd we own, before any thread is started.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        anyhow::bail!("cannot enter network namespace {name:?}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    if let Some(ns) = &args.netns {
+        enter_netns(ns)?;
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
@@ -71,7 +90,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             if s.sticky { ", sticky" } else { "" }
         );
     }
-    tracing::info!("{} worker(s) running", config.gateway.workers);
+    tracing::info!("{} worker(s) running", gateway.status().len());
     let every = Duration::from_secs(args.status_every);
     let (mut next_status, mut last) = (Instant::now() + every, total(&gateway.status()));
     while !stop.load(Ordering::Relaxed) && gateway.is_running() {
