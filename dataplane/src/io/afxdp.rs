@@ -9,9 +9,9 @@
 //! mode, reported at start. Copy-mode transmit sends at most 32 frames per
 //! kick, so the transmit path kicks until the ring has drained.
 //!
-//! Frames are copied once between UMEM and the stack in this first version
-//! (the stack's device queue); a device whose tokens lend UMEM frames
-//! directly is the next step.
+//! Frames are copied once between UMEM and the stack, through reused
+//! buffers (no allocation per packet after warm-up); a device whose tokens
+//! lend UMEM frames directly would save the copy.
 
 use std::ffi::CString;
 use std::io::{self, Write as _};
@@ -138,7 +138,8 @@ impl AfXdpIo {
         let mac = hw_addr(&x.interface)?;
         let addrs: Vec<IpCidr> = x.addresses.iter().filter_map(|a| a.parse().ok()).collect();
         let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
-        let mut dev = FrameQueue { verify_checksums: false, ..FrameQueue::default() };
+        let mut dev = FrameQueue::default();
+        dev.verify_checksums = false;
         let stack = NetStack::new(&mut dev, mac, &addrs, &ports, NetConfig::default(), Instant::now());
         let template = free.first().copied().ok_or_else(|| other("afxdp.frames", "too few frames"))?;
         Ok(AfXdpIo {
@@ -174,8 +175,8 @@ impl AfXdpIo {
         for d in &self.rx_batch[..n] {
             // SAFETY: the kernel handed this frame to us until we refill it.
             let data = unsafe { self.umem.data(d) };
-            self.neighbors.learn(data.contents(), &mut self.dev.rx);
-            self.dev.rx.push_back(data.contents().to_vec());
+            self.neighbors.learn(data.contents(), &mut self.dev);
+            self.dev.push_rx(data.contents());
         }
         if n > 0 {
             // SAFETY: as above.
@@ -195,16 +196,20 @@ impl AfXdpIo {
         while !self.dev.tx.is_empty() {
             self.tx_batch.clear();
             while self.tx_batch.len() < BATCH {
-                let (Some(frame), Some(mut d)) = (self.dev.tx.front(), self.free.pop()) else { break };
+                if self.dev.tx.is_empty() {
+                    break;
+                }
+                let Some(mut d) = self.free.pop() else { break };
+                let frame = self.dev.tx.pop_front().expect("not empty");
                 // SAFETY: a free transmit frame of this UMEM.
-                let written = unsafe { self.umem.data_mut(&mut d).cursor().write_all(frame) };
+                let written = unsafe { self.umem.data_mut(&mut d).cursor().write_all(&frame) };
+                self.dev.recycle(frame);
                 if written.is_err() {
                     // Larger than a frame: dropped (the stack's MTU prevents it).
                     self.free.push(d);
                 } else {
                     self.tx_batch.push(d);
                 }
-                self.dev.tx.pop_front();
             }
             if self.tx_batch.is_empty() {
                 break; // every transmit frame is in flight
@@ -304,7 +309,7 @@ impl Neighbors {
         Neighbors { mac, seen: rustc_hash::FxHashMap::default() }
     }
 
-    fn learn(&mut self, frame: &[u8], rx: &mut std::collections::VecDeque<Vec<u8>>) {
+    fn learn(&mut self, frame: &[u8], dev: &mut FrameQueue) {
         if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
             return;
         }
@@ -323,14 +328,14 @@ impl Neighbors {
             self.seen.clear();
         }
         self.seen.insert(their_ip, (their_mac, now));
-        let mut arp = Vec::with_capacity(42);
-        arp.extend_from_slice(&self.mac);
-        arp.extend_from_slice(&their_mac);
-        arp.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-        arp.extend_from_slice(&their_mac);
-        arp.extend_from_slice(&their_ip);
-        arp.extend_from_slice(&self.mac);
-        arp.extend_from_slice(&our_ip);
-        rx.push_back(arp);
+        let mut arp = [0u8; 42];
+        arp[..6].copy_from_slice(&self.mac);
+        arp[6..12].copy_from_slice(&their_mac);
+        arp[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+        arp[22..28].copy_from_slice(&their_mac);
+        arp[28..32].copy_from_slice(&their_ip);
+        arp[32..38].copy_from_slice(&self.mac);
+        arp[38..42].copy_from_slice(&our_ip);
+        dev.push_rx(&arp);
     }
 }

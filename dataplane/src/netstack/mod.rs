@@ -253,8 +253,9 @@ impl NetStack {
     }
 }
 
-/// An in-memory device: frames queued in and out. Tests join two stacks
-/// with it; a backend can wrap any frame source the same way.
+/// An in-memory device: frames queued in and out, in buffers that are
+/// reused (after warm-up, moving a frame allocates nothing). Tests join two
+/// stacks with it; the AF_XDP backend copies ring frames through it.
 #[derive(Debug)]
 pub struct FrameQueue {
     /// Frames to receive.
@@ -263,28 +264,55 @@ pub struct FrameQueue {
     pub tx: std::collections::VecDeque<Vec<u8>>,
     /// Check the checksums of received frames.
     pub verify_checksums: bool,
+    pool: Vec<Vec<u8>>,
 }
 
 impl Default for FrameQueue {
     fn default() -> Self {
-        FrameQueue { rx: Default::default(), tx: Default::default(), verify_checksums: true }
+        FrameQueue { rx: Default::default(), tx: Default::default(), verify_checksums: true, pool: Vec::new() }
+    }
+}
+
+/// Buffers kept for reuse at most.
+const POOL: usize = 4096;
+
+impl FrameQueue {
+    /// Queues a received frame, copied into a reused buffer.
+    pub fn push_rx(&mut self, frame: &[u8]) {
+        let mut buf = self.pool.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        self.rx.push_back(buf);
+    }
+
+    /// Hands a sent frame's buffer back for reuse.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if self.pool.len() < POOL {
+            self.pool.push(buf);
+        }
     }
 }
 
 /// Receive token of [`FrameQueue`].
-pub struct QueueRx(Vec<u8>);
+pub struct QueueRx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
 /// Transmit token of [`FrameQueue`].
-pub struct QueueTx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>);
+pub struct QueueTx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>, Option<&'a mut Vec<Vec<u8>>>);
 
-impl smoltcp::phy::RxToken for QueueRx {
+impl smoltcp::phy::RxToken for QueueRx<'_> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        f(&self.0)
+        let r = f(&self.0);
+        if self.1.len() < POOL {
+            self.1.push(self.0);
+        }
+        r
     }
 }
 
 impl smoltcp::phy::TxToken for QueueTx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0; len];
+        let mut frame = self.1.and_then(|p| p.pop()).unwrap_or_default();
+        frame.clear();
+        frame.resize(len, 0);
         let r = f(&mut frame);
         self.0.push_back(frame);
         r
@@ -292,16 +320,17 @@ impl smoltcp::phy::TxToken for QueueTx<'_> {
 }
 
 impl Device for FrameQueue {
-    type RxToken<'a> = QueueRx;
+    type RxToken<'a> = QueueRx<'a>;
     type TxToken<'a> = QueueTx<'a>;
 
-    fn receive(&mut self, _: NetInstant) -> Option<(QueueRx, QueueTx<'_>)> {
+    fn receive(&mut self, _: NetInstant) -> Option<(QueueRx<'_>, QueueTx<'_>)> {
         let frame = self.rx.pop_front()?;
-        Some((QueueRx(frame), QueueTx(&mut self.tx)))
+        // The reply may need a buffer while the received one is in use.
+        Some((QueueRx(frame, &mut self.pool), QueueTx(&mut self.tx, None)))
     }
 
     fn transmit(&mut self, _: NetInstant) -> Option<QueueTx<'_>> {
-        Some(QueueTx(&mut self.tx))
+        Some(QueueTx(&mut self.tx, Some(&mut self.pool)))
     }
 
     fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {

@@ -64,10 +64,16 @@ impl Wire {
             }
         }
         self.stack.poll(self.now, &mut self.gw_dev, &mut self.core);
-        self.cl_dev.rx.extend(self.gw_dev.tx.drain(..));
+        while let Some(f) = self.gw_dev.tx.pop_front() {
+            self.cl_dev.push_rx(&f);
+            self.gw_dev.recycle(f);
+        }
         let ts = smoltcp::time::Instant::from_micros(self.now.elapsed().as_micros() as i64 + 1);
         self.client.poll(ts, &mut self.cl_dev, &mut self.sockets);
-        self.gw_dev.rx.extend(self.cl_dev.tx.drain(..));
+        while let Some(f) = self.cl_dev.tx.pop_front() {
+            self.gw_dev.push_rx(&f);
+            self.cl_dev.recycle(f);
+        }
         self.now += Duration::from_millis(1);
     }
 
