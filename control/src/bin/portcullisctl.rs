@@ -175,18 +175,6 @@ fn main() {
     }
 }
 
-/// Moves this (single-threaded) process into a network namespace.
-fn enter_netns(name: &str) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/var/run/netns/{name}");
-    let file = std::fs::File::open(&path).with_context(|| format!("no network namespace {name:?} ({path})"))?;
-    // SAFETY: setns on a namespace fd we own.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        anyhow::bail!("cannot enter network namespace {name:?}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Command::Token { config, user, device, ttl } => {
@@ -214,7 +202,7 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
     match command {
         FilterCommand::Attach { iface, netns, native } => {
             if let Some(ns) = &netns {
-                enter_netns(ns)?;
+                portcullis_dataplane::io::enter_netns(ns)?;
             }
             let mode = f.attach(&iface, native)?;
             let mode = match mode {
@@ -225,7 +213,7 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
         }
         FilterCommand::Detach { iface, netns } => {
             if let Some(ns) = &netns {
-                enter_netns(ns)?;
+                portcullis_dataplane::io::enter_netns(ns)?;
             }
             f.detach(&iface)?;
             println!("detached from {iface}");

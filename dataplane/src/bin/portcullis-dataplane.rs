@@ -49,22 +49,11 @@ fn main() {
     }
 }
 
-/// Moves this process (still single-threaded) into a network namespace.
-fn enter_netns(name: &str) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/var/run/netns/{name}");
-    let file = std::fs::File::open(&path).with_context(|| format!("no network namespace {name:?} ({path})"))?;
-    // SAFETY: setns on a namespace fd we own, before any thread is started.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        anyhow::bail!("cannot enter network namespace {name:?}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     if let Some(ns) = &args.netns {
-        enter_netns(ns)?;
+        // Before any thread starts: the workers inherit it.
+        portcullis_dataplane::io::enter_netns(ns)?;
     }
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

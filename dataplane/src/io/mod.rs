@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 
 use crate::Gateway;
 
+/// Moves the calling thread into network namespace `name` (an `ip netns`
+/// name). Unlike `ip netns exec`, only the network namespace changes, so
+/// bpffs pins stay visible; threads started afterwards inherit it.
+pub fn enter_netns(name: &str) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{name}");
+    let file = std::fs::File::open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("no network namespace {name:?} ({path}): {e}")))?;
+    // SAFETY: setns on a namespace fd we own; it affects this thread only.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("cannot enter network namespace {name:?}: {e}")));
+    }
+    Ok(())
+}
+
 /// An IO backend for one worker.
 pub trait IoBackend {
     /// Waits up to `timeout` for IO and feeds everything that arrived to the

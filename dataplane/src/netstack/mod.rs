@@ -80,7 +80,8 @@ impl NetStack {
         now: StdInstant,
     ) -> NetStack {
         let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-        config.random_seed = now.elapsed().as_nanos() as u64 ^ 0x5eed_9a7e_c011_15a5 ^ u64::from(mac[5]);
+        // Initial sequence numbers and ephemeral ports: random per process.
+        config.random_seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), mac);
         let mut iface = Interface::new(config, device, NetInstant::ZERO);
         iface.update_ip_addrs(|a| {
             for addr in addrs {
@@ -111,9 +112,7 @@ impl NetStack {
 
     /// Tops the listener's pool of listening sockets back up.
     fn refill(&mut self, i: usize) {
-        while self.listeners[i].waiting.len() < self.cfg.backlog
-            && self.conns.len() + self.listening() < self.cfg.max_connections + self.cfg.backlog * self.listeners.len()
-        {
+        while self.listeners[i].waiting.len() < self.cfg.backlog && self.conns.len() < self.cfg.max_connections {
             let rx = tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]);
             let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]);
             let mut s = tcp::Socket::new(rx, tx);
@@ -127,7 +126,8 @@ impl NetStack {
         }
     }
 
-    fn listening(&self) -> usize {
+    /// Listening sockets, half-open connections included.
+    pub fn listening(&self) -> usize {
         self.listeners.iter().map(|l| l.waiting.len()).sum()
     }
 
