@@ -11,7 +11,6 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_common::FilterConfig;
 use portcullis_dataplane::filter::{AttachMode, Cidr, Filter, List, Proto, PIN_DIR};
