@@ -65,28 +65,15 @@ impl KernelIo {
     /// addresses to bind instead of the config's (the first worker's actual
     /// ports when the config asks for port 0).
     pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>) -> io::Result<KernelIo> {
-        let poll = Poll::new()?;
-        let mut listeners = Vec::new();
+        let mut io = Self::links_only(config)?;
         for (i, l) in config.listeners.iter().enumerate() {
             let addr = addrs.map_or(l.bind, |a| a[i]);
             let mut listener = listen(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind listeners[{i}].bind = {addr}: {e}")))?;
-            poll.registry().register(&mut listener, Token(i), Interest::READABLE)?;
-            listeners.push(listener);
+            io.poll.registry().register(&mut listener, Token(i), Interest::READABLE)?;
+            io.listeners.push(listener);
         }
-        let link_count = config.services.iter().map(|s| s.servers.len()).sum();
-        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        Ok(KernelIo {
-            poll,
-            events: Events::with_capacity(1024),
-            listeners,
-            clients: Vec::new(),
-            free: Vec::new(),
-            generation: 0,
-            links: (0..link_count).map(|_| None).collect(),
-            buf: vec![0; READ_CHUNK].into_boxed_slice(),
-            waker,
-        })
+        Ok(io)
     }
 
     /// Game-server links only, no listeners: for backends that serve
