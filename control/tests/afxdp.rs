@@ -49,6 +49,14 @@ fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
     let h = Harness::up().unwrap();
     let pin = PathBuf::from(format!("/sys/fs/bpf/portcullis-afxdp-test-{}", std::process::id()));
     let filter = Filter::at(&pin);
+    // Pins are removed even when an assertion fails.
+    struct Purge(Filter);
+    impl Drop for Purge {
+        fn drop(&mut self) {
+            let _ = self.0.purge();
+        }
+    }
+    let _purge = Purge(filter.clone());
     h.in_gateway(|| filter.attach(GATEWAY_IFACE, false)).expect("attach the XDP filter");
     filter.rules().unwrap().add_port(Proto::Tcp, 7000).unwrap();
 
@@ -103,5 +111,4 @@ fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
     let redirected = counters.iter().find(|(v, _)| v.name() == "redirected").unwrap().1;
     assert!(redirected > 0, "the players' packets went through AF_XDP: {counters:?}");
     drop(gateway);
-    let _ = filter.purge();
 }
