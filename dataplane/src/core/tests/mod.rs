@@ -288,6 +288,13 @@ impl Harness {
         self.link_sent.remove(&(worker, link)).unwrap_or_default()
     }
 
+    /// The first request any game server of worker 0 received, and its link.
+    fn first_request(&mut self) -> Option<(LinkId, pbl::Request)> {
+        (0..self.cores[0].links.len()).find_map(|l| {
+            self.link_frames(l).into_iter().find_map(|k| if let Kind::Request(r) = k { Some((l, r)) } else { None })
+        })
+    }
+
     fn server_sends(&mut self, link: LinkId, kind: Kind) {
         self.server_sends_on(0, link, kind);
     }

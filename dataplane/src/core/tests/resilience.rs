@@ -332,12 +332,7 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
     h.links_up();
     let conn = h.connect(Codec::Json);
     h.send(conn, &Envelope::new(cmd::LOGIN, 1, 0, br#"{"token":"user=carol;pw=x"}"#));
-    let (link, req) = [0, 1]
-        .into_iter()
-        .find_map(|l| {
-            h.link_frames(l).into_iter().find_map(|k| if let Kind::Request(r) = k { Some((l, r)) } else { None })
-        })
-        .expect("the login reached the auth service");
+    let (link, req) = h.first_request().expect("the login reached the auth service");
     assert_eq!(req.cmd, cmd::LOGIN);
     let forwarded = LoginRequest::decode(&req.payload[..]).unwrap();
     assert_eq!(forwarded.token, "user=carol;pw=x", "normalised to protobuf");
@@ -359,12 +354,7 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
     // Refused by the service, then a service that never answers.
     let d = h.connect(Codec::Protobuf);
     h.send_msg(d, cmd::LOGIN, 1, &LoginRequest { token: "bad".into() });
-    let (link, req) = [0, 1]
-        .into_iter()
-        .find_map(|l| {
-            h.link_frames(l).into_iter().find_map(|k| if let Kind::Request(r) = k { Some((l, r)) } else { None })
-        })
-        .unwrap();
+    let (link, req) = h.first_request().unwrap();
     h.server_sends(
         link,
         Kind::Reply(pbl::Reply {
@@ -530,12 +520,7 @@ fn replies_go_where_the_request_came_from_whatever_the_server_claims() {
     let b = h.connect(Codec::Protobuf);
     let lb = h.login(b, "bo");
     h.send(a, &Envelope::new(1000, 7, 0, b"mine"));
-    let (link, req) = [0, 1]
-        .into_iter()
-        .find_map(|l| {
-            h.link_frames(l).into_iter().find_map(|k| if let Kind::Request(r) = k { Some((l, r)) } else { None })
-        })
-        .unwrap();
+    let (link, req) = h.first_request().unwrap();
     assert_eq!(req.session_id, la.session_id);
     // A confused game server names another session and sequence number.
     let reply = pbl::Reply {
