@@ -1,7 +1,8 @@
 //! The AF_XDP backend on the veth harness (root): the XDP filter redirects
 //! the gateway port into the AF_XDP socket, the userspace stack terminates
 //! TCP, and players in the players' namespace use the real Linux TCP stack
-//! to log in, heartbeat and echo through the sample game server.
+//! to log in and echo through the sample game server, over IPv4 and IPv6
+//! (the stack learns their link-layer addresses from their frames).
 #![cfg(feature = "afxdp")]
 
 use std::io::{Read, Write};
@@ -9,10 +10,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use portcullis_dataplane::filter::{Filter, Proto};
+use portcullis_dataplane::filter::Filter;
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
-use portcullis_harness::{Harness, GATEWAY_IFACE, GATEWAY_V4};
+use portcullis_harness::{Harness, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6};
 use portcullis_proto::pb::client::{LoginReply, LoginRequest};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
@@ -41,7 +42,7 @@ fn recv(s: &mut TcpStream, buf: &mut Vec<u8>) -> Envelope<'static> {
 }
 
 #[test]
-fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
+fn players_log_in_and_echo_over_ipv4_and_ipv6_through_the_af_xdp_dataplane() {
     if let Some(why) = portcullis_harness::unavailable() {
         eprintln!("skipping: {why}");
         return;
@@ -58,7 +59,6 @@ fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
     }
     let _purge = Purge(filter.clone());
     h.in_gateway(|| filter.attach(GATEWAY_IFACE, false)).expect("attach the XDP filter");
-    filter.rules().unwrap().add_port(Proto::Tcp, 7000).unwrap();
 
     // The sample game server on the gateway side's loopback.
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -72,7 +72,7 @@ fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
 
     let text = format!(
         "[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
-         [afxdp]\ninterface = \"{GATEWAY_IFACE}\"\naddresses = [\"{GATEWAY_V4}/24\"]\npin_dir = \"{}\"\n\
+         [afxdp]\ninterface = \"{GATEWAY_IFACE}\"\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\npin_dir = \"{}\"\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n",
         pin.display()
     );
@@ -84,9 +84,10 @@ fn players_log_in_and_echo_through_the_af_xdp_dataplane() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    for i in 0..3 {
+    for i in 0..4 {
+        let ip: std::net::IpAddr = if i % 2 == 0 { GATEWAY_V4.into() } else { GATEWAY_V6.into() };
         h.in_players(|| {
-            let addr = SocketAddr::new(GATEWAY_V4.into(), 7000);
+            let addr = SocketAddr::new(ip, 7000);
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("TCP through AF_XDP");
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             let mut buf = Vec::new();

@@ -1,15 +1,26 @@
-//! Helpers of the end-to-end tests: a whole stack (gateway workers on
-//! kernel sockets + sample game servers) on loopback ports chosen by the OS,
-//! game servers that can be killed and restarted, and a proxy that cuts
-//! client connections.
-
+//! Helpers of the end-to-end tests: a whole stack (gateway + sample game
+//! servers), game servers that can be killed and restarted, and a proxy that
+//! cuts client connections.
+//!
+//! The same tests run against two networks, chosen by the environment
+//! variable `PORTCULLIS_E2E_IO`:
+//! - `kernel` (default): gateway workers on kernel sockets, everything on
+//!   loopback ports chosen by the OS;
+//! - `afxdp` (root, cargo feature `afxdp`): a veth harness per stack, the
+//!   XDP filter attached to its gateway side, the gateway on the AF_XDP
+//!   backend (TCP in the userspace stack) with one worker per veth queue,
+//!   game servers on the gateway side's loopback, and every player socket
+//!   opened in the players' namespace, on the real Linux TCP stack.
+//!
+//! Tests open connections through [`Stack::connect`], [`Stack::tcp`] and
+//! [`Stack::connector`], so they need not know which network they run on.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
-use portcullis_client::{Client, ClientError, Event};
+use portcullis_client::{Client, ClientError, Connector, Event};
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
 use portcullis_proto::token::{sign, Claims};
@@ -41,6 +52,8 @@ impl Handler for CountingGame {
 pub struct GameServer {
     /// Its address.
     pub addr: SocketAddr,
+    /// Network namespace it listens in (`None`: the test's own).
+    netns: Option<String>,
     /// Its requests counter and game state.
     pub game: CountingGame,
     /// Pushes and drain announcements.
@@ -49,8 +62,9 @@ pub struct GameServer {
 }
 
 impl GameServer {
-    async fn start(addr: SocketAddr) -> GameServer {
-        let mut server = GameServer { addr, game: CountingGame::default(), pusher: Pusher::default(), task: None };
+    async fn start(addr: SocketAddr, netns: Option<String>) -> GameServer {
+        let mut server =
+            GameServer { addr, netns, game: CountingGame::default(), pusher: Pusher::default(), task: None };
         server.restart().await;
         server
     }
@@ -66,7 +80,10 @@ impl GameServer {
     pub async fn restart(&mut self) {
         self.kill();
         let listener = loop {
-            match TcpListener::bind(self.addr).await {
+            match in_netns(self.netns.as_deref(), || std::net::TcpListener::bind(self.addr))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(TcpListener::from_std)
+            {
                 Ok(l) => break l,
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -105,12 +122,44 @@ impl Default for StackOptions {
     }
 }
 
-/// A gateway and sample game servers on loopback.
+/// A gateway and sample game servers, on the network `PORTCULLIS_E2E_IO` names.
 pub struct Stack {
     /// The gateway; listeners in the order protobuf, flatbuffers, json, text.
     pub gateway: RunningGateway,
     /// The game servers.
     pub games: Vec<GameServer>,
+    /// Dropped last: the harness goes once the gateway has stopped.
+    net: Net,
+}
+
+/// Where a stack runs.
+enum Net {
+    Loopback,
+    #[cfg(feature = "afxdp")]
+    Harness(afxdp::HarnessNet),
+}
+
+/// Whether the stacks of this test process run on AF_XDP.
+fn on_afxdp() -> bool {
+    match std::env::var("PORTCULLIS_E2E_IO").as_deref() {
+        Ok("afxdp") => true,
+        Ok("kernel") | Err(_) => false,
+        Ok(other) => panic!("PORTCULLIS_E2E_IO={other:?}: expected kernel or afxdp"),
+    }
+}
+
+/// Runs `f` in network namespace `ns` (a thread of its own; sockets keep
+/// the namespace they were created in), or here when `ns` is `None`.
+fn in_netns<R: Send>(ns: Option<&str>, f: impl FnOnce() -> std::io::Result<R> + Send) -> std::io::Result<R> {
+    let Some(ns) = ns else { return f() };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            portcullis_dataplane::io::enter_netns(ns)?;
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    })
 }
 
 impl Stack {
@@ -121,18 +170,37 @@ impl Stack {
 
     /// Starts a stack.
     pub async fn start_with(opts: StackOptions) -> Stack {
+        let (net, game_ns, bind_ip) = if on_afxdp() {
+            #[cfg(feature = "afxdp")]
+            {
+                let h = afxdp::HarnessNet::up(&opts);
+                let ns = h.harness.gateway.clone();
+                (Net::Harness(h), Some(ns), afxdp::GATEWAY_IP)
+            }
+            #[cfg(not(feature = "afxdp"))]
+            panic!("PORTCULLIS_E2E_IO=afxdp needs the tests built with --features portcullis-tests/afxdp")
+        } else {
+            (Net::Loopback, None, "127.0.0.1")
+        };
         let mut games = Vec::new();
         for _ in 0..opts.game_servers {
-            games.push(GameServer::start("127.0.0.1:0".parse().expect("addr")).await);
+            games.push(GameServer::start("127.0.0.1:0".parse().expect("addr"), game_ns.clone()).await);
         }
         let addrs: Vec<SocketAddr> = games.iter().map(|g| g.addr).collect();
-        let text = config_text(&opts, &addrs);
+        let text = config_text(&opts, &addrs, bind_ip);
+        let text = match &net {
+            Net::Loopback => text,
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => h.config(text),
+        };
         let config = Config::parse(&text, "test stack").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config))
-            .await
-            .expect("start task")
-            .expect("gateway starts");
-        let stack = Stack { gateway, games };
+        let gateway = match &net {
+            Net::Loopback => tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await.expect("start"),
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => h.start(&config),
+        }
+        .expect("gateway starts");
+        let stack = Stack { gateway, games, net };
         if opts.auth.is_none() {
             stack.wait_for_game_servers().await;
         }
@@ -145,6 +213,28 @@ impl Stack {
         self.gateway.addrs[i]
     }
 
+    /// How players reach the gateway: directly on loopback, from the
+    /// players' namespace on the harness.
+    pub fn connector(&self) -> Connector {
+        match &self.net {
+            Net::Loopback => portcullis_client::direct(),
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => h.connector(),
+        }
+    }
+
+    /// A TCP connection to `addr`, opened the way players open theirs.
+    pub async fn tcp(&self, addr: SocketAddr) -> TcpStream {
+        (self.connector())(addr).await.expect("connect to the gateway")
+    }
+
+    /// Connects a client with the protobuf codec to `addr`.
+    pub async fn connect(&self, addr: SocketAddr) -> (Client, mpsc::Receiver<Event>) {
+        Client::connect_via(addr, Codec::Protobuf, Duration::from_secs(10), self.connector())
+            .await
+            .expect("connect to the gateway")
+    }
+
     /// Connects a client with the protobuf codec and logs it in as `user`.
     pub async fn player(&self, user: &str) -> (Client, mpsc::Receiver<Event>) {
         self.player_at(self.addr(Codec::Protobuf), user, "pc").await
@@ -152,7 +242,7 @@ impl Stack {
 
     /// Connects a client to `addr` and logs it in as `user` on `device`.
     pub async fn player_at(&self, addr: SocketAddr, user: &str, device: &str) -> (Client, mpsc::Receiver<Event>) {
-        let (c, events) = Client::connect(addr).await.expect("connect");
+        let (c, events) = self.connect(addr).await;
         c.login(&token_for(user, device)).await.expect("login");
         (c, events)
     }
@@ -170,12 +260,97 @@ impl Stack {
     }
 }
 
+#[cfg(feature = "afxdp")]
+mod afxdp {
+    use super::*;
+    use portcullis_dataplane::filter::Filter;
+    use portcullis_harness::{Harness, GATEWAY_IFACE};
+
+    pub const GATEWAY_IP: &str = "10.77.0.1";
+
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+
+    /// A veth harness with the XDP filter attached to its gateway side.
+    pub struct HarnessNet {
+        pub harness: Arc<Harness>,
+        filter: Filter,
+        pin_dir: String,
+        queues: u32,
+    }
+
+    impl HarnessNet {
+        /// One veth queue (and AF_XDP worker) per configured worker.
+        pub fn up(opts: &StackOptions) -> HarnessNet {
+            if let Some(why) = portcullis_harness::unavailable() {
+                panic!("PORTCULLIS_E2E_IO=afxdp: {why}");
+            }
+            let placeholder = ["127.0.0.1:1".parse().expect("addr")];
+            let workers = Config::parse(&config_text(opts, &placeholder, GATEWAY_IP), "test stack")
+                .map_or(1, |c| c.gateway.workers as u32);
+            let harness = Harness::up_with_queues(workers).expect("veth harness");
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let pin_dir = format!("/sys/fs/bpf/portcullis-e2e-{}-{n}", std::process::id());
+            let filter = Filter::at(&pin_dir);
+            let net = HarnessNet { harness: Arc::new(harness), filter, pin_dir, queues: workers };
+            net.harness.in_gateway(|| net.filter.attach(GATEWAY_IFACE, false)).expect("attach the XDP filter");
+            net
+        }
+
+        /// `text` with the `[afxdp]` section of this harness.
+        pub fn config(&self, text: String) -> String {
+            let queues: Vec<String> = (0..self.queues).map(|q| q.to_string()).collect();
+            format!(
+                "{text}\n[afxdp]\ninterface = \"{GATEWAY_IFACE}\"\nqueues = [{}]\n\
+                 addresses = [\"{GATEWAY_IP}/24\", \"fd77::1/64\"]\npin_dir = \"{}\"\n",
+                queues.join(", "),
+                self.pin_dir
+            )
+        }
+
+        /// The AF_XDP gateway, started on the gateway side.
+        pub fn start(&self, config: &Config) -> std::io::Result<RunningGateway> {
+            self.harness.in_gateway(|| RunningGateway::start_afxdp(config))
+        }
+
+        /// Opens each socket in the players' namespace, then connects.
+        pub fn connector(&self) -> Connector {
+            let ns = self.harness.players.clone();
+            Arc::new(move |addr: SocketAddr| {
+                let ns = ns.clone();
+                Box::pin(async move {
+                    let socket = in_netns(Some(&ns), || {
+                        if addr.is_ipv4() {
+                            tokio::net::TcpSocket::new_v4()
+                        } else {
+                            tokio::net::TcpSocket::new_v6()
+                        }
+                    })?;
+                    socket.connect(addr).await
+                })
+            })
+        }
+    }
+
+    impl Drop for HarnessNet {
+        fn drop(&mut self) {
+            // The harness itself goes with its last reference.
+            let _ = self.filter.purge();
+        }
+    }
+}
+
 /// The config of a test stack: four listeners on OS-chosen ports, one
 /// service "game" of the given servers for commands 1000-1999.
-pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr]) -> String {
+pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr], ip: &str) -> String {
     let servers: Vec<String> = game_servers.iter().map(|a| format!("\"{a}\"")).collect();
-    let listeners: String =
-        Codec::ALL.iter().map(|c| format!("[[listeners]]\nbind = \"127.0.0.1:0\"\ncodec = \"{c}\"\n")).collect();
+    // Port 0 (chosen by the OS) on loopback; fixed ports on a harness of
+    // the stack's own.
+    let port = |i: usize| if ip == "127.0.0.1" { 0 } else { 7000 + i };
+    let listeners: String = Codec::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n", port(i)))
+        .collect();
     let auth = opts.auth.clone().unwrap_or_else(|| format!("kind = \"token\"\nsecret = \"{SECRET}\""));
     format!(
         "[gateway]\n{}\n{listeners}\n[auth]\n{auth}\n[[services]]\nname = \"game\"\nservers = [{}]\n{}\n\
@@ -220,8 +395,8 @@ pub struct CuttingProxy {
 }
 
 impl CuttingProxy {
-    /// A proxy to `target`.
-    pub async fn start(target: SocketAddr) -> CuttingProxy {
+    /// A proxy to `target`, reached through `connector`.
+    pub async fn start(target: SocketAddr, connector: Connector) -> CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let (cut, _) = tokio::sync::broadcast::channel(4);
@@ -229,8 +404,9 @@ impl CuttingProxy {
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let mut stop = cuts.subscribe();
+                let connector = connector.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else { return };
+                    let Ok(mut server) = connector(target).await else { return };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = stop.recv() => {}

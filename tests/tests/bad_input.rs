@@ -20,7 +20,7 @@ struct Raw {
 
 impl Raw {
     async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        Raw { stream: TcpStream::connect(stack.addr(codec)).await.unwrap(), codec, buf: Vec::new() }
+        Raw { stream: stack.tcp(stack.addr(codec)).await, codec, buf: Vec::new() }
     }
 
     async fn send_bytes(&mut self, bytes: &[u8]) {

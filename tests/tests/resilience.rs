@@ -16,7 +16,7 @@ use portcullis_tests::{answered_with_error, next_event, token, token_for, Cuttin
 async fn a_client_cut_mid_stream_resumes_with_nothing_lost_or_duplicated() {
     const ITEMS: u32 = 3000;
     let stack = Stack::start("").await;
-    let proxy = CuttingProxy::start(stack.addr(Codec::Protobuf)).await;
+    let proxy = CuttingProxy::start(stack.addr(Codec::Protobuf), stack.connector()).await;
     let (client, mut events) = Client::connect(proxy.addr).await.unwrap();
     let login = client.login(&token("streamer")).await.unwrap();
     assert_eq!(client.call(STREAM, ITEMS.to_string().as_bytes()).await.unwrap(), b"ok");
@@ -80,7 +80,7 @@ async fn multi_login_policies_kick_or_reject() {
     let stack = policy_stack("multi_login = \"single\"\non_conflict = \"reject-new\"").await;
     let addr = stack.addr(Codec::Protobuf);
     let (first, _) = stack.player_at(addr, "al", "ios").await;
-    let (second, _) = Client::connect(addr).await.unwrap();
+    let (second, _) = stack.connect(addr).await;
     let err = second.login(&token_for("al", "pc")).await.unwrap_err();
     assert!(matches!(err, ClientError::Server { code: ErrorCode::LoginConflict, .. }), "{err:?}");
     assert_eq!(first.call(ECHO, b"x").await.unwrap(), b"x", "the first session is untouched");
@@ -221,7 +221,7 @@ async fn two_workers_chat_across_workers() {
     }
     tokio::time::sleep(Duration::from_millis(250)).await;
     let cross: u64 = stack.gateway.status().iter().map(|w| w.stats.cross_worker).sum();
-    assert!(cross > 0, "messages crossed workers");
+    assert!(cross > 0, "messages crossed workers: {:?}", stack.gateway.status());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +232,7 @@ async fn delegate_authentication_through_an_auth_service() {
     })
     .await;
     let addr = stack.addr(Codec::Protobuf);
-    let (c, _events) = Client::connect(addr).await.unwrap();
+    let (c, _events) = stack.connect(addr).await;
     let mut login = None;
     for _ in 0..100 {
         match c.login("demo:carol:web").await {
@@ -249,7 +249,7 @@ async fn delegate_authentication_through_an_auth_service() {
     let login = login.expect("the auth service came up");
     assert_eq!((login.user_id.as_str(), login.device.as_str()), ("carol", "web"));
     assert_eq!(c.call(ECHO, b"in").await.unwrap(), b"in");
-    let (bad, _e) = Client::connect(addr).await.unwrap();
+    let (bad, _e) = stack.connect(addr).await;
     let err = bad.login("nobody").await.unwrap_err();
     assert!(
         matches!(&err, ClientError::Server { code: ErrorCode::AuthFailed, message } if message.contains("demo credentials")),
@@ -270,9 +270,9 @@ async fn connection_and_rate_limits_refuse_with_a_clear_error() {
     assert_eq!(ok + throttled, 60, "every request answered");
     let mut conns = Vec::new();
     for _ in 0..3 {
-        conns.push(Client::connect(stack.addr(Codec::Protobuf)).await.unwrap());
+        conns.push(stack.connect(stack.addr(Codec::Protobuf)).await);
     }
-    let (extra, _) = Client::connect(stack.addr(Codec::Protobuf)).await.unwrap();
+    let (extra, _) = stack.connect(stack.addr(Codec::Protobuf)).await;
     let err = extra.heartbeat().await.unwrap_err();
     assert!(
         matches!(&err, ClientError::Closed) || matches!(&err, ClientError::Server { code: ErrorCode::Throttled, .. }),

@@ -295,27 +295,35 @@ impl IoBackend for AfXdpIo {
 
 /// Neighbours learnt from the frames that reach the stack.
 ///
-/// ARP goes to the kernel (the XDP filter passes it), which keeps the host's
-/// own networking intact; the stack learns a player's MAC address from the
-/// player's first IPv4 frame instead, by feeding itself the ARP reply that
-/// frame implies. Refreshed every 30 s, well inside smoltcp's cache lifetime.
+/// ARP and neighbour discovery go to the kernel (the XDP filter passes
+/// them), which keeps the host's own networking intact; the stack learns a
+/// player's MAC address from the player's first frame instead, by feeding
+/// itself the ARP reply (IPv4) or neighbour advertisement (IPv6) that frame
+/// implies. Refreshed every 30 s, well inside smoltcp's cache lifetime.
 struct Neighbors {
     mac: [u8; 6],
-    seen: rustc_hash::FxHashMap<[u8; 4], ([u8; 6], Instant)>,
+    seen: rustc_hash::FxHashMap<[u8; 16], ([u8; 6], Instant)>,
+    frame: Vec<u8>,
 }
 
 impl Neighbors {
     fn new(mac: [u8; 6]) -> Self {
-        Neighbors { mac, seen: rustc_hash::FxHashMap::default() }
+        Neighbors { mac, seen: rustc_hash::FxHashMap::default(), frame: Vec::with_capacity(86) }
     }
 
     fn learn(&mut self, frame: &[u8], dev: &mut FrameQueue) {
-        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+        let v4 = frame.len() >= 34 && frame[12..14] == [0x08, 0x00];
+        let v6 = frame.len() >= 54 && frame[12..14] == [0x86, 0xdd];
+        if !v4 && !v6 {
             return;
         }
         let their_mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
-        let their_ip: [u8; 4] = frame[26..30].try_into().expect("4 bytes");
-        let our_ip: [u8; 4] = frame[30..34].try_into().expect("4 bytes");
+        let mut their_ip = [0u8; 16];
+        if v4 {
+            their_ip[..4].copy_from_slice(&frame[26..30]);
+        } else {
+            their_ip.copy_from_slice(&frame[22..38]);
+        }
         let now = Instant::now();
         if self
             .seen
@@ -328,14 +336,49 @@ impl Neighbors {
             self.seen.clear();
         }
         self.seen.insert(their_ip, (their_mac, now));
-        let mut arp = [0u8; 42];
-        arp[..6].copy_from_slice(&self.mac);
-        arp[6..12].copy_from_slice(&their_mac);
-        arp[12..22].copy_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-        arp[22..28].copy_from_slice(&their_mac);
-        arp[28..32].copy_from_slice(&their_ip);
-        arp[32..38].copy_from_slice(&self.mac);
-        arp[38..42].copy_from_slice(&our_ip);
-        dev.push_rx(&arp);
+        let f = &mut self.frame;
+        f.clear();
+        f.extend_from_slice(&self.mac);
+        f.extend_from_slice(&their_mac);
+        if v4 {
+            // ARP reply: they (their MAC, their IP) tell us (our IP).
+            f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
+            f.extend_from_slice(&their_mac);
+            f.extend_from_slice(&frame[26..30]);
+            f.extend_from_slice(&self.mac);
+            f.extend_from_slice(&frame[30..34]);
+        } else {
+            // Neighbour advertisement (solicited, override) for their
+            // address, with their link-layer address as option.
+            let (src, dst) = (&frame[22..38], &frame[38..54]);
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 32, 58, 255]);
+            f.extend_from_slice(src);
+            f.extend_from_slice(dst);
+            let icmp = f.len();
+            f.extend_from_slice(&[136, 0, 0, 0, 0x60, 0, 0, 0]);
+            f.extend_from_slice(src);
+            f.extend_from_slice(&[2, 1]);
+            f.extend_from_slice(&their_mac);
+            let sum = icmpv6_checksum(src, dst, &f[icmp..]);
+            f[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
+        }
+        dev.push_rx(f);
     }
+}
+
+/// The ICMPv6 checksum of `msg` (its checksum field zero) from `src` to `dst`.
+fn icmpv6_checksum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
+    let mut pseudo = [0u8; 8];
+    pseudo[..4].copy_from_slice(&(msg.len() as u32).to_be_bytes());
+    pseudo[7] = 58;
+    let mut sum: u32 = 0;
+    for part in [src, dst, &pseudo, msg] {
+        for pair in part.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

@@ -383,6 +383,13 @@ impl RunningGateway {
     #[cfg(feature = "afxdp")]
     pub fn start_afxdp(config: &Config) -> io::Result<RunningGateway> {
         let x = config.afxdp.as_ref().ok_or_else(|| io::Error::other("the config has no [afxdp] section"))?;
+        // The filter redirects only gateway ports: make sure ours are.
+        let mut rules = crate::filter::Filter::at(&x.pin_dir)
+            .rules()
+            .map_err(|e| io::Error::other(format!("the XDP filter at afxdp.pin_dir = {}: {e}", x.pin_dir)))?;
+        for l in &config.listeners {
+            rules.add_port(crate::filter::Proto::Tcp, l.bind.port()).map_err(io::Error::other)?;
+        }
         let mut ios = Vec::new();
         for &queue in &x.queues {
             let io = super::afxdp::AfXdpIo::open(config, x, queue)?;

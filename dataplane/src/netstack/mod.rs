@@ -155,9 +155,7 @@ impl NetStack {
         self.accept(now, core);
         self.receive(now, core);
         self.finish_closes();
-        for conn in std::mem::take(&mut self.blocked) {
-            core.handle_writable(conn);
-        }
+        self.report_writable(core);
         self.iface.poll(ts, device, &mut self.sockets);
     }
 
@@ -218,13 +216,34 @@ impl NetStack {
         }
     }
 
+    /// Blocked connections whose send buffer has room again are reported
+    /// writable (only those: reporting a full one would have the core
+    /// retry at once, forever).
+    fn report_writable(&mut self, core: &mut Gateway) {
+        let (conns, sockets) = (&self.conns, &self.sockets);
+        self.blocked.retain(|conn| match conns.get(conn) {
+            Some(&h) => {
+                let s = sockets.get::<tcp::Socket>(h);
+                if !s.may_send() {
+                    return false; // closing: the receive path reports it
+                }
+                if s.send_queue() == s.send_capacity() {
+                    return true;
+                }
+                core.handle_writable(*conn);
+                false
+            }
+            None => false,
+        });
+    }
+
     /// Writes what the core has for `conn` into its send buffer.
     pub fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
         let Some(&h) = self.conns.get(&conn) else { return };
         let s = self.sockets.get_mut::<tcp::Socket>(h);
         let n = s.send_slice(core.outbound(conn)).unwrap_or(0);
         core.consume(conn, n);
-        if !core.outbound(conn).is_empty() {
+        if !core.outbound(conn).is_empty() && !self.blocked.contains(&conn) {
             self.blocked.push(conn);
         }
     }

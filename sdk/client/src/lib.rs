@@ -30,7 +30,9 @@
 //! ```
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -47,6 +49,18 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+
+/// Opens the TCP connections of a client: the first one and those of
+/// [`Client::resume`]. [`Client::connect`] dials the address directly; a
+/// custom connector can open its sockets in another network namespace, bind
+/// a source address or go through a tunnel.
+pub type Connector =
+    Arc<dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> + Send + Sync>;
+
+/// The connector that dials the address directly.
+pub fn direct() -> Connector {
+    Arc::new(|addr| Box::pin(TcpStream::connect(addr)))
+}
 
 /// Largest frame the client accepts from the gateway.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -144,6 +158,7 @@ struct Link {
 
 struct Inner {
     addr: SocketAddr,
+    connector: Connector,
     codec: Codec,
     timeout: Duration,
     link: Mutex<Link>,
@@ -191,14 +206,26 @@ impl Client {
         timeout: Duration,
     ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         let addr = lookup_host(addr).await?.next().ok_or(ClientError::Closed)?;
+        Self::connect_via(addr, codec, timeout, direct()).await
+    }
+
+    /// Connects through `connector`, with a codec and a per-request timeout.
+    pub async fn connect_via(
+        addr: SocketAddr,
+        codec: Codec,
+        timeout: Duration,
+        connector: Connector,
+    ) -> Result<(Client, mpsc::Receiver<Event>), ClientError> {
         let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
         let pending: Pending = Arc::default();
         let last_seen = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
         let logged_in = Arc::new(AtomicBool::new(false));
-        let link = open(addr, codec, &pending, &events_tx, &last_seen, &closing, &logged_in).await?;
+        let stream = connector(addr).await?;
+        let link = open(stream, codec, &pending, &events_tx, &last_seen, &closing, &logged_in).await?;
         let inner = Inner {
             addr,
+            connector,
             codec,
             timeout,
             link: Mutex::new(link),
@@ -356,7 +383,8 @@ impl Client {
     pub async fn resume(&self) -> Result<ResumeReply, ClientError> {
         let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
         let i = &self.inner;
-        let link = open(i.addr, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in).await?;
+        let stream = (i.connector)(i.addr).await?;
+        let link = open(stream, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in).await?;
         let old = std::mem::replace(&mut *i.link.lock().expect("link lock"), link);
         for t in old.tasks {
             t.abort();
@@ -413,9 +441,9 @@ impl Client {
     }
 }
 
-/// Opens a connection and starts its reader and writer.
+/// Starts the reader and writer of a new connection.
 async fn open(
-    addr: SocketAddr,
+    stream: TcpStream,
     codec: Codec,
     pending: &Pending,
     events: &mpsc::Sender<Event>,
@@ -423,7 +451,6 @@ async fn open(
     closing: &Arc<AtomicBool>,
     logged_in: &Arc<AtomicBool>,
 ) -> Result<Link, ClientError> {
-    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);

@@ -119,6 +119,17 @@ impl Harness {
     /// once that process is gone. Scripts pass their own pid and keep the
     /// harness with [`Harness::keep`].
     pub fn up_for(owner: u32) -> anyhow::Result<Harness> {
+        Self::build_for(owner, 1)
+    }
+
+    /// Builds a new harness owned by this process whose veth pair has
+    /// `queues` receive and transmit queues on each side (one AF_XDP worker
+    /// each); connections spread over them by flow hash.
+    pub fn up_with_queues(queues: u32) -> anyhow::Result<Harness> {
+        Self::build_for(std::process::id(), queues)
+    }
+
+    fn build_for(owner: u32, queues: u32) -> anyhow::Result<Harness> {
         cleanup_stale();
         let name = format!("{PREFIX}{owner}-{}", NEXT.fetch_add(1, Ordering::Relaxed));
         let mut h = Harness {
@@ -129,15 +140,24 @@ impl Harness {
             player_mac: [0; 6],
         };
         // From here on, Drop cleans up whatever was made.
-        (h.gateway_mac, h.player_mac) = h.build()?;
+        (h.gateway_mac, h.player_mac) = h.build(queues.max(1))?;
         Ok(h)
     }
 
-    fn build(&self) -> anyhow::Result<([u8; 6], [u8; 6])> {
+    fn build(&self, queues: u32) -> anyhow::Result<([u8; 6], [u8; 6])> {
         let (p, g) = (self.players.as_str(), self.gateway.as_str());
         ip(&["netns", "add", p])?;
         ip(&["netns", "add", g])?;
-        ip(&["-n", p, "link", "add", PLAYER_IFACE, "type", "veth", "peer", "name", GATEWAY_IFACE, "netns", g])?;
+        let q = queues.to_string();
+        let q = ["numtxqueues", &q, "numrxqueues", &q];
+        ip(&[
+            &["-n", p, "link", "add", PLAYER_IFACE][..],
+            &q,
+            &["type", "veth", "peer", "name", GATEWAY_IFACE],
+            &q,
+            &["netns", g],
+        ]
+        .concat())?;
         ip(&["-n", g, "addr", "add", &format!("{GATEWAY_V4}/24"), "dev", GATEWAY_IFACE])?;
         ip(&["-n", g, "-6", "addr", "add", &format!("{GATEWAY_V6}/64"), "dev", GATEWAY_IFACE, "nodad"])?;
         ip(&["-n", p, "addr", "add", &format!("{PLAYER_V4}/24"), "dev", PLAYER_IFACE])?;
