@@ -114,11 +114,13 @@ pub struct StackOptions {
     pub service: String,
     /// `[auth]` table body; default: the token authenticator.
     pub auth: Option<String>,
+    /// Run the gateway's UDP echo service ([`Stack::udp_echo`]).
+    pub udp_echo: bool,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { config: String::new(), game_servers: 1, service: String::new(), auth: None }
+        StackOptions { config: String::new(), game_servers: 1, service: String::new(), auth: None, udp_echo: false }
     }
 }
 
@@ -128,6 +130,8 @@ pub struct Stack {
     pub gateway: RunningGateway,
     /// The game servers.
     pub games: Vec<GameServer>,
+    /// Address of the UDP echo service, if it runs.
+    pub udp_echo: Option<SocketAddr>,
     /// Dropped last: the harness goes once the gateway has stopped.
     net: Net,
 }
@@ -169,7 +173,7 @@ impl Stack {
     }
 
     /// Starts a stack.
-    pub async fn start_with(opts: StackOptions) -> Stack {
+    pub async fn start_with(mut opts: StackOptions) -> Stack {
         let (net, game_ns, bind_ip) = if on_afxdp() {
             #[cfg(feature = "afxdp")]
             {
@@ -182,6 +186,18 @@ impl Stack {
         } else {
             (Net::Loopback, None, "127.0.0.1")
         };
+        let udp_echo = opts.udp_echo.then(|| match &net {
+            Net::Loopback => {
+                // A port the OS just had free.
+                let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a UDP probe");
+                probe.local_addr().expect("UDP probe address")
+            }
+            #[cfg(feature = "afxdp")]
+            Net::Harness(_) => format!("{}:7100", afxdp::GATEWAY_IP).parse().expect("addr"),
+        });
+        if let Some(addr) = udp_echo {
+            opts.config = format!("udp_echo = \"{addr}\"\n{}", opts.config);
+        }
         let mut games = Vec::new();
         for _ in 0..opts.game_servers {
             games.push(GameServer::start("127.0.0.1:0".parse().expect("addr"), game_ns.clone()).await);
@@ -200,7 +216,7 @@ impl Stack {
             Net::Harness(h) => h.start(&config),
         }
         .expect("gateway starts");
-        let stack = Stack { gateway, games, net };
+        let stack = Stack { gateway, games, udp_echo, net };
         if opts.auth.is_none() {
             stack.wait_for_game_servers().await;
         }
@@ -221,6 +237,22 @@ impl Stack {
             #[cfg(feature = "afxdp")]
             Net::Harness(h) => h.connector(),
         }
+    }
+
+    /// A UDP socket of a player (in the players' namespace on the harness).
+    pub async fn udp(&self) -> tokio::net::UdpSocket {
+        let ns = match &self.net {
+            Net::Loopback => None,
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => Some(h.harness.players.clone()),
+        };
+        let socket = in_netns(ns.as_deref(), || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        })
+        .expect("a player's UDP socket");
+        tokio::net::UdpSocket::from_std(socket).expect("register the UDP socket")
     }
 
     /// A TCP connection to `addr`, opened the way players open theirs.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use portcullis_client::Event;
 use portcullis_proto::cmd;
 use portcullis_sample_game_server::{room_group, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, COUNTER_GET, ECHO};
-use portcullis_tests::Stack;
+use portcullis_tests::{Stack, StackOptions};
 
 const PLAYERS: usize = 200;
 const GROUPS: usize = 10;
@@ -93,4 +93,30 @@ where
         out.push(h.await.expect("task"));
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_udp_echo_service_returns_every_datagram() {
+    let stack = Stack::start_with(StackOptions { udp_echo: true, ..Default::default() }).await;
+    let echo = stack.udp_echo.expect("echo address");
+    let socket = stack.udp().await;
+    let mut buf = vec![0u8; 2048];
+    let mut retried = 0;
+    for i in 0..300usize {
+        let datagram: Vec<u8> = (0..1 + i * 4).map(|b| (b ^ i) as u8).collect();
+        // UDP may lose a datagram; three tries each, all counted.
+        let mut answered = false;
+        for _ in 0..3 {
+            socket.send_to(&datagram, echo).await.unwrap();
+            if let Ok(r) = tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buf)).await {
+                let (n, from) = r.unwrap();
+                assert_eq!((from, &buf[..n]), (echo, &datagram[..]), "datagram {i}");
+                answered = true;
+                break;
+            }
+            retried += 1;
+        }
+        assert!(answered, "datagram {i} never came back");
+    }
+    assert!(retried < 5, "{retried} datagrams had to be sent again");
 }

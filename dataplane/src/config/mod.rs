@@ -98,6 +98,10 @@ pub struct GatewayConfig {
     pub max_groups_per_session: usize,
     /// Longest group name or user id accepted, in bytes.
     pub max_name_bytes: usize,
+    /// A UDP echo service on this address (every datagram goes back to its
+    /// sender), served on the players' path — the kernel stack or the
+    /// userspace one: for health checks and for measuring the UDP path.
+    pub udp_echo: Option<SocketAddr>,
 }
 
 impl Default for GatewayConfig {
@@ -112,6 +116,7 @@ impl Default for GatewayConfig {
             max_bad_frames: 8,
             max_groups_per_session: 64,
             max_name_bytes: 128,
+            udp_echo: None,
         }
     }
 }

@@ -140,7 +140,8 @@ impl AfXdpIo {
         let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
         let mut dev = FrameQueue::default();
         dev.verify_checksums = false;
-        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, NetConfig::default(), Instant::now());
+        let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
+        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
         let template = free.first().copied().ok_or_else(|| other("afxdp.frames", "too few frames"))?;
         Ok(AfXdpIo {
             links: KernelIo::links_only(config)?,

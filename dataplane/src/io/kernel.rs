@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -21,6 +21,7 @@ use crate::shard::Shared;
 use crate::{Gateway, Output, Stats};
 
 const WAKE: Token = Token((1 << 20) - 1);
+const UDP_ECHO: Token = Token((1 << 20) - 2);
 const LINK_BASE: usize = 1 << 20;
 const CLIENT_BASE: usize = 1 << 21;
 const READ_CHUNK: usize = 64 * 1024;
@@ -46,6 +47,9 @@ pub struct KernelIo {
     links: Vec<Option<LinkSocket>>,
     buf: Box<[u8]>,
     waker: Arc<Waker>,
+    udp_echo: Option<UdpSocket>,
+    /// Events of the last poll, reused.
+    ready: Vec<(usize, bool, bool)>,
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -73,6 +77,17 @@ impl KernelIo {
             io.poll.registry().register(&mut listener, Token(i), Interest::READABLE)?;
             io.listeners.push(listener);
         }
+        if let Some(addr) = config.gateway.udp_echo {
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into()).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot bind gateway.udp_echo = {addr}: {e}"))
+            })?;
+            let mut udp = UdpSocket::from_std(socket.into());
+            io.poll.registry().register(&mut udp, UDP_ECHO, Interest::READABLE)?;
+            io.udp_echo = Some(udp);
+        }
         Ok(io)
     }
 
@@ -92,6 +107,8 @@ impl KernelIo {
             links: (0..link_count).map(|_| None).collect(),
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
             waker,
+            udp_echo: None,
+            ready: Vec::new(),
         })
     }
 
@@ -186,6 +203,20 @@ impl KernelIo {
         core.handle_link_closed(now, link);
     }
 
+    /// Sends every waiting datagram back to its sender.
+    fn echo_udp(&mut self) {
+        let Some(udp) = &self.udp_echo else { return };
+        loop {
+            match udp.recv_from(&mut self.buf) {
+                Ok((n, from)) => {
+                    let _ = udp.send_to(&self.buf[..n], from);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
     fn drop_link(&mut self, link: LinkId) {
         if let Some(mut l) = self.links[link].take() {
             let _ = self.poll.registry().deregister(&mut l.stream);
@@ -215,11 +246,14 @@ impl IoBackend for KernelIo {
             r => r?,
         }
         let now = Instant::now();
-        let ready: Vec<(usize, bool, bool)> =
-            self.events.iter().map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())).collect();
-        for (token, readable, writable) in ready {
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.clear();
+        ready.extend(self.events.iter().map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())));
+        for &(token, readable, writable) in &ready {
             if token == WAKE.0 {
                 continue;
+            } else if token == UDP_ECHO.0 {
+                self.echo_udp();
             } else if token < LINK_BASE {
                 self.accept(core, token, now);
             } else if token < CLIENT_BASE {
@@ -260,6 +294,7 @@ impl IoBackend for KernelIo {
                 }
             }
         }
+        self.ready = ready;
         Ok(())
     }
 
@@ -389,6 +424,9 @@ impl RunningGateway {
             .map_err(|e| io::Error::other(format!("the XDP filter at afxdp.pin_dir = {}: {e}", x.pin_dir)))?;
         for l in &config.listeners {
             rules.add_port(crate::filter::Proto::Tcp, l.bind.port()).map_err(io::Error::other)?;
+        }
+        if let Some(udp) = config.gateway.udp_echo {
+            rules.add_port(crate::filter::Proto::Udp, udp.port()).map_err(io::Error::other)?;
         }
         let mut ios = Vec::new();
         for &queue in &x.queues {

@@ -4,6 +4,9 @@
 //! and every accepted TCP connection bridged to the sans-IO [`Gateway`]
 //! core as a client connection.
 //!
+//! UDP: the optional echo service (`gateway.udp_echo`) answers every
+//! datagram to its port from the address it was sent to.
+//!
 //! Listening: each gateway port keeps a fixed pool of listening sockets
 //! (the backlog). A SYN occupies one until the handshake completes, so a SYN
 //! flood that got past the XDP buckets can hold at most `backlog` half-open
@@ -15,16 +18,18 @@ use std::time::Instant as StdInstant;
 use rustc_hash::FxHashMap;
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::Device;
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 use crate::session::ConnId;
 use crate::Gateway;
 
-/// Sizes of the stack.
+/// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
 pub struct NetConfig {
+    /// Port of the UDP echo service, if any.
+    pub udp_echo: Option<u16>,
     /// Listening sockets (half-open connections) per port.
     pub backlog: usize,
     /// Connections at most.
@@ -39,7 +44,7 @@ impl Default for NetConfig {
     fn default() -> Self {
         // Small buffers: game traffic is many small messages, and memory per
         // idle connection matters more than bulk throughput.
-        NetConfig { backlog: 64, max_connections: 100_000, rx_buffer: 16 * 1024, tx_buffer: 32 * 1024 }
+        NetConfig { udp_echo: None, backlog: 64, max_connections: 100_000, rx_buffer: 16 * 1024, tx_buffer: 32 * 1024 }
     }
 }
 
@@ -64,6 +69,9 @@ pub struct NetStack {
     /// Closed towards the core, waiting for the TCP close to finish.
     closing: Vec<SocketHandle>,
     next_conn: ConnId,
+    udp_echo: Option<SocketHandle>,
+    /// One datagram being echoed.
+    datagram: Vec<u8>,
     epoch: StdInstant,
     cfg: NetConfig,
 }
@@ -97,9 +105,18 @@ impl NetStack {
             blocked: Vec::new(),
             closing: Vec::new(),
             next_conn: 1,
+            udp_echo: None,
+            datagram: vec![0; 65_536],
             epoch: now,
             cfg,
         };
+        if let Some(port) = cfg.udp_echo {
+            let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 512], vec![0; 512 * 1024]);
+            let mut s = udp::Socket::new(buffer(), buffer());
+            if s.bind(port).is_ok() {
+                stack.udp_echo = Some(stack.sockets.add(s));
+            }
+        }
         for i in 0..stack.listeners.len() {
             stack.refill(i);
         }
@@ -152,11 +169,22 @@ impl NetStack {
     pub fn poll<D: Device>(&mut self, now: StdInstant, device: &mut D, core: &mut Gateway) {
         let ts = self.at(now);
         self.iface.poll(ts, device, &mut self.sockets);
+        self.echo_udp();
         self.accept(now, core);
         self.receive(now, core);
         self.finish_closes();
         self.report_writable(core);
         self.iface.poll(ts, device, &mut self.sockets);
+    }
+
+    /// Every datagram to the echo port goes back where it came from.
+    fn echo_udp(&mut self) {
+        let Some(h) = self.udp_echo else { return };
+        let s = self.sockets.get_mut::<udp::Socket>(h);
+        while s.can_send() {
+            let Ok((n, meta)) = s.recv_slice(&mut self.datagram) else { return };
+            let _ = s.send_slice(&self.datagram[..n], meta);
+        }
     }
 
     /// Established sockets leave their listener's pool and become connections.

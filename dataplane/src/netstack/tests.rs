@@ -8,7 +8,7 @@ use portcullis_proto::pb::client::{LoginReply, LoginRequest};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
-use smoltcp::socket::tcp;
+use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
 
 use super::*;
@@ -189,4 +189,34 @@ fn many_clients_share_a_port_and_the_backlog_bounds_half_open_sockets() {
         let mut buf = Vec::new();
         assert_eq!(w.recv(h, &mut buf).seq, i as u32 + 1);
     }
+}
+
+#[test]
+fn the_udp_echo_service_answers_each_datagram_to_its_sender() {
+    let mut w = Wire::new(NetConfig { udp_echo: Some(7100), ..NetConfig::default() });
+    let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 64], vec![0; 65536]);
+    let mut s = udp::Socket::new(buffer(), buffer());
+    s.bind(40_000).unwrap();
+    let h = w.sockets.add(s);
+    // Sizes from one byte to a full frame's worth, several in flight.
+    let sent: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1 + usize::from(i) * 70]).collect();
+    for d in &sent {
+        w.sockets.get_mut::<udp::Socket>(h).send_slice(d, (IpAddress::from(GW), 7100)).unwrap();
+    }
+    let mut got = Vec::new();
+    w.run_until(|w| {
+        let s = w.sockets.get_mut::<udp::Socket>(h);
+        while let Ok((d, meta)) = s.recv() {
+            assert_eq!(meta.endpoint, (IpAddress::from(GW), 7100).into(), "answered from the echo port");
+            got.push(d.to_vec());
+        }
+        got.len() == sent.len()
+    });
+    assert_eq!(got, sent);
+    // Another port is not echoed.
+    w.sockets.get_mut::<udp::Socket>(h).send_slice(b"nobody", (IpAddress::from(GW), 7101)).unwrap();
+    for _ in 0..50 {
+        w.step();
+    }
+    assert!(w.sockets.get_mut::<udp::Socket>(h).recv().is_err());
 }
