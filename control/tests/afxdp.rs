@@ -108,6 +108,11 @@ fn players_log_in_and_echo_over_ipv4_and_ipv6_through_the_af_xdp_dataplane() {
             assert_eq!(recv(&mut s, &mut buf).cmd, cmd::LOGOUT);
         });
     }
+    // The worker's ring counters, exported with its status.
+    std::thread::sleep(Duration::from_millis(250));
+    let io = &gateway.status()[0].io;
+    assert!(io.rx_frames >= 4 * 14 && io.tx_frames >= 4 * 14 && io.rx_bytes > 0 && io.tx_bytes > 0, "{io:?}");
+    assert_eq!((io.kernel_rx_dropped, io.kernel_invalid_descs, io.drop_tx_oversize), (0, 0, 0), "{io:?}");
     let counters = filter.rules().unwrap().counters().unwrap();
     let redirected = counters.iter().find(|(v, _)| v.name() == "redirected").unwrap().1;
     assert!(redirected > 0, "the players' packets went through AF_XDP: {counters:?}");

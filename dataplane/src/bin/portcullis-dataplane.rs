@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use portcullis_dataplane::io::kernel::{RunningGateway, WorkerStatus};
+use portcullis_dataplane::io::IoStats;
 use portcullis_dataplane::{Config, Stats};
 
 /// The Portcullis dataplane: serves players and forwards their commands to game servers.
@@ -17,9 +18,10 @@ struct Args {
     /// Configuration file.
     #[arg(long, default_value = "config/portcullis.toml")]
     config: PathBuf,
-    /// IO backend.
-    #[arg(long, value_enum, default_value_t = IoKind::Kernel)]
-    io: IoKind,
+    /// IO backend [default: afxdp when the config has an `[afxdp]` section
+    /// and this build the AF_XDP backend, else kernel].
+    #[arg(long, value_enum)]
+    io: Option<IoKind>,
     /// Seconds between status lines (0: none).
     #[arg(long, default_value_t = 5)]
     status_every: u64,
@@ -59,7 +61,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
     }
-    let gateway = match args.io {
+    let io = args.io.unwrap_or(if config.afxdp.is_some() && cfg!(feature = "afxdp") {
+        IoKind::Afxdp
+    } else {
+        IoKind::Kernel
+    });
+    let gateway = match io {
         IoKind::Kernel => RunningGateway::start(&config)?,
         #[cfg(feature = "afxdp")]
         IoKind::Afxdp => RunningGateway::start_afxdp(&config)?,
@@ -81,13 +88,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("{} worker(s) running", gateway.status().len());
     let every = Duration::from_secs(args.status_every);
-    let (mut next_status, mut last) = (Instant::now() + every, total(&gateway.status()));
+    let (mut next_status, mut last) = (Instant::now() + every, totals(&gateway.status()));
     while !stop.load(Ordering::Relaxed) && gateway.is_running() {
         std::thread::sleep(Duration::from_millis(100));
         if args.status_every > 0 && Instant::now() >= next_status {
             next_status += every;
             let workers = gateway.status();
-            let now = total(&workers);
+            let now = totals(&workers);
             print_status(&workers, &now, &last, every, gateway.shared().user_count());
             last = now;
         }
@@ -98,15 +105,22 @@ fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn total(workers: &[WorkerStatus]) -> Stats {
-    let mut t = Stats::default();
+fn totals(workers: &[WorkerStatus]) -> (Stats, IoStats) {
+    let (mut t, mut io) = (Stats::default(), IoStats::default());
     for w in workers {
         t += &w.stats;
+        io += &w.io;
     }
-    t
+    (t, io)
 }
 
-fn print_status(workers: &[WorkerStatus], s: &Stats, last: &Stats, every: Duration, users: usize) {
+fn print_status(
+    workers: &[WorkerStatus],
+    (s, io): &(Stats, IoStats),
+    (last, last_io): &(Stats, IoStats),
+    every: Duration,
+    users: usize,
+) {
     let secs = every.as_secs_f64();
     let rate = |now: u64, before: u64| (now - before) as f64 / secs;
     let sessions: usize = workers.iter().map(|w| w.sessions).sum();
@@ -123,4 +137,19 @@ fn print_status(workers: &[WorkerStatus], s: &Stats, last: &Stats, every: Durati
         s.drop_unknown_command, s.drop_backend_unavailable, s.drop_backend_lost, s.drop_backend_timeout,
         s.slow_consumers, s.heartbeat_timeouts,
     );
+    if io.polls > 0 {
+        // A kernel-bypass backend: its rings.
+        let polls = (io.polls - last_io.polls).max(1) as f64;
+        tracing::info!(
+            "rings: rx {:.0} frames/s {:.1} MB/s tx {:.0} frames/s {:.1} MB/s | idle rounds {:.0} % sleeps {:.0}/s | tx ring full {} frames exhausted {} | kernel: rx dropped {} rx ring full {} fill ring empty {} invalid {}",
+            rate(io.rx_frames, last_io.rx_frames),
+            rate(io.rx_bytes, last_io.rx_bytes) / 1e6,
+            rate(io.tx_frames, last_io.tx_frames),
+            rate(io.tx_bytes, last_io.tx_bytes) / 1e6,
+            (io.idle_polls - last_io.idle_polls) as f64 * 100.0 / polls,
+            rate(io.idle_sleeps, last_io.idle_sleeps),
+            io.tx_ring_full, io.tx_frames_exhausted,
+            io.kernel_rx_dropped, io.kernel_rx_ring_full, io.kernel_fill_ring_empty, io.kernel_invalid_descs,
+        );
+    }
 }

@@ -21,7 +21,7 @@
 mod cross;
 mod deliver;
 mod links;
-mod stats;
+pub(crate) mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};

@@ -1,30 +1,35 @@
 //! Counters of the core. Every refused or dropped frame counts under the
 //! reason it was refused for.
 
+/// A struct of named monotonic `u64` counters, with `iter()` for metrics
+/// and `+=` for totals over workers.
 macro_rules! counters {
-    ($($(#[$doc:meta])* $name:ident,)*) => {
-        /// Monotonic counters of one worker's core.
+    ($(#[$sdoc:meta])* $ty:ident { $($(#[$doc:meta])* $name:ident,)* }) => {
+        $(#[$sdoc])*
         #[derive(Debug, Default, Clone, PartialEq, Eq)]
-        pub struct Stats {
+        pub struct $ty {
             $($(#[$doc])* pub $name: u64,)*
         }
 
-        impl Stats {
+        impl $ty {
             /// Every counter with its name, for metrics.
             pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
                 [$((stringify!($name), self.$name),)*].into_iter()
             }
         }
 
-        impl std::ops::AddAssign<&Stats> for Stats {
-            fn add_assign(&mut self, other: &Stats) {
+        impl std::ops::AddAssign<&$ty> for $ty {
+            fn add_assign(&mut self, other: &$ty) {
                 $(self.$name += other.$name;)*
             }
         }
     };
 }
+pub(crate) use counters;
 
 counters! {
+    /// Monotonic counters of one worker's core.
+    Stats {
     /// Client connections accepted.
     connections,
     /// Client frames decoded.
@@ -98,4 +103,5 @@ counters! {
     slow_consumers,
     /// Game-server links that went down (connect failures included).
     link_failures,
+}
 }

@@ -24,7 +24,7 @@ use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::kernel::KernelIo;
-use super::IoBackend;
+use super::{IoBackend, IoStats};
 use crate::config::{AfXdpConfig, Config};
 use crate::filter::Filter;
 use crate::netstack::{FrameQueue, NetConfig, NetStack};
@@ -60,6 +60,7 @@ pub struct AfXdpIo {
     stack: NetStack,
     neighbors: Neighbors,
     idle: u32,
+    stats: IoStats,
     /// How the socket was bound.
     pub mode: XskMode,
 }
@@ -159,6 +160,7 @@ impl AfXdpIo {
             stack,
             neighbors: Neighbors::new(mac),
             idle: 0,
+            stats: IoStats::default(),
             mode,
         })
     }
@@ -176,9 +178,11 @@ impl AfXdpIo {
         for d in &self.rx_batch[..n] {
             // SAFETY: the kernel handed this frame to us until we refill it.
             let data = unsafe { self.umem.data(d) };
+            self.stats.rx_bytes += data.contents().len() as u64;
             self.neighbors.learn(data.contents(), &mut self.dev);
             self.dev.push_rx(data.contents());
         }
+        self.stats.rx_frames += n as u64;
         if n > 0 {
             // SAFETY: as above.
             unsafe { self.fill.produce(&self.rx_batch[..n]) };
@@ -200,17 +204,22 @@ impl AfXdpIo {
                 if self.dev.tx.is_empty() {
                     break;
                 }
-                let Some(mut d) = self.free.pop() else { break };
+                let Some(mut d) = self.free.pop() else {
+                    self.stats.tx_frames_exhausted += 1;
+                    break;
+                };
                 let frame = self.dev.tx.pop_front().expect("not empty");
                 // SAFETY: a free transmit frame of this UMEM.
                 let written = unsafe { self.umem.data_mut(&mut d).cursor().write_all(&frame) };
-                self.dev.recycle(frame);
                 if written.is_err() {
                     // Larger than a frame: dropped (the stack's MTU prevents it).
+                    self.stats.drop_tx_oversize += 1;
                     self.free.push(d);
                 } else {
+                    self.stats.tx_bytes += frame.len() as u64;
                     self.tx_batch.push(d);
                 }
+                self.dev.recycle(frame);
             }
             if self.tx_batch.is_empty() {
                 break; // every transmit frame is in flight
@@ -219,6 +228,9 @@ impl AfXdpIo {
             for _ in 0..1024 {
                 // SAFETY: frames of this UMEM, not in flight.
                 produced += unsafe { self.tx.produce(&self.tx_batch[produced..]) };
+                if produced < self.tx_batch.len() {
+                    self.stats.tx_ring_full += 1;
+                }
                 let _ = self.tx.wakeup();
                 self.reclaim();
                 if produced == self.tx_batch.len() {
@@ -226,6 +238,7 @@ impl AfXdpIo {
                 }
             }
             self.in_flight += produced;
+            self.stats.tx_frames += produced as u64;
             sent += produced;
             self.free.extend(self.tx_batch.drain(produced..));
         }
@@ -255,12 +268,15 @@ impl IoBackend for AfXdpIo {
         let got = self.receive();
         self.stack.poll(Instant::now(), &mut self.dev, core);
         let sent = self.send();
+        self.stats.polls += 1;
         if got == 0 && sent == 0 {
+            self.stats.idle_polls += 1;
             // Busy polling, backing off when idle so that an idle gateway
             // does not burn its core: spin, then sleep a little longer each
             // time, up to 1 ms or the core's own deadline.
             self.idle = self.idle.saturating_add(1);
             if self.idle > 256 {
+                self.stats.idle_sleeps += 1;
                 let nap = Duration::from_micros(u64::from(self.idle - 256).min(1000));
                 std::thread::sleep(timeout.map_or(nap, |t| t.min(nap)));
             }
@@ -291,6 +307,16 @@ impl IoBackend for AfXdpIo {
 
     fn stop_accepting(&mut self) {
         self.stack.stop_listening();
+    }
+
+    fn io_stats(&mut self) -> IoStats {
+        if let Ok(k) = self.rx.fd().xdp_statistics() {
+            self.stats.kernel_rx_dropped = k.rx_dropped();
+            self.stats.kernel_rx_ring_full = k.rx_ring_full();
+            self.stats.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs();
+            self.stats.kernel_invalid_descs = k.rx_invalid_descs() + k.tx_invalid_descs();
+        }
+        self.stats.clone()
     }
 }
 

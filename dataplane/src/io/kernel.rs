@@ -12,7 +12,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::IoBackend;
+use super::{IoBackend, IoStats};
 use crate::auth;
 use crate::config::Config;
 use crate::route::LinkId;
@@ -50,6 +50,7 @@ pub struct KernelIo {
     udp_echo: Option<UdpSocket>,
     /// Events of the last poll, reused.
     ready: Vec<(usize, bool, bool)>,
+    stats: IoStats,
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -81,9 +82,9 @@ impl KernelIo {
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
             socket.set_reuse_port(true)?;
             socket.set_nonblocking(true)?;
-            socket.bind(&addr.into()).map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot bind gateway.udp_echo = {addr}: {e}"))
-            })?;
+            socket
+                .bind(&addr.into())
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot bind gateway.udp_echo = {addr}: {e}")))?;
             let mut udp = UdpSocket::from_std(socket.into());
             io.poll.registry().register(&mut udp, UDP_ECHO, Interest::READABLE)?;
             io.udp_echo = Some(udp);
@@ -109,6 +110,7 @@ impl KernelIo {
             waker,
             udp_echo: None,
             ready: Vec::new(),
+            stats: IoStats::default(),
         })
     }
 
@@ -175,7 +177,10 @@ impl KernelIo {
             let id = c.id;
             match c.stream.read(&mut self.buf) {
                 Ok(0) => break,
-                Ok(n) => core.handle_data(now, id, &self.buf[..n]),
+                Ok(n) => {
+                    self.stats.rx_bytes += n as u64;
+                    core.handle_data(now, id, &self.buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
@@ -298,6 +303,10 @@ impl IoBackend for KernelIo {
         Ok(())
     }
 
+    fn io_stats(&mut self) -> IoStats {
+        self.stats.clone()
+    }
+
     fn stop_accepting(&mut self) {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
@@ -320,7 +329,10 @@ impl KernelIo {
             Output::Transmit(id) => {
                 let Some(c) = self.client(id) else { return };
                 match Self::write_some(&mut c.stream, core.outbound(id)) {
-                    Ok(n) => core.consume(id, n),
+                    Ok(n) => {
+                        self.stats.tx_bytes += n as u64;
+                        core.consume(id, n);
+                    }
                     Err(_) => {
                         self.drop_client(Self::slot(id));
                         core.handle_disconnect(now, id);
@@ -377,6 +389,8 @@ pub struct WorkerStatus {
     pub groups: usize,
     /// Game-server links up.
     pub links_up: usize,
+    /// Its IO backend's counters.
+    pub io: super::IoStats,
     /// Requests awaiting game servers.
     pub in_flight: usize,
 }
@@ -460,7 +474,7 @@ impl RunningGateway {
             });
             let (stop, status) = (stop.clone(), status.clone());
             threads.push(std::thread::Builder::new().name(format!("portcullis-worker-{worker}")).spawn(move || {
-                super::run(&mut io, &mut core, &stop, deadline, |_, core| {
+                super::run(&mut io, &mut core, &stop, deadline, |_, core, io| {
                     let report = WorkerStatus {
                         stats: core.stats().clone(),
                         sessions: core.sessions().len(),
@@ -468,6 +482,7 @@ impl RunningGateway {
                         groups: core.sessions().group_count(),
                         links_up: core.links_up(),
                         in_flight: core.requests_in_flight(),
+                        io,
                     };
                     status.lock().expect("status lock")[worker] = report;
                 })

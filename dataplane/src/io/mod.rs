@@ -32,6 +32,42 @@ pub fn enter_netns(name: &str) -> io::Result<()> {
     Ok(())
 }
 
+crate::core::stats::counters! {
+    /// Counters of one worker's IO backend, read about every 100 ms with
+    /// the worker's status. Frame and ring counters are those of the
+    /// kernel-bypass backends; the kernel backend counts bytes only.
+    IoStats {
+    /// Frames received from the NIC rings.
+    rx_frames,
+    /// Bytes received from players (frames, or TCP payload on kernel sockets).
+    rx_bytes,
+    /// Frames sent.
+    tx_frames,
+    /// Bytes sent to players.
+    tx_bytes,
+    /// Worker loop rounds.
+    polls,
+    /// Rounds that moved no frame (busy polling with nothing to do).
+    idle_polls,
+    /// Times the worker slept after a run of idle rounds.
+    idle_sleeps,
+    /// Times the transmit ring took fewer frames than were ready.
+    tx_ring_full,
+    /// Times every transmit frame was in flight (frames waited in the stack).
+    tx_frames_exhausted,
+    /// Dropped: frames larger than a UMEM frame.
+    drop_tx_oversize,
+    /// Kernel: received frames dropped (socket counter `rx_dropped`).
+    kernel_rx_dropped,
+    /// Kernel: frames dropped because the receive ring was full.
+    kernel_rx_ring_full,
+    /// Kernel: times the fill ring was empty when a frame arrived.
+    kernel_fill_ring_empty,
+    /// Kernel: invalid descriptors on the receive or transmit ring.
+    kernel_invalid_descs,
+}
+}
+
 /// An IO backend for one worker.
 pub trait IoBackend {
     /// Waits up to `timeout` for IO and feeds everything that arrived to the
@@ -44,6 +80,9 @@ pub trait IoBackend {
 
     /// Stops accepting new connections (shutdown).
     fn stop_accepting(&mut self);
+
+    /// Its counters so far (called with each status report, not per frame).
+    fn io_stats(&mut self) -> IoStats;
 }
 
 /// Longest a worker sleeps, so that it notices `stop` and reports status.
@@ -51,13 +90,14 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs one worker until `stop` is set and its shutdown completes (see
 /// [`Gateway::shutdown`]), or `deadline` after `stop` at the latest.
-/// `tick` is called about every 100 ms with the core, for status output.
+/// `tick` is called about every 100 ms with the core and the backend's
+/// counters, for status output.
 pub fn run<B: IoBackend>(
     io: &mut B,
     core: &mut Gateway,
     stop: &AtomicBool,
     deadline: Duration,
-    mut tick: impl FnMut(Instant, &Gateway),
+    mut tick: impl FnMut(Instant, &Gateway, IoStats),
 ) -> io::Result<()> {
     let mut exit_at = None;
     let mut next_tick = Instant::now();
@@ -73,11 +113,11 @@ pub fn run<B: IoBackend>(
         }
         io.flush(core)?;
         if now >= next_tick {
-            tick(now, core);
+            tick(now, core, io.io_stats());
             next_tick = now + MAX_WAIT;
         }
         if core.is_shut_down() || exit_at.is_some_and(|t| now >= t) {
-            tick(now, core);
+            tick(now, core, io.io_stats());
             return Ok(());
         }
         let wait = core.poll_timeout().map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
