@@ -4,6 +4,14 @@
 //! - `--scenario echo` (default): N clients, each with `--depth` requests in
 //!   flight, echo a payload for `--duration` seconds; prints messages/s and
 //!   p50/p99/p999 round-trip latency (HdrHistogram).
+//! - `--scenario raw-echo`: the same closed loop without a gateway's
+//!   session: each client sends framed ECHO envelopes over its own TCP
+//!   connection and expects the same bytes back — for a byte-echo server
+//!   (`--scenario serve-echo`) behind a TCP proxy such as HAProxy, the
+//!   baseline of the gateway benchmarks.
+//! - `--scenario udp-echo`: the closed loop over UDP, one socket per client,
+//!   against a UDP echo service (the gateway's `gateway.udp_echo`).
+//! - `--scenario serve-echo`: a TCP and UDP byte-echo server on `--listen`.
 //! - `--scenario demo`: a few simulated players chat in rooms, message each
 //!   other and play with the shared counter, printed live.
 //! - `--scenario idle`: `--clients` sessions log in and stay idle; prints
@@ -29,6 +37,7 @@ use portcullis_client::{Client, Event};
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
 use portcullis_proto::token::{sign, Claims};
+use portcullis_proto::{Codec, Envelope};
 use portcullis_sample_game_server::{room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO};
 
 /// Load driver and demo players for Portcullis.
@@ -65,12 +74,21 @@ struct Args {
     /// Process id of the `--gateway` (idle scenario: its RSS is measured).
     #[arg(long, requires = "gateway")]
     gateway_pid: Option<u32>,
+    /// Address the echo server listens on (serve-echo; TCP and UDP).
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    listen: SocketAddr,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// Closed-loop echo through the game server.
     Echo,
+    /// Closed-loop echo of framed envelopes, no session (through a proxy).
+    RawEcho,
+    /// Closed-loop UDP echo.
+    UdpEcho,
+    /// A TCP and UDP byte-echo server.
+    ServeEcho,
     /// Live demo of players chatting and playing.
     Demo,
     /// Idle sessions: memory per session.
@@ -91,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        if args.scenario == Scenario::ServeEcho {
+            return serve_echo(args.listen).await;
+        }
         let (addr, _local) = match args.gateway {
             Some(addr) => (addr, None),
             None => {
@@ -100,8 +121,10 @@ fn main() -> anyhow::Result<()> {
         };
         match args.scenario {
             Scenario::Echo => echo(&args, addr).await,
+            Scenario::RawEcho => raw_echo(&args, addr).await,
+            Scenario::UdpEcho => udp_echo(&args, addr).await,
             Scenario::Demo => demo(&args, addr).await,
-            Scenario::Idle => unreachable!("handled above"),
+            Scenario::Idle | Scenario::ServeEcho => unreachable!("handled above"),
         }
     })
 }
@@ -163,33 +186,132 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
         args.clients, args.depth, args.payload, args.warmup, args.duration
     );
     let clients = connect_all(args, addr, "load-").await?;
+    let payload = vec![0x5a; args.payload];
+    let mut loops = Vec::new();
+    for (c, _events) in &clients {
+        for _ in 0..args.depth {
+            let (c, payload) = (c.clone(), payload.clone());
+            loops.push(move || {
+                let (c, payload) = (c.clone(), payload.clone());
+                async move { matches!(c.call(ECHO, &payload).await, Ok(back) if back == payload) }
+            });
+        }
+    }
+    let label = format!(
+        "echo {} clients depth {} payload {} B{}",
+        args.clients,
+        args.depth,
+        args.payload,
+        if args.gateway.is_none() { format!(" workers {}", args.workers) } else { String::new() }
+    );
+    no_failures(closed_loop(args, &label, loops).await?)
+}
+
+/// Closed-loop echo of framed ECHO envelopes, one TCP connection per
+/// client, no login: what a byte-echo server behind a TCP proxy answers.
+async fn raw_echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    eprintln!("raw-echo: {} connections, {}-byte payload, via {addr}", args.clients, args.payload);
+    let mut frame = Vec::new();
+    let payload = vec![0x5a; args.payload];
+    Codec::Protobuf.encode(&Envelope::new(ECHO, 1, 0, &payload), &mut frame);
+    let mut loops = Vec::new();
+    for i in 0..args.clients {
+        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting {i} to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let stream = Arc::new(tokio::sync::Mutex::new(stream));
+        let frame = Arc::new(frame.clone());
+        loops.push(move || {
+            let (stream, frame) = (stream.clone(), frame.clone());
+            async move {
+                let mut s = stream.lock().await;
+                let mut back = vec![0u8; frame.len()];
+                s.write_all(&frame).await.is_ok() && s.read_exact(&mut back).await.is_ok() && back == *frame
+            }
+        });
+    }
+    no_failures(
+        closed_loop(args, &format!("raw-echo {} connections payload {} B", args.clients, args.payload), loops).await?,
+    )
+}
+
+/// Closed-loop UDP echo, one socket per client; a datagram not back within
+/// a second counts as an error.
+async fn udp_echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
+    eprintln!("udp-echo: {} sockets, {}-byte datagrams, to {addr}", args.clients, args.payload);
+    let mut loops = Vec::new();
+    for _ in 0..args.clients {
+        let socket = tokio::net::UdpSocket::bind(if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }).await?;
+        socket.connect(addr).await?;
+        let socket = Arc::new(socket);
+        let payload = Arc::new(vec![0x5a; args.payload]);
+        loops.push(move || {
+            let (socket, payload) = (socket.clone(), payload.clone());
+            async move {
+                let mut back = vec![0u8; payload.len() + 1];
+                if socket.send(&payload).await.is_err() {
+                    return false;
+                }
+                match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut back)).await {
+                    Ok(Ok(n)) => back[..n] == payload[..],
+                    _ => false,
+                }
+            }
+        });
+    }
+    // UDP may lose datagrams: they are reported, not fatal.
+    closed_loop(args, &format!("udp-echo {} sockets payload {} B", args.clients, args.payload), loops).await.map(drop)
+}
+
+/// A byte-echo server on `addr`, TCP and UDP, until killed.
+async fn serve_echo(addr: SocketAddr) -> anyhow::Result<()> {
+    let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding TCP {addr}"))?;
+    let udp = tokio::net::UdpSocket::bind(addr).await.with_context(|| format!("binding UDP {addr}"))?;
+    eprintln!("echo server on {addr} (TCP and UDP)");
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+            let _ = udp.send_to(&buf[..n], from).await;
+        }
+    });
+    loop {
+        let (mut s, _) = tcp.accept().await?;
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        });
+    }
+}
+
+/// Runs every round-trip loop for warm-up + duration and prints the rate
+/// and latency of the measured part. Each call of a loop is one round trip
+/// and says whether the right answer came back; returns how many did not.
+async fn closed_loop<L, F>(args: &Args, label: &str, loops: Vec<L>) -> anyhow::Result<u64>
+where
+    L: Fn() -> F + Send + 'static,
+    F: std::future::Future<Output = bool> + Send,
+{
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for (c, events) in &clients {
-        let _ = events;
-        for _ in 0..args.depth {
-            let (c, measuring, stop, errors) = (c.clone(), measuring.clone(), stop.clone(), errors.clone());
-            let payload = vec![0x5a; args.payload];
-            tasks.push(tokio::spawn(async move {
-                let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    match c.call(ECHO, &payload).await {
-                        Ok(back) if back == payload => {
-                            if measuring.load(Ordering::Relaxed) {
-                                h.saturating_record(t.elapsed().as_micros() as u64);
-                            }
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+    for round_trip in loops {
+        let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                if round_trip().await {
+                    if measuring.load(Ordering::Relaxed) {
+                        h.saturating_record(t.elapsed().as_micros() as u64);
                     }
+                } else {
+                    errors.fetch_add(1, Ordering::Relaxed);
                 }
-                h
-            }));
-        }
+            }
+            h
+        }));
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
@@ -206,23 +328,23 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
         total.add(t.await?)?;
     }
     eprintln!();
-    let rate = total.len() as f64 / elapsed.as_secs_f64();
+    let errors = errors.load(Ordering::Relaxed);
     println!(
-        "echo {} clients depth {} payload {} B{}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {} errors)",
-        args.clients,
-        args.depth,
-        args.payload,
-        if args.gateway.is_none() { format!(" workers {}", args.workers) } else { String::new() },
-        rate,
+        "{label}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {errors} failed)",
+        total.len() as f64 / elapsed.as_secs_f64(),
         total.value_at_quantile(0.50),
         total.value_at_quantile(0.99),
         total.value_at_quantile(0.999),
         total.max(),
         total.len(),
-        errors.load(Ordering::Relaxed),
     );
-    if errors.load(Ordering::Relaxed) > 0 {
-        bail!("{} requests failed", errors.load(Ordering::Relaxed));
+    Ok(errors)
+}
+
+/// Over TCP every round trip must succeed.
+fn no_failures(failed: u64) -> anyhow::Result<()> {
+    if failed > 0 {
+        bail!("{failed} round trips failed");
     }
     Ok(())
 }

@@ -141,13 +141,14 @@ fn print_status(
         // A kernel-bypass backend: its rings.
         let polls = (io.polls - last_io.polls).max(1) as f64;
         tracing::info!(
-            "rings: rx {:.0} frames/s {:.1} MB/s tx {:.0} frames/s {:.1} MB/s | idle rounds {:.0} % sleeps {:.0}/s | tx ring full {} frames exhausted {} | kernel: rx dropped {} rx ring full {} fill ring empty {} invalid {}",
+            "rings: rx {:.0} frames/s {:.1} MB/s tx {:.0} frames/s {:.1} MB/s | idle rounds {:.0} % sleeps {:.0}/s | kicks {:.0}/s tx ring full {} frames exhausted {} | kernel: rx dropped {} rx ring full {} fill ring empty {} invalid {}",
             rate(io.rx_frames, last_io.rx_frames),
             rate(io.rx_bytes, last_io.rx_bytes) / 1e6,
             rate(io.tx_frames, last_io.tx_frames),
             rate(io.tx_bytes, last_io.tx_bytes) / 1e6,
             (io.idle_polls - last_io.idle_polls) as f64 * 100.0 / polls,
             rate(io.idle_sleeps, last_io.idle_sleeps),
+            rate(io.tx_kicks, last_io.tx_kicks),
             io.tx_ring_full, io.tx_frames_exhausted,
             io.kernel_rx_dropped, io.kernel_rx_ring_full, io.kernel_fill_ring_empty, io.kernel_invalid_descs,
         );

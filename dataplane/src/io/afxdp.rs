@@ -33,6 +33,9 @@ use crate::{Gateway, Output};
 /// Frames moved per ring operation.
 const BATCH: usize = 64;
 
+/// Idle rounds of busy polling before the worker waits in epoll.
+const SPIN_ROUNDS: u32 = 256;
+
 /// How the socket was bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum XskMode {
@@ -55,7 +58,8 @@ pub struct AfXdpIo {
     rx_batch: Vec<FrameDesc>,
     comp_batch: Vec<FrameDesc>,
     tx_batch: Vec<FrameDesc>,
-    in_flight: usize,
+    /// Descriptors of the transmit ring.
+    tx_size: u32,
     dev: FrameQueue,
     stack: NetStack,
     neighbors: Neighbors,
@@ -125,12 +129,13 @@ impl AfXdpIo {
                 break;
             }
         }
-        let (tx, rx, fq_cq) = socket.ok_or_else(|| {
+        let (mut tx, rx, fq_cq) = socket.ok_or_else(|| {
             other(
                 &format!("binding an AF_XDP socket to {} queue {queue}", x.interface),
                 "refused in zero-copy and copy mode",
             )
         })?;
+        let tx_size = tx.nb_free_exact(); // the ring is empty
         let (mut fill, comp) = fq_cq.ok_or_else(|| other("AF_XDP", "no fill and completion rings"))?;
         Filter::at(&x.pin_dir).register_socket(queue, rx.fd().as_raw_fd()).map_err(|e| other("the XDP filter", e))?;
         let free = descs.split_off(descs.len() / 2);
@@ -144,8 +149,10 @@ impl AfXdpIo {
         let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
         let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
         let template = free.first().copied().ok_or_else(|| other("afxdp.frames", "too few frames"))?;
+        let links = KernelIo::links_only(config)?;
+        links.wake_on(rx.fd().as_raw_fd())?;
         Ok(AfXdpIo {
-            links: KernelIo::links_only(config)?,
+            links,
             umem,
             rx,
             tx,
@@ -155,7 +162,7 @@ impl AfXdpIo {
             rx_batch: vec![template; BATCH],
             comp_batch: vec![template; BATCH],
             tx_batch: Vec::with_capacity(BATCH),
-            in_flight: 0,
+            tx_size,
             dev,
             stack,
             neighbors: Neighbors::new(mac),
@@ -228,36 +235,41 @@ impl AfXdpIo {
             for _ in 0..1024 {
                 // SAFETY: frames of this UMEM, not in flight.
                 produced += unsafe { self.tx.produce(&self.tx_batch[produced..]) };
-                if produced < self.tx_batch.len() {
-                    self.stats.tx_ring_full += 1;
-                }
-                let _ = self.tx.wakeup();
-                self.reclaim();
                 if produced == self.tx_batch.len() {
                     break;
                 }
+                // The ring is full: let the kernel take some first.
+                self.stats.tx_ring_full += 1;
+                self.kick();
+                self.reclaim();
             }
-            self.in_flight += produced;
             self.stats.tx_frames += produced as u64;
             sent += produced;
             self.free.extend(self.tx_batch.drain(produced..));
         }
-        // Copy mode: keep kicking until what is in flight has left.
+        self.kick();
+        sent
+    }
+
+    /// Has the kernel take what waits on the transmit ring. Copy mode sends
+    /// at most 32 frames per kick, so kick until the ring is empty
+    /// (bounded); a zero-copy driver only when it asks. Completions are
+    /// reclaimed later: waiting for them here would spin on system calls.
+    fn kick(&mut self) {
         for _ in 0..64 {
-            if self.in_flight == 0 {
-                break;
+            let queued = self.tx_size - self.tx.nb_free_exact();
+            if queued == 0 || (self.mode == XskMode::ZeroCopy && !self.tx.needs_wakeup()) {
+                return;
             }
             let _ = self.tx.wakeup();
-            self.reclaim();
+            self.stats.tx_kicks += 1;
         }
-        sent
     }
 
     /// Completed transmit frames back to the free list.
     fn reclaim(&mut self) {
         // SAFETY: completed descriptors of this UMEM.
         let n = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.in_flight = self.in_flight.saturating_sub(n);
         self.free.extend_from_slice(&self.comp_batch[..n]);
     }
 }
@@ -266,19 +278,30 @@ impl IoBackend for AfXdpIo {
     fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
         self.links.poll(core, Some(Duration::ZERO))?;
         let got = self.receive();
-        self.stack.poll(Instant::now(), &mut self.dev, core);
+        let now = Instant::now();
+        if got > 0 || self.stack.is_due(now) {
+            self.stack.poll(now, &mut self.dev, core);
+        }
         let sent = self.send();
         self.stats.polls += 1;
         if got == 0 && sent == 0 {
             self.stats.idle_polls += 1;
-            // Busy polling, backing off when idle so that an idle gateway
-            // does not burn its core: spin, then sleep a little longer each
-            // time, up to 1 ms or the core's own deadline.
+            // Busy polling while frames flow; after a run of idle rounds
+            // the worker waits in epoll instead — on its game-server links,
+            // its wake-up and the AF_XDP socket, whose receive ring wakes it
+            // — until the core's or the stack's next deadline, so that an
+            // idle gateway does not burn its core.
             self.idle = self.idle.saturating_add(1);
-            if self.idle > 256 {
+            if self.idle > SPIN_ROUNDS {
                 self.stats.idle_sleeps += 1;
-                let nap = Duration::from_micros(u64::from(self.idle - 256).min(1000));
-                std::thread::sleep(timeout.map_or(nap, |t| t.min(nap)));
+                let now = Instant::now();
+                let stack = self.stack.due().map(|t| t.saturating_duration_since(now));
+                let wait = match (timeout, stack) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                self.links.poll(core, wait)?;
+                self.idle = 0;
             }
         } else {
             self.idle = 0;
@@ -297,11 +320,11 @@ impl IoBackend for AfXdpIo {
                     link => self.links.carry_out(core, link),
                 }
             }
-            self.stack.poll(Instant::now(), &mut self.dev, core);
-            self.send();
             if !any {
                 return Ok(());
             }
+            self.stack.poll(Instant::now(), &mut self.dev, core);
+            self.send();
         }
     }
 

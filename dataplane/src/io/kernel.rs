@@ -22,6 +22,7 @@ use crate::{Gateway, Output, Stats};
 
 const WAKE: Token = Token((1 << 20) - 1);
 const UDP_ECHO: Token = Token((1 << 20) - 2);
+const EXTERNAL: Token = Token((1 << 20) - 3);
 const LINK_BASE: usize = 1 << 20;
 const CLIENT_BASE: usize = 1 << 21;
 const READ_CHUNK: usize = 64 * 1024;
@@ -122,6 +123,12 @@ impl KernelIo {
     /// Wakes this worker from its IO wait (from another thread).
     pub fn waker(&self) -> Arc<Waker> {
         self.waker.clone()
+    }
+
+    /// Makes `fd` readable wake [`IoBackend::poll`] too (an AF_XDP socket
+    /// whose owner waits here when idle); its events are otherwise ignored.
+    pub fn wake_on(&self, fd: std::os::fd::RawFd) -> io::Result<()> {
+        self.poll.registry().register(&mut mio::unix::SourceFd(&fd), EXTERNAL, Interest::READABLE)
     }
 
     fn slot(id: ConnId) -> usize {
@@ -255,7 +262,7 @@ impl IoBackend for KernelIo {
         ready.clear();
         ready.extend(self.events.iter().map(|e| (e.token().0, e.is_readable() || e.is_read_closed(), e.is_writable())));
         for &(token, readable, writable) in &ready {
-            if token == WAKE.0 {
+            if token == WAKE.0 || token == EXTERNAL.0 {
                 continue;
             } else if token == UDP_ECHO.0 {
                 self.echo_udp();

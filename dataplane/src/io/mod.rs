@@ -51,6 +51,8 @@ crate::core::stats::counters! {
     idle_polls,
     /// Times the worker slept after a run of idle rounds.
     idle_sleeps,
+    /// System calls that kicked the kernel to transmit.
+    tx_kicks,
     /// Times the transmit ring took fewer frames than were ready.
     tx_ring_full,
     /// Times every transmit frame was in flight (frames waited in the stack).

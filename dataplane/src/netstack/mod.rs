@@ -69,6 +69,8 @@ pub struct NetStack {
     /// Closed towards the core, waiting for the TCP close to finish.
     closing: Vec<SocketHandle>,
     next_conn: ConnId,
+    /// When the stack's next timer fires.
+    due: Option<StdInstant>,
     udp_echo: Option<SocketHandle>,
     /// One datagram being echoed.
     datagram: Vec<u8>,
@@ -105,6 +107,7 @@ impl NetStack {
             blocked: Vec::new(),
             closing: Vec::new(),
             next_conn: 1,
+            due: Some(now),
             udp_echo: None,
             datagram: vec![0; 65_536],
             epoch: now,
@@ -175,6 +178,22 @@ impl NetStack {
         self.finish_closes();
         self.report_writable(core);
         self.iface.poll(ts, device, &mut self.sockets);
+        self.due = self
+            .iface
+            .poll_at(ts, &self.sockets)
+            .map(|t| self.epoch + std::time::Duration::from_micros(t.total_micros().max(0) as u64));
+    }
+
+    /// Whether a timer of the stack (retransmission, delayed ACK, keep-alive,
+    /// close) is due: without new frames or output, polling is needed only
+    /// then — each poll walks every socket.
+    pub fn is_due(&self, now: StdInstant) -> bool {
+        self.due.is_some_and(|t| now >= t)
+    }
+
+    /// When the stack's next timer fires, if any.
+    pub fn due(&self) -> Option<StdInstant> {
+        self.due
     }
 
     /// Every datagram to the echo port goes back where it came from.

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The dataplanes side by side on the veth harness (root; ./scripts/setup.sh
+# first). Same players (the load driver in the players' namespace: CLIENTS
+# connections, closed loop, 64-byte payloads), same machine, one run each:
+#
+#   tcp afxdp    gateway on AF_XDP, TCP in userspace → sample game server (ECHO)
+#   tcp kernel   gateway on kernel sockets (epoll)   → sample game server (ECHO)
+#   tcp haproxy  HAProxy (Debian) in TCP mode        → byte-echo server
+#   udp afxdp    the gateway's UDP echo service on the AF_XDP path
+#   udp kernel   the same service on a kernel UDP socket
+#
+# For each: messages/s, p50/p99, the dataplane process's CPU seconds (user +
+# system, /proc/PID/stat) and the whole machine's busy CPU seconds
+# (/proc/stat: includes the softirq work the kernel charges to whichever task
+# runs, and the load driver, which is the same for every TCP row), with
+# messages per CPU second of both.
+#
+# Everything it starts is removed on exit. DURATION (s, default 6) and
+# CLIENTS (default 50) can be set from the environment.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${DURATION:-6}"
+CLIENTS="${CLIENTS:-50}"
+command -v haproxy >/dev/null ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
+cargo build --release --quiet --features portcullis-dataplane/afxdp -p portcullis-dataplane -p portcullis-benches \
+    -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
+bin=$PWD/target/release
+pin=/sys/fs/bpf/portcullis-bench-$$
+tmp=$(mktemp -d)
+h=$("$bin/portcullis-harness" up --owner-pid $$)
+gw="$h-g"; players="$h-p"
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    sleep 0.5
+    "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
+    "$bin/portcullis-harness" down --owner-pid $$ 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+"$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
+ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 127.0.0.1:9100 >/dev/null 2>&1 &
+sleep 0.5
+# One worker; no per-session rate limit in the way of a closed loop.
+sed -e 's/^workers = 2/workers = 1/' -e 's/^session_rate = .*/session_rate = 1000000/' \
+    -e 's/^session_burst = .*/session_burst = 1000000/' -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" \
+    config/harness.toml > "$tmp/gateway.toml"
+cat > "$tmp/haproxy.cfg" <<CFG
+global
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend players
+    bind 10.77.0.1:7000
+    default_backend echo
+backend echo
+    server echo 127.0.0.1:9100
+CFG
+
+cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }                   # clock ticks
+machine_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; } # user nice system irq softirq
+hz=$(getconf CLK_TCK)
+
+# measure NAME PID LOAD-ARGS…: the load driver in the players' namespace.
+measure() {
+    local name=$1 pid=$2; shift 2
+    local before machine_before out after machine_after
+    before=$(cpu_of "$pid"); machine_before=$(machine_busy)
+    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$CLIENTS" --duration "$DURATION" --warmup 0 "$@" \
+        2>/dev/null) || { echo "$name: the load driver failed: $out" >&2; return 1; }
+    after=$(cpu_of "$pid"); machine_after=$(machine_busy)
+    echo "$out" | awk -v n="$name" -v d="$DURATION" -v c="$((after - before))" -v m="$((machine_after - machine_before))" \
+        -v hz="$hz" '{
+            for (i = 1; i <= NF; i++) {
+                if ($i == "msg/s") rate = $(i - 1)
+                if ($i == "p50") p50 = $(i + 1)
+                if ($i == "p99") p99 = $(i + 1)
+            }
+            msgs = rate * d
+            printf "%-12s %7.0f msg/s  p50 %5d µs  p99 %6d µs | dataplane %5.2f CPU-s %7.0f msg/CPU-s | machine %5.2f CPU-s %7.0f msg/CPU-s\n",
+                n, rate, p50, p99, c / hz, msgs / (c / hz), m / hz, msgs / (m / hz) }'
+}
+
+echo "== $CLIENTS players, closed loop, 64-byte messages, $DURATION s each, one dataplane worker"
+for io in afxdp kernel; do
+    "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
+    gateway=$!
+    sleep 1
+    measure "tcp $io" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me
+    measure "udp $io" "$gateway" --scenario udp-echo --gateway 10.77.0.1:7100
+    kill -TERM "$gateway"
+    wait "$gateway" 2>/dev/null || true
+done
+ip netns exec "$gw" haproxy -f "$tmp/haproxy.cfg" -db >/dev/null 2>&1 &
+proxy=$!
+sleep 1
+measure "tcp haproxy" "$proxy" --scenario raw-echo --gateway 10.77.0.1:7000
