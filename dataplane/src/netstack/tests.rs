@@ -1,6 +1,7 @@
 //! The stack against a smoltcp client over an in-memory wire, with the real
-//! gateway core behind it: ARP, the TCP handshake, a login and heartbeats
-//! both ways, a client close, and the backlog under a half-open flood.
+//! gateway core behind it: ARP and IPv6 neighbour discovery (both ways),
+//! ICMP echo, the TCP handshake over IPv4 and IPv6, a login and heartbeats
+//! both ways, a client close, the backlog under a half-open flood, UDP echo.
 
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,7 @@ use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::{tcp, udp};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
 use super::*;
 use crate::config::Config as GatewayConfig;
@@ -19,8 +20,11 @@ use crate::Output;
 const SECRET: &str = "netstack-test-secret-0123";
 const GW: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
 const CLIENT: Ipv4Address = Ipv4Address::new(10, 77, 0, 2);
+const GW6: Ipv6Address = Ipv6Address::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
+const CLIENT6: Ipv6Address = Ipv6Address::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
 
 struct Wire {
+    start: Instant,
     now: Instant,
     gw_dev: FrameQueue,
     stack: NetStack,
@@ -39,8 +43,8 @@ impl Wire {
         let auth = crate::auth::from_config(&config).unwrap();
         let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, 1_800_000_000);
         let mut gw_dev = FrameQueue::default();
-        let stack =
-            NetStack::new(&mut gw_dev, [2, 0, 0, 0, 0, 1], &[IpCidr::new(GW.into(), 24)], &[(7000, 0)], cfg, now);
+        let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];
+        let stack = NetStack::new(&mut gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now);
         let mut cl_dev = FrameQueue::default();
         let mut client = Interface::new(
             IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 2]))),
@@ -49,8 +53,9 @@ impl Wire {
         );
         client.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(CLIENT.into(), 24));
+            let _ = a.push(IpCidr::new(CLIENT6.into(), 64));
         });
-        Wire { now, gw_dev, stack, core, cl_dev, client, sockets: SocketSet::new(Vec::new()) }
+        Wire { start: now, now, gw_dev, stack, core, cl_dev, client, sockets: SocketSet::new(Vec::new()) }
     }
 
     /// One millisecond of both sides, frames carried across the wire.
@@ -68,7 +73,7 @@ impl Wire {
             self.cl_dev.push_rx(&f);
             self.gw_dev.recycle(f);
         }
-        let ts = smoltcp::time::Instant::from_micros(self.now.elapsed().as_micros() as i64 + 1);
+        let ts = smoltcp::time::Instant::from_micros((self.now - self.start).as_micros() as i64);
         self.client.poll(ts, &mut self.cl_dev, &mut self.sockets);
         while let Some(f) = self.cl_dev.tx.pop_front() {
             self.gw_dev.push_rx(&f);
@@ -88,8 +93,12 @@ impl Wire {
     }
 
     fn connect(&mut self, local_port: u16) -> SocketHandle {
+        self.connect_to(IpAddress::from(GW), local_port)
+    }
+
+    fn connect_to(&mut self, gateway: IpAddress, local_port: u16) -> SocketHandle {
         let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 65536]), tcp::SocketBuffer::new(vec![0; 65536]));
-        s.connect(self.client.context(), (IpAddress::from(GW), 7000), local_port).unwrap();
+        s.connect(self.client.context(), (gateway, 7000), local_port).unwrap();
         self.sockets.add(s)
     }
 
@@ -219,4 +228,56 @@ fn the_udp_echo_service_answers_each_datagram_to_its_sender() {
         w.step();
     }
     assert!(w.sockets.get_mut::<udp::Socket>(h).recv().is_err());
+}
+
+#[test]
+fn ipv6_neighbour_discovery_tcp_and_icmp_echo_on_both_families() {
+    use smoltcp::socket::icmp;
+    use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, Icmpv6Packet, Icmpv6Repr};
+    let mut w = Wire::new(NetConfig::default());
+    // TCP over IPv6: the client resolves the gateway by neighbour
+    // solicitation, the stack answers, and resolves the client in turn.
+    let h = w.connect_to(IpAddress::from(GW6), 40_100);
+    w.run_until(|w| w.sock(h).state() == tcp::State::Established);
+    w.run_until(|w| w.core.connection_count() == 1);
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login_frame("v6")));
+    let mut buf = Vec::new();
+    let reply = w.recv(h, &mut buf);
+    assert_eq!((reply.cmd, reply.flags), (cmd::LOGIN, flags::RESPONSE));
+
+    // ICMP echo to both of the gateway's addresses.
+    let buffer = || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 4], vec![0; 1024]);
+    let mut s = icmp::Socket::new(buffer(), buffer());
+    s.bind(icmp::Endpoint::Ident(0x1234)).unwrap();
+    let ping = w.sockets.add(s);
+    let caps = smoltcp::phy::DeviceCapabilities::default();
+    let data = b"portcullis ping";
+    let v4 = Icmpv4Repr::EchoRequest { ident: 0x1234, seq_no: 1, data };
+    let mut bytes = vec![0; v4.buffer_len()];
+    v4.emit(&mut Icmpv4Packet::new_unchecked(&mut bytes), &caps.checksum);
+    w.sockets.get_mut::<icmp::Socket>(ping).send_slice(&bytes, IpAddress::from(GW)).unwrap();
+    let v6 = Icmpv6Repr::EchoRequest { ident: 0x1234, seq_no: 2, data };
+    let mut bytes = vec![0; v6.buffer_len()];
+    v6.emit(&CLIENT6, &GW6, &mut Icmpv6Packet::new_unchecked(&mut bytes), &caps.checksum);
+    w.sockets.get_mut::<icmp::Socket>(ping).send_slice(&bytes, IpAddress::from(GW6)).unwrap();
+    let mut replies = Vec::new();
+    w.run_until(|w| {
+        while let Ok((packet, from)) = w.sockets.get_mut::<icmp::Socket>(ping).recv() {
+            replies.push((from, packet.to_vec()));
+        }
+        replies.len() == 2
+    });
+    replies.sort_by_key(|(from, _)| matches!(from, IpAddress::Ipv6(_)));
+    let r4 = Icmpv4Packet::new_checked(&replies[0].1).unwrap();
+    assert_eq!(replies[0].0, IpAddress::from(GW));
+    assert_eq!(
+        Icmpv4Repr::parse(&r4, &caps.checksum).unwrap(),
+        Icmpv4Repr::EchoReply { ident: 0x1234, seq_no: 1, data }
+    );
+    let r6 = Icmpv6Packet::new_checked(&replies[1].1).unwrap();
+    assert_eq!(replies[1].0, IpAddress::from(GW6));
+    assert_eq!(
+        Icmpv6Repr::parse(&GW6, &CLIENT6, &r6, &caps.checksum).unwrap(),
+        Icmpv6Repr::EchoReply { ident: 0x1234, seq_no: 2, data }
+    );
 }
