@@ -10,7 +10,8 @@
 //! Listening: each gateway port keeps a fixed pool of listening sockets
 //! (the backlog). A SYN occupies one until the handshake completes, so a SYN
 //! flood that got past the XDP buckets can hold at most `backlog` half-open
-//! connections per port — bounded memory — and an established connection is
+//! connections per port — bounded memory — for at most `half_open_timeout`
+//! (then the socket listens again), and an established connection is
 //! replaced by a fresh listening socket, up to `max_connections`.
 
 use std::time::Instant as StdInstant;
@@ -32,6 +33,9 @@ pub struct NetConfig {
     pub udp_echo: Option<u16>,
     /// Listening sockets (half-open connections) per port.
     pub backlog: usize,
+    /// A handshake not completed within this is dropped, freeing its
+    /// listening socket (spoofed SYNs never complete).
+    pub half_open_timeout: NetDuration,
     /// Connections at most.
     pub max_connections: usize,
     /// Receive buffer per connection, bytes.
@@ -44,7 +48,14 @@ impl Default for NetConfig {
     fn default() -> Self {
         // Small buffers: game traffic is many small messages, and memory per
         // idle connection matters more than bulk throughput.
-        NetConfig { udp_echo: None, backlog: 64, max_connections: 100_000, rx_buffer: 16 * 1024, tx_buffer: 32 * 1024 }
+        NetConfig {
+            udp_echo: None,
+            backlog: 64,
+            half_open_timeout: NetDuration::from_secs(5),
+            max_connections: 100_000,
+            rx_buffer: 16 * 1024,
+            tx_buffer: 32 * 1024,
+        }
     }
 }
 
@@ -138,6 +149,7 @@ impl NetStack {
             let mut s = tcp::Socket::new(rx, tx);
             s.set_nagle_enabled(false);
             s.set_keep_alive(Some(NetDuration::from_secs(30)));
+            s.set_timeout(Some(self.cfg.half_open_timeout));
             if s.listen(self.listeners[i].port).is_err() {
                 return;
             }
@@ -215,6 +227,9 @@ impl NetStack {
                 let s = self.sockets.get_mut::<tcp::Socket>(h);
                 match s.state() {
                     tcp::State::Established => {
+                        // Connected: the core's heartbeat decides when a
+                        // quiet player is gone, not the handshake timeout.
+                        s.set_timeout(None);
                         let peer = s.remote_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
                         self.listeners[i].waiting.swap_remove(j);
                         let conn = self.next_conn;
@@ -225,7 +240,7 @@ impl NetStack {
                         core.handle_connect(now, conn, self.listeners[i].index, peer);
                     }
                     tcp::State::Closed => {
-                        // A handshake that failed: listen again.
+                        // A handshake that failed or timed out: listen again.
                         let port = self.listeners[i].port;
                         let _ = s.listen(port);
                         j += 1;

@@ -281,3 +281,70 @@ fn ipv6_neighbour_discovery_tcp_and_icmp_echo_on_both_families() {
         Icmpv6Repr::EchoReply { ident: 0x1234, seq_no: 2, data }
     );
 }
+
+/// A SYN from a spoofed source that will never complete the handshake.
+fn spoofed_syn(src: Ipv4Address, port: u16) -> Vec<u8> {
+    use smoltcp::wire::{
+        EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket,
+        TcpRepr, TcpSeqNumber,
+    };
+    let tcp = TcpRepr {
+        src_port: port,
+        dst_port: 7000,
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(1000),
+        ack_number: None,
+        window_len: 64_000,
+        window_scale: None,
+        max_seg_size: Some(1460),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: GW,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress([2, 0, 0, 0, 0, 9]),
+        dst_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let caps = smoltcp::phy::ChecksumCapabilities::default();
+    let mut frame = vec![0; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+    let mut e = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.emit(&mut e);
+    let mut p = Ipv4Packet::new_unchecked(e.payload_mut());
+    ip.emit(&mut p, &caps);
+    tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src.into(), &GW.into(), &caps);
+    frame
+}
+
+#[test]
+fn half_open_connections_from_a_syn_flood_expire_and_free_the_backlog() {
+    let mut w = Wire::new(NetConfig { backlog: 4, ..NetConfig::default() });
+    // Twenty spoofed SYNs: four take the whole backlog, the rest are refused.
+    for i in 0..20u8 {
+        w.gw_dev.push_rx(&spoofed_syn(Ipv4Address::new(10, 77, 0, 100 + i), 50_000));
+    }
+    w.step();
+    assert_eq!(w.stack.listening(), 4, "the backlog bounds what a flood holds");
+    let stuck = w.connect(42_000);
+    for _ in 0..200 {
+        w.step();
+    }
+    assert_ne!(w.sock(stuck).state(), tcp::State::Established, "no listening socket was free");
+    // Past the handshake timeout the half-open sockets listen again, and a
+    // real player gets in.
+    for _ in 0..5_100 {
+        w.step();
+    }
+    let h = w.connect(42_001);
+    w.run_until(|w| w.sock(h).state() == tcp::State::Established);
+    w.run_until(|w| w.core.connection_count() == 1);
+    assert!(w.stack.listening() <= 4);
+}
