@@ -394,6 +394,18 @@ impl RunningGateway {
         Self::spawn(config, ios, wakers, addrs)
     }
 
+    /// Starts DPDK (EAL once per process, then the `[dpdk]` port) and one
+    /// worker per queue pair, in the calling thread's network namespace
+    /// (that of a `net_af_xdp` vdev's interface).
+    #[cfg(feature = "dpdk")]
+    pub fn start_dpdk(config: &Config) -> io::Result<RunningGateway> {
+        let d = config.dpdk.as_ref().ok_or_else(|| io::Error::other("the config has no [dpdk] section"))?;
+        let ios = super::dpdk::DpdkIo::open(config, d)?;
+        let wakers = ios.iter().map(|io| io.waker()).collect();
+        let addrs = config.listeners.iter().map(|l| l.bind).collect();
+        Self::spawn(config, ios, wakers, addrs)
+    }
+
     fn spawn<B: super::IoBackend + Send + 'static>(
         config: &Config,
         ios: Vec<B>,

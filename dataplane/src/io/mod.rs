@@ -3,11 +3,13 @@
 //!
 //! Every backend implements [`IoBackend`]; [`run`] is the worker loop that
 //! drives any of them. Backends: [`kernel`] (ordinary sockets through epoll,
-//! for laptops, CI without root and as the baseline). AF_XDP and DPDK
-//! backends implement the same trait.
+//! for laptops, CI without root and as the baseline). AF_XDP (feature
+//! `afxdp`) and DPDK (feature `dpdk`) backends implement the same trait.
 
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod kernel;
 
 use std::io;

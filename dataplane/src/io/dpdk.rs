@@ -1,0 +1,506 @@
+//! The DPDK backend: players' frames come from a DPDK port's receive
+//! queues (`rte_eth_rx_burst`), go through the userspace stack
+//! ([`crate::netstack`]) to the core, and the answers leave through
+//! `rte_eth_tx_burst`. Game-server links stay on kernel sockets. One worker
+//! per queue pair, each with its own mbuf pool.
+//!
+//! DPDK's environment (EAL) starts once per process, with the `[dpdk]`
+//! section's `eal_args`; a later start with other arguments is refused.
+//! Without a NIC bound to DPDK, a `net_af_xdp` vdev on a Linux interface
+//! works (`--no-huge --no-pci -m 512 --vdev=net_af_xdp0,iface=eth1`): the
+//! driver loads its own XDP program, which hands every frame of the queue to
+//! DPDK, ARP and ICMP included, and the stack answers them. The port is
+//! stopped and closed (its XDP program detached) when the last worker ends.
+//!
+//! Frames are copied once between mbufs and the stack, through reused
+//! buffers, as in the AF_XDP backend.
+
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use demikernel_dpdk_bindings as rte;
+use smoltcp::wire::IpCidr;
+
+use super::kernel::KernelIo;
+use super::IoBackend;
+use crate::config::{Config, DpdkConfig};
+use crate::netstack::{FrameQueue, NetConfig, NetStack};
+use crate::{Gateway, Output};
+
+/// Frames moved per burst.
+const BURST: usize = 64;
+/// Receive and transmit descriptors per queue.
+const DESCRIPTORS: u16 = 1024;
+/// Per-lcore mbuf cache of each pool (unused by the workers, which are not
+/// EAL threads, but DPDK's own threads may use it).
+const POOL_CACHE: u32 = 256;
+/// `tx_burst` calls that sent nothing before the rest of a batch is dropped.
+const TX_RETRIES: u32 = 64;
+
+// Exported by librte_ethdev (which the binding links) but not in the
+// binding's generated list.
+extern "C" {
+    fn rte_eth_dev_stop(port_id: u16) -> c_int;
+    fn rte_eth_dev_close(port_id: u16) -> c_int;
+}
+
+/// An error of DPDK call `call`: `code` is a negative errno (or, for calls
+/// that return -1, DPDK's `rte_errno`).
+fn dpdk_error(call: &str, code: c_int) -> io::Error {
+    let errno = code.saturating_abs();
+    // SAFETY: rte_strerror returns a static or thread-local C string.
+    let text = unsafe { CStr::from_ptr(rte::rte_strerror(errno)) }.to_string_lossy();
+    let kind = io::Error::from_raw_os_error(errno).kind();
+    io::Error::new(kind, format!("{call} failed: {text} (error {errno})"))
+}
+
+/// `rte_errno` of the calling thread.
+fn rte_errno() -> c_int {
+    // SAFETY: reads a thread-local integer.
+    unsafe { rte::rte_errno() }
+}
+
+/// EAL arguments of the process, once EAL has started (or the reason it
+/// could not: EAL cannot be started twice, even after a failure).
+static EAL: OnceLock<Result<Vec<String>, String>> = OnceLock::new();
+
+/// Starts EAL with `args` (program name excluded), once per process; later
+/// calls with the same arguments do nothing, others are an error.
+pub fn init_eal(args: &[String]) -> io::Result<()> {
+    let mut ran = false;
+    let started = EAL.get_or_init(|| {
+        ran = true;
+        start_eal(args).map(|()| args.to_vec()).map_err(|e| e.to_string())
+    });
+    match started {
+        Ok(first) if first == args => Ok(()),
+        Ok(first) => Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("DPDK's EAL already runs in this process with {first:?}; it cannot start again with {args:?}"),
+        )),
+        Err(e) if ran => Err(io::Error::other(e.clone())),
+        Err(e) => Err(io::Error::other(format!("DPDK's EAL failed to start earlier in this process: {e}"))),
+    }
+}
+
+fn start_eal(args: &[String]) -> io::Result<()> {
+    let mut argv = Vec::with_capacity(args.len() + 2);
+    for a in std::iter::once("portcullis-dataplane").chain(args.iter().map(String::as_str)) {
+        let arg = CString::new(a).map_err(|_| io::Error::other(format!("EAL argument {a:?} contains a NUL byte")))?;
+        // EAL may keep pointers into argv: the strings live as long as the
+        // process (EAL starts once).
+        argv.push(arg.into_raw());
+    }
+    let argc = c_int::try_from(argv.len()).map_err(|_| io::Error::other("too many EAL arguments"))?;
+    argv.push(std::ptr::null_mut());
+    let argv: &'static mut [*mut c_char] = argv.leak();
+    // rte_eal_init pins the calling thread to the main lcore, and threads
+    // started from it would inherit that; the workers are ours to place.
+    let affinity = current_affinity();
+    // SAFETY: argv is NULL-terminated, its strings valid for the process.
+    let r = unsafe { rte::rte_eal_init(argc, argv.as_mut_ptr()) };
+    let err = rte_errno();
+    if let Some(set) = affinity {
+        // SAFETY: a cpu set read from this thread a moment ago.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    }
+    if r < 0 {
+        let e = dpdk_error("rte_eal_init", err);
+        return Err(io::Error::new(e.kind(), format!("{e}; EAL arguments: {args:?}")));
+    }
+    Ok(())
+}
+
+fn current_affinity() -> Option<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; the call fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        (libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0).then_some(set)
+    }
+}
+
+/// What one queue moved and dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DpdkCounters {
+    /// Frames received.
+    pub rx_frames: u64,
+    /// Frames handed to the driver.
+    pub tx_frames: u64,
+    /// Frames dropped because the driver took none of them for a while.
+    pub tx_dropped_full: u64,
+    /// Frames dropped because no mbuf was free.
+    pub tx_dropped_no_mbuf: u64,
+    /// Frames dropped because they do not fit an mbuf.
+    pub tx_dropped_too_big: u64,
+}
+
+/// A started DPDK port and its mbuf pools; stopped and closed on drop,
+/// when the last worker using it is gone.
+struct Port {
+    id: u16,
+    pools: Vec<*mut rte::rte_mempool>,
+}
+
+// SAFETY: the pools are DPDK mempools, safe to use from any thread; the
+// port itself is only stopped and closed, once, on drop.
+unsafe impl Send for Port {}
+// SAFETY: as above; `Port` has no interior mutability.
+unsafe impl Sync for Port {}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // SAFETY: no worker uses the port any more (they hold this value).
+        unsafe {
+            let stopped = rte_eth_dev_stop(self.id);
+            if stopped < 0 {
+                tracing::warn!("{}", dpdk_error(&format!("rte_eth_dev_stop(port {})", self.id), stopped));
+            }
+            let closed = rte_eth_dev_close(self.id);
+            if closed < 0 {
+                tracing::warn!("{}", dpdk_error(&format!("rte_eth_dev_close(port {})", self.id), closed));
+            }
+            for &pool in &self.pools {
+                rte::rte_mempool_free(pool);
+            }
+        }
+    }
+}
+
+/// Names mbuf pools uniquely in the process.
+static POOLS: AtomicU32 = AtomicU32::new(0);
+
+impl Port {
+    /// Configures port `d.port` with `d.queues` queue pairs and starts it.
+    fn open(d: &DpdkConfig) -> io::Result<Port> {
+        let id = d.port;
+        // SAFETY: plain queries after EAL has started.
+        if unsafe { rte::rte_eth_dev_is_valid_port(id) } == 0 {
+            let n = unsafe { rte::rte_eth_dev_count_avail() };
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "dpdk.port = {id}: no such DPDK port ({n} available; is its --vdev in dpdk.eal_args? \
+                     a port closed by an earlier gateway of this process cannot be reopened)"
+                ),
+            ));
+        }
+        // SAFETY: a zeroed rte_eth_dev_info is a valid output buffer.
+        let mut info: rte::rte_eth_dev_info = unsafe { std::mem::zeroed() };
+        let r = unsafe { rte::rte_eth_dev_info_get(id, &mut info) };
+        if r < 0 {
+            return Err(dpdk_error(&format!("rte_eth_dev_info_get(port {id})"), r));
+        }
+        let driver = if info.driver_name.is_null() {
+            "?".into()
+        } else {
+            // SAFETY: the driver's static name.
+            unsafe { CStr::from_ptr(info.driver_name) }.to_string_lossy().into_owned()
+        };
+        if info.max_rx_queues < d.queues || info.max_tx_queues < d.queues {
+            return Err(io::Error::other(format!(
+                "dpdk.queues = {}: port {id} ({driver}) has {} receive and {} transmit queues \
+                 (net_af_xdp: add queue_count={} to the --vdev)",
+                d.queues, info.max_rx_queues, info.max_tx_queues, d.queues
+            )));
+        }
+        // All defaults: no offloads, no RSS (one queue per worker).
+        // SAFETY: DPDK's documented way to ask for defaults is a zeroed conf.
+        let conf: rte::rte_eth_conf = unsafe { std::mem::zeroed() };
+        let r = unsafe { rte::rte_eth_dev_configure(id, d.queues, d.queues, &conf) };
+        if r < 0 {
+            return Err(dpdk_error(&format!("rte_eth_dev_configure(port {id}, {} queues)", d.queues), r));
+        }
+        // From here on, dropping `port` stops and closes the device.
+        let mut port = Port { id, pools: Vec::new() };
+        // SAFETY: a valid port; SOCKET_ID_ANY (-1) when it has no NUMA node.
+        let socket = unsafe { rte::rte_eth_dev_socket_id(id) };
+        for q in 0..d.queues {
+            let name = format!("pcx-mbufs-{}", POOLS.fetch_add(1, Ordering::Relaxed));
+            let cname = CString::new(name.clone()).map_err(io::Error::other)?;
+            // SAFETY: valid arguments; NULL means failure, reason in rte_errno.
+            let pool = unsafe {
+                rte::rte_pktmbuf_pool_create(
+                    cname.as_ptr(),
+                    d.mbufs,
+                    POOL_CACHE,
+                    0,
+                    rte::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
+                    socket,
+                )
+            };
+            if pool.is_null() {
+                return Err(dpdk_error(&format!("rte_pktmbuf_pool_create({name}, {} mbufs)", d.mbufs), rte_errno()));
+            }
+            port.pools.push(pool);
+            let socket = socket.max(0) as u32;
+            // SAFETY: a configured port, a pool of this process; NULL confs
+            // mean the driver's defaults.
+            let r = unsafe { rte::rte_eth_rx_queue_setup(id, q, DESCRIPTORS, socket, std::ptr::null(), pool) };
+            if r < 0 {
+                return Err(dpdk_error(&format!("rte_eth_rx_queue_setup(port {id}, queue {q})"), r));
+            }
+            let r = unsafe { rte::rte_eth_tx_queue_setup(id, q, DESCRIPTORS, socket, std::ptr::null()) };
+            if r < 0 {
+                return Err(dpdk_error(&format!("rte_eth_tx_queue_setup(port {id}, queue {q})"), r));
+            }
+        }
+        // SAFETY: every queue is set up.
+        let r = unsafe { rte::rte_eth_dev_start(id) };
+        if r < 0 {
+            return Err(dpdk_error(&format!("rte_eth_dev_start(port {id})"), r));
+        }
+        tracing::info!("DPDK port {id} ({driver}) started with {} queue pair(s)", d.queues);
+        Ok(port)
+    }
+
+    /// The port's MAC address.
+    fn mac(&self) -> io::Result<[u8; 6]> {
+        let mut addr = rte::rte_ether_addr { addr_bytes: [0; 6] };
+        // SAFETY: a started port and an output buffer of the right type.
+        let r = unsafe { rte::rte_eth_macaddr_get(self.id, &mut addr) };
+        if r < 0 {
+            return Err(dpdk_error(&format!("rte_eth_macaddr_get(port {})", self.id), r));
+        }
+        Ok(addr.addr_bytes)
+    }
+}
+
+/// One worker's queue pair of a DPDK port and its userspace stack.
+pub struct DpdkIo {
+    links: KernelIo,
+    port: Arc<Port>,
+    queue: u16,
+    pool: *mut rte::rte_mempool,
+    burst: [*mut rte::rte_mbuf; BURST],
+    /// Gathers multi-segment frames (none with the stack's MTU, in practice).
+    scratch: Vec<u8>,
+    dev: FrameQueue,
+    stack: NetStack,
+    idle: u32,
+    counters: DpdkCounters,
+    /// When a drop was last logged (data-path logs are rate-limited).
+    logged: Option<Instant>,
+}
+
+// SAFETY: a DPDK queue may be used from any thread, by one at a time: each
+// queue belongs to exactly one `DpdkIo`, which the worker thread owns. The
+// mempool is thread-safe.
+unsafe impl Send for DpdkIo {}
+
+impl DpdkIo {
+    /// Starts EAL (once per process), configures and starts the port, and
+    /// returns one worker per queue, each with the stack on the gateway
+    /// ports.
+    pub fn open(config: &Config, d: &DpdkConfig) -> io::Result<Vec<DpdkIo>> {
+        init_eal(&d.eal_args)?;
+        let port = Arc::new(Port::open(d)?);
+        let mac = port.mac()?;
+        let addrs: Vec<IpCidr> = d.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
+        let mut ios = Vec::new();
+        for (queue, &pool) in (0..d.queues).zip(&port.pools) {
+            let mut dev = FrameQueue::default();
+            // Frames from a local kernel (veth) carry partial checksums.
+            dev.verify_checksums = false;
+            let stack = NetStack::new(&mut dev, mac, &addrs, &ports, NetConfig::default(), Instant::now());
+            ios.push(DpdkIo {
+                links: KernelIo::links_only(config)?,
+                port: port.clone(),
+                queue,
+                pool,
+                burst: [std::ptr::null_mut(); BURST],
+                scratch: Vec::new(),
+                dev,
+                stack,
+                idle: 0,
+                counters: DpdkCounters::default(),
+                logged: None,
+            });
+        }
+        Ok(ios)
+    }
+
+    /// The port's MAC address, which the stack answers ARP with.
+    pub fn mac(&self) -> io::Result<[u8; 6]> {
+        self.port.mac()
+    }
+
+    /// What this queue moved and dropped.
+    pub fn counters(&self) -> DpdkCounters {
+        self.counters
+    }
+
+    /// Wakes this worker from another thread.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        self.links.waker()
+    }
+
+    /// One burst from the receive queue into the stack. Returns how many.
+    fn receive(&mut self) -> usize {
+        // SAFETY: this worker's queue; the array has room for BURST mbufs.
+        let n = unsafe { rte::rte_eth_rx_burst(self.port.id, self.queue, self.burst.as_mut_ptr(), BURST as u16) };
+        let n = usize::from(n);
+        for &m in &self.burst[..n] {
+            // SAFETY: the driver handed us this mbuf chain; we free it.
+            unsafe {
+                if (*m).nb_segs == 1 {
+                    self.dev.push_rx(segment(m));
+                } else {
+                    self.scratch.clear();
+                    let mut seg = m;
+                    while !seg.is_null() {
+                        self.scratch.extend_from_slice(segment(seg));
+                        seg = (*seg).next;
+                    }
+                    self.dev.push_rx(&self.scratch);
+                }
+                rte::rte_pktmbuf_free(m);
+            }
+        }
+        self.counters.rx_frames += n as u64;
+        n
+    }
+
+    /// Frames the stack produced onto the transmit queue, in bursts; the
+    /// part the driver did not take is offered again, and dropped (counted)
+    /// when it takes nothing for a while. Returns how many were sent.
+    fn send(&mut self) -> usize {
+        let mut sent = 0;
+        while !self.dev.tx.is_empty() {
+            let mut batch = 0;
+            while batch < BURST {
+                let Some(frame) = self.dev.tx.pop_front() else { break };
+                // SAFETY: this queue's pool.
+                let m = unsafe { rte::rte_pktmbuf_alloc(self.pool) };
+                if m.is_null() {
+                    self.counters.tx_dropped_no_mbuf += 1;
+                } else {
+                    // SAFETY: a fresh single-segment mbuf, reset by the alloc:
+                    // data starts at data_off, buf_len - data_off bytes free.
+                    unsafe {
+                        let room = usize::from((*m).buf_len.saturating_sub((*m).data_off));
+                        if frame.len() > room {
+                            self.counters.tx_dropped_too_big += 1;
+                            rte::rte_pktmbuf_free(m);
+                        } else {
+                            let data = ((*m).buf_addr as *mut u8).add(usize::from((*m).data_off));
+                            std::ptr::copy_nonoverlapping(frame.as_ptr(), data, frame.len());
+                            (*m).data_len = frame.len() as u16;
+                            (*m).pkt_len = frame.len() as u32;
+                            self.burst[batch] = m;
+                            batch += 1;
+                        }
+                    }
+                }
+                self.dev.recycle(frame);
+            }
+            if batch == 0 {
+                continue;
+            }
+            let mut done = 0;
+            let mut retries = 0;
+            while done < batch && retries < TX_RETRIES {
+                // SAFETY: this worker's queue; mbufs [done, batch) are ours
+                // until the driver takes them.
+                let n = unsafe {
+                    rte::rte_eth_tx_burst(
+                        self.port.id,
+                        self.queue,
+                        self.burst[done..].as_mut_ptr(),
+                        (batch - done) as u16,
+                    )
+                };
+                done += usize::from(n);
+                retries = if n == 0 { retries + 1 } else { 0 };
+            }
+            for &m in &self.burst[done..batch] {
+                // SAFETY: mbufs the driver did not take are still ours.
+                unsafe { rte::rte_pktmbuf_free(m) };
+            }
+            sent += done;
+            self.counters.tx_frames += done as u64;
+            self.counters.tx_dropped_full += (batch - done) as u64;
+            if done < batch {
+                self.log_drops();
+            }
+        }
+        sent
+    }
+
+    /// Reports drops, at most once a second.
+    fn log_drops(&mut self) {
+        let now = Instant::now();
+        if self.logged.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            self.logged = Some(now);
+            tracing::warn!(
+                "DPDK port {} queue {}: transmit drops so far: {:?}",
+                self.port.id,
+                self.queue,
+                self.counters
+            );
+        }
+    }
+}
+
+/// The bytes of one mbuf segment (`rte_pktmbuf_mtod`, `data_len`).
+///
+/// # Safety
+/// `m` is a valid mbuf that outlives the returned slice.
+unsafe fn segment<'a>(m: *const rte::rte_mbuf) -> &'a [u8] {
+    let data = ((*m).buf_addr as *const u8).add(usize::from((*m).data_off));
+    std::slice::from_raw_parts(data, usize::from((*m).data_len))
+}
+
+impl IoBackend for DpdkIo {
+    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        self.links.poll(core, Some(Duration::ZERO))?;
+        let got = self.receive();
+        self.stack.poll(Instant::now(), &mut self.dev, core);
+        let sent = self.send();
+        if got == 0 && sent == 0 {
+            // Busy polling, backing off when idle so that an idle gateway
+            // does not burn its core: spin, then sleep a little longer each
+            // time, up to 1 ms or the core's own deadline.
+            self.idle = self.idle.saturating_add(1);
+            if self.idle > 256 {
+                let nap = Duration::from_micros(u64::from(self.idle - 256).min(1000));
+                std::thread::sleep(timeout.map_or(nap, |t| t.min(nap)));
+            }
+        } else {
+            self.idle = 0;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
+        loop {
+            let mut any = false;
+            while let Some(out) = core.poll_output() {
+                any = true;
+                match out {
+                    Output::Transmit(conn) => self.stack.transmit(core, conn),
+                    Output::Close(conn) => self.stack.close(Instant::now(), core, conn),
+                    link => self.links.carry_out(core, link),
+                }
+            }
+            self.stack.poll(Instant::now(), &mut self.dev, core);
+            self.send();
+            if !any {
+                return Ok(());
+            }
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stack.stop_listening();
+    }
+}
+
+impl Drop for DpdkIo {
+    fn drop(&mut self) {
+        tracing::info!("DPDK port {} queue {}: {:?}", self.port.id, self.queue, self.counters);
+    }
+}
