@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use portcullis_dataplane::config::MIN_MBUFS;
 use portcullis_dataplane::io::dpdk::init_eal;
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
@@ -95,8 +96,8 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     ];
     let eal = eal.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     let text = format!(
-        "[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
-         [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\"]\n\
+        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
+         [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\"]\nmbufs = {MIN_MBUFS}\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
     let config = Config::parse(&text, "dpdk test").unwrap();
@@ -146,13 +147,44 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         echoes
     });
     assert_eq!(echoes, 30);
+
+    // Enough traffic to pass every mbuf of the (smallest) pool through the
+    // queue several times: net_af_xdp uses the pool as its UMEM, and an
+    // mbuf outside it would stop reception.
+    let rounds = 2 * MIN_MBUFS as usize;
+    let elapsed = h.in_players(|| {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), 7000), Duration::from_secs(5))
+            .expect("TCP through DPDK");
+        s.set_nodelay(true).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let token = sign(SECRET.as_bytes(), &Claims { uid: "bulk".into(), dev: "pc".into(), exp: u64::MAX });
+        let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
+        send(&mut s, &Envelope::new(cmd::LOGIN, 1, 0, &login));
+        assert_eq!(recv(&mut s, &mut buf).cmd, cmd::LOGIN);
+        let started = Instant::now();
+        let mut ack = 0;
+        for seq in 0..rounds as u32 {
+            let payload = seq.to_be_bytes();
+            // Acknowledged as they arrive, which keeps the replay buffer small.
+            send(&mut s, &Envelope { ack, ..Envelope::new(ECHO, seq + 2, 0, &payload) });
+            let back = recv(&mut s, &mut buf);
+            assert_eq!((back.seq, &*back.payload), (seq + 2, &payload[..]));
+            ack = back.server_seq;
+        }
+        started.elapsed()
+    });
+    eprintln!(
+        "{rounds} echo round trips in {elapsed:?} ({:.0}/s, one player, debug build)",
+        rounds as f64 / elapsed.as_secs_f64()
+    );
     // The stack answered ARP with the port's MAC address, veth-g's.
     let mac = h.gateway_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     assert!(neigh().contains(&format!("lladdr {mac}")), "{} (veth-g is {mac})", neigh());
     // Workers report about every 100 ms.
     let reported = Instant::now() + Duration::from_secs(2);
     let frames_in = || gateway.status().iter().map(|w| w.stats.frames_in).sum::<u64>();
-    while frames_in() < 3 * 12 {
+    while frames_in() < (3 * 12 + rounds) as u64 {
         assert!(Instant::now() < reported, "the core saw the players' frames: {}", frames_in());
         std::thread::sleep(Duration::from_millis(20));
     }

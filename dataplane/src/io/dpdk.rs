@@ -15,7 +15,7 @@
 //! Frames are copied once between mbufs and the stack, through reused
 //! buffers, as in the AF_XDP backend.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -39,12 +39,23 @@ const DESCRIPTORS: u16 = 1024;
 const POOL_CACHE: u32 = 256;
 /// `tx_burst` calls that sent nothing before the rest of a batch is dropped.
 const TX_RETRIES: u32 = 64;
+/// Frames the kernel sends per transmit kick in AF_XDP copy mode.
+const KICK_FRAMES: usize = 32;
 
-// Exported by librte_ethdev (which the binding links) but not in the
-// binding's generated list.
+/// Data room of each mbuf (DPDK's default): a full Ethernet frame and
+/// headroom.
+const DATA_ROOM: u16 = rte::RTE_MBUF_DEFAULT_BUF_SIZE as u16;
+/// `RTE_MEMPOOL_F_NO_IOVA_CONTIG` (rte_mempool.h): objects may cross page
+/// boundaries, so they are packed end to end.
+const MEMPOOL_F_NO_IOVA_CONTIG: u32 = 0x0020;
+
+// Exported by librte_ethdev, librte_mempool and librte_mbuf (which the
+// binding links) but not in the binding's generated list.
 extern "C" {
     fn rte_eth_dev_stop(port_id: u16) -> c_int;
     fn rte_eth_dev_close(port_id: u16) -> c_int;
+    fn rte_mempool_set_ops_byname(mp: *mut rte::rte_mempool, name: *const c_char, config: *mut c_void) -> c_int;
+    fn rte_mbuf_best_mempool_ops() -> *const c_char;
 }
 
 /// An error of DPDK call `call`: `code` is a negative errno (or, for calls
@@ -218,22 +229,18 @@ impl Port {
         // SAFETY: a valid port; SOCKET_ID_ANY (-1) when it has no NUMA node.
         let socket = unsafe { rte::rte_eth_dev_socket_id(id) };
         for q in 0..d.queues {
-            let name = format!("pcx-mbufs-{}", POOLS.fetch_add(1, Ordering::Relaxed));
-            let cname = CString::new(name.clone()).map_err(io::Error::other)?;
-            // SAFETY: valid arguments; NULL means failure, reason in rte_errno.
-            let pool = unsafe {
-                rte::rte_pktmbuf_pool_create(
-                    cname.as_ptr(),
-                    d.mbufs,
-                    POOL_CACHE,
-                    0,
-                    rte::RTE_MBUF_DEFAULT_BUF_SIZE as u16,
-                    socket,
-                )
+            let pool = if driver == "net_af_xdp" {
+                packed_pool(d.mbufs, socket)?
+            } else {
+                let name = pool_name();
+                // SAFETY: valid arguments; NULL means failure, reason in rte_errno.
+                let pool =
+                    unsafe { rte::rte_pktmbuf_pool_create(name.as_ptr(), d.mbufs, POOL_CACHE, 0, DATA_ROOM, socket) };
+                if pool.is_null() {
+                    return Err(dpdk_error(&format!("rte_pktmbuf_pool_create({name:?})"), rte_errno()));
+                }
+                pool
             };
-            if pool.is_null() {
-                return Err(dpdk_error(&format!("rte_pktmbuf_pool_create({name}, {} mbufs)", d.mbufs), rte_errno()));
-            }
             port.pools.push(pool);
             let socket = socket.max(0) as u32;
             // SAFETY: a configured port, a pool of this process; NULL confs
@@ -266,6 +273,57 @@ impl Port {
         }
         Ok(addr.addr_bytes)
     }
+}
+
+/// A fresh, process-unique mbuf pool name.
+fn pool_name() -> CString {
+    let name = format!("pcx-mbufs-{}", POOLS.fetch_add(1, Ordering::Relaxed));
+    CString::new(name).unwrap_or_default()
+}
+
+/// An mbuf pool whose objects lie end to end, as `rte_pktmbuf_pool_create`
+/// would make it but with `RTE_MEMPOOL_F_NO_IOVA_CONTIG`.
+///
+/// net_af_xdp registers the pool of a receive queue as the AF_XDP UMEM,
+/// sized as if the objects were packed. Without hugepages an ordinary pool
+/// keeps each object inside one 4 KiB page, leaving gaps, and the objects
+/// past the UMEM's end (about 40 % of them) are refused by the kernel:
+/// reception stops once the pool hands one out.
+fn packed_pool(n: u32, socket: c_int) -> io::Result<*mut rte::rte_mempool> {
+    let name = pool_name();
+    let call = |what: &str| format!("{what}({name:?}, {n} mbufs)");
+    let elt = std::mem::size_of::<rte::rte_mbuf>() as u32 + u32::from(DATA_ROOM);
+    let private = std::mem::size_of::<rte::rte_pktmbuf_pool_private>() as u32;
+    // SAFETY: valid arguments; NULL means failure, reason in rte_errno.
+    let pool = unsafe {
+        rte::rte_mempool_create_empty(name.as_ptr(), n, elt, POOL_CACHE, private, socket, MEMPOOL_F_NO_IOVA_CONTIG)
+    };
+    if pool.is_null() {
+        return Err(dpdk_error(&call("rte_mempool_create_empty"), rte_errno()));
+    }
+    let fail = |e: io::Error| {
+        // SAFETY: the pool made above, not used by anything yet.
+        unsafe { rte::rte_mempool_free(pool) };
+        Err(e)
+    };
+    // SAFETY: a new empty pool; DPDK's choice of pool operations (a ring by
+    // default), as rte_pktmbuf_pool_create makes it.
+    let r = unsafe { rte_mempool_set_ops_byname(pool, rte_mbuf_best_mempool_ops(), std::ptr::null_mut()) };
+    if r != 0 {
+        return fail(dpdk_error(&call("rte_mempool_set_ops_byname"), r));
+    }
+    let mut private = rte::rte_pktmbuf_pool_private { mbuf_data_room_size: DATA_ROOM, mbuf_priv_size: 0, flags: 0 };
+    // SAFETY: the pool was created with room for this private area, which
+    // the call copies.
+    unsafe { rte::rte_pktmbuf_pool_init(pool, (&mut private as *mut rte::rte_pktmbuf_pool_private).cast()) };
+    // SAFETY: a new pool with its operations set.
+    let r = unsafe { rte::rte_mempool_populate_default(pool) };
+    if r < 0 {
+        return fail(dpdk_error(&call("rte_mempool_populate_default"), r));
+    }
+    // SAFETY: every object of a populated mbuf pool is initialised as an mbuf.
+    unsafe { rte::rte_mempool_obj_iter(pool, Some(rte::rte_pktmbuf_init), std::ptr::null_mut()) };
+    Ok(pool)
 }
 
 /// One worker's queue pair of a DPDK port and its userspace stack.
@@ -368,7 +426,7 @@ impl DpdkIo {
     /// part the driver did not take is offered again, and dropped (counted)
     /// when it takes nothing for a while. Returns how many were sent.
     fn send(&mut self) -> usize {
-        let mut sent = 0;
+        let (mut sent, mut bursts) = (0, 0);
         while !self.dev.tx.is_empty() {
             let mut batch = 0;
             while batch < BURST {
@@ -414,6 +472,7 @@ impl DpdkIo {
                     )
                 };
                 done += usize::from(n);
+                bursts += 1;
                 retries = if n == 0 { retries + 1 } else { 0 };
             }
             for &m in &self.burst[done..batch] {
@@ -426,6 +485,13 @@ impl DpdkIo {
             if done < batch {
                 self.log_drops();
             }
+        }
+        // net_af_xdp kicks the kernel once per burst, and in copy mode (veth)
+        // the kernel sends at most 32 frames per kick: the rest would wait in
+        // the ring for the next burst. Empty bursts kick again.
+        for _ in 0..sent.div_ceil(KICK_FRAMES).saturating_sub(bursts) {
+            // SAFETY: this worker's queue; no mbufs are passed.
+            unsafe { rte::rte_eth_tx_burst(self.port.id, self.queue, self.burst.as_mut_ptr(), 0) };
         }
         sent
     }
@@ -501,6 +567,8 @@ impl IoBackend for DpdkIo {
 
 impl Drop for DpdkIo {
     fn drop(&mut self) {
-        tracing::info!("DPDK port {} queue {}: {:?}", self.port.id, self.queue, self.counters);
+        // SAFETY: this queue's pool, still alive (the port holds it).
+        let free = unsafe { rte::rte_mempool_avail_count(self.pool) };
+        tracing::info!("DPDK port {} queue {}: {:?}, {free} mbufs free", self.port.id, self.queue, self.counters);
     }
 }
