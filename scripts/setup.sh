@@ -9,6 +9,9 @@
 #   for that LLVM into .tools/ (about a minute, once);
 # - clang, m4, make, libelf-dev and zlib1g-dev, with which xsk-rs builds its
 #   bundled libxdp/libbpf for the AF_XDP backend;
+# - DPDK 22.11 (dpdk-dev, libdpdk-dev: headers, libraries found through
+#   pkg-config, and the net_af_xdp driver) and libclang-dev, with which
+#   bindgen generates its bindings, for the DPDK backend;
 # - bpffs mounted on /sys/fs/bpf (as root).
 # protoc comes vendored through a crate; flatc is only needed to regenerate
 # committed code (proto/schema/regen-flatbuffers.sh).
@@ -42,7 +45,8 @@ apt_install() {
 
 apt_install gcc pkg-config iproute2 nftables \
     rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool \
-    clang m4 make libelf-dev zlib1g-dev
+    clang m4 make libelf-dev zlib1g-dev \
+    dpdk-dev libdpdk-dev libclang-dev
 
 tools="$PWD/.tools"
 if [ ! -x "$tools/bin/bpf-linker" ]; then

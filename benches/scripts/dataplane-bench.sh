@@ -5,9 +5,9 @@
 #
 #   tcp afxdp    gateway on AF_XDP, TCP in userspace → sample game server (ECHO)
 #   tcp kernel   gateway on kernel sockets (epoll)   → sample game server (ECHO)
+#   tcp dpdk     gateway on DPDK (net_af_xdp vdev), TCP in userspace → ECHO
 #   tcp haproxy  HAProxy (Debian) in TCP mode        → byte-echo server
-#   udp afxdp    the gateway's UDP echo service on the AF_XDP path
-#   udp kernel   the same service on a kernel UDP socket
+#   udp …        the gateway's UDP echo service on each of its backends
 #
 # For each: messages/s, p50/p99, the dataplane process's CPU seconds (user +
 # system, /proc/PID/stat) and the whole machine's busy CPU seconds
@@ -23,7 +23,7 @@ DURATION="${DURATION:-6}"
 CLIENTS="${CLIENTS:-50}"
 command -v haproxy >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
-cargo build --release --quiet --features portcullis-dataplane/afxdp -p portcullis-dataplane -p portcullis-benches \
+cargo build --release --quiet --features portcullis-dataplane/afxdp,portcullis-dataplane/dpdk -p portcullis-dataplane -p portcullis-benches \
     -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
 bin=$PWD/target/release
 pin=/sys/fs/bpf/portcullis-bench-$$
@@ -35,6 +35,7 @@ cleanup() {
     sleep 0.5
     "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
     "$bin/portcullis-harness" down --owner-pid $$ 2>/dev/null || true
+    rmdir /var/run/dpdk/portcullis 2>/dev/null || true
     rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -86,7 +87,9 @@ measure() {
 }
 
 echo "== $CLIENTS players, closed loop, 64-byte messages, $DURATION s each, one dataplane worker"
-for io in afxdp kernel; do
+for io in afxdp kernel dpdk; do
+    # DPDK's net_af_xdp driver attaches an XDP program of its own.
+    [ "$io" = dpdk ] && "$bin/portcullisctl" filter --pin-dir "$pin" detach --iface veth-g --netns "$gw" >/dev/null
     "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
     gateway=$!
     sleep 1

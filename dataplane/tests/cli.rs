@@ -62,3 +62,25 @@ fn a_taken_port_names_the_listener() {
     assert_eq!(code, 1);
     assert!(err.contains("listeners[0].bind"), "{err}");
 }
+
+#[test]
+fn io_dpdk_needs_the_feature_and_a_dpdk_section() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portcullis.toml");
+    let (code, err) = run(&["--config", shipped, "--io", "dpdk"]);
+    assert_eq!(code, 1, "{err}");
+    if cfg!(feature = "dpdk") {
+        assert!(err.contains("no [dpdk] section"), "{err}");
+    } else {
+        assert!(err.contains("no DPDK backend") && err.contains("--features dpdk"), "{err}");
+    }
+}
+
+#[cfg(feature = "dpdk")]
+#[test]
+fn bad_eal_arguments_name_the_call() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/portcullis.toml")).unwrap();
+    let text = format!("{shipped}\n[dpdk]\neal_args = [\"--no-such-option\"]\naddresses = [\"10.77.0.1/24\"]\n");
+    let (code, err) = run(&["--config", &config_file("eal.toml", &text), "--io", "dpdk"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rte_eal_init failed") && err.contains("--no-such-option"), "{err}");
+}

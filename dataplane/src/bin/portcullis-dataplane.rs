@@ -38,6 +38,9 @@ enum IoKind {
     /// AF_XDP rings and a userspace TCP stack, one worker per queue of the
     /// `[afxdp]` interface (the XDP filter must be attached there).
     Afxdp,
+    /// DPDK (EAL arguments, port and queues from `[dpdk]`) and a userspace
+    /// TCP stack, one worker per queue.
+    Dpdk,
 }
 
 fn main() {
@@ -72,6 +75,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         IoKind::Afxdp => RunningGateway::start_afxdp(&config)?,
         #[cfg(not(feature = "afxdp"))]
         IoKind::Afxdp => anyhow::bail!("this build has no AF_XDP backend: rebuild with --features afxdp"),
+        #[cfg(feature = "dpdk")]
+        IoKind::Dpdk => RunningGateway::start_dpdk(&config)?,
+        #[cfg(not(feature = "dpdk"))]
+        IoKind::Dpdk => anyhow::bail!("this build has no DPDK backend: rebuild with --features dpdk"),
     };
     for (l, addr) in config.listeners.iter().zip(&gateway.addrs) {
         let max = l.max_frame_bytes.unwrap_or(config.gateway.max_frame_bytes);

@@ -62,6 +62,8 @@ pub struct Config {
     pub backends: BackendsConfig,
     /// The AF_XDP backend (`--io afxdp`).
     pub afxdp: Option<AfXdpConfig>,
+    /// The DPDK backend (`--io dpdk`).
+    pub dpdk: Option<DpdkConfig>,
     /// Client listeners; at least one.
     pub listeners: Vec<ListenerConfig>,
     /// How LOGIN is authenticated.
@@ -257,6 +259,41 @@ pub struct AfXdpConfig {
     pub frames: u32,
 }
 
+/// The DPDK backend: how DPDK's environment (EAL) starts, which port and
+/// how many queues, which addresses the userspace stack answers for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkConfig {
+    /// EAL arguments without the program name, e.g. `["--no-huge",
+    /// "--no-pci", "-m", "512", "--vdev=net_af_xdp0,iface=eth1"]`. EAL starts
+    /// once per process, so every DPDK gateway of a process needs the same.
+    pub eal_args: Vec<String>,
+    /// Addresses of the userspace stack, e.g. `["10.77.0.1/24"]`.
+    pub addresses: Vec<String>,
+    /// The DPDK port (0: the first device EAL probed).
+    #[serde(default)]
+    pub port: u16,
+    /// Receive/transmit queue pairs, one worker each. The device must have
+    /// as many (`net_af_xdp`: `queue_count=N` in the `--vdev`).
+    #[serde(default = "default_dpdk_queues")]
+    pub queues: u16,
+    /// Packet buffers (mbufs) per queue.
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+}
+
+fn default_dpdk_queues() -> u16 {
+    1
+}
+
+fn default_mbufs() -> u32 {
+    8192
+}
+
+/// Fewest mbufs per queue: the receive and transmit rings (1024 each) and
+/// the AF_XDP fill ring hold that many between them.
+pub const MIN_MBUFS: u32 = 4096;
+
 fn default_queues() -> Vec<u32> {
     vec![0]
 }
@@ -402,6 +439,21 @@ pub struct RouteConfig {
     pub service: String,
 }
 
+/// Every entry of `{section}.addresses` is an IP address with a prefix.
+fn check_addresses(section: &str, addresses: &[String]) -> Result<(), ConfigError> {
+    for (i, a) in addresses.iter().enumerate() {
+        let ok =
+            a.split_once('/').is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok());
+        if !ok {
+            return Err(invalid(
+                format!("{section}.addresses[{i}]"),
+                format!("{a:?} is not an address with a prefix, e.g. 10.77.0.1/24"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -527,16 +579,24 @@ impl Config {
             if x.frames < 64 || !x.frames.is_power_of_two() {
                 return Err(invalid("afxdp.frames", "a power of two, at least 64"));
             }
-            for (i, a) in x.addresses.iter().enumerate() {
-                let ok = a
-                    .split_once('/')
-                    .is_some_and(|(ip, p)| ip.parse::<std::net::IpAddr>().is_ok() && p.parse::<u8>().is_ok());
-                if !ok {
-                    return Err(invalid(
-                        format!("afxdp.addresses[{i}]"),
-                        format!("{a:?} is not an address with a prefix, e.g. 10.77.0.1/24"),
-                    ));
-                }
+            check_addresses("afxdp", &x.addresses)?;
+        }
+        if let Some(d) = &self.dpdk {
+            if d.addresses.is_empty() {
+                return Err(invalid("dpdk.addresses", "list at least one address, e.g. [\"10.77.0.1/24\"]"));
+            }
+            check_addresses("dpdk", &d.addresses)?;
+            if let Some(i) = d.eal_args.iter().position(|a| a.contains('\0')) {
+                return Err(invalid(format!("dpdk.eal_args[{i}]"), "contains a NUL byte"));
+            }
+            if d.queues == 0 || d.queues > 64 {
+                return Err(invalid("dpdk.queues", "must be 1..=64"));
+            }
+            if d.port >= 32 {
+                return Err(invalid("dpdk.port", "must be below 32 (DPDK's port limit)"));
+            }
+            if d.mbufs < MIN_MBUFS {
+                return Err(invalid("dpdk.mbufs", format!("at least {MIN_MBUFS} per queue")));
             }
         }
         let links: usize = self.services.iter().map(|s| s.servers.len()).sum();
@@ -609,5 +669,27 @@ mod tests {
             .replace("codec", "x")
             .replace("bind = \"127.0.0.1:7000\"", "bind = \"127.0.0.1:7000\"\ncodec = \"xml\""));
         assert!(e.contains("xml") && e.contains("protobuf"), "{e}");
+    }
+
+    #[test]
+    fn dpdk_section_is_checked() {
+        let dpdk = |body: &str| format!("{GOOD}\n[dpdk]\n{body}");
+        let ok = dpdk("eal_args = [\"--no-huge\"]\naddresses = [\"10.77.0.1/24\"]");
+        let d = Config::parse(&ok, "t").unwrap().dpdk.unwrap();
+        assert_eq!((d.port, d.queues, d.mbufs), (0, 1, 8192));
+        let e = err(&dpdk("eal_args = []\naddresses = [\"10.77.0.1\"]"));
+        assert!(e.contains("dpdk.addresses[0]"), "{e}");
+        let e = err(&dpdk("eal_args = []\naddresses = []"));
+        assert!(e.contains("dpdk.addresses"), "{e}");
+        let e = err(&dpdk("eal_args = [\"a\\u0000b\"]\naddresses = [\"10.77.0.1/24\"]"));
+        assert!(e.contains("dpdk.eal_args[0]"), "{e}");
+        let e = err(&dpdk("eal_args = []\naddresses = [\"10.77.0.1/24\"]\nqueues = 0"));
+        assert!(e.contains("dpdk.queues"), "{e}");
+        let e = err(&dpdk("eal_args = []\naddresses = [\"10.77.0.1/24\"]\nport = 40"));
+        assert!(e.contains("dpdk.port"), "{e}");
+        let e = err(&dpdk("eal_args = []\naddresses = [\"10.77.0.1/24\"]\nmbufs = 100"));
+        assert!(e.contains("dpdk.mbufs"), "{e}");
+        let e = err(&dpdk("addresses = [\"10.77.0.1/24\"]"));
+        assert!(e.contains("eal_args"), "{e}");
     }
 }

@@ -1,40 +1,35 @@
-//! The AF_XDP backend: players' frames come from the receive ring of an
-//! AF_XDP socket (the XDP filter redirects gateway ports into it), go
-//! through the userspace stack ([`crate::netstack`]) to the core, and the
-//! answers leave through the transmit ring. Game-server links stay on
-//! kernel sockets. One worker per receive queue, each with its own UMEM,
-//! rings and XSKMAP entry.
+//! The AF_XDP rings of the kernel-bypass worker ([`super::bypass`]):
+//! players' frames come from the receive ring of an AF_XDP socket (the XDP
+//! filter redirects gateway ports into it) and the answers leave through
+//! the transmit ring. One worker per receive queue, each with its own UMEM,
+//! rings and XSKMAP entry; the socket's readiness wakes an idle worker.
 //!
 //! Zero-copy is requested first; drivers that refuse it (veth) get copy
 //! mode, reported at start. Copy-mode transmit sends at most 32 frames per
 //! kick, so the transmit path kicks until the ring has drained.
 //!
 //! Frames are copied once between UMEM and the stack, through reused
-//! buffers (no allocation per packet after warm-up); a device whose tokens
-//! lend UMEM frames directly would save the copy.
+//! buffers (no allocation per packet after warm-up). Lending UMEM frames to
+//! the stack would save that copy; profiles put it under 2 % of the
+//! worker's time, so it waits.
 
 use std::ffi::CString;
 use std::io::{self, Write as _};
 use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use smoltcp::wire::IpCidr;
 use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use super::kernel::KernelIo;
-use super::{IoBackend, IoStats};
+use super::bypass::{BypassIo, Rings};
+use super::IoStats;
 use crate::config::{AfXdpConfig, Config};
 use crate::filter::Filter;
-use crate::netstack::{FrameQueue, NetConfig, NetStack};
-use crate::{Gateway, Output};
+use crate::netstack::FrameQueue;
 
 /// Frames moved per ring operation.
 const BATCH: usize = 64;
-
-/// Idle rounds of busy polling before the worker waits in epoll.
-const SPIN_ROUNDS: u32 = 256;
 
 /// How the socket was bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,9 +40,8 @@ pub enum XskMode {
     Copy,
 }
 
-/// One worker's AF_XDP socket and userspace stack.
-pub struct AfXdpIo {
-    links: KernelIo,
+/// One queue's AF_XDP socket: its UMEM and four rings.
+pub struct AfXdpRings {
     umem: Umem,
     rx: RxQueue,
     tx: TxQueue,
@@ -60,11 +54,7 @@ pub struct AfXdpIo {
     tx_batch: Vec<FrameDesc>,
     /// Descriptors of the transmit ring.
     tx_size: u32,
-    dev: FrameQueue,
-    stack: NetStack,
     neighbors: Neighbors,
-    idle: u32,
-    stats: IoStats,
     /// How the socket was bound.
     pub mode: XskMode,
 }
@@ -105,11 +95,12 @@ fn other(what: &str, e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("{what}: {e}"))
 }
 
-impl AfXdpIo {
+impl AfXdpRings {
     /// Opens the socket of `queue` on the configured interface (in the
     /// calling thread's network namespace), registers it in the XDP
-    /// filter's socket map and starts the stack on the gateway ports.
-    pub fn open(config: &Config, x: &AfXdpConfig, queue: u32) -> io::Result<AfXdpIo> {
+    /// filter's socket map and starts a worker with the stack on the
+    /// gateway ports.
+    pub fn open(config: &Config, x: &AfXdpConfig, queue: u32) -> io::Result<BypassIo<AfXdpRings>> {
         let frames = NonZeroU32::new(x.frames).ok_or_else(|| other("afxdp.frames", "must not be 0"))?;
         let (umem, mut descs) =
             Umem::new(UmemConfig::default(), frames, false).map_err(|e| other("creating the UMEM", e))?;
@@ -142,17 +133,8 @@ impl AfXdpIo {
         // SAFETY: these frames belong to this UMEM and are not in use.
         unsafe { fill.produce(&descs) };
         let mac = hw_addr(&x.interface)?;
-        let addrs: Vec<IpCidr> = x.addresses.iter().filter_map(|a| a.parse().ok()).collect();
-        let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
-        let mut dev = FrameQueue::default();
-        dev.verify_checksums = false;
-        let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
-        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
         let template = free.first().copied().ok_or_else(|| other("afxdp.frames", "too few frames"))?;
-        let links = KernelIo::links_only(config)?;
-        links.wake_on(rx.fd().as_raw_fd())?;
-        Ok(AfXdpIo {
-            links,
+        let rings = AfXdpRings {
             umem,
             rx,
             tx,
@@ -163,33 +145,49 @@ impl AfXdpIo {
             comp_batch: vec![template; BATCH],
             tx_batch: Vec::with_capacity(BATCH),
             tx_size,
-            dev,
-            stack,
             neighbors: Neighbors::new(mac),
-            idle: 0,
-            stats: IoStats::default(),
             mode,
-        })
+        };
+        BypassIo::new(config, rings, mac, &x.addresses)
     }
 
-    /// Wakes this worker from another thread.
-    pub fn waker(&self) -> std::sync::Arc<mio::Waker> {
-        self.links.waker()
+    /// Completed transmit frames back to the free list.
+    fn reclaim(&mut self) {
+        // SAFETY: completed descriptors of this UMEM.
+        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.free.extend_from_slice(&self.comp_batch[..n]);
     }
 
+    /// Has the kernel take what waits on the transmit ring. Copy mode sends
+    /// at most 32 frames per kick, so kick until the ring is empty
+    /// (bounded); a zero-copy driver only when it asks. Completions are
+    /// reclaimed later: waiting for them here would spin on system calls.
+    fn kick(&mut self, stats: &mut IoStats) {
+        for _ in 0..64 {
+            let queued = self.tx_size - self.tx.nb_free_exact();
+            if queued == 0 || (self.mode == XskMode::ZeroCopy && !self.tx.needs_wakeup()) {
+                return;
+            }
+            let _ = self.tx.wakeup();
+            stats.tx_kicks += 1;
+        }
+    }
+}
+
+impl Rings for AfXdpRings {
     /// Frames from the receive ring into the stack; the frames go back to
-    /// the fill ring at once. Returns how many.
-    fn receive(&mut self) -> usize {
+    /// the fill ring at once.
+    fn receive(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize {
         // SAFETY: the descriptors come from and go back to this UMEM's rings.
         let n = unsafe { self.rx.consume(&mut self.rx_batch) };
         for d in &self.rx_batch[..n] {
             // SAFETY: the kernel handed this frame to us until we refill it.
             let data = unsafe { self.umem.data(d) };
-            self.stats.rx_bytes += data.contents().len() as u64;
-            self.neighbors.learn(data.contents(), &mut self.dev);
-            self.dev.push_rx(data.contents());
+            stats.rx_bytes += data.contents().len() as u64;
+            self.neighbors.learn(data.contents(), dev);
+            dev.push_rx(data.contents());
         }
-        self.stats.rx_frames += n as u64;
+        stats.rx_frames += n as u64;
         if n > 0 {
             // SAFETY: as above.
             unsafe { self.fill.produce(&self.rx_batch[..n]) };
@@ -202,31 +200,31 @@ impl AfXdpIo {
 
     /// Frames the stack produced onto the transmit ring; kicks until the
     /// kernel has taken them (copy mode takes 32 per kick). Returns how many.
-    fn send(&mut self) -> usize {
+    fn send(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize {
         self.reclaim();
         let mut sent = 0;
-        while !self.dev.tx.is_empty() {
+        while !dev.tx.is_empty() {
             self.tx_batch.clear();
             while self.tx_batch.len() < BATCH {
-                if self.dev.tx.is_empty() {
+                if dev.tx.is_empty() {
                     break;
                 }
                 let Some(mut d) = self.free.pop() else {
-                    self.stats.tx_frames_exhausted += 1;
+                    stats.tx_frames_exhausted += 1;
                     break;
                 };
-                let frame = self.dev.tx.pop_front().expect("not empty");
+                let frame = dev.tx.pop_front().expect("not empty");
                 // SAFETY: a free transmit frame of this UMEM.
                 let written = unsafe { self.umem.data_mut(&mut d).cursor().write_all(&frame) };
                 if written.is_err() {
                     // Larger than a frame: dropped (the stack's MTU prevents it).
-                    self.stats.drop_tx_oversize += 1;
+                    stats.drop_tx_oversize += 1;
                     self.free.push(d);
                 } else {
-                    self.stats.tx_bytes += frame.len() as u64;
+                    stats.tx_bytes += frame.len() as u64;
                     self.tx_batch.push(d);
                 }
-                self.dev.recycle(frame);
+                dev.recycle(frame);
             }
             if self.tx_batch.is_empty() {
                 break; // every transmit frame is in flight
@@ -239,107 +237,30 @@ impl AfXdpIo {
                     break;
                 }
                 // The ring is full: let the kernel take some first.
-                self.stats.tx_ring_full += 1;
-                self.kick();
+                stats.tx_ring_full += 1;
+                self.kick(stats);
                 self.reclaim();
             }
-            self.stats.tx_frames += produced as u64;
+            stats.tx_frames += produced as u64;
             sent += produced;
             self.free.extend(self.tx_batch.drain(produced..));
         }
-        self.kick();
+        self.kick(stats);
         sent
     }
 
-    /// Has the kernel take what waits on the transmit ring. Copy mode sends
-    /// at most 32 frames per kick, so kick until the ring is empty
-    /// (bounded); a zero-copy driver only when it asks. Completions are
-    /// reclaimed later: waiting for them here would spin on system calls.
-    fn kick(&mut self) {
-        for _ in 0..64 {
-            let queued = self.tx_size - self.tx.nb_free_exact();
-            if queued == 0 || (self.mode == XskMode::ZeroCopy && !self.tx.needs_wakeup()) {
-                return;
-            }
-            let _ = self.tx.wakeup();
-            self.stats.tx_kicks += 1;
-        }
+    fn wake_fd(&self) -> Option<RawFd> {
+        Some(self.rx.fd().as_raw_fd())
     }
 
-    /// Completed transmit frames back to the free list.
-    fn reclaim(&mut self) {
-        // SAFETY: completed descriptors of this UMEM.
-        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.free.extend_from_slice(&self.comp_batch[..n]);
-    }
-}
-
-impl IoBackend for AfXdpIo {
-    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
-        self.links.poll(core, Some(Duration::ZERO))?;
-        let got = self.receive();
-        let now = Instant::now();
-        if got > 0 || self.stack.is_due(now) {
-            self.stack.poll(now, &mut self.dev, core);
-        }
-        let sent = self.send();
-        self.stats.polls += 1;
-        if got == 0 && sent == 0 {
-            self.stats.idle_polls += 1;
-            // Busy polling while frames flow; after a run of idle rounds
-            // the worker waits in epoll instead — on its game-server links,
-            // its wake-up and the AF_XDP socket, whose receive ring wakes it
-            // — until the core's or the stack's next deadline, so that an
-            // idle gateway does not burn its core.
-            self.idle = self.idle.saturating_add(1);
-            if self.idle > SPIN_ROUNDS {
-                self.stats.idle_sleeps += 1;
-                let now = Instant::now();
-                let stack = self.stack.due().map(|t| t.saturating_duration_since(now));
-                let wait = match (timeout, stack) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-                self.links.poll(core, wait)?;
-                self.idle = 0;
-            }
-        } else {
-            self.idle = 0;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
-        loop {
-            let mut any = false;
-            while let Some(out) = core.poll_output() {
-                any = true;
-                match out {
-                    Output::Transmit(conn) => self.stack.transmit(core, conn),
-                    Output::Close(conn) => self.stack.close(Instant::now(), core, conn),
-                    link => self.links.carry_out(core, link),
-                }
-            }
-            if !any {
-                return Ok(());
-            }
-            self.stack.poll(Instant::now(), &mut self.dev, core);
-            self.send();
-        }
-    }
-
-    fn stop_accepting(&mut self) {
-        self.stack.stop_listening();
-    }
-
-    fn io_stats(&mut self) -> IoStats {
+    /// The kernel's statistics of the socket.
+    fn read_stats(&mut self, stats: &mut IoStats) {
         if let Ok(k) = self.rx.fd().xdp_statistics() {
-            self.stats.kernel_rx_dropped = k.rx_dropped();
-            self.stats.kernel_rx_ring_full = k.rx_ring_full();
-            self.stats.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs();
-            self.stats.kernel_invalid_descs = k.rx_invalid_descs() + k.tx_invalid_descs();
+            stats.kernel_rx_dropped = k.rx_dropped();
+            stats.kernel_rx_ring_full = k.rx_ring_full();
+            stats.kernel_fill_ring_empty = k.rx_fill_ring_empty_descs();
+            stats.kernel_invalid_descs = k.rx_invalid_descs() + k.tx_invalid_descs();
         }
-        self.stats.clone()
     }
 }
 

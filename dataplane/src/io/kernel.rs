@@ -451,10 +451,22 @@ impl RunningGateway {
         }
         let mut ios = Vec::new();
         for &queue in &x.queues {
-            let io = super::afxdp::AfXdpIo::open(config, x, queue)?;
-            tracing::info!("AF_XDP on {} queue {queue}: {:?} mode", x.interface, io.mode);
+            let io = super::afxdp::AfXdpRings::open(config, x, queue)?;
+            tracing::info!("AF_XDP on {} queue {queue}: {:?} mode", x.interface, io.rings().mode);
             ios.push(io);
         }
+        let wakers = ios.iter().map(|io| io.waker()).collect();
+        let addrs = config.listeners.iter().map(|l| l.bind).collect();
+        Self::spawn(config, ios, wakers, addrs)
+    }
+
+    /// Starts DPDK (EAL once per process, then the `[dpdk]` port) and one
+    /// worker per queue pair, in the calling thread's network namespace
+    /// (that of a `net_af_xdp` vdev's interface).
+    #[cfg(feature = "dpdk")]
+    pub fn start_dpdk(config: &Config) -> io::Result<RunningGateway> {
+        let d = config.dpdk.as_ref().ok_or_else(|| io::Error::other("the config has no [dpdk] section"))?;
+        let ios = super::dpdk::DpdkRings::open(config, d)?;
         let wakers = ios.iter().map(|io| io.waker()).collect();
         let addrs = config.listeners.iter().map(|l| l.bind).collect();
         Self::spawn(config, ios, wakers, addrs)

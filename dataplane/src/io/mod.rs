@@ -3,11 +3,15 @@
 //!
 //! Every backend implements [`IoBackend`]; [`run`] is the worker loop that
 //! drives any of them. Backends: [`kernel`] (ordinary sockets through epoll,
-//! for laptops, CI without root and as the baseline). AF_XDP and DPDK
-//! backends implement the same trait.
+//! for laptops, CI without root and as the baseline). AF_XDP (feature
+//! `afxdp`) and DPDK (feature `dpdk`) backends implement the same trait.
 
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+#[cfg(any(feature = "afxdp", feature = "dpdk"))]
+pub mod bypass;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod kernel;
 
 use std::io;
@@ -57,8 +61,12 @@ crate::core::stats::counters! {
     tx_ring_full,
     /// Times every transmit frame was in flight (frames waited in the stack).
     tx_frames_exhausted,
-    /// Dropped: frames larger than a UMEM frame.
+    /// Dropped: frames larger than a transmit buffer (UMEM frame, mbuf).
     drop_tx_oversize,
+    /// Dropped: frames the driver would not take for a while (DPDK).
+    drop_tx_ring_full,
+    /// Dropped: frames with no free transmit buffer (DPDK mbufs).
+    drop_tx_no_buffer,
     /// Kernel: received frames dropped (socket counter `rx_dropped`).
     kernel_rx_dropped,
     /// Kernel: frames dropped because the receive ring was full.

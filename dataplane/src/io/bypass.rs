@@ -1,0 +1,154 @@
+//! What the kernel-bypass backends share: a worker whose players' frames
+//! come from NIC rings ([`Rings`]: AF_XDP or DPDK), go through the userspace
+//! stack ([`crate::netstack`]) to the core, and leave through the rings;
+//! game-server links stay on kernel sockets.
+//!
+//! The worker busy-polls while frames flow. The stack is polled only when
+//! frames arrived, the core has output or one of the stack's timers is due
+//! (each poll walks every socket). After a run of idle rounds the worker
+//! waits in epoll — on its links, its wake-up and, where the rings have one,
+//! a file descriptor that frames make readable — until the core's or the
+//! stack's next deadline, so that an idle gateway does not burn its core.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smoltcp::wire::IpCidr;
+
+use super::kernel::KernelIo;
+use super::{IoBackend, IoStats};
+use crate::config::Config;
+use crate::netstack::{FrameQueue, NetConfig, NetStack};
+use crate::{Gateway, Output};
+
+/// Idle rounds of busy polling before the worker waits in epoll.
+const SPIN_ROUNDS: u32 = 256;
+
+/// Longest wait when the rings cannot wake the worker themselves: it
+/// checks them at least this often while idle.
+const MAX_NAP: Duration = Duration::from_millis(1);
+
+/// A NIC queue's receive and transmit rings.
+pub trait Rings {
+    /// Moves received frames into `dev` (in batches); returns how many.
+    fn receive(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize;
+
+    /// Moves the frames of `dev.tx` onto the transmit ring (in batches);
+    /// returns how many.
+    fn send(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize;
+
+    /// A file descriptor that becomes readable when frames arrive, if any.
+    fn wake_fd(&self) -> Option<RawFd>;
+
+    /// Adds counters kept elsewhere (the kernel's) to `stats`.
+    fn read_stats(&mut self, _stats: &mut IoStats) {}
+}
+
+/// One worker of a kernel-bypass backend.
+pub struct BypassIo<R> {
+    rings: R,
+    links: KernelIo,
+    dev: FrameQueue,
+    stack: NetStack,
+    idle: u32,
+    stats: IoStats,
+}
+
+impl<R: Rings> BypassIo<R> {
+    /// A worker on `rings`, its stack answering as `mac` and `addrs` on the
+    /// config's listener ports (and its UDP echo port).
+    pub fn new(config: &Config, rings: R, mac: [u8; 6], addrs: &[String]) -> io::Result<BypassIo<R>> {
+        let links = KernelIo::links_only(config)?;
+        if let Some(fd) = rings.wake_fd() {
+            links.wake_on(fd)?;
+        }
+        let addrs: Vec<IpCidr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
+        let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
+        let mut dev = FrameQueue::default();
+        // Frames from a local kernel (veth, virtio) carry partial checksums.
+        dev.verify_checksums = false;
+        let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
+        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
+        Ok(BypassIo { rings, links, dev, stack, idle: 0, stats: IoStats::default() })
+    }
+
+    /// The rings.
+    pub fn rings(&self) -> &R {
+        &self.rings
+    }
+
+    /// Wakes this worker from another thread.
+    pub fn waker(&self) -> Arc<mio::Waker> {
+        self.links.waker()
+    }
+
+    /// Waits in epoll until frames, link traffic, a wake-up, or the core's
+    /// (`timeout`) or the stack's next deadline.
+    fn wait(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        let now = Instant::now();
+        let mut wait = timeout;
+        let mut cap = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
+        if let Some(due) = self.stack.due() {
+            cap(due.saturating_duration_since(now));
+        }
+        if self.rings.wake_fd().is_none() {
+            cap(MAX_NAP);
+        }
+        self.stats.idle_sleeps += 1;
+        self.links.poll(core, wait)
+    }
+}
+
+impl<R: Rings> IoBackend for BypassIo<R> {
+    fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        self.links.poll(core, Some(Duration::ZERO))?;
+        let got = self.rings.receive(&mut self.dev, &mut self.stats);
+        let now = Instant::now();
+        if got > 0 || self.stack.is_due(now) {
+            self.stack.poll(now, &mut self.dev, core);
+        }
+        let sent = self.rings.send(&mut self.dev, &mut self.stats);
+        self.stats.polls += 1;
+        if got > 0 || sent > 0 {
+            self.idle = 0;
+            return Ok(());
+        }
+        self.stats.idle_polls += 1;
+        self.idle += 1;
+        if self.idle > SPIN_ROUNDS {
+            self.idle = 0;
+            self.wait(core, timeout)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
+        loop {
+            let mut any = false;
+            while let Some(out) = core.poll_output() {
+                any = true;
+                match out {
+                    Output::Transmit(conn) => self.stack.transmit(core, conn),
+                    Output::Close(conn) => self.stack.close(Instant::now(), core, conn),
+                    link => self.links.carry_out(core, link),
+                }
+            }
+            if !any {
+                return Ok(());
+            }
+            self.stack.poll(Instant::now(), &mut self.dev, core);
+            self.rings.send(&mut self.dev, &mut self.stats);
+        }
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stack.stop_listening();
+    }
+
+    fn io_stats(&mut self) -> IoStats {
+        self.rings.read_stats(&mut self.stats);
+        self.stats.clone()
+    }
+}
