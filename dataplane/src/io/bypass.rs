@@ -116,9 +116,9 @@ impl<R: Rings> IoBackend for BypassIo<R> {
             return Ok(());
         }
         self.stats.idle_polls += 1;
-        self.idle += 1;
+        self.idle = self.idle.saturating_add(1);
         if self.idle > SPIN_ROUNDS {
-            self.idle = 0;
+            // Until a round finds work, every round waits.
             self.wait(core, timeout)?;
         }
         Ok(())
