@@ -117,8 +117,9 @@ impl<R: Rings> IoBackend for BypassIo<R> {
         }
         self.stats.idle_polls += 1;
         self.idle = self.idle.saturating_add(1);
-        if self.idle > SPIN_ROUNDS {
-            // Until a round finds work, every round waits.
+        // Until a round finds work, every round waits — unless frames are
+        // still waiting for transmit buffers to come back.
+        if self.idle > SPIN_ROUNDS && self.dev.tx.is_empty() {
             self.wait(core, timeout)?;
         }
         Ok(())
