@@ -7,12 +7,15 @@
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
 //!
-//! Listening: each gateway port keeps a fixed pool of listening sockets
-//! (the backlog). A SYN occupies one until the handshake completes, so a SYN
-//! flood that got past the XDP buckets can hold at most `backlog` half-open
-//! connections per port — bounded memory — for at most `half_open_timeout`
-//! (then the socket listens again), and an established connection is
-//! replaced by a fresh listening socket, up to `max_connections`.
+//! Listening: smoltcp needs a socket in LISTEN for each SYN, and it walks
+//! every socket for every packet and every poll — so idle listening sockets
+//! cost on every packet. Each port keeps two spare ones; before a poll the
+//! stack counts the SYNs among the received frames and opens a listening
+//! socket for each, as long as the port's half-open sockets stay within its
+//! `backlog`. A SYN flood that got past the XDP buckets can therefore hold
+//! at most `backlog` half-open connections per port — bounded memory — for
+//! at most `half_open_timeout`; SYNs beyond that are refused (RST).
+//! Connections count against `max_connections`.
 
 use std::time::Instant as StdInstant;
 
@@ -59,6 +62,10 @@ impl Default for NetConfig {
     }
 }
 
+/// Listening sockets kept per port while no SYN is in sight (for SYNs the
+/// pre-scan cannot see, e.g. behind IPv6 extension headers).
+const SPARE: usize = 2;
+
 /// One gateway port.
 struct Listener {
     port: u16,
@@ -66,6 +73,8 @@ struct Listener {
     index: usize,
     /// Sockets in LISTEN or SYN-RECEIVED.
     waiting: Vec<SocketHandle>,
+    /// SYNs for this port in the frames about to be polled.
+    syns: usize,
 }
 
 /// A TCP stack serving the gateway's ports.
@@ -112,7 +121,7 @@ impl NetStack {
         let mut stack = NetStack {
             iface,
             sockets: SocketSet::new(Vec::new()),
-            listeners: ports.iter().map(|&(port, index)| Listener { port, index, waiting: Vec::new() }).collect(),
+            listeners: ports.iter().map(|&(port, index)| Listener { port, index, waiting: Vec::new(), syns: 0 }).collect(),
             conns: FxHashMap::default(),
             handles: FxHashMap::default(),
             blocked: Vec::new(),
@@ -132,7 +141,7 @@ impl NetStack {
             }
         }
         for i in 0..stack.listeners.len() {
-            stack.refill(i);
+            stack.listen_for(i, SPARE);
         }
         stack
     }
@@ -141,9 +150,19 @@ impl NetStack {
         NetInstant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
-    /// Tops the listener's pool of listening sockets back up.
-    fn refill(&mut self, i: usize) {
-        while self.listeners[i].waiting.len() < self.cfg.backlog && self.conns.len() < self.cfg.max_connections {
+    /// Makes `n` sockets of listener `i` listen, as far as the backlog and
+    /// `max_connections` allow.
+    fn listen_for(&mut self, i: usize, n: usize) {
+        let listening = {
+            let (sockets, l) = (&self.sockets, &self.listeners[i]);
+            l.waiting.iter().filter(|&&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen).count()
+        };
+        for _ in listening..n {
+            if self.listeners[i].waiting.len() >= self.cfg.backlog
+                || self.conns.len() + self.listening() >= self.cfg.max_connections
+            {
+                return;
+            }
             let rx = tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]);
             let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]);
             let mut s = tcp::Socket::new(rx, tx);
@@ -181,8 +200,9 @@ impl NetStack {
     /// One round: frames from `device` through the stack into the core,
     /// answers back out. Call [`NetStack::transmit`] / [`NetStack::close`]
     /// for the core's client outputs in between, then `poll` again to send.
-    pub fn poll<D: Device>(&mut self, now: StdInstant, device: &mut D, core: &mut Gateway) {
+    pub fn poll(&mut self, now: StdInstant, device: &mut FrameQueue, core: &mut Gateway) {
         let ts = self.at(now);
+        self.listen_for_syns(&device.rx);
         self.iface.poll(ts, device, &mut self.sockets);
         self.echo_udp();
         self.accept(now, core);
@@ -218,10 +238,30 @@ impl NetStack {
         }
     }
 
+    /// A listening socket for every SYN among `frames`, within the backlog.
+    fn listen_for_syns(&mut self, frames: &std::collections::VecDeque<Vec<u8>>) {
+        let mut any = false;
+        for port in frames.iter().filter_map(|f| syn_port(f)) {
+            if let Some(l) = self.listeners.iter_mut().find(|l| l.port == port) {
+                l.syns += 1;
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        for i in 0..self.listeners.len() {
+            let syns = std::mem::take(&mut self.listeners[i].syns);
+            if syns > 0 {
+                self.listen_for(i, syns + SPARE);
+            }
+        }
+    }
+
     /// Established sockets leave their listener's pool and become connections.
     fn accept(&mut self, now: StdInstant, core: &mut Gateway) {
         for i in 0..self.listeners.len() {
-            let mut j = 0;
+            let (mut j, mut listening) = (0, 0);
             while j < self.listeners[i].waiting.len() {
                 let h = self.listeners[i].waiting[j];
                 let s = self.sockets.get_mut::<tcp::Socket>(h);
@@ -240,15 +280,26 @@ impl NetStack {
                         core.handle_connect(now, conn, self.listeners[i].index, peer);
                     }
                     tcp::State::Closed => {
-                        // A handshake that failed or timed out: listen again.
-                        let port = self.listeners[i].port;
-                        let _ = s.listen(port);
+                        // A handshake that failed or timed out.
+                        self.listeners[i].waiting.swap_remove(j);
+                        self.sockets.remove(h);
+                    }
+                    tcp::State::Listen if listening >= SPARE => {
+                        // Spare beyond the spares: SYNs were fewer than
+                        // expected (retransmissions of a pending handshake).
+                        self.listeners[i].waiting.swap_remove(j);
+                        self.sockets.remove(h);
+                    }
+                    tcp::State::Listen => {
+                        listening += 1;
                         j += 1;
                     }
                     _ => j += 1,
                 }
             }
-            self.refill(i);
+            if listening < SPARE {
+                self.listen_for(i, SPARE);
+            }
         }
     }
 
@@ -331,6 +382,31 @@ impl NetStack {
             }
             !done
         });
+    }
+}
+
+/// The destination port of a TCP SYN (without ACK) in an Ethernet frame
+/// (up to two VLAN tags, IPv4, or IPv6 without extension headers).
+fn syn_port(frame: &[u8]) -> Option<u16> {
+    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut l3 = 14;
+    let mut ethertype = be16(12)?;
+    for _ in 0..2 {
+        if ethertype == 0x8100 || ethertype == 0x88a8 {
+            ethertype = be16(l3 + 2)?;
+            l3 += 4;
+        }
+    }
+    let (proto, l4) = match ethertype {
+        0x0800 => (*frame.get(l3 + 9)?, l3 + usize::from(frame.get(l3)? & 0x0f) * 4),
+        0x86dd => (*frame.get(l3 + 6)?, l3 + 40),
+        _ => return None,
+    };
+    let flags = *frame.get(l4 + 13)?;
+    if proto == 6 && flags & 0x12 == 0x02 {
+        be16(l4 + 2)
+    } else {
+        None
     }
 }
 

@@ -180,8 +180,8 @@ fn logout_closes_the_tcp_connection_from_the_gateway_side() {
 #[test]
 fn many_clients_share_a_port_and_the_backlog_bounds_half_open_sockets() {
     let mut w = Wire::new(NetConfig { backlog: 4, ..NetConfig::default() });
-    // Waves of four: each established connection frees its listening
-    // socket, and the pool is topped up again.
+    // Waves of four SYNs at once: a listening socket opens for each, and an
+    // established connection frees its place in the backlog.
     let mut clients = Vec::new();
     for wave in 0..3u16 {
         let hs: Vec<SocketHandle> = (0..4).map(|i| w.connect(41_000 + wave * 4 + i)).collect();
@@ -190,7 +190,7 @@ fn many_clients_share_a_port_and_the_backlog_bounds_half_open_sockets() {
         clients.extend(hs);
     }
     w.run_until(|w| w.core.connection_count() == 12);
-    assert_eq!(w.stack.listening(), 4, "the pool is topped up to the backlog, no more");
+    assert_eq!(w.stack.listening(), SPARE, "idle, a port keeps only its spare listening sockets");
     for (i, &h) in clients.iter().enumerate() {
         w.send(h, &Envelope::new(cmd::HEARTBEAT, i as u32 + 1, 0, b""));
     }
