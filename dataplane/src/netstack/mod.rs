@@ -121,7 +121,10 @@ impl NetStack {
         let mut stack = NetStack {
             iface,
             sockets: SocketSet::new(Vec::new()),
-            listeners: ports.iter().map(|&(port, index)| Listener { port, index, waiting: Vec::new(), syns: 0 }).collect(),
+            listeners: ports
+                .iter()
+                .map(|&(port, index)| Listener { port, index, waiting: Vec::new(), syns: 0 })
+                .collect(),
             conns: FxHashMap::default(),
             handles: FxHashMap::default(),
             blocked: Vec::new(),
