@@ -7,41 +7,21 @@
 //! DPDK's EAL starts once per process, so this file holds one test.
 #![cfg(feature = "dpdk")]
 
-use std::io::{Read, Write};
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use common::{echo_session, logged_in, recv, send, start_game_server, wait_for_links};
 use portcullis_dataplane::config::MIN_MBUFS;
 use portcullis_dataplane::io::dpdk::init_eal;
 use portcullis_dataplane::io::kernel::RunningGateway;
 use portcullis_dataplane::Config;
 use portcullis_harness::{ip, Harness, GATEWAY_IFACE, GATEWAY_V4};
-use portcullis_proto::pb::client::{LoginReply, LoginRequest};
-use portcullis_proto::token::{sign, Claims};
-use portcullis_proto::{cmd, flags, Codec, Envelope};
-use portcullis_sample_game_server::{SampleGame, ECHO};
+use portcullis_proto::Envelope;
+use portcullis_sample_game_server::ECHO;
 
 const SECRET: &str = "dpdk-test-secret-0123456789";
-
-fn send(s: &mut TcpStream, env: &Envelope<'_>) {
-    let mut out = Vec::new();
-    Codec::Protobuf.encode(env, &mut out);
-    s.write_all(&out).unwrap();
-}
-
-fn recv(s: &mut TcpStream, buf: &mut Vec<u8>) -> Envelope<'static> {
-    loop {
-        if let Some((r, used)) = Codec::Protobuf.framing().next_frame(buf, 1 << 20).unwrap() {
-            let env = Codec::Protobuf.decode(&buf[r]).unwrap().into_owned();
-            buf.drain(..used);
-            return env;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).expect("an answer within the read timeout");
-        assert!(n > 0, "the gateway closed the connection");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
 
 /// Whether an XDP program is attached to the gateway side's veth.
 fn xdp_attached(h: &Harness) -> bool {
@@ -69,14 +49,7 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     assert!(!xdp_attached(&h));
 
     // The sample game server on the gateway side's loopback.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let listener = h.in_gateway(|| std::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let game_addr = listener.local_addr().unwrap();
-    rt.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-        let _ = portcullis_backend_sdk::serve(listener, SampleGame::default()).await;
-    });
+    let (_rt, game_addr) = start_game_server(&h);
 
     // No shared config files (a prefix of our own all the same), no
     // hugepages, no PCI scan, the main lcore on CPU 0 (the workers are not
@@ -105,11 +78,7 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     let gateway = h.in_gateway(|| RunningGateway::start_dpdk(&config)).expect("DPDK gateway");
     eprintln!("DPDK gateway started in {:?}", started.elapsed());
     assert!(xdp_attached(&h), "net_af_xdp attached its XDP program to {GATEWAY_IFACE}");
-    let ready = Instant::now() + Duration::from_secs(10);
-    while gateway.status().iter().map(|w| w.links_up).sum::<usize>() == 0 {
-        assert!(Instant::now() < ready, "never linked to the game server");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_links(&gateway);
     // Only the userspace stack serves the port: the gateway side's kernel,
     // which owns the same address, refuses it.
     let kernel =
@@ -120,32 +89,8 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     // ARP reply.
     let neigh = || ip(&["-n", &h.players, "neigh", "show", &GATEWAY_V4.to_string()]).unwrap();
     assert!(!neigh().contains("lladdr"), "{}", neigh());
-    let echoes = h.in_players(|| {
-        let mut echoes = 0;
-        for i in 0..3 {
-            let addr = SocketAddr::new(GATEWAY_V4.into(), 7000);
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("TCP through DPDK");
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            let mut buf = Vec::new();
-            let token = sign(SECRET.as_bytes(), &Claims { uid: format!("p{i}"), dev: "pc".into(), exp: u64::MAX });
-            let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
-            send(&mut s, &Envelope::new(cmd::LOGIN, 1, 0, &login));
-            let reply = recv(&mut s, &mut buf);
-            assert_eq!((reply.cmd, reply.flags), (cmd::LOGIN, flags::RESPONSE));
-            let r: LoginReply = Codec::Protobuf.payload_form().decode(&reply.payload).unwrap();
-            assert_eq!(r.user_id, format!("p{i}"));
-            for seq in 2..12 {
-                let payload = format!("echo {i}/{seq}");
-                send(&mut s, &Envelope::new(ECHO, seq, 0, payload.as_bytes()));
-                let back = recv(&mut s, &mut buf);
-                assert_eq!((back.seq, &*back.payload), (seq, payload.as_bytes()));
-                echoes += 1;
-            }
-            send(&mut s, &Envelope::new(cmd::LOGOUT, 20, 0, b""));
-            assert_eq!(recv(&mut s, &mut buf).cmd, cmd::LOGOUT);
-        }
-        echoes
-    });
+    let gateway_addr = SocketAddr::new(GATEWAY_V4.into(), 7000);
+    let echoes: usize = h.in_players(|| (0..3).map(|i| echo_session(gateway_addr, SECRET, &format!("p{i}"))).sum());
     assert_eq!(echoes, 30);
 
     // Enough traffic to pass every mbuf of the (smallest) pool through the
@@ -153,15 +98,8 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     // mbuf outside it would stop reception.
     let rounds = 2 * MIN_MBUFS as usize;
     let elapsed = h.in_players(|| {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), 7000), Duration::from_secs(5))
-            .expect("TCP through DPDK");
+        let (mut s, mut buf) = logged_in(gateway_addr, SECRET, "bulk");
         s.set_nodelay(true).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = Vec::new();
-        let token = sign(SECRET.as_bytes(), &Claims { uid: "bulk".into(), dev: "pc".into(), exp: u64::MAX });
-        let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
-        send(&mut s, &Envelope::new(cmd::LOGIN, 1, 0, &login));
-        assert_eq!(recv(&mut s, &mut buf).cmd, cmd::LOGIN);
         let started = Instant::now();
         let mut ack = 0;
         for seq in 0..rounds as u32 {
