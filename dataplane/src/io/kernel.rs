@@ -455,9 +455,7 @@ impl RunningGateway {
             tracing::info!("AF_XDP on {} queue {queue}: {:?} mode", x.interface, io.rings().mode);
             ios.push(io);
         }
-        let wakers = ios.iter().map(|io| io.waker()).collect();
-        let addrs = config.listeners.iter().map(|l| l.bind).collect();
-        Self::spawn(config, ios, wakers, addrs)
+        Self::spawn_bypass(config, ios)
     }
 
     /// Starts DPDK (EAL once per process, then the `[dpdk]` port) and one
@@ -466,7 +464,16 @@ impl RunningGateway {
     #[cfg(feature = "dpdk")]
     pub fn start_dpdk(config: &Config) -> io::Result<RunningGateway> {
         let d = config.dpdk.as_ref().ok_or_else(|| io::Error::other("the config has no [dpdk] section"))?;
-        let ios = super::dpdk::DpdkRings::open(config, d)?;
+        Self::spawn_bypass(config, super::dpdk::DpdkRings::open(config, d)?)
+    }
+
+    /// Runs kernel-bypass workers; their listeners are the config's
+    /// addresses as written (the userspace stack binds no port 0).
+    #[cfg(any(feature = "afxdp", feature = "dpdk"))]
+    fn spawn_bypass<R: super::bypass::Rings + Send + 'static>(
+        config: &Config,
+        ios: Vec<super::bypass::BypassIo<R>>,
+    ) -> io::Result<RunningGateway> {
         let wakers = ios.iter().map(|io| io.waker()).collect();
         let addrs = config.listeners.iter().map(|l| l.bind).collect();
         Self::spawn(config, ios, wakers, addrs)
