@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # The AF_XDP and DPDK backends are cargo features (one builds libxdp from C,
 # the other links the system's DPDK); the tests cover them too. Every run
 # (clippy in .ci/run included) uses these, so they share one build.
-features=portcullis-control/afxdp,portcullis-control/dpdk,portcullis-tests/afxdp
+features=portcullis-dataplane/afxdp,portcullis-dataplane/dpdk,portcullis-tests/afxdp
 if [ "${1:-}" = "--features" ]; then
     echo "$features"
     exit 0

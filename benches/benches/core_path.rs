@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use portcullis_benches::alloc_counter::{allocations, CountingAlloc};
-use portcullis_dataplane::auth::TokenAuthenticator;
-use portcullis_dataplane::shard::Shared;
-use portcullis_dataplane::{Config, Gateway, Output};
+use portcullis_core::auth::TokenAuthenticator;
+use portcullis_core::shard::Shared;
+use portcullis_core::{Config, ConnId, Gateway, Output, Transport};
 use portcullis_proto::pb::client::LoginRequest;
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, wire, Codec, Envelope, Framing};
@@ -28,7 +28,7 @@ use portcullis_proto::{cmd, wire, Codec, Envelope, Framing};
 static GLOBAL: CountingAlloc = CountingAlloc;
 
 const SECRET: &str = "bench-secret-0123456789";
-const CONN: u64 = 1;
+const CONN: ConnId = ConnId::new(Transport::KernelTcp, 1);
 
 struct Bench {
     core: Gateway,

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_common::{FilterConfig, Verdict};
-use portcullis_dataplane::filter::{self, Cidr, Filter, List, Proto};
 use portcullis_harness::flood::{self, Flood, Kind};
 use portcullis_harness::{Harness, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6, PLAYER_IFACE, PLAYER_V6};
+use portcullis_xdp::{self as filter, Cidr, Filter, List, Proto};
 
 const PORT: u16 = 7000;
 

@@ -1,31 +1,17 @@
-//! The Portcullis dataplane: the packet path of one gateway process.
+//! The Portcullis dataplane process: what moves players' bytes between the
+//! NIC (or kernel sockets) and the sans-IO gateway core of
+//! `portcullis-core`.
 //!
-//! The folders follow the message path of `DESIGN.md`:
-//!
-//! | stage | module |
+//! | part | module |
 //! |---|---|
-//! | IO backends (kernel sockets; AF_XDP and DPDK later) | [`io`] |
-//! | decode (codecs live in `portcullis-proto`) | [`core`] |
-//! | sessions, user and group indexes | [`session`] |
-//! | login authentication | [`auth`] |
-//! | framework commands | [`framework`] |
-//! | routing and balancing | [`route`] |
-//! | game-server links | [`backend`] |
+//! | worker threads, shared state, status, signals | [`runtime`] |
+//! | IO backends (kernel sockets, AF_XDP, DPDK), game-server link sockets, the output dispatcher | [`io`] |
+//! | the userspace TCP/IP stack of the kernel-bypass backends | [`netstack`] |
 //!
-//! [`core::Gateway`] ties the stages together as a sans-IO state machine.
+//! The XDP filter's loader and rules are in `portcullis-xdp`.
 
-pub mod auth;
-pub mod backend;
-pub mod config;
-pub mod core;
-pub mod filter;
-pub mod framework;
 pub mod io;
 pub mod netstack;
-pub mod route;
-pub mod security;
-pub mod session;
-pub mod shard;
+pub mod runtime;
 
-pub use crate::core::{Gateway, Output, Stats};
-pub use config::Config;
+pub use runtime::{RunningGateway, WorkerStatus};

@@ -15,14 +15,14 @@
 //! Tests open connections through [`Stack::connect`], [`Stack::tcp`] and
 //! [`Stack::connector`], so they need not know which network they run on.
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
 use portcullis_client::{Client, ClientError, Connector, Event};
-use portcullis_dataplane::io::kernel::RunningGateway;
-use portcullis_dataplane::Config;
+use portcullis_core::Config;
+use portcullis_dataplane::RunningGateway;
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::Codec;
 use portcullis_sample_game_server::SampleGame;
@@ -158,7 +158,7 @@ fn in_netns<R: Send>(ns: Option<&str>, f: impl FnOnce() -> std::io::Result<R> + 
     let Some(ns) = ns else { return f() };
     std::thread::scope(|s| {
         s.spawn(|| {
-            portcullis_dataplane::io::enter_netns(ns)?;
+            portcullis_xdp::netns::enter(ns)?;
             f()
         })
         .join()
@@ -241,7 +241,7 @@ impl Stack {
 
     /// A UDP socket of a player (in the players' namespace on the harness).
     pub async fn udp(&self) -> tokio::net::UdpSocket {
-        let ns = match &self.net {
+        let ns: Option<String> = match &self.net {
             Net::Loopback => None,
             #[cfg(feature = "afxdp")]
             Net::Harness(h) => Some(h.harness.players.clone()),
@@ -294,8 +294,11 @@ impl Stack {
 
 #[cfg(feature = "afxdp")]
 mod afxdp {
+    use std::sync::atomic::AtomicU32;
+
+    use portcullis_xdp::Filter;
+
     use super::*;
-    use portcullis_dataplane::filter::Filter;
     use portcullis_harness::{Harness, GATEWAY_IFACE};
 
     pub const GATEWAY_IP: &str = "10.77.0.1";

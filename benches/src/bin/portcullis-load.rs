@@ -34,8 +34,8 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use portcullis_client::{Client, Event};
-use portcullis_dataplane::io::kernel::RunningGateway;
-use portcullis_dataplane::Config;
+use portcullis_core::Config;
+use portcullis_dataplane::RunningGateway;
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{Codec, Envelope};
 use portcullis_sample_game_server::{room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO};
@@ -492,8 +492,8 @@ fn report_idle(n: usize, workers: &str, before: u64, after: u64) {
 /// Idle sessions logged in to gateway cores in this process through the
 /// sans-IO API, spread over `--workers` cores as SO_REUSEPORT would.
 fn idle_in_memory(args: &Args) -> anyhow::Result<()> {
-    use portcullis_dataplane::shard::Shared;
-    use portcullis_dataplane::Gateway;
+    use portcullis_core::shard::Shared;
+    use portcullis_core::Gateway;
     let text = format!(
         "[gateway]\nworkers = {}\n[limits]\nmax_connections_per_ip = 100000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n\
          [auth]\nkind = \"token\"\nsecret = \"{}\"\n",
@@ -506,18 +506,18 @@ fn idle_in_memory(args: &Args) -> anyhow::Result<()> {
     let before = rss("self")?;
     let mut cores: Vec<Gateway> = (0..args.workers)
         .map(|w| {
-            let auth = portcullis_dataplane::auth::from_config(&config).expect("token auth");
+            let auth = portcullis_core::auth::from_config(&config).expect("token auth");
             Gateway::new(&config, w, shared.clone(), auth, now, unix)
         })
         .collect();
     for i in 0..args.clients {
         let core = &mut cores[i % args.workers];
-        let conn = i as u64;
+        let conn = portcullis_core::ConnId::new(portcullis_core::Transport::KernelTcp, i as u64);
         let peer = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 40_000));
         core.handle_connect(now, conn, 0, peer);
         core.handle_data(now, conn, &login_frame(&args.secret, &format!("idle-{i}")));
         while let Some(out) = core.poll_output() {
-            if let portcullis_dataplane::Output::Transmit(c) = out {
+            if let portcullis_core::Output::Transmit(c) = out {
                 let n = core.outbound(c).len();
                 core.consume(c, n);
             }

@@ -23,9 +23,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::Parser;
 use portcullis_common::{FilterConfig, Verdict};
-use portcullis_dataplane::filter::{Filter, List, Proto};
 use portcullis_harness::flood::{self, Flood, Kind};
 use portcullis_harness::{Harness, GATEWAY_IFACE, GATEWAY_V4, PLAYER_IFACE};
+use portcullis_xdp::{Filter, List, Proto};
 
 /// Measures the XDP flood filter.
 #[derive(Parser)]
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(why) = portcullis_harness::unavailable() {
         bail!("cannot run: {why}");
     }
-    portcullis_dataplane::filter::program()?;
+    portcullis_xdp::program()?;
     test_run(args.repeat)?;
     if args.flood_seconds > 0 {
         compare(Duration::from_secs(args.flood_seconds))?;

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_common::FilterConfig;
-use portcullis_dataplane::filter::{AttachMode, Cidr, Filter, List, Proto, PIN_DIR};
-use portcullis_dataplane::Config;
+use portcullis_core::Config;
 use portcullis_proto::token::{sign, Claims};
+use portcullis_xdp::{AttachMode, Cidr, Filter, List, Proto, PIN_DIR};
 
 /// Operate Portcullis gateways.
 #[derive(Parser)]
@@ -201,7 +201,7 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
     match command {
         FilterCommand::Attach { iface, netns, native } => {
             if let Some(ns) = &netns {
-                portcullis_dataplane::io::enter_netns(ns)?;
+                portcullis_xdp::netns::enter(ns)?;
             }
             let mode = f.attach(&iface, native)?;
             let mode = match mode {
@@ -212,7 +212,7 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
         }
         FilterCommand::Detach { iface, netns } => {
             if let Some(ns) = &netns {
-                portcullis_dataplane::io::enter_netns(ns)?;
+                portcullis_xdp::netns::enter(ns)?;
             }
             f.detach(&iface)?;
             println!("detached from {iface}");

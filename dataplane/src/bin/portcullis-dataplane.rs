@@ -1,15 +1,14 @@
 //! `portcullis-dataplane --config config/portcullis.toml --io kernel`
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use portcullis_dataplane::io::kernel::{RunningGateway, WorkerStatus};
+use portcullis_core::{Config, Stats};
 use portcullis_dataplane::io::IoStats;
-use portcullis_dataplane::{Config, Stats};
+use portcullis_dataplane::runtime::{stop_on_signals, RunningGateway, WorkerStatus};
 
 /// The Portcullis dataplane: serves players and forwards their commands to game servers.
 #[derive(Parser)]
@@ -58,12 +57,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
     if let Some(ns) = &args.netns {
         // Before any thread starts: the workers inherit it.
-        portcullis_dataplane::io::enter_netns(ns)?;
+        portcullis_xdp::netns::enter(ns)?;
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handler")?;
-    }
+    let stop = stop_on_signals().context("installing signal handlers")?;
     let io = args.io.unwrap_or(if config.afxdp.is_some() && cfg!(feature = "afxdp") {
         IoKind::Afxdp
     } else {

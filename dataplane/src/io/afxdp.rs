@@ -24,9 +24,9 @@ use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::bypass::{BypassIo, Rings};
 use super::IoStats;
-use crate::config::{AfXdpConfig, Config};
-use crate::filter::Filter;
 use crate::netstack::FrameQueue;
+use portcullis_core::config::{AfXdpConfig, Config};
+use portcullis_xdp::Filter;
 
 /// Frames moved per ring operation.
 const BATCH: usize = 64;

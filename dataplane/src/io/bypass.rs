@@ -15,13 +15,15 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_core::config::Config;
+use portcullis_core::{Gateway, Transport};
 use smoltcp::wire::IpCidr;
 
-use super::kernel::KernelIo;
+use super::dispatch::Dispatcher;
+use super::epoll::{Epoll, Ready, Source};
+use super::links::LinkSockets;
 use super::{IoBackend, IoStats};
-use crate::config::Config;
 use crate::netstack::{FrameQueue, NetConfig, NetStack};
-use crate::{Gateway, Output};
 
 /// Idle rounds of busy polling before the worker waits in epoll.
 const SPIN_ROUNDS: u32 = 256;
@@ -49,7 +51,9 @@ pub trait Rings {
 /// One worker of a kernel-bypass backend.
 pub struct BypassIo<R> {
     rings: R,
-    links: KernelIo,
+    epoll: Epoll,
+    links: LinkSockets,
+    ready: Vec<Ready>,
     dev: FrameQueue,
     stack: NetStack,
     idle: u32,
@@ -60,10 +64,11 @@ impl<R: Rings> BypassIo<R> {
     /// A worker on `rings`, its stack answering as `mac` and `addrs` on the
     /// config's listener ports (and its UDP echo port).
     pub fn new(config: &Config, rings: R, mac: [u8; 6], addrs: &[String]) -> io::Result<BypassIo<R>> {
-        let links = KernelIo::links_only(config)?;
+        let epoll = Epoll::new()?;
         if let Some(fd) = rings.wake_fd() {
-            links.wake_on(fd)?;
+            epoll.wake_on(fd)?;
         }
+        let links = LinkSockets::new(config, epoll.registry()?);
         let addrs: Vec<IpCidr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
         let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
         let mut dev = FrameQueue::default();
@@ -71,7 +76,7 @@ impl<R: Rings> BypassIo<R> {
         dev.verify_checksums = false;
         let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
         let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
-        Ok(BypassIo { rings, links, dev, stack, idle: 0, stats: IoStats::default() })
+        Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
     }
 
     /// The rings.
@@ -81,7 +86,20 @@ impl<R: Rings> BypassIo<R> {
 
     /// Wakes this worker from another thread.
     pub fn waker(&self) -> Arc<mio::Waker> {
-        self.links.waker()
+        self.epoll.waker()
+    }
+
+    /// Waits up to `timeout` for link traffic, a wake-up or frames, and
+    /// handles the links' events.
+    fn poll_links(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        self.epoll.wait(timeout, &mut self.ready)?;
+        let now = Instant::now();
+        for r in &self.ready {
+            if let Source::Link(link) = r.source {
+                self.links.on_event(core, link, r.readable, r.writable, now);
+            }
+        }
+        Ok(())
     }
 
     /// Waits in epoll until frames, link traffic, a wake-up, or the core's
@@ -97,13 +115,13 @@ impl<R: Rings> BypassIo<R> {
             cap(MAX_NAP);
         }
         self.stats.idle_sleeps += 1;
-        self.links.poll(core, wait)
+        self.poll_links(core, wait)
     }
 }
 
 impl<R: Rings> IoBackend for BypassIo<R> {
     fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
-        self.links.poll(core, Some(Duration::ZERO))?;
+        self.poll_links(core, Some(Duration::ZERO))?;
         let got = self.rings.receive(&mut self.dev, &mut self.stats);
         let now = Instant::now();
         if got > 0 || self.stack.is_due(now) {
@@ -127,16 +145,10 @@ impl<R: Rings> IoBackend for BypassIo<R> {
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
         loop {
-            let mut any = false;
-            while let Some(out) = core.poll_output() {
-                any = true;
-                match out {
-                    Output::Transmit(conn) => self.stack.transmit(core, conn),
-                    Output::Close(conn) => self.stack.close(Instant::now(), core, conn),
-                    link => self.links.carry_out(core, link),
-                }
-            }
-            if !any {
+            let mut dispatch = Dispatcher::new(&mut self.links).with(Transport::UserTcp, &mut self.stack);
+            let carried = dispatch.flush(core);
+            self.stats.drop_unowned_output += dispatch.unowned;
+            if carried == 0 {
                 return Ok(());
             }
             self.stack.poll(Instant::now(), &mut self.dev, core);

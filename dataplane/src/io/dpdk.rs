@@ -24,8 +24,8 @@ use demikernel_dpdk_bindings as rte;
 
 use super::bypass::{BypassIo, Rings};
 use super::IoStats;
-use crate::config::{Config, DpdkConfig};
 use crate::netstack::FrameQueue;
+use portcullis_core::config::{Config, DpdkConfig};
 
 /// Frames moved per burst.
 const BURST: usize = 64;

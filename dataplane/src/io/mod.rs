@@ -1,42 +1,33 @@
 //! IO backends: what moves bytes between sockets (or NIC rings) and the
 //! sans-IO [`Gateway`] core.
 //!
-//! Every backend implements [`IoBackend`]; [`run`] is the worker loop that
-//! drives any of them. Backends: [`kernel`] (ordinary sockets through epoll,
-//! for laptops, CI without root and as the baseline). AF_XDP (feature
-//! `afxdp`) and DPDK (feature `dpdk`) backends implement the same trait.
+//! Every backend implements [`IoBackend`]; the runtime's worker loop
+//! ([`crate::runtime::run_worker`]) drives any of them. Backends: [`kernel`]
+//! (ordinary sockets through epoll, for laptops, CI without root and as the
+//! baseline), and the kernel-bypass ones over [`bypass`]: AF_XDP (feature
+//! `afxdp`) and DPDK (feature `dpdk`).
+//!
+//! What they share: one [`epoll`] instance per worker, the game-server
+//! [`links`] on kernel sockets, and the output [`dispatch`]er that sends each
+//! of the core's outputs to the transport owning its connection.
 
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
 #[cfg(any(feature = "afxdp", feature = "dpdk"))]
 pub mod bypass;
+pub mod dispatch;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
+pub mod epoll;
 pub mod kernel;
+pub mod links;
 
-use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::io::{self, Write};
+use std::time::Duration;
 
-use crate::Gateway;
+use portcullis_core::Gateway;
 
-/// Moves the calling thread into network namespace `name` (an `ip netns`
-/// name). Unlike `ip netns exec`, only the network namespace changes, so
-/// bpffs pins stay visible; threads started afterwards inherit it.
-pub fn enter_netns(name: &str) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let path = format!("/var/run/netns/{name}");
-    let file = std::fs::File::open(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("no network namespace {name:?} ({path}): {e}")))?;
-    // SAFETY: setns on a namespace fd we own; it affects this thread only.
-    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("cannot enter network namespace {name:?}: {e}")));
-    }
-    Ok(())
-}
-
-crate::core::stats::counters! {
+portcullis_core::counters! {
     /// Counters of one worker's IO backend, read about every 100 ms with
     /// the worker's status. Frame and ring counters are those of the
     /// kernel-bypass backends; the kernel backend counts bytes only.
@@ -75,6 +66,9 @@ crate::core::stats::counters! {
     kernel_fill_ring_empty,
     /// Kernel: invalid descriptors on the receive or transmit ring.
     kernel_invalid_descs,
+    /// Outputs about a connection of a transport this worker does not run
+    /// (a bug if ever non-zero; the connection is closed in the core).
+    drop_unowned_output,
 }
 }
 
@@ -95,45 +89,18 @@ pub trait IoBackend {
     fn io_stats(&mut self) -> IoStats;
 }
 
-/// Longest a worker sleeps, so that it notices `stop` and reports status.
-const MAX_WAIT: Duration = Duration::from_millis(100);
-
-/// Runs one worker until `stop` is set and its shutdown completes (see
-/// [`Gateway::shutdown`]), or `deadline` after `stop` at the latest.
-/// `tick` is called about every 100 ms with the core and the backend's
-/// counters, for status output.
-pub fn run<B: IoBackend>(
-    io: &mut B,
-    core: &mut Gateway,
-    stop: &AtomicBool,
-    deadline: Duration,
-    mut tick: impl FnMut(Instant, &Gateway, IoStats),
-) -> io::Result<()> {
-    let mut exit_at = None;
-    let mut next_tick = Instant::now();
-    let (shared, worker) = (core.shared().clone(), core.worker());
-    loop {
-        let now = Instant::now();
-        core.handle_inbox(now);
-        core.handle_timeout(now);
-        if stop.load(Ordering::Relaxed) && exit_at.is_none() {
-            io.stop_accepting();
-            core.shutdown(now);
-            exit_at = Some(now + deadline);
+/// Writes as much of `data` as the socket takes without blocking;
+/// `Err` if it failed.
+pub(crate) fn write_some(stream: &mut impl Write, data: &[u8]) -> io::Result<usize> {
+    let mut written = 0;
+    while written < data.len() {
+        match stream.write(&data[written..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
         }
-        io.flush(core)?;
-        if now >= next_tick {
-            tick(now, core, io.io_stats());
-            next_tick = now + MAX_WAIT;
-        }
-        if core.is_shut_down() || exit_at.is_some_and(|t| now >= t) {
-            tick(now, core, io.io_stats());
-            return Ok(());
-        }
-        let wait = core.poll_timeout().map_or(MAX_WAIT, |t| t.saturating_duration_since(now).min(MAX_WAIT));
-        let wait = if shared.prepare_sleep(worker) { wait } else { Duration::ZERO };
-        let polled = io.poll(core, Some(wait));
-        shared.woke(worker);
-        polled?;
     }
+    Ok(written)
 }

@@ -26,8 +26,9 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
-use crate::session::ConnId;
-use crate::Gateway;
+use portcullis_core::{ConnId, Gateway, Transport};
+
+use crate::io::dispatch::ClientTransport;
 
 /// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +89,8 @@ pub struct NetStack {
     blocked: Vec<ConnId>,
     /// Closed towards the core, waiting for the TCP close to finish.
     closing: Vec<SocketHandle>,
-    next_conn: ConnId,
+    /// Number of the next connection ([`Transport::UserTcp`]).
+    next_conn: u64,
     /// When the stack's next timer fires.
     due: Option<StdInstant>,
     udp_echo: Option<SocketHandle>,
@@ -275,7 +277,7 @@ impl NetStack {
                         s.set_timeout(None);
                         let peer = s.remote_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
                         self.listeners[i].waiting.swap_remove(j);
-                        let conn = self.next_conn;
+                        let conn = ConnId::new(Transport::UserTcp, self.next_conn);
                         self.next_conn += 1;
                         self.conns.insert(conn, h);
                         self.handles.insert(h, conn);
@@ -353,28 +355,6 @@ impl NetStack {
         });
     }
 
-    /// Writes what the core has for `conn` into its send buffer.
-    pub fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
-        let Some(&h) = self.conns.get(&conn) else { return };
-        let s = self.sockets.get_mut::<tcp::Socket>(h);
-        let n = s.send_slice(core.outbound(conn)).unwrap_or(0);
-        core.consume(conn, n);
-        if !core.outbound(conn).is_empty() && !self.blocked.contains(&conn) {
-            self.blocked.push(conn);
-        }
-    }
-
-    /// Sends what is pending, then closes `conn` and tells the core.
-    pub fn close(&mut self, now: StdInstant, core: &mut Gateway, conn: ConnId) {
-        self.transmit(core, conn);
-        if let Some(h) = self.conns.remove(&conn) {
-            self.handles.remove(&h);
-            self.sockets.get_mut::<tcp::Socket>(h).close();
-            self.closing.push(h);
-        }
-        core.handle_disconnect(now, conn);
-    }
-
     /// Frees sockets whose close has completed.
     fn finish_closes(&mut self) {
         let sockets = &mut self.sockets;
@@ -385,6 +365,31 @@ impl NetStack {
             }
             !done
         });
+    }
+}
+
+/// The userspace stack owns the [`Transport::UserTcp`] connections.
+impl ClientTransport for NetStack {
+    /// Writes what the core has for `conn` into its send buffer.
+    fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
+        let Some(&h) = self.conns.get(&conn) else { return };
+        let s = self.sockets.get_mut::<tcp::Socket>(h);
+        let n = s.send_slice(core.outbound(conn)).unwrap_or(0);
+        core.consume(conn, n);
+        if !core.outbound(conn).is_empty() && !self.blocked.contains(&conn) {
+            self.blocked.push(conn);
+        }
+    }
+
+    /// Sends what is pending, then closes `conn` and tells the core.
+    fn close(&mut self, now: StdInstant, core: &mut Gateway, conn: ConnId) {
+        self.transmit(core, conn);
+        if let Some(h) = self.conns.remove(&conn) {
+            self.handles.remove(&h);
+            self.sockets.get_mut::<tcp::Socket>(h).close();
+            self.closing.push(h);
+        }
+        core.handle_disconnect(now, conn);
     }
 }
 

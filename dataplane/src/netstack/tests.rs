@@ -13,9 +13,11 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address, Ipv6Address};
 
 use super::*;
-use crate::config::Config as GatewayConfig;
-use crate::shard::Shared;
-use crate::Output;
+use portcullis_core::config::Config as GatewayConfig;
+use portcullis_core::shard::Shared;
+use portcullis_core::Output;
+
+use crate::io::dispatch::ClientTransport;
 
 const SECRET: &str = "netstack-test-secret-0123";
 const GW: Ipv4Address = Ipv4Address::new(10, 77, 0, 1);
@@ -40,7 +42,7 @@ impl Wire {
             format!("[[listeners]]\nbind = \"10.77.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n");
         let config = GatewayConfig::parse(&text, "netstack test").unwrap();
         let now = Instant::now();
-        let auth = crate::auth::from_config(&config).unwrap();
+        let auth = portcullis_core::auth::from_config(&config).unwrap();
         let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, 1_800_000_000);
         let mut gw_dev = FrameQueue::default();
         let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];

@@ -1,0 +1,696 @@
+//! The sans-IO gateway core of one worker: decode → security checks →
+//! session → framework commands → route → encode.
+//!
+//! The core never touches a socket or the OS clock. An IO backend drives it:
+//!
+//! 1. **Inputs** — `handle_connect`, `handle_data`, `handle_writable`,
+//!    `handle_disconnect` for client connections; `handle_link_connected`,
+//!    `handle_link_data`, `handle_link_writable`, `handle_link_closed` for
+//!    game-server links; `handle_inbox` for messages from other workers;
+//!    `handle_timeout` when [`Gateway::poll_timeout`] is due. Each takes `now`.
+//! 2. **Outputs** — after any input, call [`Gateway::poll_output`] until it
+//!    returns `None` and carry out each [`Output`]: write
+//!    [`Gateway::outbound`] / [`Gateway::link_outbound`] and report what was
+//!    written with `consume*`; close; connect.
+//! 3. **Timer** — wait no longer than [`Gateway::poll_timeout`].
+//!
+//! Encoded output accumulates in one buffer per connection, so a burst of
+//! responses leaves in one write. Sessions of other workers are reached
+//! through the [`Shared`] state's rings, never touched directly.
+
+mod cross;
+mod deliver;
+mod links;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_proto::pb::client::ErrorCode;
+use portcullis_proto::{cmd, Codec, FrameError};
+use rustc_hash::FxHashMap;
+
+use crate::auth::Authenticator;
+use crate::backend::{Link, LinkState};
+use crate::config::Config;
+use crate::conn::ConnId;
+use crate::route::{LinkId, Router};
+use crate::security::rate_limit::TokenBucket;
+use crate::security::{Frame, Reason, Verdict};
+use crate::session::policy::Policy;
+use crate::session::{Session, SessionId, SessionTable};
+use crate::shard::Shared;
+pub use crate::stats::Stats;
+
+/// Something the IO backend must do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Write [`Gateway::outbound`] of this connection.
+    Transmit(ConnId),
+    /// Write what is pending, close the connection, then call
+    /// [`Gateway::handle_disconnect`].
+    Close(ConnId),
+    /// Open a TCP connection to a game server; report with
+    /// [`Gateway::handle_link_connected`] or [`Gateway::handle_link_closed`].
+    ConnectLink(LinkId, SocketAddr),
+    /// Write [`Gateway::link_outbound`] of this link.
+    TransmitLink(LinkId),
+    /// Close this link's socket (the core already counts it as down).
+    CloseLink(LinkId),
+}
+
+/// Per-listener settings the core needs.
+#[derive(Debug, Clone, Copy)]
+struct ListenerSpec {
+    codec: Codec,
+    max_frame: usize,
+}
+
+/// An operation a connection is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waiting {
+    /// Nothing.
+    Nothing,
+    /// A delegated LOGIN.
+    Login,
+    /// A RESUME being answered by another worker, until the deadline.
+    Resume(Instant),
+}
+
+/// A client connection.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) session: SessionId,
+    pub(crate) codec: Codec,
+    max_frame: usize,
+    ip: IpAddr,
+    admitted: bool,
+    inbuf: Vec<u8>,
+    pub(crate) out: Vec<u8>,
+    queued: bool,
+    pub(crate) closing: bool,
+    pub(crate) bad_frames: u32,
+    pub(crate) waiting: Waiting,
+}
+
+/// Limits copied out of the config.
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) max_outbound: usize,
+    pub(crate) max_bad_frames: u32,
+    pub(crate) max_groups: usize,
+    pub(crate) max_name: usize,
+    pub(crate) resume_window: Duration,
+    pub(crate) replay_messages: usize,
+    pub(crate) replay_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_per_ip: usize,
+    pub(crate) session_rate: (u32, u32),
+    pub(crate) ip_rate: (u32, u32),
+    pub(crate) request_timeout: Duration,
+    pub(crate) health_interval: Duration,
+    pub(crate) health_timeout: Duration,
+    pub(crate) reconnect: (Duration, Duration),
+    pub(crate) max_link_outbound: usize,
+    pub(crate) shutdown_deadline: Duration,
+    pub(crate) gateway_name: String,
+}
+
+impl Limits {
+    fn new(c: &Config) -> Limits {
+        let (g, s, l, b) = (&c.gateway, &c.sessions, &c.limits, &c.backends);
+        let ms = Duration::from_millis;
+        Limits {
+            heartbeat_timeout: ms(g.heartbeat_timeout_ms),
+            max_outbound: g.max_outbound_bytes,
+            max_bad_frames: g.max_bad_frames,
+            max_groups: g.max_groups_per_session,
+            max_name: g.max_name_bytes,
+            resume_window: ms(s.resume_window_ms),
+            replay_messages: s.replay_max_messages,
+            replay_bytes: s.replay_max_bytes,
+            max_connections: l.max_connections,
+            max_per_ip: l.max_connections_per_ip,
+            session_rate: (l.session_rate, l.session_burst),
+            ip_rate: (l.ip_rate, l.ip_burst),
+            request_timeout: ms(b.request_timeout_ms),
+            health_interval: ms(b.health_interval_ms),
+            health_timeout: ms(b.health_timeout_ms),
+            reconnect: (ms(b.reconnect_ms), ms(b.reconnect_max_ms)),
+            max_link_outbound: b.max_outbound_bytes,
+            shutdown_deadline: ms(g.shutdown_deadline_ms),
+            gateway_name: g.name.clone(),
+        }
+    }
+}
+
+/// Progress of a graceful shutdown.
+#[derive(Debug, Clone, Copy)]
+struct Shutdown {
+    /// Clients are told to reconnect once requests in flight are answered,
+    /// or at this time at the latest.
+    kick_at: Instant,
+    kicked: bool,
+}
+
+/// The gateway core of one worker. See the module docs for how to drive it.
+pub struct Gateway {
+    pub(crate) worker: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) limits: Limits,
+    pub(crate) policy: Policy,
+    listeners: Vec<ListenerSpec>,
+    /// `now` at construction and the Unix time it corresponds to.
+    clock: (Instant, u64),
+    /// The `now` of the input being handled.
+    pub(crate) now: Instant,
+    pub(crate) conns: FxHashMap<ConnId, Conn>,
+    pub(crate) sessions: SessionTable,
+    pub(crate) router: Router,
+    pub(crate) links: Vec<Link>,
+    pub(crate) auth: Box<dyn Authenticator>,
+    /// Per source IP: rate bucket and connections on this worker.
+    pub(crate) ip_buckets: HashMap<IpAddr, (TokenBucket, u32)>,
+    outputs: VecDeque<Output>,
+    pub(crate) stats: Stats,
+    next_session: u64,
+    next_sweep: Instant,
+    shutdown: Option<Shutdown>,
+    /// Reused buffers.
+    pub(crate) scratch: Vec<u8>,
+    pub(crate) targets: Vec<SessionId>,
+    /// Sessions this worker handed to another on RESUME, and when: messages
+    /// that were already on their way here are forwarded there.
+    pub(crate) handed_over: FxHashMap<SessionId, (usize, Instant)>,
+}
+
+impl Gateway {
+    /// The core of worker `worker` for a validated config. `now` and
+    /// `unix_now` (seconds) anchor its clock: later `now`s are converted to
+    /// Unix time from them.
+    pub fn new(
+        config: &Config,
+        worker: usize,
+        shared: Arc<Shared>,
+        auth: Box<dyn Authenticator>,
+        now: Instant,
+        unix_now: u64,
+    ) -> Gateway {
+        let router = Router::new(config);
+        let links = config
+            .services
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.servers.iter().map(move |srv| Link::new(srv.addr(), i, now)))
+            .collect();
+        let listeners = (0..config.listeners.len())
+            .map(|i| ListenerSpec { codec: config.listeners[i].codec, max_frame: config.max_frame(i) })
+            .collect();
+        let s = &config.sessions;
+        let mut core = Gateway {
+            worker,
+            shared,
+            limits: Limits::new(config),
+            policy: Policy { multi_login: s.multi_login, max_devices: s.max_devices, on_conflict: s.on_conflict },
+            listeners,
+            clock: (now, unix_now),
+            now,
+            conns: FxHashMap::default(),
+            sessions: SessionTable::default(),
+            router,
+            links,
+            auth,
+            ip_buckets: HashMap::new(),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+            next_session: 1,
+            next_sweep: now,
+            shutdown: None,
+            scratch: Vec::new(),
+            targets: Vec::new(),
+            handed_over: FxHashMap::default(),
+        };
+        core.handle_timeout(now);
+        core
+    }
+
+    // ----- getters -------------------------------------------------------
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The sessions of this worker, with their user and group indexes.
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+
+    /// State shared with the other workers.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// This worker's index.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Number of open client connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Number of game-server links that are up.
+    pub fn links_up(&self) -> usize {
+        self.links.iter().filter(|l| l.state == LinkState::Up).count()
+    }
+
+    /// Requests awaiting an answer from game servers.
+    pub fn requests_in_flight(&self) -> usize {
+        self.links.iter().map(|l| l.inflight.len()).sum()
+    }
+
+    /// The session carried by a connection.
+    pub fn session_of(&self, conn: ConnId) -> Option<SessionId> {
+        self.conns.get(&conn).map(|c| c.session)
+    }
+
+    /// Unix seconds at `now`, by the core's clock.
+    pub fn unix_time(&self, now: Instant) -> u64 {
+        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+    }
+
+    /// Whether [`Gateway::shutdown`] was called: the IO backend stops
+    /// accepting connections.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_some()
+    }
+
+    /// Whether a shutdown has told every client to go and nothing is left
+    /// to send: the worker may exit.
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown.is_some_and(|s| s.kicked) && self.conns.is_empty()
+    }
+
+    // ----- client connection inputs ---------------------------------------
+
+    /// A client connected on listener `listener` (index in the config).
+    pub fn handle_connect(&mut self, now: Instant, conn: ConnId, listener: usize, peer: SocketAddr) {
+        self.now = now;
+        let spec = self.listeners[listener];
+        let ip = peer.ip();
+        let admitted = self.shared.admit(ip, self.limits.max_connections, self.limits.max_per_ip);
+        let session = self.shared.session_base(self.worker) | self.next_session;
+        self.next_session += 1;
+        self.sessions.insert(Session::new(session, conn, spec.codec, now, self.limits.session_rate.1));
+        self.conns.insert(
+            conn,
+            Conn {
+                session,
+                codec: spec.codec,
+                max_frame: spec.max_frame,
+                ip,
+                admitted: admitted.is_ok(),
+                inbuf: Vec::new(),
+                out: Vec::new(),
+                queued: false,
+                closing: false,
+                bad_frames: 0,
+                waiting: Waiting::Nothing,
+            },
+        );
+        self.stats.connections += 1;
+        if let Err(why) = admitted {
+            self.stats.drop_connection_limit += 1;
+            self.send_error(conn, 0, 0, ErrorCode::Throttled, why);
+            return self.close(conn, End::Session);
+        }
+        let burst = self.limits.ip_rate.1;
+        self.ip_buckets.entry(ip).or_insert_with(|| (TokenBucket::full(burst, now), 0)).1 += 1;
+        if self.shutdown.is_some() {
+            self.kick(conn, "gateway shutting down: reconnect to another gateway", true);
+        }
+    }
+
+    /// Bytes arrived on a client connection.
+    pub fn handle_data(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        self.now = now;
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        if c.inbuf.is_empty() {
+            // Fast path: frames are parsed straight from the caller's buffer
+            // and only an incomplete tail is copied.
+            if let Some(used) = self.process_frames(conn, data) {
+                if used < data.len() {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.inbuf.extend_from_slice(&data[used..]);
+                    }
+                }
+            }
+        } else {
+            let mut buf = std::mem::take(&mut c.inbuf);
+            buf.extend_from_slice(data);
+            if let Some(used) = self.process_frames(conn, &buf) {
+                buf.drain(..used);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.inbuf = buf;
+                }
+            }
+        }
+    }
+
+    /// A client connection that had output pending can take more.
+    pub fn handle_writable(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.out.is_empty() && !c.queued {
+                c.queued = true;
+                self.outputs.push_back(Output::Transmit(conn));
+            }
+        }
+    }
+
+    /// A client connection is gone (closed by the peer, by an error, or
+    /// after an [`Output::Close`]). A logged-in session waits for a RESUME.
+    pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
+        self.now = now;
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if c.admitted {
+            self.shared.release(c.ip);
+            if let Some(entry) = self.ip_buckets.get_mut(&c.ip) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.ip_buckets.remove(&c.ip);
+                }
+            }
+        }
+        if self.sessions.get(c.session).is_some_and(|s| s.conn == Some(conn)) {
+            self.detach(c.session);
+        }
+    }
+
+    // ----- time ------------------------------------------------------------
+
+    /// When [`Gateway::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let links = self.links.iter().map(|l| match l.state {
+            LinkState::Down { retry_at } => retry_at,
+            LinkState::Up => l.ping.map_or(l.next_ping, |(_, sent)| sent + self.limits.health_timeout),
+            LinkState::Connecting => self.next_sweep,
+        });
+        let shutdown = self.shutdown.filter(|s| !s.kicked).map(|s| s.kick_at);
+        links.chain([self.next_sweep]).chain(shutdown).min()
+    }
+
+    /// Runs what is due at `now`: link reconnects and health checks, request
+    /// timeouts, heartbeat deadlines, resume windows, shutdown progress.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = now;
+        self.link_timers();
+        if let Some(s) = self.shutdown {
+            if !s.kicked && (now >= s.kick_at || self.requests_in_flight() == 0) {
+                self.kick_everyone();
+            }
+        }
+        if now < self.next_sweep {
+            return;
+        }
+        // A sweep over all sessions a few times per deadline: O(sessions) per
+        // interval and no per-frame timer work.
+        let timeout = self.limits.heartbeat_timeout.min(self.limits.resume_window);
+        let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.next_sweep = now + interval;
+        self.expire_requests();
+        self.handed_over.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(10));
+        let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
+        let mut idle = std::mem::take(&mut self.targets);
+        idle.clear();
+        idle.extend(
+            self.sessions
+                .iter()
+                .filter(|s| match (s.conn, s.detached_at) {
+                    (Some(_), _) => now.saturating_duration_since(s.last_seen) >= heartbeat,
+                    (None, Some(at)) => now.saturating_duration_since(at) >= window,
+                    (None, None) => true,
+                })
+                .map(|s| s.id),
+        );
+        for &sid in &idle {
+            match self.sessions.get(sid).and_then(|s| s.conn) {
+                Some(conn) => {
+                    // No KICK: the session waits for a RESUME, and a KICK
+                    // would tell the client it ended.
+                    self.stats.heartbeat_timeouts += 1;
+                    self.close(conn, End::Detach);
+                }
+                None => {
+                    self.stats.sessions_expired += 1;
+                    self.end_session(sid);
+                }
+            }
+        }
+        self.targets = idle;
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.waiting, Waiting::Resume(deadline) if deadline <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in stale {
+            self.conns.get_mut(&conn).expect("listed").waiting = Waiting::Nothing;
+            self.stats.drop_resume_failed += 1;
+            self.send_error(conn, cmd::RESUME, 0, ErrorCode::ResumeFailed, "the session did not answer in time");
+        }
+    }
+
+    /// Starts a graceful shutdown: no new connections (the IO backend stops
+    /// accepting), no new requests; once requests in flight are answered (or
+    /// half the deadline has passed) every client gets a KICK telling it to
+    /// reconnect elsewhere and is closed after its output is flushed.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        if self.shutdown.is_none() {
+            self.shutdown = Some(Shutdown { kick_at: now + self.limits.shutdown_deadline / 2, kicked: false });
+            self.handle_timeout(now);
+        }
+    }
+
+    fn kick_everyone(&mut self) {
+        if let Some(s) = &mut self.shutdown {
+            s.kicked = true;
+        }
+        let conns: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in conns {
+            self.kick(conn, "gateway shutting down: reconnect to another gateway", true);
+        }
+        let detached: Vec<SessionId> = self.sessions.iter().map(|s| s.id).collect();
+        for sid in detached {
+            self.end_session(sid);
+        }
+    }
+
+    // ----- outputs ---------------------------------------------------------
+
+    /// The next thing for the IO backend to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let out = self.outputs.pop_front()?;
+        match out {
+            Output::Transmit(conn) => {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.queued = false;
+                }
+            }
+            Output::TransmitLink(link) => self.links[link].queued = false,
+            _ => {}
+        }
+        Some(out)
+    }
+
+    /// Bytes waiting to be written to a client connection.
+    pub fn outbound(&self, conn: ConnId) -> &[u8] {
+        self.conns.get(&conn).map_or(&[], |c| &c.out)
+    }
+
+    /// `n` bytes of [`Gateway::outbound`] were written.
+    pub fn consume(&mut self, conn: ConnId, n: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            drain_front(&mut c.out, n);
+        }
+    }
+
+    /// Bytes waiting to be written to a game-server link.
+    pub fn link_outbound(&self, link: LinkId) -> &[u8] {
+        &self.links[link].out
+    }
+
+    /// `n` bytes of [`Gateway::link_outbound`] were written.
+    pub fn consume_link(&mut self, link: LinkId, n: usize) {
+        drain_front(&mut self.links[link].out, n);
+    }
+
+    // ----- the message path --------------------------------------------------
+
+    /// Splits frames off `buf` and runs each through the path. Returns the
+    /// bytes consumed, or `None` once the connection is closing.
+    fn process_frames(&mut self, conn: ConnId, buf: &[u8]) -> Option<usize> {
+        let c = self.conns.get(&conn)?;
+        let (session, codec, max, ip) = (c.session, c.codec, c.max_frame, c.ip);
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.last_seen = self.now;
+        }
+        let framing = codec.framing();
+        let mut pos = 0;
+        loop {
+            match framing.next_frame(&buf[pos..], max) {
+                Ok(Some((range, used))) => {
+                    let frame = &buf[pos + range.start..pos + range.end];
+                    pos += used;
+                    // Any frame may close the connection (a kick, a slow
+                    // consumer, a replay overflow): nothing after it counts.
+                    if !self.on_frame(conn, session, codec, ip, frame)
+                        || self.conns.get(&conn).is_none_or(|c| c.closing)
+                    {
+                        return None;
+                    }
+                }
+                Ok(None) => return Some(pos),
+                Err(FrameError::TooLarge { len, max }) => {
+                    let detail = format!("frame of {len} bytes exceeds the maximum of {max}");
+                    self.apply_verdict(conn, (0, 0), Verdict::Close(Reason::FrameTooLarge), Some(&detail));
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// One frame through decode → the check stage → framework or route.
+    /// Returns whether the connection is still open.
+    fn on_frame(&mut self, conn: ConnId, session: SessionId, codec: Codec, ip: IpAddr, frame: &[u8]) -> bool {
+        let env = match codec.decode(frame) {
+            Ok(env) => env,
+            Err(e) => {
+                let detail = format_args!("undecodable {codec} frame: {e}");
+                return self.bad_frame(conn, (0, 0), Reason::BadFrame, &detail);
+            }
+        };
+        self.stats.frames_in += 1;
+        let verdict = self.check_frame(&Frame { conn, session, ip, env: &env });
+        if verdict != Verdict::Respond(Reason::Throttled) && env.ack != 0 {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.replay.ack(env.ack.min(s.replay.last_seq()));
+            }
+        }
+        if verdict != Verdict::Pass {
+            self.apply_verdict(conn, (env.cmd, env.seq), verdict, None);
+            return !matches!(verdict, Verdict::Close(_));
+        }
+        if cmd::is_framework(env.cmd) {
+            return self.on_framework(conn, session, codec, &env);
+        }
+        self.on_business(conn, session, &env);
+        true
+    }
+
+    // ----- connection and session lifecycle ------------------------------------
+
+    /// Closes a connection after its pending output; `end` says what
+    /// becomes of its session.
+    pub(crate) fn close(&mut self, conn: ConnId, end: End) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        c.closing = true;
+        let session = c.session;
+        self.outputs.push_back(Output::Close(conn));
+        if self.sessions.get(session).is_some_and(|s| s.conn == Some(conn)) {
+            match end {
+                End::Session => self.end_session(session),
+                End::Detach => self.detach(session),
+            }
+        }
+    }
+
+    /// A session lost its connection: a logged-in one waits for a RESUME
+    /// within the window; an anonymous one ends.
+    fn detach(&mut self, session: SessionId) {
+        let Some(s) = self.sessions.get_mut(session) else { return };
+        if s.user.is_none() || self.shutdown.is_some() {
+            return self.end_session(session);
+        }
+        s.conn = None;
+        s.detached_at = Some(self.now);
+        self.stats.sessions_detached += 1;
+        let user = s.user_id().expect("logged in").to_owned();
+        self.shared.set_user_session(&user, session, self.worker, false);
+    }
+
+    /// Ends a session: leaves its groups, leaves the user index, tells the
+    /// game servers it used.
+    pub(crate) fn end_session(&mut self, session: SessionId) {
+        let Some(s) = self.take_session(session) else { return };
+        if let Some(user) = s.user_id() {
+            self.shared.logout(user, session);
+        }
+        self.notify_links(&s, true);
+    }
+
+    /// Removes a session from this worker (to end it or to move it),
+    /// updating the shared group counts.
+    pub(crate) fn take_session(&mut self, session: SessionId) -> Option<Session> {
+        let s = self.sessions.remove(session)?;
+        for g in &s.groups {
+            self.shared.group_member(g, self.worker, false);
+        }
+        Some(s)
+    }
+
+    fn queue_transmit(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.queued {
+                c.queued = true;
+                self.outputs.push_back(Output::Transmit(conn));
+            }
+        }
+    }
+
+    pub(crate) fn queue_link(&mut self, link: LinkId) {
+        let l = &mut self.links[link];
+        if !l.queued {
+            l.queued = true;
+            self.outputs.push_back(Output::TransmitLink(link));
+        }
+    }
+
+    pub(crate) fn push_output(&mut self, out: Output) {
+        self.outputs.push_back(out);
+    }
+}
+
+/// What closing a connection does to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// End it (logout, kick, protocol violation).
+    Session,
+    /// Keep it for a RESUME if it is logged in (the connection failed).
+    Detach,
+}
+
+/// Drops the first `n` bytes of a buffer.
+fn drain_front(buf: &mut Vec<u8>, n: usize) {
+    if n >= buf.len() {
+        buf.clear();
+        if buf.capacity() > 64 * 1024 {
+            *buf = Vec::new();
+        }
+    } else {
+        buf.drain(..n);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! Counters of the core. Every refused or dropped frame counts under the
+//! reason it was refused for.
+
+/// A struct of named monotonic `u64` counters, with `iter()` for metrics
+/// and `+=` for totals over workers.
+#[macro_export]
+macro_rules! counters {
+    ($(#[$sdoc:meta])* $ty:ident { $($(#[$doc:meta])* $name:ident,)* }) => {
+        $(#[$sdoc])*
+        #[derive(Debug, Default, Clone, PartialEq, Eq)]
+        pub struct $ty {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl $ty {
+            /// Every counter with its name, for metrics.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+                [$((stringify!($name), self.$name),)*].into_iter()
+            }
+        }
+
+        impl std::ops::AddAssign<&$ty> for $ty {
+            fn add_assign(&mut self, other: &$ty) {
+                $(self.$name += other.$name;)*
+            }
+        }
+    };
+}
+
+crate::counters! {
+    /// Monotonic counters of one worker's core.
+    Stats {
+    /// Client connections accepted.
+    connections,
+    /// Client frames decoded.
+    frames_in,
+    /// Client frames queued for sending.
+    frames_out,
+    /// Successful logins.
+    logins,
+    /// Successful resumes.
+    resumes,
+    /// Messages replayed on resume.
+    replayed,
+    /// Business requests forwarded to game servers.
+    requests,
+    /// Replies from game servers delivered.
+    replies,
+    /// Pushes (from game servers or SEND_TO_*) delivered, counted per session.
+    pushes,
+    /// Messages sent to other workers.
+    cross_worker,
+    /// Sessions whose connection dropped, kept for RESUME.
+    sessions_detached,
+    /// Dropped sessions that were not resumed within the window.
+    sessions_expired,
+    /// Sessions ended by the multi-login policy.
+    sessions_replaced,
+    /// Refused: connections over a connection limit.
+    drop_connection_limit,
+    /// Refused: frames over a session or IP rate limit.
+    drop_throttled,
+    /// Dropped: frames that could not be decoded.
+    drop_bad_frame,
+    /// Dropped: frames over the maximum size (connection closed).
+    drop_frame_too_large,
+    /// Refused: business commands before login.
+    drop_not_logged_in,
+    /// Refused: commands without handler or route.
+    drop_unknown_command,
+    /// Refused: failed logins.
+    drop_auth_failed,
+    /// Refused: logins over the multi-login policy.
+    drop_login_conflict,
+    /// Refused: RESUMEs that could not be honoured.
+    drop_resume_failed,
+    /// Refused: framework payloads that could not be decoded or were invalid.
+    drop_bad_payload,
+    /// Refused: no healthy game server.
+    drop_backend_unavailable,
+    /// Answered with an error: requests in flight on a game server that went down.
+    drop_backend_lost,
+    /// Answered with an error: requests a game server did not answer in time.
+    drop_backend_timeout,
+    /// Refused: business commands during shutdown.
+    drop_shutting_down,
+    /// Dropped: replies or pushes for sessions that no longer exist.
+    drop_session_gone,
+    /// Dropped: replies that arrived after their request timed out.
+    drop_late_reply,
+    /// Dropped: undecodable frames from game servers (link closed).
+    drop_bad_link_frame,
+    /// Dropped: peer messages (SEND_TO_*) for a session with half its
+    /// replay buffer unacknowledged.
+    drop_recipient_backlog,
+    /// Dropped: messages for another worker whose inbox was full.
+    drop_inbox_full,
+    /// Sessions ended because their replay buffer overflowed.
+    replay_overflows,
+    /// Connections closed for missing their heartbeat deadline.
+    heartbeat_timeouts,
+    /// Connections closed because the client did not read its output.
+    slow_consumers,
+    /// Game-server links that went down (connect failures included).
+    link_failures,
+}
+}

@@ -1,0 +1,148 @@
+//! The DPDK backend on the veth harness (root): DPDK drives `veth-g`
+//! through a `net_af_xdp` vdev, whose own XDP program hands every frame to
+//! DPDK; the userspace stack answers ARP and terminates TCP, and players in
+//! the players' namespace use the real Linux TCP stack to log in and echo
+//! through the sample game server.
+//!
+//! DPDK's EAL starts once per process, so this file holds one test.
+#![cfg(feature = "dpdk")]
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{echo_session, logged_in, recv, send, start_game_server, wait_for_links};
+use portcullis_core::config::MIN_MBUFS;
+use portcullis_core::Config;
+use portcullis_dataplane::io::dpdk::init_eal;
+use portcullis_dataplane::RunningGateway;
+use portcullis_harness::{ip, Harness, GATEWAY_IFACE, GATEWAY_V4};
+use portcullis_proto::Envelope;
+use portcullis_sample_game_server::ECHO;
+
+const SECRET: &str = "dpdk-test-secret-0123456789";
+
+/// Whether an XDP program is attached to the gateway side's veth.
+fn xdp_attached(h: &Harness) -> bool {
+    ip(&["-n", &h.gateway, "-o", "link", "show", GATEWAY_IFACE]).unwrap().contains(" xdp")
+}
+
+#[test]
+fn players_log_in_and_echo_through_the_dpdk_dataplane() {
+    if let Some(why) = portcullis_harness::unavailable() {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let h = Harness::up().unwrap();
+    // EAL's runtime directory (empty with --no-shconf) goes, even when an
+    // assertion fails.
+    struct RuntimeDir(String);
+    impl Drop for RuntimeDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let prefix = format!("pcx-dpdk-{}", std::process::id());
+    let _runtime = RuntimeDir(format!("/var/run/dpdk/{prefix}"));
+    // The kernel of the gateway side has the address but nothing listens.
+    assert!(!xdp_attached(&h));
+
+    // The sample game server on the gateway side's loopback.
+    let (_rt, game_addr) = start_game_server(&h);
+
+    // No shared config files (a prefix of our own all the same), no
+    // hugepages, no PCI scan, the main lcore on CPU 0 (the workers are not
+    // pinned), quiet.
+    let eal = [
+        "--no-shconf".to_string(),
+        format!("--file-prefix={prefix}"),
+        "--no-huge".into(),
+        "--no-pci".into(),
+        "--no-telemetry".into(),
+        "-l".into(),
+        "0".into(),
+        "-m".into(),
+        "512".into(),
+        "--log-level=notice".into(),
+        format!("--vdev=net_af_xdp0,iface={GATEWAY_IFACE}"),
+    ];
+    let eal = eal.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    let text = format!(
+        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
+         [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\"]\nmbufs = {MIN_MBUFS}\n\
+         [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
+    );
+    let config = Config::parse(&text, "dpdk test").unwrap();
+    let started = Instant::now();
+    let gateway = h.in_gateway(|| RunningGateway::start_dpdk(&config)).expect("DPDK gateway");
+    eprintln!("DPDK gateway started in {:?}", started.elapsed());
+    assert!(xdp_attached(&h), "net_af_xdp attached its XDP program to {GATEWAY_IFACE}");
+    wait_for_links(&gateway);
+    // Only the userspace stack serves the port: the gateway side's kernel,
+    // which owns the same address, refuses it.
+    let kernel =
+        h.in_gateway(|| TcpStream::connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), 7000), Duration::from_secs(2)));
+    assert_eq!(kernel.map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::ConnectionRefused));
+
+    // No neighbour entry yet: the players' first connect needs the stack's
+    // ARP reply.
+    let neigh = || ip(&["-n", &h.players, "neigh", "show", &GATEWAY_V4.to_string()]).unwrap();
+    assert!(!neigh().contains("lladdr"), "{}", neigh());
+    let gateway_addr = SocketAddr::new(GATEWAY_V4.into(), 7000);
+    let echoes: usize = h.in_players(|| (0..3).map(|i| echo_session(gateway_addr, SECRET, &format!("p{i}"))).sum());
+    assert_eq!(echoes, 30);
+
+    // Enough traffic to pass every mbuf of the (smallest) pool through the
+    // queue several times: net_af_xdp uses the pool as its UMEM, and an
+    // mbuf outside it would stop reception.
+    let rounds = 2 * MIN_MBUFS as usize;
+    let elapsed = h.in_players(|| {
+        let (mut s, mut buf) = logged_in(gateway_addr, SECRET, "bulk");
+        s.set_nodelay(true).unwrap();
+        let started = Instant::now();
+        let mut ack = 0;
+        for seq in 0..rounds as u32 {
+            let payload = seq.to_be_bytes();
+            // Acknowledged as they arrive, which keeps the replay buffer small.
+            send(&mut s, &Envelope { ack, ..Envelope::new(ECHO, seq + 2, 0, &payload) });
+            let back = recv(&mut s, &mut buf);
+            assert_eq!((back.seq, &*back.payload), (seq + 2, &payload[..]));
+            ack = back.server_seq;
+        }
+        started.elapsed()
+    });
+    eprintln!(
+        "{rounds} echo round trips in {elapsed:?} ({:.0}/s, one player, debug build)",
+        rounds as f64 / elapsed.as_secs_f64()
+    );
+    // The stack answered ARP with the port's MAC address, veth-g's.
+    let mac = h.gateway_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    assert!(neigh().contains(&format!("lladdr {mac}")), "{} (veth-g is {mac})", neigh());
+    // Workers report about every 100 ms.
+    let reported = Instant::now() + Duration::from_secs(2);
+    let frames_in = || gateway.status().iter().map(|w| w.stats.frames_in).sum::<u64>();
+    while frames_in() < (3 * 12 + rounds) as u64 {
+        assert!(Instant::now() < reported, "the core saw the players' frames: {}", frames_in());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The worker's ring counters, exported with its status.
+    let io = &gateway.status()[0].io;
+    assert!(io.rx_frames >= frames_in() && io.tx_frames > 0 && io.rx_bytes > 0 && io.tx_bytes > 0, "{io:?}");
+    assert_eq!((io.drop_tx_ring_full, io.drop_tx_no_buffer, io.drop_tx_oversize), (0, 0, 0), "{io:?}");
+
+    // EAL runs once per process: the same arguments again are fine, others
+    // are refused with both lists named.
+    let d = config.dpdk.as_ref().unwrap();
+    init_eal(&d.eal_args).unwrap();
+    let e = init_eal(&["--no-huge".to_string()]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("already runs") && e.to_string().contains(GATEWAY_IFACE), "{e}");
+
+    // Stopping the gateway closes the port, which detaches its XDP program;
+    // DPDK cannot reopen it in this process, which a second start says.
+    gateway.stop().unwrap();
+    assert!(!xdp_attached(&h), "the port was closed");
+    let again = h.in_gateway(|| RunningGateway::start_dpdk(&config)).err().expect("a closed port stays closed");
+    assert!(again.to_string().contains("dpdk.port = 0"), "{again}");
+}

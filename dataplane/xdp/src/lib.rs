@@ -1,0 +1,506 @@
+//! The XDP flood filter's userspace side: load and attach the program
+//! (`ebpf/portcullis-ebpf`), pin it and its maps under
+//! `/sys/fs/bpf/portcullis/` so that it keeps protecting the host while no
+//! process holds it, and manage its rules from any process through the
+//! pinned maps.
+//!
+//! Layout of the pin directory:
+//!
+//! ```text
+//! /sys/fs/bpf/portcullis/maps/<MAP>      every map, reused by later loads
+//! /sys/fs/bpf/portcullis/links/<iface>   the attachment of one interface
+//! ```
+
+mod cidr;
+pub mod netns;
+pub mod testrun;
+
+use std::collections::HashMap as StdHashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{Xdp, XdpMode};
+use aya::EbpfLoader;
+pub use cidr::{Cidr, CidrError};
+use portcullis_common::{ip_proto, maps, port_index, Bucket, FilterConfig, Verdict};
+
+/// Largest rate or burst: keeps the bucket arithmetic (elapsed ns × rate,
+/// burst × 10⁶) inside 64 bits.
+pub const MAX_RATE: u32 = 100_000_000;
+
+/// Default pin directory.
+pub const PIN_DIR: &str = "/sys/fs/bpf/portcullis";
+
+/// The compiled XDP program, if the BPF toolchain was present at build time.
+pub fn program() -> Result<&'static [u8], FilterError> {
+    static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/portcullis-xdp.o"));
+    if OBJECT.is_empty() {
+        return Err(FilterError::NotBuilt(option_env!("PORTCULLIS_XDP_MISSING").unwrap_or("no toolchain").into()));
+    }
+    Ok(OBJECT)
+}
+
+/// A filter error, with what to do about it where that is known.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// Built without the BPF toolchain.
+    #[error("the XDP program was not built ({0}); run ./scripts/setup.sh, then rebuild")]
+    NotBuilt(String),
+    /// bpffs is not mounted where pins go.
+    #[error("{0} is not on a BPF filesystem; mount it: mount -t bpf bpf /sys/fs/bpf (./scripts/setup.sh does)")]
+    NoBpffs(String),
+    /// Nothing is pinned: the filter was never loaded.
+    #[error("no filter is loaded (nothing pinned under {0}); attach it first: portcullisctl filter attach --iface <interface>")]
+    NotLoaded(String),
+    /// The interface does not exist (in this network namespace).
+    #[error("no interface {0:?} in this network namespace")]
+    NoInterface(String),
+    /// Not attached to that interface.
+    #[error("the filter is not attached to {0:?}")]
+    NotAttached(String),
+    /// A rate or burst that cannot work.
+    #[error("{0}")]
+    BadRate(String),
+    /// A kernel or aya error, with what was being done.
+    #[error("{what}: {source}")]
+    Bpf {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn bpf<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> FilterError {
+    let what = what.into();
+    move |e| FilterError::Bpf { what, source: Box::new(e) }
+}
+
+/// How the program was attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (SKB) XDP: works on any interface, slower.
+    Skb,
+}
+
+/// The XDP program of the object.
+fn xdp(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, FilterError> {
+    ebpf.program_mut(maps::PROGRAM)
+        .ok_or_else(|| FilterError::NotBuilt("the object has no portcullis_xdp program".into()))?
+        .try_into()
+        .map_err(bpf("the program is not XDP"))
+}
+
+/// Whether `path` is on bpffs.
+fn on_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs fills the struct it is given.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+}
+
+/// The pinned filter under a directory.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    dir: PathBuf,
+}
+
+impl Filter {
+    /// The filter pinned under `dir` (default [`PIN_DIR`]).
+    pub fn at(dir: impl Into<PathBuf>) -> Filter {
+        Filter { dir: dir.into() }
+    }
+
+    fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    fn link_path(&self, iface: &str) -> PathBuf {
+        self.dir.join("links").join(iface)
+    }
+
+    /// Whether the program is attached to `iface` (a pinned link exists).
+    pub fn is_attached(&self, iface: &str) -> bool {
+        self.link_path(iface).exists()
+    }
+
+    /// Loads and verifies the program with its maps pinned here, without
+    /// attaching it: for `BPF_PROG_TEST_RUN` benchmarks.
+    pub fn load_detached(&self) -> Result<Loaded, FilterError> {
+        Ok(Loaded { ebpf: self.load()? })
+    }
+
+    /// Loads the object with its maps pinned here and verifies the program.
+    fn load(&self) -> Result<aya::Ebpf, FilterError> {
+        let object = program()?;
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        if !on_bpffs(parent) && !on_bpffs(&self.dir) {
+            return Err(FilterError::NoBpffs(parent.display().to_string()));
+        }
+        for d in [self.maps_dir(), self.dir.join("links")] {
+            std::fs::create_dir_all(&d).map_err(bpf(format!("creating {}", d.display())))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(self.maps_dir())
+            .load(object)
+            .map_err(bpf("loading the XDP program"))?;
+        xdp(&mut ebpf)?.load().map_err(bpf("verifying the XDP program"))?;
+        Ok(ebpf)
+    }
+
+    /// Loads the program (reusing pinned maps, so rules and counters
+    /// survive) and attaches it to `iface` in the calling thread's network
+    /// namespace: native mode, falling back to SKB mode unless
+    /// `native_only`. The attachment is pinned and outlives this process.
+    /// Attaching again replaces the program on that interface.
+    pub fn attach(&self, iface: &str, native_only: bool) -> Result<AttachMode, FilterError> {
+        let mut ebpf = self.load()?;
+        let prog = xdp(&mut ebpf)?;
+        if std::ffi::CString::new(iface).ok().is_none_or(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } == 0) {
+            return Err(FilterError::NoInterface(iface.into()));
+        }
+        // Replace an existing attachment: the old link goes first.
+        if self.is_attached(iface) {
+            self.detach(iface)?;
+        }
+        let (id, mode) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (id, AttachMode::Native),
+            Err(e) if native_only => return Err(bpf(format!("attaching to {iface} in native mode"))(e)),
+            Err(_) => {
+                (prog.attach(iface, XdpMode::Skb).map_err(bpf(format!("attaching to {iface}")))?, AttachMode::Skb)
+            }
+        };
+        self.seed_buckets()?;
+        let link: FdLink = prog
+            .take_link(id)
+            .map_err(bpf("taking the link"))?
+            .try_into()
+            .map_err(bpf("this kernel attached XDP without a BPF link, which cannot be pinned"))?;
+        link.pin(self.link_path(iface)).map_err(bpf("pinning the link"))?;
+        Ok(mode)
+    }
+
+    /// Gives the bucket hash a random key, once per set of pinned maps.
+    fn seed_buckets(&self) -> Result<(), FilterError> {
+        let mut rules = self.rules()?;
+        let mut cfg = rules.rates()?;
+        if cfg.seed == 0 {
+            let mut seed = [0u8; 4];
+            std::io::Read::read_exact(
+                &mut std::fs::File::open("/dev/urandom").map_err(bpf("opening /dev/urandom"))?,
+                &mut seed,
+            )
+            .map_err(bpf("reading /dev/urandom"))?;
+            cfg.seed = u32::from_ne_bytes(seed) | 1;
+            rules.config.set(0, cfg, 0).map_err(bpf("seeding the bucket hash"))?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the program from `iface` (its maps stay pinned).
+    pub fn detach(&self, iface: &str) -> Result<(), FilterError> {
+        let path = self.link_path(iface);
+        if !path.exists() {
+            return Err(FilterError::NotAttached(iface.into()));
+        }
+        let link = PinnedLink::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
+        let fd: FdLink = link.unpin().map_err(bpf("unpinning the link"))?;
+        drop(fd);
+        Ok(())
+    }
+
+    /// Interfaces the filter is attached to.
+    pub fn attached(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(self.dir.join("links")) else { return Vec::new() };
+        let mut v: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        v.sort();
+        v
+    }
+
+    /// Removes every pin: the attachments and the maps (rules and counters
+    /// are lost).
+    pub fn purge(&self) -> Result<(), FilterError> {
+        for iface in self.attached() {
+            self.detach(&iface)?;
+        }
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(bpf(format!("removing {}", self.dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Registers an AF_XDP socket for receive queue `queue`: gateway-port
+    /// traffic of that queue is redirected to it.
+    pub fn register_socket(&self, queue: u32, fd: std::os::fd::RawFd) -> Result<(), FilterError> {
+        let path = self.maps_dir().join(maps::XSKS);
+        if !path.exists() {
+            return Err(FilterError::NotLoaded(self.dir.display().to_string()));
+        }
+        let data = MapData::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
+        let map = Map::from_map_data(data).map_err(bpf("reading XSKS"))?;
+        let mut xsks: aya::maps::XskMap<MapData> = map.try_into().map_err(bpf("XSKS has an unexpected type"))?;
+        // SAFETY: the fd is open for the duration of the call; the kernel
+        // takes its own reference.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        xsks.set(queue, fd, 0).map_err(bpf(format!("registering the AF_XDP socket of queue {queue}")))
+    }
+
+    /// Opens the pinned maps to read counters and change rules.
+    pub fn rules(&self) -> Result<Rules, FilterError> {
+        let dir = self.maps_dir();
+        let open = |name: &str| -> Result<Map, FilterError> {
+            let path = dir.join(name);
+            if !path.exists() {
+                return Err(FilterError::NotLoaded(self.dir.display().to_string()));
+            }
+            let data = MapData::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
+            Map::from_map_data(data).map_err(bpf(format!("reading {}", path.display())))
+        };
+        macro_rules! map {
+            ($name:expr) => {
+                open($name)?.try_into().map_err(bpf(format!("map {} has an unexpected type", $name)))?
+            };
+        }
+        Ok(Rules {
+            config: map!(maps::CONFIG),
+            ports: map!(maps::PORTS),
+            block_v4: map!(maps::BLOCK_V4),
+            block_v6: map!(maps::BLOCK_V6),
+            allow_v4: map!(maps::ALLOW_V4),
+            allow_v6: map!(maps::ALLOW_V6),
+            buckets: map!(maps::BUCKETS),
+            counters: map!(maps::COUNTERS),
+        })
+    }
+}
+
+/// A loaded, unattached program.
+pub struct Loaded {
+    ebpf: aya::Ebpf,
+}
+
+impl Loaded {
+    /// Runs the program over `packet` `repeat` times in the kernel.
+    pub fn test_run(&self, packet: &[u8], repeat: u32) -> Result<testrun::TestRun, FilterError> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let prog: &Xdp = self
+            .ebpf
+            .program(maps::PROGRAM)
+            .ok_or_else(|| FilterError::NotBuilt("no portcullis_xdp program".into()))?
+            .try_into()
+            .map_err(bpf("the program is not XDP"))?;
+        let fd = prog.fd().map_err(bpf("the program is not loaded"))?;
+        testrun::run(fd.as_fd().as_raw_fd(), packet, repeat).map_err(bpf("BPF_PROG_TEST_RUN"))
+    }
+}
+
+/// Which list a CIDR goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    /// Dropped entirely.
+    Block,
+    /// Bypasses the rate limits.
+    Allow,
+}
+
+/// A protocol of gateway ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Udp => ip_proto::UDP,
+            Proto::Tcp => ip_proto::TCP,
+        }
+    }
+}
+
+/// A source's packets dropped for being over its rate (UDP and SYN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceCount {
+    /// The source.
+    pub addr: IpAddr,
+    /// Packets dropped.
+    pub dropped: u64,
+}
+
+type Trie4 = LpmTrie<MapData, [u8; 4], u8>;
+type Trie6 = LpmTrie<MapData, [u8; 16], u8>;
+
+/// The filter's maps, opened from their pins.
+pub struct Rules {
+    config: Array<MapData, FilterConfig>,
+    ports: Array<MapData, u8>,
+    block_v4: Trie4,
+    block_v6: Trie6,
+    allow_v4: Trie4,
+    allow_v6: Trie6,
+    buckets: Array<MapData, Bucket>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Rules {
+    fn tries(&mut self, list: List) -> (&mut Trie4, &mut Trie6) {
+        match list {
+            List::Block => (&mut self.block_v4, &mut self.block_v6),
+            List::Allow => (&mut self.allow_v4, &mut self.allow_v6),
+        }
+    }
+
+    /// Adds a CIDR to a list.
+    pub fn add(&mut self, list: List, cidr: Cidr) -> Result<(), FilterError> {
+        let (v4, v6) = self.tries(list);
+        let prefix = u32::from(cidr.prefix);
+        match cidr.addr {
+            IpAddr::V4(a) => v4.insert(&Key::new(prefix, a.octets()), 1, 0),
+            IpAddr::V6(a) => v6.insert(&Key::new(prefix, a.octets()), 1, 0),
+        }
+        .map_err(bpf(format!("adding {cidr}")))?;
+        self.sync_list_flags()
+    }
+
+    /// Tells the program which lists have entries (it skips empty ones).
+    fn sync_list_flags(&mut self) -> Result<(), FilterError> {
+        use portcullis_common::lists;
+        let mut bits = 0;
+        for (trie, bit) in [(&self.block_v4, lists::BLOCK_V4), (&self.allow_v4, lists::ALLOW_V4)] {
+            if trie.keys().next().is_some() {
+                bits |= bit;
+            }
+        }
+        for (trie, bit) in [(&self.block_v6, lists::BLOCK_V6), (&self.allow_v6, lists::ALLOW_V6)] {
+            if trie.keys().next().is_some() {
+                bits |= bit;
+            }
+        }
+        let mut cfg = self.rates()?;
+        cfg.lists = bits;
+        self.config.set(0, cfg, 0).map_err(bpf("updating the list flags"))
+    }
+
+    /// Removes a CIDR from a list; `Ok(false)` if it was not there.
+    pub fn remove(&mut self, list: List, cidr: Cidr) -> Result<bool, FilterError> {
+        let (v4, v6) = self.tries(list);
+        let prefix = u32::from(cidr.prefix);
+        let r = match cidr.addr {
+            IpAddr::V4(a) => v4.remove(&Key::new(prefix, a.octets())),
+            IpAddr::V6(a) => v6.remove(&Key::new(prefix, a.octets())),
+        };
+        let removed = match r {
+            Ok(()) => true,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) => return Err(bpf(format!("removing {cidr}"))(e)),
+        };
+        self.sync_list_flags()?;
+        Ok(removed)
+    }
+
+    /// The CIDRs of a list.
+    pub fn list(&mut self, list: List) -> Result<Vec<Cidr>, FilterError> {
+        let (v4, v6) = self.tries(list);
+        let mut out = Vec::new();
+        for k in v4.keys() {
+            let k = k.map_err(bpf("listing"))?;
+            out.push(Cidr { addr: IpAddr::V4(Ipv4Addr::from(k.data())), prefix: k.prefix_len() as u8 });
+        }
+        for k in v6.keys() {
+            let k = k.map_err(bpf("listing"))?;
+            out.push(Cidr { addr: IpAddr::V6(Ipv6Addr::from(k.data())), prefix: k.prefix_len() as u8 });
+        }
+        Ok(out)
+    }
+
+    /// Sets the per-source rates (packets/s, 0: unlimited) and bursts
+    /// (`cfg.lists` and `cfg.seed` are ignored: kept as they are).
+    pub fn set_rates(&mut self, mut cfg: FilterConfig) -> Result<(), FilterError> {
+        let current = self.rates()?;
+        (cfg.lists, cfg.seed) = (current.lists, current.seed);
+        for (name, rate, burst) in [("UDP", cfg.udp_rate, cfg.udp_burst), ("SYN", cfg.syn_rate, cfg.syn_burst)] {
+            if rate > 0 && burst == 0 {
+                return Err(FilterError::BadRate(format!("{name} rate {rate}/s needs a burst of at least 1")));
+            }
+            if rate > MAX_RATE || burst > MAX_RATE {
+                return Err(FilterError::BadRate(format!("{name} rate and burst are at most {MAX_RATE} packets")));
+            }
+        }
+        self.config.set(0, cfg, 0).map_err(bpf("setting the rates"))
+    }
+
+    /// The current rates.
+    pub fn rates(&self) -> Result<FilterConfig, FilterError> {
+        self.config.get(&0, 0).map_err(bpf("reading the rates"))
+    }
+
+    /// Makes `port` a gateway port (rate-limited, redirected to AF_XDP).
+    pub fn add_port(&mut self, proto: Proto, port: u16) -> Result<(), FilterError> {
+        self.ports.set(port_index(port, proto.number()), 1, 0).map_err(bpf(format!("adding port {port}")))
+    }
+
+    /// Stops treating `port` as a gateway port; `Ok(false)` if it was not one.
+    pub fn remove_port(&mut self, proto: Proto, port: u16) -> Result<bool, FilterError> {
+        let i = port_index(port, proto.number());
+        let was = self.ports.get(&i, 0).map_err(bpf(format!("reading port {port}")))? != 0;
+        self.ports.set(i, 0, 0).map_err(bpf(format!("removing port {port}")))?;
+        Ok(was)
+    }
+
+    /// The gateway ports.
+    pub fn ports(&self) -> Result<Vec<(Proto, u16)>, FilterError> {
+        let mut out = Vec::new();
+        for (i, v) in self.ports.iter().enumerate() {
+            if v.map_err(bpf("listing ports"))? != 0 {
+                let proto = if i >= 65_536 { Proto::Tcp } else { Proto::Udp };
+                out.push((proto, (i % 65_536) as u16));
+            }
+        }
+        out.sort_by_key(|p| (p.1, p.0 == Proto::Tcp));
+        Ok(out)
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<(Verdict, u64)>, FilterError> {
+        Verdict::ALL
+            .iter()
+            .map(|v| {
+                let values: PerCpuValues<u64> = self.counters.get(&(*v as u32), 0).map_err(bpf("reading counters"))?;
+                Ok((*v, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// The `n` sources with the most packets over their rate.
+    pub fn top_sources(&self, n: usize) -> Result<Vec<SourceCount>, FilterError> {
+        let mut sums: StdHashMap<[u8; 16], u64> = StdHashMap::new();
+        for bucket in self.buckets.iter() {
+            let bucket = bucket.map_err(bpf("reading buckets"))?;
+            if bucket.dropped > 0 {
+                *sums.entry(bucket.key.addr).or_default() += bucket.dropped;
+            }
+        }
+        let mut v: Vec<SourceCount> = sums
+            .into_iter()
+            .filter(|(_, dropped)| *dropped > 0)
+            .map(|(a, dropped)| {
+                let v6 = Ipv6Addr::from(a);
+                let addr = v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4);
+                SourceCount { addr, dropped }
+            })
+            .collect();
+        v.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.addr.cmp(&b.addr)));
+        v.truncate(n);
+        Ok(v)
+    }
+}
