@@ -17,13 +17,14 @@ use std::ffi::CString;
 use std::io::{self, Write as _};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::bypass::{BypassIo, Rings};
 use super::IoStats;
+use crate::netstack::neighbors::Neighbors;
 use crate::netstack::FrameQueue;
 use portcullis_core::config::{AfXdpConfig, Config};
 use portcullis_xdp::Filter;
@@ -180,11 +181,12 @@ impl Rings for AfXdpRings {
     fn receive(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize {
         // SAFETY: the descriptors come from and go back to this UMEM's rings.
         let n = unsafe { self.rx.consume(&mut self.rx_batch) };
+        let now = Instant::now();
         for d in &self.rx_batch[..n] {
             // SAFETY: the kernel handed this frame to us until we refill it.
             let data = unsafe { self.umem.data(d) };
             stats.rx_bytes += data.contents().len() as u64;
-            self.neighbors.learn(data.contents(), dev);
+            self.neighbors.learn(data.contents(), now, dev);
             dev.push_rx(data.contents());
         }
         stats.rx_frames += n as u64;
@@ -262,94 +264,4 @@ impl Rings for AfXdpRings {
             stats.kernel_invalid_descs = k.rx_invalid_descs() + k.tx_invalid_descs();
         }
     }
-}
-
-/// Neighbours learnt from the frames that reach the stack.
-///
-/// ARP and neighbour discovery go to the kernel (the XDP filter passes
-/// them), which keeps the host's own networking intact; the stack learns a
-/// player's MAC address from the player's first frame instead, by feeding
-/// itself the ARP reply (IPv4) or neighbour advertisement (IPv6) that frame
-/// implies. Refreshed every 30 s, well inside smoltcp's cache lifetime.
-struct Neighbors {
-    mac: [u8; 6],
-    seen: rustc_hash::FxHashMap<[u8; 16], ([u8; 6], Instant)>,
-    frame: Vec<u8>,
-}
-
-impl Neighbors {
-    fn new(mac: [u8; 6]) -> Self {
-        Neighbors { mac, seen: rustc_hash::FxHashMap::default(), frame: Vec::with_capacity(86) }
-    }
-
-    fn learn(&mut self, frame: &[u8], dev: &mut FrameQueue) {
-        let v4 = frame.len() >= 34 && frame[12..14] == [0x08, 0x00];
-        let v6 = frame.len() >= 54 && frame[12..14] == [0x86, 0xdd];
-        if !v4 && !v6 {
-            return;
-        }
-        let their_mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
-        let mut their_ip = [0u8; 16];
-        if v4 {
-            their_ip[..4].copy_from_slice(&frame[26..30]);
-        } else {
-            their_ip.copy_from_slice(&frame[22..38]);
-        }
-        let now = Instant::now();
-        if self
-            .seen
-            .get(&their_ip)
-            .is_some_and(|(m, at)| *m == their_mac && now.duration_since(*at) < Duration::from_secs(30))
-        {
-            return;
-        }
-        if self.seen.len() > 65_536 {
-            self.seen.clear();
-        }
-        self.seen.insert(their_ip, (their_mac, now));
-        let f = &mut self.frame;
-        f.clear();
-        f.extend_from_slice(&self.mac);
-        f.extend_from_slice(&their_mac);
-        if v4 {
-            // ARP reply: they (their MAC, their IP) tell us (our IP).
-            f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 2]);
-            f.extend_from_slice(&their_mac);
-            f.extend_from_slice(&frame[26..30]);
-            f.extend_from_slice(&self.mac);
-            f.extend_from_slice(&frame[30..34]);
-        } else {
-            // Neighbour advertisement (solicited, override) for their
-            // address, with their link-layer address as option.
-            let (src, dst) = (&frame[22..38], &frame[38..54]);
-            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 32, 58, 255]);
-            f.extend_from_slice(src);
-            f.extend_from_slice(dst);
-            let icmp = f.len();
-            f.extend_from_slice(&[136, 0, 0, 0, 0x60, 0, 0, 0]);
-            f.extend_from_slice(src);
-            f.extend_from_slice(&[2, 1]);
-            f.extend_from_slice(&their_mac);
-            let sum = icmpv6_checksum(src, dst, &f[icmp..]);
-            f[icmp + 2..icmp + 4].copy_from_slice(&sum.to_be_bytes());
-        }
-        dev.push_rx(f);
-    }
-}
-
-/// The ICMPv6 checksum of `msg` (its checksum field zero) from `src` to `dst`.
-fn icmpv6_checksum(src: &[u8], dst: &[u8], msg: &[u8]) -> u16 {
-    let mut pseudo = [0u8; 8];
-    pseudo[..4].copy_from_slice(&(msg.len() as u32).to_be_bytes());
-    pseudo[7] = 58;
-    let mut sum: u32 = 0;
-    for part in [src, dst, &pseudo, msg] {
-        for pair in part.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }

@@ -70,3 +70,97 @@ impl<'a> Dispatcher<'a> {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use portcullis_core::auth;
+    use portcullis_core::config::Config;
+    use portcullis_core::shard::Shared;
+    use portcullis_proto::{cmd, Codec, Envelope};
+
+    use super::*;
+    use crate::io::epoll::Epoll;
+
+    /// A transport that records what it was asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        transmitted: Vec<ConnId>,
+        closed: Vec<ConnId>,
+    }
+
+    impl ClientTransport for Recorder {
+        fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
+            self.transmitted.push(conn);
+            let n = core.outbound(conn).len();
+            core.consume(conn, n);
+        }
+
+        fn close(&mut self, now: Instant, core: &mut Gateway, conn: ConnId) {
+            self.closed.push(conn);
+            core.handle_disconnect(now, conn);
+        }
+    }
+
+    fn core() -> (Gateway, LinkSockets, Epoll) {
+        let config = Config::parse(
+            r#"
+            [[listeners]]
+            bind = "127.0.0.1:7000"
+            codec = "protobuf"
+            [auth]
+            kind = "token"
+            secret = "0123456789abcdef0123"
+            "#,
+            "test",
+        )
+        .unwrap();
+        let now = Instant::now();
+        let auth = auth::from_config(&config).unwrap();
+        let core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, 1_800_000_000);
+        let epoll = Epoll::new().unwrap();
+        let links = LinkSockets::new(&config, epoll.registry().unwrap());
+        (core, links, epoll)
+    }
+
+    fn heartbeat() -> Vec<u8> {
+        let mut frame = Vec::new();
+        Codec::Protobuf.encode(&Envelope::new(cmd::HEARTBEAT, 1, 0, &[]), &mut frame);
+        frame
+    }
+
+    #[test]
+    fn each_output_goes_to_the_transport_that_owns_the_connection() {
+        let (mut core, mut links, _epoll) = core();
+        let now = Instant::now();
+        let peer = SocketAddr::from(([10, 0, 0, 1], 4000));
+        let (kernel, user) = (ConnId::new(Transport::KernelTcp, 1), ConnId::new(Transport::UserTcp, 1));
+        for conn in [kernel, user] {
+            core.handle_connect(now, conn, 0, peer);
+            core.handle_data(now, conn, &heartbeat());
+        }
+        let (mut k, mut u) = (Recorder::default(), Recorder::default());
+        let mut dispatch =
+            Dispatcher::new(&mut links).with(Transport::KernelTcp, &mut k).with(Transport::UserTcp, &mut u);
+        assert_eq!(dispatch.flush(&mut core), 2);
+        assert_eq!(dispatch.unowned, 0);
+        assert_eq!((k.transmitted, u.transmitted), (vec![kernel], vec![user]));
+        assert_eq!(core.connection_count(), 2);
+    }
+
+    #[test]
+    fn an_output_for_a_transport_nobody_runs_closes_its_connection() {
+        let (mut core, mut links, _epoll) = core();
+        let now = Instant::now();
+        let user = ConnId::new(Transport::UserTcp, 9);
+        core.handle_connect(now, user, 0, SocketAddr::from(([10, 0, 0, 1], 4000)));
+        core.handle_data(now, user, &heartbeat());
+        let mut k = Recorder::default();
+        let mut dispatch = Dispatcher::new(&mut links).with(Transport::KernelTcp, &mut k);
+        dispatch.flush(&mut core);
+        assert_eq!(dispatch.unowned, 1);
+        assert!(k.transmitted.is_empty() && k.closed.is_empty());
+        assert_eq!(core.connection_count(), 0, "the core forgot the connection");
+    }
+}

@@ -480,8 +480,12 @@ impl Rings for DpdkRings {
 /// # Safety
 /// `m` is a valid mbuf that outlives the returned slice.
 unsafe fn segment<'a>(m: *const rte::rte_mbuf) -> &'a [u8] {
-    let data = ((*m).buf_addr as *const u8).add(usize::from((*m).data_off));
-    std::slice::from_raw_parts(data, usize::from((*m).data_len))
+    // SAFETY: `m` is a valid mbuf (the caller's contract): its segment's
+    // `data_len` bytes start `data_off` bytes into its buffer.
+    unsafe {
+        let data = ((*m).buf_addr as *const u8).add(usize::from((*m).data_off));
+        std::slice::from_raw_parts(data, usize::from((*m).data_len))
+    }
 }
 
 impl Drop for DpdkRings {

@@ -24,11 +24,16 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::Device;
 use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
-use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet,
+    TcpPacket,
+};
 
 use portcullis_core::{ConnId, Gateway, Transport};
 
 use crate::io::dispatch::ClientTransport;
+
+pub mod neighbors;
 
 /// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
@@ -393,29 +398,27 @@ impl ClientTransport for NetStack {
     }
 }
 
-/// The destination port of a TCP SYN (without ACK) in an Ethernet frame
-/// (up to two VLAN tags, IPv4, or IPv6 without extension headers).
+/// The destination port of a TCP SYN (without ACK) in an Ethernet frame:
+/// IPv4, or IPv6 without extension headers — what the stack itself
+/// accepts (smoltcp drops VLAN-tagged frames).
 fn syn_port(frame: &[u8]) -> Option<u16> {
-    let be16 = |at: usize| frame.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let mut l3 = 14;
-    let mut ethertype = be16(12)?;
-    for _ in 0..2 {
-        if ethertype == 0x8100 || ethertype == 0x88a8 {
-            ethertype = be16(l3 + 2)?;
-            l3 += 4;
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let (protocol, payload) = match eth.ethertype() {
+        EthernetProtocol::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+            (ip.next_header(), ip.payload())
         }
-    }
-    let (proto, l4) = match ethertype {
-        0x0800 => (*frame.get(l3 + 9)?, l3 + usize::from(frame.get(l3)? & 0x0f) * 4),
-        0x86dd => (*frame.get(l3 + 6)?, l3 + 40),
+        EthernetProtocol::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
+            (ip.next_header(), ip.payload())
+        }
         _ => return None,
     };
-    let flags = *frame.get(l4 + 13)?;
-    if proto == 6 && flags & 0x12 == 0x02 {
-        be16(l4 + 2)
-    } else {
-        None
+    if protocol != IpProtocol::Tcp {
+        return None;
     }
+    let tcp = TcpPacket::new_checked(payload).ok()?;
+    (tcp.syn() && !tcp.ack()).then(|| tcp.dst_port())
 }
 
 /// An in-memory device: frames queued in and out, in buffers that are
