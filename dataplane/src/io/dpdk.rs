@@ -171,6 +171,7 @@ impl Port {
         let id = d.port;
         // SAFETY: plain queries after EAL has started.
         if unsafe { rte::rte_eth_dev_is_valid_port(id) } == 0 {
+            // SAFETY: as above, a plain query.
             let n = unsafe { rte::rte_eth_dev_count_avail() };
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -182,6 +183,7 @@ impl Port {
         }
         // SAFETY: a zeroed rte_eth_dev_info is a valid output buffer.
         let mut info: rte::rte_eth_dev_info = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a valid output buffer for this port's query.
         let r = unsafe { rte::rte_eth_dev_info_get(id, &mut info) };
         if r < 0 {
             return Err(dpdk_error(&format!("rte_eth_dev_info_get(port {id})"), r));
@@ -202,6 +204,7 @@ impl Port {
         // All defaults: no offloads, no RSS (one queue per worker).
         // SAFETY: DPDK's documented way to ask for defaults is a zeroed conf.
         let conf: rte::rte_eth_conf = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid port id and a default configuration, before the port starts.
         let r = unsafe { rte::rte_eth_dev_configure(id, d.queues, d.queues, &conf) };
         if r < 0 {
             return Err(dpdk_error(&format!("rte_eth_dev_configure(port {id}, {} queues)", d.queues), r));
@@ -231,6 +234,7 @@ impl Port {
             if r < 0 {
                 return Err(dpdk_error(&format!("rte_eth_rx_queue_setup(port {id}, queue {q})"), r));
             }
+            // SAFETY: a valid port and queue id, before the port starts; no config (defaults).
             let r = unsafe { rte::rte_eth_tx_queue_setup(id, q, DESCRIPTORS, socket, std::ptr::null()) };
             if r < 0 {
                 return Err(dpdk_error(&format!("rte_eth_tx_queue_setup(port {id}, queue {q})"), r));

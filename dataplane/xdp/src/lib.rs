@@ -101,8 +101,9 @@ fn xdp(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp, FilterError> {
 fn on_bpffs(path: &Path) -> bool {
     const BPF_FS_MAGIC: i64 = 0xcafe4a11;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
-    // SAFETY: statfs fills the struct it is given.
+    // SAFETY: `statfs` is plain old data, for which all zeroes is valid.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a struct statfs to fill.
     (unsafe { libc::statfs(c.as_ptr(), &mut st) }) == 0 && st.f_type as i64 == BPF_FS_MAGIC
 }
 
@@ -163,6 +164,7 @@ impl Filter {
     pub fn attach(&self, iface: &str, native_only: bool) -> Result<AttachMode, FilterError> {
         let mut ebpf = self.load()?;
         let prog = xdp(&mut ebpf)?;
+        // SAFETY: if_nametoindex reads a NUL-terminated name.
         if std::ffi::CString::new(iface).ok().is_none_or(|c| unsafe { libc::if_nametoindex(c.as_ptr()) } == 0) {
             return Err(FilterError::NoInterface(iface.into()));
         }

@@ -221,7 +221,9 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
 mod pod {
     // SAFETY: plain `repr(C)` data with explicit padding, valid for any bytes.
     unsafe impl aya::Pod for super::FilterConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::BucketKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Bucket {}
 }
 

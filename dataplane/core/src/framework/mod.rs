@@ -21,6 +21,7 @@ use crate::shard::DeliveryMsg;
 
 impl Gateway {
     /// Handles a framework command. Returns whether the connection is still open.
+    #[must_use]
     pub(crate) fn on_framework(&mut self, conn: ConnId, session: SessionId, codec: Codec, env: &Envelope<'_>) -> bool {
         match env.cmd {
             cmd::HEARTBEAT => self.send_raw(conn, &Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[])),

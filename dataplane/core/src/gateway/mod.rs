@@ -396,6 +396,7 @@ impl Gateway {
     // ----- time ------------------------------------------------------------
 
     /// When [`Gateway::handle_timeout`] is next due.
+    #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         let links = self.links.iter().map(|l| match l.state {
             LinkState::Down { retry_at } => retry_at,
@@ -496,6 +497,7 @@ impl Gateway {
     // ----- outputs ---------------------------------------------------------
 
     /// The next thing for the IO backend to do.
+    #[must_use]
     pub fn poll_output(&mut self) -> Option<Output> {
         let out = self.outputs.pop_front()?;
         match out {

@@ -183,6 +183,7 @@ impl Gateway {
     /// Compliance: a frame refused with `reason` (answered with `detail`)
     /// counts against its connection ([`Gateway::count_bad_frame`]).
     /// Returns whether the connection is still open.
+    #[must_use]
     pub(crate) fn bad_frame(
         &mut self,
         conn: ConnId,
@@ -197,6 +198,7 @@ impl Gateway {
     /// Compliance: counts a refused (and already answered) frame against
     /// its connection, which closes, ending its session, at
     /// `gateway.max_bad_frames`. Returns whether it is still open.
+    #[must_use]
     pub(crate) fn count_bad_frame(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else { return false };
         c.bad_frames += 1;

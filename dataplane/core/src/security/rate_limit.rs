@@ -17,6 +17,7 @@ impl TokenBucket {
 
     /// Takes one token if there is one, refilling first at `rate` per
     /// second up to `burst`.
+    #[must_use]
     pub fn allow(&mut self, now: Instant, rate: u32, burst: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = self.last.max(now);

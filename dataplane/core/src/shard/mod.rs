@@ -219,6 +219,7 @@ impl Shared {
 
     /// `worker` is about to wait for IO: returns false (do not wait) if its
     /// inbox already has messages.
+    #[must_use]
     pub fn prepare_sleep(&self, worker: usize) -> bool {
         let inbox = &self.inboxes[worker];
         inbox.sleeping.store(true, Ordering::Release);
