@@ -7,19 +7,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The AF_XDP and DPDK backends are cargo features (one builds libxdp from C,
-# the other links the system's DPDK); the tests cover them too. Every run
-# (clippy in .ci/run included) uses these, so they share one build.
+# the other links the system's DPDK). clippy in .ci/run uses the same list.
 features=portcullis-dataplane/afxdp,portcullis-dataplane/dpdk,portcullis-tests/afxdp
 if [ "${1:-}" = "--features" ]; then
     echo "$features"
     exit 0
 fi
 ./scripts/setup.sh
-cargo test --workspace --locked --features "$features"
+echo "== the workspace with default features (what a plain \`cargo test\` runs)"
+cargo test --workspace --locked
 if [ "$(id -u)" -eq 0 ]; then
-    echo "== the end-to-end suite again, on the AF_XDP backend (veth harness, TCP in userspace)"
-    PORTCULLIS_E2E_IO=afxdp cargo test --workspace --locked --features "$features" \
-        --test loopback --test bad_input --test resilience
+    echo "== the AF_XDP and DPDK backends (features $features), and the end-to-end suite again on AF_XDP (veth harness, TCP in userspace)"
+    PORTCULLIS_E2E_IO=afxdp cargo test --locked --features "$features" -p portcullis-dataplane -p portcullis-tests
 else
-    echo "== skipping the end-to-end suite on AF_XDP: it needs root (network namespaces, XDP)"
+    echo "== the AF_XDP and DPDK backends (features $features); their tests on the veth harness skip: they need root"
+    cargo test --locked --features "$features" -p portcullis-dataplane
 fi

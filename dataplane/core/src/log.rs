@@ -8,9 +8,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-#[doc(hidden)]
-pub use tracing as __tracing;
-
 /// The occurrence count of one call site.
 #[derive(Debug, Default)]
 pub struct Occurrences(AtomicU64);
@@ -37,9 +34,15 @@ macro_rules! warn_limited {
     ($($arg:tt)+) => {{
         static OCCURRENCES: $crate::log::Occurrences = $crate::log::Occurrences::new();
         if let Some(n) = OCCURRENCES.log_this() {
-            $crate::log::__tracing::warn!("{} (occurrence {n}; logged at powers of two)", format_args!($($arg)+));
+            $crate::log::warn_occurrence(n, format_args!($($arg)+));
         }
     }};
+}
+
+/// Logs occurrence `n` of a [`warn_limited!`](crate::warn_limited) call site.
+#[doc(hidden)]
+pub fn warn_occurrence(n: u64, message: std::fmt::Arguments<'_>) {
+    tracing::warn!("{message} (occurrence {n}; logged at powers of two)");
 }
 
 #[cfg(test)]

@@ -558,3 +558,32 @@ fn a_game_server_hears_of_sessions_that_ended_while_its_link_was_down() {
         "{frames:?}"
     );
 }
+
+#[test]
+fn the_check_stage_refuses_in_chain_order_and_counts_each_reason() {
+    let mut h = Harness::new("max_bad_frames = 3\n[limits]\nsession_rate = 1\nsession_burst = 3");
+    let c = h.connect(Codec::Protobuf);
+    // login: a framework command and a business command before LOGIN.
+    h.send_msg(c, cmd::JOIN_GROUP, 1, &GroupRequest { group: "g".into() });
+    h.expect_error(c, ErrorCode::NotLoggedIn);
+    h.send(c, &Envelope::new(1000, 2, 0, b"x"));
+    h.expect_error(c, ErrorCode::NotLoggedIn);
+    h.send(c, &Envelope::new(cmd::HEARTBEAT, 3, 0, b""));
+    assert_eq!(h.take(c)[0].cmd, cmd::HEARTBEAT);
+    // rate comes before login: the bucket is empty, so THROTTLED, not NOT_LOGGED_IN.
+    h.send(c, &Envelope::new(1000, 4, 0, b"x"));
+    h.expect_error(c, ErrorCode::Throttled);
+    // compliance comes first of all and is not rate-limited: two bad frames
+    // are answered, the third (max_bad_frames) closes the connection.
+    let garbage = [0, 0, 0, 2, 0xff, 0xff];
+    for _ in 0..2 {
+        h.raw(c, &garbage);
+        h.expect_error(c, ErrorCode::BadFrame);
+        assert!(!h.closed.contains(&c));
+    }
+    h.raw(c, &garbage);
+    h.expect_error(c, ErrorCode::BadFrame);
+    assert!(h.closed.contains(&c));
+    let s = h.cores[0].stats();
+    assert_eq!((s.drop_not_logged_in, s.drop_throttled, s.drop_bad_frame, s.frames_in), (2, 1, 3, 4));
+}
