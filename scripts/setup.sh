@@ -12,6 +12,8 @@
 # - DPDK 22.11 (dpdk-dev, libdpdk-dev: headers, libraries found through
 #   pkg-config, and the net_af_xdp driver) and libclang-dev, with which
 #   bindgen generates its bindings, for the DPDK backend;
+# - cargo-fuzz built into .tools/ (and g++, with which libfuzzer-sys builds
+#   libFuzzer) for scripts/fuzz.sh;
 # - bpffs mounted on /sys/fs/bpf (as root).
 # protoc comes vendored through a crate; flatc is only needed to regenerate
 # committed code (proto/schema/regen-flatbuffers.sh).
@@ -46,13 +48,19 @@ apt_install() {
 apt_install gcc pkg-config iproute2 nftables \
     rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool \
     clang m4 make libelf-dev zlib1g-dev \
-    dpdk-dev libdpdk-dev libclang-dev
+    dpdk-dev libdpdk-dev libclang-dev \
+    g++
 
 tools="$PWD/.tools"
 if [ ! -x "$tools/bin/bpf-linker" ]; then
     say "building bpf-linker 0.13.0 for LLVM 22 into .tools/ (about a minute)"
     LLVM_PREFIX=/usr/lib/llvm-22 cargo install bpf-linker@0.13.0 --locked --quiet \
         --no-default-features --features llvm-22 --root "$tools"
+fi
+
+if [ ! -x "$tools/bin/cargo-fuzz" ]; then
+    say "building cargo-fuzz 0.13.2 into .tools/ for scripts/fuzz.sh (about a minute)"
+    cargo install cargo-fuzz@0.13.2 --locked --quiet --root "$tools"
 fi
 
 if [ "$(id -u)" -eq 0 ] && ! mountpoint -q /sys/fs/bpf; then

@@ -48,8 +48,8 @@ impl Gateway {
     /// player) is refused for a session whose replay buffer is half full,
     /// so that no player can end another's session by flooding it.
     pub(crate) fn deliver_as(&mut self, session: SessionId, env: &mut Envelope<'_>, peer: bool) -> bool {
-        let Some(s) = self.sessions.get(session) else { return false };
         if peer {
+            let Some(s) = self.sessions.get(session) else { return false };
             if let Verdict::Drop(reason) = self.check_peer_delivery(s, env.payload.len()) {
                 reason.count(&mut self.stats);
                 return false;
