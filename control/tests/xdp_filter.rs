@@ -108,7 +108,7 @@ impl Setup {
         self.h
             .in_players(|| {
                 flood::pin_to_cpu(0);
-                flood::run(PLAYER_IFACE, self.h.player_mac, self.h.gateway_mac, f)
+                flood::run(PLAYER_IFACE, self.h.player_mac, self.h.players_next_hop, f)
             })
             .expect("flood")
     }

@@ -125,7 +125,7 @@ fn flood_and_measure(
     let before = dropped()?;
     let (busy0, soft0) = cpu()?;
     let f = Flood { for_at_most: Some(secs), ..Flood::udp("10.77.0.20".parse()?, GATEWAY_V4.into(), 7000, u64::MAX) };
-    let r = h.in_players(|| flood::run(PLAYER_IFACE, h.player_mac, h.gateway_mac, &f))?;
+    let r = h.in_players(|| flood::run(PLAYER_IFACE, h.player_mac, h.players_next_hop, &f))?;
     std::thread::sleep(Duration::from_millis(200));
     let (busy1, soft1) = cpu()?;
     let n = dropped()? - before;

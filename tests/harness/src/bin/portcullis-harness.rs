@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use portcullis_harness::{cleanup_stale, flood, list, Harness, GATEWAY_V4, PLAYER_IFACE, PLAYER_V4};
+use portcullis_harness::{cleanup_stale, flood, list, Harness, Options, GATEWAY_V4, PLAYER_IFACE};
 
 /// Build, inspect and tear down the veth test harness; send floods.
 #[derive(Parser)]
@@ -23,6 +23,16 @@ enum Cmd {
         /// Process that owns the harness (a script's `$$`).
         #[arg(long)]
         owner_pid: Option<u32>,
+        /// Put the players behind a router namespace, on subnets of their
+        /// own (10.88.0.0/16, fd88::/64), as in the field.
+        #[arg(long)]
+        routed: bool,
+        /// Extra player source addresses per family on a routed harness.
+        #[arg(long, default_value_t = 50)]
+        sources: u32,
+        /// Queues of the gateway's veth (one AF_XDP worker each).
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
     },
     /// Remove harness namespaces: those of one owner, or all.
     Down {
@@ -40,7 +50,7 @@ enum Cmd {
         /// What to send.
         #[arg(long, value_enum, default_value = "udp")]
         kind: FloodKind,
-        /// Source address (may be spoofed); default 10.77.0.2.
+        /// Source address (may be spoofed); default the players' main address.
         #[arg(long)]
         source: Option<IpAddr>,
         /// Spread over this many consecutive IPv4 sources from --source.
@@ -70,16 +80,22 @@ fn main() -> anyhow::Result<()> {
         anyhow::bail!("the harness cannot run here: {why}");
     }
     match Args::parse().command {
-        Cmd::Up { owner_pid } => {
-            let h = match owner_pid {
-                Some(pid) => Harness::up_for(pid)?,
-                None => Harness::up()?,
-            };
+        Cmd::Up { owner_pid, routed, sources, queues } => {
+            let options = Options { queues, routed, sources };
+            let h = Harness::up_with_for(owner_pid.unwrap_or_else(std::process::id), options)?;
             println!("{}", h.name);
-            eprintln!(
-                "players: {} ({PLAYER_IFACE} {PLAYER_V4} +10.77.0.10-59), gateway side: {} (veth-g {GATEWAY_V4})",
-                h.players, h.gateway
-            );
+            let (v4, v6) = h.player_addrs;
+            let extra = h.sources().len();
+            match &h.router {
+                None => eprintln!(
+                    "players: {} ({PLAYER_IFACE} {v4} {v6} +{extra} sources), gateway side: {} (veth-g {GATEWAY_V4})",
+                    h.players, h.gateway
+                ),
+                Some(r) => eprintln!(
+                    "players: {} ({PLAYER_IFACE} {v4} {v6} +{extra} sources) → router {r} → gateway side: {} (veth-g {GATEWAY_V4})",
+                    h.players, h.gateway
+                ),
+            }
             if owner_pid.is_some() {
                 h.keep();
             } else {
@@ -108,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                 Some(n) => Harness::open(n)?,
                 None => Harness::up()?,
             };
-            let source = source.unwrap_or(IpAddr::V4(PLAYER_V4));
+            let source = source.unwrap_or(IpAddr::V4(h.player_addrs.0));
             let dst =
                 if source.is_ipv4() { IpAddr::V4(GATEWAY_V4) } else { IpAddr::V6(portcullis_harness::GATEWAY_V6) };
             let srcs = match source {
@@ -121,7 +137,7 @@ fn main() -> anyhow::Result<()> {
                 FloodKind::Malformed => flood::Kind::MalformedIhl,
             };
             let f = flood::Flood { kind, sources: srcs, rate, ..flood::Flood::udp(source, dst, port, count) };
-            let r = h.in_players(|| flood::run(PLAYER_IFACE, h.player_mac, h.gateway_mac, &f))?;
+            let r = h.in_players(|| flood::run(PLAYER_IFACE, h.player_mac, h.players_next_hop, &f))?;
             println!(
                 "sent {} packets in {:.2} s ({:.0} pps)",
                 r.sent,
