@@ -22,7 +22,8 @@ use crate::io::{IoBackend, IoStats};
 const MAX_WAIT: Duration = Duration::from_millis(100);
 
 /// Runs one worker until `stop` is set and its shutdown completes (see
-/// [`Gateway::shutdown`]), or `deadline` after `stop` at the latest.
+/// [`Gateway::shutdown`]) and the backend has delivered what the core
+/// handed it, or `deadline` after `stop` at the latest.
 /// `tick` is called about every 100 ms with the core and the backend's
 /// counters, for status output.
 pub fn run_worker<B: IoBackend>(
@@ -49,7 +50,7 @@ pub fn run_worker<B: IoBackend>(
             tick(now, core, io.io_stats());
             next_tick = now + MAX_WAIT;
         }
-        if core.is_shut_down() || exit_at.is_some_and(|t| now >= t) {
+        if (core.is_shut_down() && io.flushed()) || exit_at.is_some_and(|t| now >= t) {
             tick(now, core, io.io_stats());
             return Ok(());
         }

@@ -6,7 +6,8 @@
 //! variable `PORTCULLIS_E2E_IO`:
 //! - `kernel` (default): gateway workers on kernel sockets, everything on
 //!   loopback ports chosen by the OS;
-//! - `afxdp` (root, cargo feature `afxdp`): a veth harness per stack, the
+//! - `afxdp` (root, cargo feature `afxdp`): a routed veth harness per stack
+//!   (players behind a router namespace, off the gateway's subnet), the
 //!   XDP filter attached to its gateway side, the gateway on the AF_XDP
 //!   backend (TCP in the userspace stack) with one worker per veth queue,
 //!   game servers on the gateway side's loopback, and every player socket
@@ -299,7 +300,7 @@ mod afxdp {
     use portcullis_xdp::Filter;
 
     use super::*;
-    use portcullis_harness::{Harness, GATEWAY_IFACE};
+    use portcullis_harness::{Harness, Options, GATEWAY_IFACE};
 
     pub const GATEWAY_IP: &str = "10.77.0.1";
 
@@ -322,7 +323,9 @@ mod afxdp {
             let placeholder = ["127.0.0.1:1".parse().expect("addr")];
             let workers = Config::parse(&config_text(opts, &placeholder, GATEWAY_IP), "test stack")
                 .map_or(1, |c| c.gateway.workers as u32);
-            let harness = Harness::up_with_queues(workers).expect("veth harness");
+            // Players behind a router, off the gateway's subnet, as in the field.
+            let options = Options { queues: workers, routed: true, ..Options::default() };
+            let harness = Harness::up_with(options).expect("veth harness");
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let pin_dir = format!("/sys/fs/bpf/portcullis-e2e-{}-{n}", std::process::id());
             let filter = Filter::at(&pin_dir);

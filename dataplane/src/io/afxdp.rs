@@ -17,14 +17,12 @@ use std::ffi::CString;
 use std::io::{self, Write as _};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Instant;
 
 use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::bypass::{BypassIo, Rings};
 use super::IoStats;
-use crate::netstack::neighbors::Neighbors;
 use crate::netstack::FrameQueue;
 use portcullis_core::config::{AfXdpConfig, Config};
 use portcullis_xdp::Filter;
@@ -55,7 +53,6 @@ pub struct AfXdpRings {
     tx_batch: Vec<FrameDesc>,
     /// Descriptors of the transmit ring.
     tx_size: u32,
-    neighbors: Neighbors,
     /// How the socket was bound.
     pub mode: XskMode,
 }
@@ -146,7 +143,6 @@ impl AfXdpRings {
             comp_batch: vec![template; BATCH],
             tx_batch: Vec::with_capacity(BATCH),
             tx_size,
-            neighbors: Neighbors::new(mac),
             mode,
         };
         BypassIo::new(config, rings, mac, &x.addresses)
@@ -181,12 +177,10 @@ impl Rings for AfXdpRings {
     fn receive(&mut self, dev: &mut FrameQueue, stats: &mut IoStats) -> usize {
         // SAFETY: the descriptors come from and go back to this UMEM's rings.
         let n = unsafe { self.rx.consume(&mut self.rx_batch) };
-        let now = Instant::now();
         for d in &self.rx_batch[..n] {
             // SAFETY: the kernel handed this frame to us until we refill it.
             let data = unsafe { self.umem.data(d) };
             stats.rx_bytes += data.contents().len() as u64;
-            self.neighbors.learn(data.contents(), now, dev);
             dev.push_rx(data.contents());
         }
         stats.rx_frames += n as u64;

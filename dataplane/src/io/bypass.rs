@@ -75,7 +75,7 @@ impl<R: Rings> BypassIo<R> {
         // Frames from a local kernel (veth, virtio) carry partial checksums.
         dev.verify_checksums = false;
         let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
-        let stack = NetStack::new(&mut dev, mac, &addrs, &ports, net, Instant::now());
+        let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
         Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
     }
 
@@ -158,6 +158,10 @@ impl<R: Rings> IoBackend for BypassIo<R> {
 
     fn stop_accepting(&mut self) {
         self.stack.stop_listening();
+    }
+
+    fn flushed(&mut self) -> bool {
+        self.stack.delivering() == 0 && self.dev.tx.is_empty()
     }
 
     fn io_stats(&mut self) -> IoStats {

@@ -85,6 +85,12 @@ pub trait IoBackend {
     /// Stops accepting new connections (shutdown).
     fn stop_accepting(&mut self);
 
+    /// Whether everything the core handed over has left: a worker that
+    /// shuts down waits for it (up to its deadline).
+    fn flushed(&mut self) -> bool {
+        true
+    }
+
     /// Its counters so far (called with each status report, not per frame).
     fn io_stats(&mut self) -> IoStats;
 }

@@ -1,56 +1,86 @@
-//! The userspace network stack of the kernel-bypass backends: raw Ethernet
-//! frames in and out of a [`smoltcp::phy::Device`] (the AF_XDP rings, or an
-//! in-memory queue in tests), ARP, IPv4/IPv6, ICMP echo and TCP by smoltcp,
-//! and every accepted TCP connection bridged to the sans-IO [`Gateway`]
-//! core as a client connection.
+//! The userspace network stack of the kernel-bypass backends: Ethernet
+//! frames in and out of a [`FrameQueue`] (the AF_XDP or DPDK rings copy
+//! through it; tests use it as a wire), TCP, UDP and ICMP by smoltcp, and
+//! every accepted TCP connection bridged to the sans-IO [`Gateway`] core as
+//! a client connection ([`Transport::UserTcp`]).
+//!
+//! ```text
+//!  frames ─▶ link (ARP/ND answers, next hops) ─▶ flow table (4-tuple → shard, O(1))
+//!                                                   │            │
+//!                                          shard 0 (control)   shards 1.. (≤ shard_size TCP sockets each)
+//!                                          ICMP, UDP echo,      smoltcp on IP packets; polled only when
+//!                                          resets for strays    they got packets, output or a due timer
+//! ```
+//!
+//! **Why shards.** smoltcp walks every socket of a socket set for every
+//! packet and every poll. One set of 10 000 connections costs 10 000 socket
+//! visits per frame; shards of `shard_size` sockets, each with its own
+//! smoltcp interface, bound that to `shard_size` whatever the number of
+//! connections, and idle shards cost nothing until their next timer.
+//!
+//! **Next hops.** smoltcp runs on IP packets ([`link`] does Ethernet): each
+//! flow keeps the Ethernet address its frames come from — the player's, or
+//! the router's in front of it — and is answered through it. Players off the
+//! gateway's subnet need no route, thousands of players need no neighbour
+//! cache, and nothing expires while a connection lives.
+//!
+//! **Listening.** A SYN for a gateway port opens a listening socket in a
+//! shard with room, as long as the port's half-open connections stay within
+//! `backlog` and connections within `max_connections`; a handshake not
+//! completed within `half_open_timeout` is dropped. SYNs beyond the backlog,
+//! and segments of no known flow, go to the control shard, which answers
+//! RST.
+//!
+//! **Close means flush.** When the core closes a connection, what it had
+//! queued moves into the stack, which sends all of it and then the FIN;
+//! what the peer still sends is read and dropped; a peer that has not
+//! taken everything and closed within `close_timeout` is reset.
 //!
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
-//!
-//! Listening: smoltcp needs a socket in LISTEN for each SYN, and it walks
-//! every socket for every packet and every poll — so idle listening sockets
-//! cost on every packet. Each port keeps two spare ones; before a poll the
-//! stack counts the SYNs among the received frames and opens a listening
-//! socket for each, as long as the port's half-open sockets stay within its
-//! `backlog`. A SYN flood that got past the XDP buckets can therefore hold
-//! at most `backlog` half-open connections per port — bounded memory — for
-//! at most `half_open_timeout`; SYNs beyond that are refused (RST).
-//! Connections count against `max_connections`.
 
-use std::time::Instant as StdInstant;
+mod device;
+pub mod flows;
+pub mod link;
 
-use rustc_hash::FxHashMap;
-use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
-use smoltcp::phy::Device;
-use smoltcp::socket::{tcp, udp};
-use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, IpCidr, IpProtocol, Ipv4Packet, Ipv6Packet,
-    TcpPacket,
-};
+use std::time::{Duration, Instant as StdInstant};
 
 use portcullis_core::{ConnId, Gateway, Transport};
+use rustc_hash::FxHashMap;
+use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
+use smoltcp::phy::Medium;
+use smoltcp::socket::{tcp, udp};
+use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Packet, Ipv6Packet};
 
+pub use self::device::FrameQueue;
+use self::flows::{Flow, FlowKey};
+use self::link::{Link, Received};
 use crate::io::dispatch::ClientTransport;
-
-pub mod neighbors;
 
 /// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
 pub struct NetConfig {
     /// Port of the UDP echo service, if any.
     pub udp_echo: Option<u16>,
-    /// Listening sockets (half-open connections) per port.
+    /// Half-open connections per port at most.
     pub backlog: usize,
     /// A handshake not completed within this is dropped, freeing its
-    /// listening socket (spoofed SYNs never complete).
+    /// place in the backlog (spoofed SYNs never complete).
     pub half_open_timeout: NetDuration,
     /// Connections at most.
     pub max_connections: usize,
-    /// Receive buffer per connection, bytes.
+    /// Receive buffer per connection, bytes (the window a player sees).
     pub rx_buffer: usize,
-    /// Send buffer per connection, bytes.
+    /// Send buffer per connection, bytes; output beyond it waits in the
+    /// core's per-connection buffer, which grows on demand.
     pub tx_buffer: usize,
+    /// TCP sockets per shard: the most sockets one packet can make smoltcp
+    /// walk.
+    pub shard_size: usize,
+    /// How long a closed connection may take to deliver what was queued
+    /// before it, before it is reset.
+    pub close_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -62,96 +92,130 @@ impl Default for NetConfig {
             backlog: 64,
             half_open_timeout: NetDuration::from_secs(5),
             max_connections: 100_000,
-            rx_buffer: 16 * 1024,
-            tx_buffer: 32 * 1024,
+            rx_buffer: 4 * 1024,
+            tx_buffer: 4 * 1024,
+            shard_size: 32,
+            close_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Listening sockets kept per port while no SYN is in sight (for SYNs the
-/// pre-scan cannot see, e.g. behind IPv6 extension headers).
-const SPARE: usize = 2;
+/// The control shard: ICMP, UDP echo, resets for strays.
+const CONTROL: u32 = 0;
 
 /// One gateway port.
+#[derive(Debug)]
 struct Listener {
     port: u16,
     /// Index of the listener in the gateway config.
     index: usize,
-    /// Sockets in LISTEN or SYN-RECEIVED.
-    waiting: Vec<SocketHandle>,
-    /// SYNs for this port in the frames about to be polled.
-    syns: usize,
+    /// Half-open connections (listening or SYN-RECEIVED sockets).
+    half_open: usize,
+}
+
+/// A socket between SYN and established.
+#[derive(Debug)]
+struct HalfOpen {
+    handle: SocketHandle,
+    /// Index into the stack's listeners.
+    listener: usize,
+    /// The flow it was opened for.
+    key: FlowKey,
+}
+
+/// A connection the core closed, delivering what was queued before its FIN.
+#[derive(Debug)]
+struct Closing {
+    handle: SocketHandle,
+    key: FlowKey,
+    /// Bytes not yet in the send buffer.
+    pending: Vec<u8>,
+    /// The FIN was queued.
+    fin: bool,
+    /// Reset if not done by then.
+    deadline: StdInstant,
+}
+
+/// A smoltcp interface and its sockets: at most `shard_size` TCP sockets.
+struct Shard {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    /// IP packets in and out.
+    dev: FrameQueue,
+    /// TCP sockets in it (half-open, established, closing).
+    tcp: usize,
+    half_open: Vec<HalfOpen>,
+    /// Established connections known to the core.
+    conns: FxHashMap<SocketHandle, (ConnId, FlowKey)>,
+    /// Connections whose output did not fit into the send buffer.
+    blocked: Vec<ConnId>,
+    closing: Vec<Closing>,
+    /// When its next timer fires.
+    due: Option<StdInstant>,
+    /// Has packets or output: poll it this round.
+    dirty: bool,
 }
 
 /// A TCP stack serving the gateway's ports.
 pub struct NetStack {
-    iface: Interface,
-    sockets: SocketSet<'static>,
+    link: Link,
+    addrs: Vec<IpCidr>,
+    shards: Vec<Shard>,
+    /// Shards with room for another socket.
+    open: Vec<u32>,
+    flows: FxHashMap<FlowKey, Flow>,
+    conns: FxHashMap<ConnId, (u32, SocketHandle)>,
     listeners: Vec<Listener>,
-    conns: FxHashMap<ConnId, SocketHandle>,
-    handles: FxHashMap<SocketHandle, ConnId>,
-    /// Connections whose output did not fit into the send buffer.
-    blocked: Vec<ConnId>,
-    /// Closed towards the core, waiting for the TCP close to finish.
-    closing: Vec<SocketHandle>,
-    /// Number of the next connection ([`Transport::UserTcp`]).
+    /// Shards to poll this round.
+    work: Vec<u32>,
     next_conn: u64,
-    /// When the stack's next timer fires.
-    due: Option<StdInstant>,
     udp_echo: Option<SocketHandle>,
     /// One datagram being echoed.
     datagram: Vec<u8>,
+    /// Packets whose next hop was unknown (dropped).
+    no_next_hop: u64,
+    verify_checksums: bool,
     epoch: StdInstant,
     cfg: NetConfig,
 }
 
 impl NetStack {
-    /// A stack with address `mac` and `addrs`, listening on `ports` —
-    /// `(port, listener index in the gateway config)`.
-    pub fn new<D: Device>(
-        device: &mut D,
+    /// A stack with Ethernet address `mac` and IP addresses `addrs`,
+    /// listening on `ports` — `(port, listener index in the gateway
+    /// config)`. Frames will come through `device`.
+    pub fn new(
+        device: &FrameQueue,
         mac: [u8; 6],
         addrs: &[IpCidr],
         ports: &[(u16, usize)],
         cfg: NetConfig,
         now: StdInstant,
     ) -> NetStack {
-        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
-        // Initial sequence numbers and ephemeral ports: random per process.
-        config.random_seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), mac);
-        let mut iface = Interface::new(config, device, NetInstant::ZERO);
-        iface.update_ip_addrs(|a| {
-            for addr in addrs {
-                let _ = a.push(*addr);
-            }
-        });
+        let ips: Vec<IpAddress> = addrs.iter().map(|c| c.address()).collect();
         let mut stack = NetStack {
-            iface,
-            sockets: SocketSet::new(Vec::new()),
-            listeners: ports
-                .iter()
-                .map(|&(port, index)| Listener { port, index, waiting: Vec::new(), syns: 0 })
-                .collect(),
+            link: Link::new(mac, &ips),
+            addrs: addrs.to_vec(),
+            shards: Vec::new(),
+            open: Vec::new(),
+            flows: FxHashMap::default(),
             conns: FxHashMap::default(),
-            handles: FxHashMap::default(),
-            blocked: Vec::new(),
-            closing: Vec::new(),
+            listeners: ports.iter().map(|&(port, index)| Listener { port, index, half_open: 0 }).collect(),
+            work: Vec::new(),
             next_conn: 1,
-            due: Some(now),
             udp_echo: None,
             datagram: vec![0; 65_536],
+            no_next_hop: 0,
+            verify_checksums: device.verify_checksums,
             epoch: now,
-            cfg,
+            cfg: NetConfig { shard_size: cfg.shard_size.max(1), ..cfg },
         };
+        stack.add_shard();
         if let Some(port) = cfg.udp_echo {
             let buffer = || udp::PacketBuffer::new(vec![udp::PacketMetadata::EMPTY; 512], vec![0; 512 * 1024]);
             let mut s = udp::Socket::new(buffer(), buffer());
             if s.bind(port).is_ok() {
-                stack.udp_echo = Some(stack.sockets.add(s));
+                stack.udp_echo = Some(stack.shards[CONTROL as usize].sockets.add(s));
             }
-        }
-        for i in 0..stack.listeners.len() {
-            stack.listen_for(i, SPARE);
         }
         stack
     }
@@ -160,44 +224,94 @@ impl NetStack {
         NetInstant::from_micros(now.saturating_duration_since(self.epoch).as_micros() as i64)
     }
 
-    /// Makes `n` sockets of listener `i` listen, as far as the backlog and
-    /// `max_connections` allow.
-    fn listen_for(&mut self, i: usize, n: usize) {
-        let listening = {
-            let (sockets, l) = (&self.sockets, &self.listeners[i]);
-            l.waiting.iter().filter(|&&h| sockets.get::<tcp::Socket>(h).state() == tcp::State::Listen).count()
-        };
-        for _ in listening..n {
-            if self.listeners[i].waiting.len() >= self.cfg.backlog
-                || self.conns.len() + self.listening() >= self.cfg.max_connections
-            {
-                return;
+    fn add_shard(&mut self) -> u32 {
+        let mut dev = FrameQueue::default();
+        dev.medium = Medium::Ip;
+        dev.verify_checksums = self.verify_checksums;
+        let mut config = Config::new(HardwareAddress::Ip);
+        // Initial sequence numbers and ephemeral ports: random per process.
+        config.random_seed =
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), self.shards.len());
+        let mut iface = Interface::new(config, &mut dev, NetInstant::ZERO);
+        iface.update_ip_addrs(|a| {
+            for addr in &self.addrs {
+                let _ = a.push(*addr);
             }
-            let rx = tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]);
-            let tx = tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]);
-            let mut s = tcp::Socket::new(rx, tx);
-            s.set_nagle_enabled(false);
-            s.set_keep_alive(Some(NetDuration::from_secs(30)));
-            s.set_timeout(Some(self.cfg.half_open_timeout));
-            if s.listen(self.listeners[i].port).is_err() {
-                return;
+        });
+        // Every player is reachable: the link layer knows through whom.
+        for addr in &self.addrs {
+            match addr.address() {
+                IpAddress::Ipv4(v4) => {
+                    let _ = iface.routes_mut().add_default_ipv4_route(v4);
+                }
+                IpAddress::Ipv6(v6) => {
+                    let _ = iface.routes_mut().add_default_ipv6_route(v6);
+                }
             }
-            let h = self.sockets.add(s);
-            self.listeners[i].waiting.push(h);
+        }
+        self.shards.push(Shard {
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            tcp: 0,
+            half_open: Vec::new(),
+            conns: FxHashMap::default(),
+            blocked: Vec::new(),
+            closing: Vec::new(),
+            due: None,
+            dirty: false,
+        });
+        let id = (self.shards.len() - 1) as u32;
+        if id != CONTROL {
+            self.open.push(id);
+        }
+        id
+    }
+
+    /// A shard with room for one more TCP socket.
+    fn shard_with_room(&mut self) -> u32 {
+        while let Some(&id) = self.open.last() {
+            if self.shards[id as usize].tcp < self.cfg.shard_size {
+                return id;
+            }
+            self.open.pop();
+        }
+        self.add_shard()
+    }
+
+    /// A socket of `shard` was removed.
+    fn freed(&mut self, shard: u32) {
+        let s = &mut self.shards[shard as usize];
+        s.tcp -= 1;
+        if s.tcp + 1 == self.cfg.shard_size {
+            self.open.push(shard);
         }
     }
 
-    /// Listening sockets, half-open connections included.
-    pub fn listening(&self) -> usize {
-        self.listeners.iter().map(|l| l.waiting.len()).sum()
+    fn mark(&mut self, shard: u32) {
+        let s = &mut self.shards[shard as usize];
+        if !s.dirty {
+            s.dirty = true;
+            self.work.push(shard);
+        }
     }
 
-    /// Stops accepting: the listening sockets close (shutdown).
+    /// Half-open connections, over all ports.
+    pub fn listening(&self) -> usize {
+        self.listeners.iter().map(|l| l.half_open).sum()
+    }
+
+    /// Stops accepting: half-open connections are dropped (shutdown).
     pub fn stop_listening(&mut self) {
-        for l in &mut self.listeners {
-            for h in l.waiting.drain(..) {
-                self.sockets.remove(h);
+        for id in 0..self.shards.len() {
+            for h in std::mem::take(&mut self.shards[id].half_open) {
+                self.shards[id].sockets.remove(h.handle);
+                self.flows.remove(&h.key);
+                self.freed(id as u32);
             }
+        }
+        for l in &mut self.listeners {
+            l.half_open = 0;
         }
         self.cfg.backlog = 0;
     }
@@ -207,134 +321,274 @@ impl NetStack {
         self.conns.len()
     }
 
+    /// Shards (the control shard included).
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Packets dropped because nobody knew where to send them.
+    pub fn dropped_no_next_hop(&self) -> u64 {
+        self.no_next_hop
+    }
+
+    /// Closed connections not yet gone (delivering what was queued before
+    /// their close, or waiting for the peer's FIN).
+    pub fn closing(&self) -> usize {
+        self.shards.iter().map(|s| s.closing.len()).sum()
+    }
+
+    /// Closed connections with bytes their peer has not acknowledged yet.
+    pub fn delivering(&self) -> usize {
+        self.shards
+            .iter()
+            .flat_map(|s| s.closing.iter().map(move |c| (s, c)))
+            .filter(|(s, c)| !c.fin || !c.pending.is_empty() || s.sockets.get::<tcp::Socket>(c.handle).send_queue() > 0)
+            .count()
+    }
+
     /// One round: frames from `device` through the stack into the core,
-    /// answers back out. Call [`NetStack::transmit`] / [`NetStack::close`]
-    /// for the core's client outputs in between, then `poll` again to send.
+    /// answers back out. Call [`ClientTransport::transmit`] /
+    /// [`ClientTransport::close`] for the core's client outputs in between,
+    /// then `poll` again to send.
     pub fn poll(&mut self, now: StdInstant, device: &mut FrameQueue, core: &mut Gateway) {
+        while let Some(frame) = device.rx.pop_front() {
+            self.ingress(&frame, device);
+            device.recycle(frame);
+        }
+        for id in 0..self.shards.len() {
+            if !self.shards[id].dirty && self.shards[id].due.is_some_and(|t| now >= t) {
+                self.mark(id as u32);
+            }
+        }
         let ts = self.at(now);
-        self.listen_for_syns(&device.rx);
-        self.iface.poll(ts, device, &mut self.sockets);
-        self.echo_udp();
-        self.accept(now, core);
-        self.receive(now, core);
-        self.finish_closes();
-        self.report_writable(core);
-        self.iface.poll(ts, device, &mut self.sockets);
-        self.due = self
-            .iface
-            .poll_at(ts, &self.sockets)
-            .map(|t| self.epoch + std::time::Duration::from_micros(t.total_micros().max(0) as u64));
+        while let Some(id) = self.work.pop() {
+            self.shards[id as usize].dirty = false;
+            self.poll_shard(id, now, ts, device, core);
+        }
     }
 
-    /// Whether a timer of the stack (retransmission, delayed ACK, keep-alive,
-    /// close) is due: without new frames or output, polling is needed only
-    /// then — each poll walks every socket.
-    pub fn is_due(&self, now: StdInstant) -> bool {
-        self.due.is_some_and(|t| now >= t)
+    /// Sends a received frame to the shard that owns its flow.
+    fn ingress(&mut self, frame: &[u8], device: &mut FrameQueue) {
+        let (next_hop, packet) = match self.link.receive(frame, device) {
+            Received::Packet(next_hop, packet) => (next_hop, packet),
+            Received::Answered | Received::Dropped => return,
+        };
+        let shard = match flows::segment(packet, true) {
+            Some(seg) => match self.flows.get_mut(&seg.key) {
+                Some(flow) => {
+                    flow.next_hop = next_hop;
+                    flow.shard
+                }
+                None => match seg.opens.then(|| self.open_for(seg.key, next_hop)).flatten() {
+                    Some(shard) => shard,
+                    None => {
+                        self.link.heard(seg.key.remote.0, next_hop);
+                        CONTROL
+                    }
+                },
+            },
+            None => {
+                if let Some((src, _)) = ends(packet) {
+                    self.link.heard(src, next_hop);
+                }
+                CONTROL
+            }
+        };
+        let s = &mut self.shards[shard as usize];
+        s.dev.push_rx(packet);
+        self.mark(shard);
     }
 
-    /// When the stack's next timer fires, if any.
-    pub fn due(&self) -> Option<StdInstant> {
-        self.due
+    /// A listening socket for a SYN of a new flow, within the port's backlog
+    /// and `max_connections`; the shard it is in.
+    fn open_for(&mut self, key: FlowKey, next_hop: EthernetAddress) -> Option<u32> {
+        let listener = self.listeners.iter().position(|l| l.port == key.local.1)?;
+        if self.listeners[listener].half_open >= self.cfg.backlog
+            || self.conns.len() + self.listening() >= self.cfg.max_connections
+        {
+            return None;
+        }
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
+        );
+        socket.set_nagle_enabled(false);
+        socket.set_keep_alive(Some(NetDuration::from_secs(30)));
+        socket.set_timeout(Some(self.cfg.half_open_timeout));
+        socket.listen(key.local).ok()?;
+        let shard = self.shard_with_room();
+        let s = &mut self.shards[shard as usize];
+        let handle = s.sockets.add(socket);
+        s.tcp += 1;
+        s.half_open.push(HalfOpen { handle, listener, key });
+        self.listeners[listener].half_open += 1;
+        self.flows.insert(key, Flow { shard, next_hop });
+        Some(shard)
+    }
+
+    /// Runs one shard: its packets through smoltcp, its sockets' news to
+    /// the core, its output out.
+    fn poll_shard(&mut self, id: u32, now: StdInstant, ts: NetInstant, device: &mut FrameQueue, core: &mut Gateway) {
+        let s = &mut self.shards[id as usize];
+        s.iface.poll(ts, &mut s.dev, &mut s.sockets);
+        if id == CONTROL {
+            self.echo_udp();
+        }
+        self.accept(id, now, core);
+        self.receive(id, now, core);
+        self.flush_closing(id, now);
+        self.report_writable(id, core);
+        let s = &mut self.shards[id as usize];
+        s.iface.poll(ts, &mut s.dev, &mut s.sockets);
+        self.egress(id, device);
+        let s = &mut self.shards[id as usize];
+        s.due =
+            s.iface.poll_at(ts, &s.sockets).map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
+    }
+
+    /// The shard's IP packets out, each to its next hop.
+    fn egress(&mut self, id: u32, device: &mut FrameQueue) {
+        let s = &mut self.shards[id as usize];
+        while let Some(packet) = s.dev.tx.pop_front() {
+            let next_hop = match flows::segment(&packet, false) {
+                Some(seg) => {
+                    self.flows.get(&seg.key).map(|f| f.next_hop).or_else(|| self.link.next_hop(seg.key.remote.0))
+                }
+                None => ends(&packet).and_then(|(_, d)| self.link.next_hop(d)),
+            };
+            match next_hop {
+                Some(mac) => self.link.send(&packet, mac, device),
+                None => self.no_next_hop += 1,
+            }
+            s.dev.recycle(packet);
+        }
     }
 
     /// Every datagram to the echo port goes back where it came from.
     fn echo_udp(&mut self) {
         let Some(h) = self.udp_echo else { return };
-        let s = self.sockets.get_mut::<udp::Socket>(h);
+        let s = self.shards[CONTROL as usize].sockets.get_mut::<udp::Socket>(h);
         while s.can_send() {
             let Ok((n, meta)) = s.recv_slice(&mut self.datagram) else { return };
             let _ = s.send_slice(&self.datagram[..n], meta);
         }
     }
 
-    /// A listening socket for every SYN among `frames`, within the backlog.
-    fn listen_for_syns(&mut self, frames: &std::collections::VecDeque<Vec<u8>>) {
-        let mut any = false;
-        for port in frames.iter().filter_map(|f| syn_port(f)) {
-            if let Some(l) = self.listeners.iter_mut().find(|l| l.port == port) {
-                l.syns += 1;
-                any = true;
-            }
-        }
-        if !any {
-            return;
-        }
-        for i in 0..self.listeners.len() {
-            let syns = std::mem::take(&mut self.listeners[i].syns);
-            if syns > 0 {
-                self.listen_for(i, syns + SPARE);
-            }
-        }
-    }
-
-    /// Established sockets leave their listener's pool and become connections.
-    fn accept(&mut self, now: StdInstant, core: &mut Gateway) {
-        for i in 0..self.listeners.len() {
-            let (mut j, mut listening) = (0, 0);
-            while j < self.listeners[i].waiting.len() {
-                let h = self.listeners[i].waiting[j];
-                let s = self.sockets.get_mut::<tcp::Socket>(h);
-                match s.state() {
-                    tcp::State::Established => {
-                        // Connected: the core's heartbeat decides when a
-                        // quiet player is gone, not the handshake timeout.
-                        s.set_timeout(None);
-                        let peer = s.remote_endpoint().map(|e| std::net::SocketAddr::new(e.addr.into(), e.port));
-                        self.listeners[i].waiting.swap_remove(j);
-                        let conn = ConnId::new(Transport::UserTcp, self.next_conn);
-                        self.next_conn += 1;
-                        self.conns.insert(conn, h);
-                        self.handles.insert(h, conn);
-                        let peer = peer.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-                        core.handle_connect(now, conn, self.listeners[i].index, peer);
-                    }
-                    tcp::State::Closed => {
-                        // A handshake that failed or timed out.
-                        self.listeners[i].waiting.swap_remove(j);
-                        self.sockets.remove(h);
-                    }
-                    tcp::State::Listen if listening >= SPARE => {
-                        // Spare beyond the spares: SYNs were fewer than
-                        // expected (retransmissions of a pending handshake).
-                        self.listeners[i].waiting.swap_remove(j);
-                        self.sockets.remove(h);
-                    }
-                    tcp::State::Listen => {
-                        listening += 1;
-                        j += 1;
-                    }
-                    _ => j += 1,
+    /// Established half-open sockets become connections of the core; failed
+    /// or timed-out handshakes free their place.
+    fn accept(&mut self, id: u32, now: StdInstant, core: &mut Gateway) {
+        let mut i = 0;
+        while i < self.shards[id as usize].half_open.len() {
+            let s = &mut self.shards[id as usize];
+            let h = &s.half_open[i];
+            let (handle, listener, key) = (h.handle, h.listener, h.key);
+            let socket = s.sockets.get_mut::<tcp::Socket>(handle);
+            match socket.state() {
+                tcp::State::Established => {
+                    // Connected: the core's heartbeat decides when a quiet
+                    // player is gone, not the handshake timeout.
+                    socket.set_timeout(None);
+                    s.half_open.swap_remove(i);
+                    let conn = ConnId::new(Transport::UserTcp, self.next_conn);
+                    self.next_conn += 1;
+                    s.conns.insert(handle, (conn, key));
+                    self.conns.insert(conn, (id, handle));
+                    self.listeners[listener].half_open -= 1;
+                    let peer = std::net::SocketAddr::new(key.remote.0.into(), key.remote.1);
+                    core.handle_connect(now, conn, self.listeners[listener].index, peer);
+                }
+                tcp::State::Listen | tcp::State::SynReceived => i += 1,
+                _ => {
+                    // A handshake that failed, timed out, or whose SYN never
+                    // came through (malformed).
+                    s.half_open.swap_remove(i);
+                    s.sockets.remove(handle);
+                    self.flows.remove(&key);
+                    self.listeners[listener].half_open -= 1;
+                    self.freed(id);
                 }
             }
-            if listening < SPARE {
-                self.listen_for(i, SPARE);
-            }
+        }
+        // A listening socket whose SYN smoltcp refused would wait for
+        // another flow's SYN: give it up.
+        let s = &mut self.shards[id as usize];
+        let stale: Vec<usize> = (0..s.half_open.len())
+            .rev()
+            .filter(|&i| s.sockets.get::<tcp::Socket>(s.half_open[i].handle).state() == tcp::State::Listen)
+            .collect();
+        for i in stale {
+            let h = self.shards[id as usize].half_open.swap_remove(i);
+            self.shards[id as usize].sockets.remove(h.handle);
+            self.flows.remove(&h.key);
+            self.listeners[h.listener].half_open -= 1;
+            self.freed(id);
         }
     }
 
     /// Bytes received go to the core, straight from the socket buffers;
     /// connections the peer closed are reported.
-    fn receive(&mut self, now: StdInstant, core: &mut Gateway) {
+    fn receive(&mut self, id: u32, now: StdInstant, core: &mut Gateway) {
+        let s = &mut self.shards[id as usize];
         let mut gone = Vec::new();
-        for (&conn, &h) in &self.conns {
-            let s = self.sockets.get_mut::<tcp::Socket>(h);
-            while s.can_recv() {
-                let _ = s.recv(|buf| {
+        for (&handle, &(conn, key)) in &s.conns {
+            let socket = s.sockets.get_mut::<tcp::Socket>(handle);
+            while socket.can_recv() {
+                let _ = socket.recv(|buf| {
                     core.handle_data(now, conn, buf);
                     (buf.len(), ())
                 });
             }
-            if !s.may_recv() || !s.is_active() {
-                gone.push(conn);
+            if !socket.may_recv() || !socket.is_active() {
+                gone.push((handle, conn, key));
             }
         }
-        for conn in gone {
-            if let Some(h) = self.conns.remove(&conn) {
-                self.handles.remove(&h);
-                self.sockets.get_mut::<tcp::Socket>(h).close();
-                self.closing.push(h);
+        for (handle, conn, key) in gone {
+            if self.conns.remove(&conn).is_some() {
+                let s = &mut self.shards[id as usize];
+                s.conns.remove(&handle);
+                s.closing.push(Closing {
+                    handle,
+                    key,
+                    pending: Vec::new(),
+                    fin: false,
+                    deadline: now + self.cfg.close_timeout,
+                });
                 core.handle_disconnect(now, conn);
+            }
+        }
+    }
+
+    /// Closed connections: what was queued goes into the send buffer as it
+    /// drains, then the FIN; done sockets are freed, late ones reset.
+    fn flush_closing(&mut self, id: u32, now: StdInstant) {
+        let mut i = 0;
+        while i < self.shards[id as usize].closing.len() {
+            let s = &mut self.shards[id as usize];
+            let c = &mut s.closing[i];
+            let socket = s.sockets.get_mut::<tcp::Socket>(c.handle);
+            // Nobody reads any more: what the peer still sends is dropped,
+            // so that its window stays open until it closes too.
+            while socket.can_recv() {
+                let _ = socket.recv(|b| (b.len(), ()));
+            }
+            if !c.pending.is_empty() && socket.may_send() {
+                let n = socket.send_slice(&c.pending).unwrap_or(0);
+                c.pending.drain(..n);
+            }
+            if (c.pending.is_empty() || !socket.may_send()) && !c.fin {
+                socket.close();
+                c.fin = true;
+            }
+            if now >= c.deadline && !matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                socket.abort();
+            }
+            if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                let c = s.closing.swap_remove(i);
+                s.sockets.remove(c.handle);
+                self.flows.remove(&c.key);
+                self.freed(id);
+            } else {
+                i += 1;
             }
         }
     }
@@ -342,15 +596,16 @@ impl NetStack {
     /// Blocked connections whose send buffer has room again are reported
     /// writable (only those: reporting a full one would have the core
     /// retry at once, forever).
-    fn report_writable(&mut self, core: &mut Gateway) {
-        let (conns, sockets) = (&self.conns, &self.sockets);
-        self.blocked.retain(|conn| match conns.get(conn) {
-            Some(&h) => {
-                let s = sockets.get::<tcp::Socket>(h);
-                if !s.may_send() {
+    fn report_writable(&mut self, id: u32, core: &mut Gateway) {
+        let (conns, s) = (&self.conns, &mut self.shards[id as usize]);
+        let sockets = &s.sockets;
+        s.blocked.retain(|conn| match conns.get(conn) {
+            Some(&(_, h)) => {
+                let socket = sockets.get::<tcp::Socket>(h);
+                if !socket.may_send() {
                     return false; // closing: the receive path reports it
                 }
-                if s.send_queue() == s.send_capacity() {
+                if socket.send_queue() == socket.send_capacity() {
                     return true;
                 }
                 core.handle_writable(*conn);
@@ -360,16 +615,16 @@ impl NetStack {
         });
     }
 
-    /// Frees sockets whose close has completed.
-    fn finish_closes(&mut self) {
-        let sockets = &mut self.sockets;
-        self.closing.retain(|&h| {
-            let done = matches!(sockets.get::<tcp::Socket>(h).state(), tcp::State::Closed | tcp::State::TimeWait);
-            if done {
-                sockets.remove(h);
-            }
-            !done
-        });
+    /// Whether a timer of the stack (retransmission, delayed ACK, keep-alive,
+    /// close) is due: without new frames or output, polling is needed only
+    /// then.
+    pub fn is_due(&self, now: StdInstant) -> bool {
+        self.due().is_some_and(|t| now >= t)
+    }
+
+    /// When the stack's next timer fires, if any.
+    pub fn due(&self) -> Option<StdInstant> {
+        self.shards.iter().filter_map(|s| s.due).min()
     }
 }
 
@@ -377,146 +632,38 @@ impl NetStack {
 impl ClientTransport for NetStack {
     /// Writes what the core has for `conn` into its send buffer.
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
-        let Some(&h) = self.conns.get(&conn) else { return };
-        let s = self.sockets.get_mut::<tcp::Socket>(h);
-        let n = s.send_slice(core.outbound(conn)).unwrap_or(0);
+        let Some(&(id, h)) = self.conns.get(&conn) else { return };
+        let s = &mut self.shards[id as usize];
+        let n = s.sockets.get_mut::<tcp::Socket>(h).send_slice(core.outbound(conn)).unwrap_or(0);
         core.consume(conn, n);
-        if !core.outbound(conn).is_empty() && !self.blocked.contains(&conn) {
-            self.blocked.push(conn);
+        if !core.outbound(conn).is_empty() && !s.blocked.contains(&conn) {
+            s.blocked.push(conn);
         }
+        self.mark(id);
     }
 
-    /// Sends what is pending, then closes `conn` and tells the core.
+    /// Takes everything the core has queued for `conn`: it is sent before
+    /// the FIN. Tells the core the connection is gone.
     fn close(&mut self, now: StdInstant, core: &mut Gateway, conn: ConnId) {
-        self.transmit(core, conn);
-        if let Some(h) = self.conns.remove(&conn) {
-            self.handles.remove(&h);
-            self.sockets.get_mut::<tcp::Socket>(h).close();
-            self.closing.push(h);
+        if let Some((id, handle)) = self.conns.remove(&conn) {
+            let s = &mut self.shards[id as usize];
+            if let Some((_, key)) = s.conns.remove(&handle) {
+                let pending = core.outbound(conn).to_vec();
+                let deadline = now + self.cfg.close_timeout;
+                s.closing.push(Closing { handle, key, pending, fin: false, deadline });
+            }
+            self.mark(id);
         }
         core.handle_disconnect(now, conn);
     }
 }
 
-/// The destination port of a TCP SYN (without ACK) in an Ethernet frame:
-/// IPv4, or IPv6 without extension headers — what the stack itself
-/// accepts (smoltcp drops VLAN-tagged frames).
-fn syn_port(frame: &[u8]) -> Option<u16> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    let (protocol, payload) = match eth.ethertype() {
-        EthernetProtocol::Ipv4 => {
-            let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-            (ip.next_header(), ip.payload())
-        }
-        EthernetProtocol::Ipv6 => {
-            let ip = Ipv6Packet::new_checked(eth.payload()).ok()?;
-            (ip.next_header(), ip.payload())
-        }
-        _ => return None,
-    };
-    if protocol != IpProtocol::Tcp {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(payload).ok()?;
-    (tcp.syn() && !tcp.ack()).then(|| tcp.dst_port())
-}
-
-/// An in-memory device: frames queued in and out, in buffers that are
-/// reused (after warm-up, moving a frame allocates nothing). Tests join two
-/// stacks with it; the AF_XDP backend copies ring frames through it.
-#[derive(Debug)]
-pub struct FrameQueue {
-    /// Frames to receive.
-    pub rx: std::collections::VecDeque<Vec<u8>>,
-    /// Frames sent.
-    pub tx: std::collections::VecDeque<Vec<u8>>,
-    /// Check the checksums of received frames.
-    pub verify_checksums: bool,
-    pool: Vec<Vec<u8>>,
-}
-
-impl Default for FrameQueue {
-    fn default() -> Self {
-        FrameQueue { rx: Default::default(), tx: Default::default(), verify_checksums: true, pool: Vec::new() }
-    }
-}
-
-/// Buffers kept for reuse at most.
-const POOL: usize = 4096;
-
-impl FrameQueue {
-    /// Queues a received frame, copied into a reused buffer.
-    pub fn push_rx(&mut self, frame: &[u8]) {
-        let mut buf = self.pool.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frame);
-        self.rx.push_back(buf);
-    }
-
-    /// Hands a sent frame's buffer back for reuse.
-    pub fn recycle(&mut self, buf: Vec<u8>) {
-        if self.pool.len() < POOL {
-            self.pool.push(buf);
-        }
-    }
-}
-
-/// Receive token of [`FrameQueue`].
-pub struct QueueRx<'a>(Vec<u8>, &'a mut Vec<Vec<u8>>);
-/// Transmit token of [`FrameQueue`].
-pub struct QueueTx<'a>(&'a mut std::collections::VecDeque<Vec<u8>>, Option<&'a mut Vec<Vec<u8>>>);
-
-impl smoltcp::phy::RxToken for QueueRx<'_> {
-    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let r = f(&self.0);
-        if self.1.len() < POOL {
-            self.1.push(self.0);
-        }
-        r
-    }
-}
-
-impl smoltcp::phy::TxToken for QueueTx<'_> {
-    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = self.1.and_then(|p| p.pop()).unwrap_or_default();
-        frame.clear();
-        frame.resize(len, 0);
-        let r = f(&mut frame);
-        self.0.push_back(frame);
-        r
-    }
-}
-
-impl Device for FrameQueue {
-    type RxToken<'a> = QueueRx<'a>;
-    type TxToken<'a> = QueueTx<'a>;
-
-    fn receive(&mut self, _: NetInstant) -> Option<(QueueRx<'_>, QueueTx<'_>)> {
-        let frame = self.rx.pop_front()?;
-        // The reply may need a buffer while the received one is in use.
-        Some((QueueRx(frame, &mut self.pool), QueueTx(&mut self.tx, None)))
-    }
-
-    fn transmit(&mut self, _: NetInstant) -> Option<QueueTx<'_>> {
-        Some(QueueTx(&mut self.tx, Some(&mut self.pool)))
-    }
-
-    fn capabilities(&self) -> smoltcp::phy::DeviceCapabilities {
-        use smoltcp::phy::Checksum;
-        let mut caps = smoltcp::phy::DeviceCapabilities::default();
-        caps.max_transmission_unit = 1514;
-        caps.medium = smoltcp::phy::Medium::Ethernet;
-        if !self.verify_checksums {
-            // Frames from a local kernel (veth, virtio) carry partial
-            // checksums, completed by an offload that never runs here:
-            // compute ours, do not check theirs.
-            caps.checksum.ipv4 = Checksum::Tx;
-            caps.checksum.tcp = Checksum::Tx;
-            caps.checksum.udp = Checksum::Tx;
-            caps.checksum.icmpv4 = Checksum::Tx;
-            caps.checksum.icmpv6 = Checksum::Tx;
-        }
-        caps
+/// The source and destination addresses of an IP packet.
+fn ends(packet: &[u8]) -> Option<(IpAddress, IpAddress)> {
+    match packet.first()? >> 4 {
+        4 => Ipv4Packet::new_checked(packet).ok().map(|p| (p.src_addr().into(), p.dst_addr().into())),
+        6 => Ipv6Packet::new_checked(packet).ok().map(|p| (p.src_addr().into(), p.dst_addr().into())),
+        _ => None,
     }
 }
 

@@ -44,9 +44,9 @@ impl Wire {
         let now = Instant::now();
         let auth = portcullis_core::auth::from_config(&config).unwrap();
         let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, 1_800_000_000);
-        let mut gw_dev = FrameQueue::default();
+        let gw_dev = FrameQueue::default();
         let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];
-        let stack = NetStack::new(&mut gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now);
+        let stack = NetStack::new(&gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now);
         let mut cl_dev = FrameQueue::default();
         let mut client = Interface::new(
             IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 2]))),
@@ -192,7 +192,7 @@ fn many_clients_share_a_port_and_the_backlog_bounds_half_open_sockets() {
         clients.extend(hs);
     }
     w.run_until(|w| w.core.connection_count() == 12);
-    assert_eq!(w.stack.listening(), SPARE, "idle, a port keeps only its spare listening sockets");
+    assert_eq!(w.stack.listening(), 0, "no socket listens without a SYN");
     for (i, &h) in clients.iter().enumerate() {
         w.send(h, &Envelope::new(cmd::HEARTBEAT, i as u32 + 1, 0, b""));
     }
@@ -349,4 +349,56 @@ fn half_open_connections_from_a_syn_flood_expire_and_free_the_backlog() {
     w.run_until(|w| w.sock(h).state() == tcp::State::Established);
     w.run_until(|w| w.core.connection_count() == 1);
     assert!(w.stack.listening() <= 4);
+}
+
+#[test]
+fn a_close_delivers_everything_queued_before_the_fin() {
+    let mut w = Wire::new(NetConfig::default());
+    // A player with a small window who stops reading.
+    let mut s = tcp::Socket::new(tcp::SocketBuffer::new(vec![0; 2048]), tcp::SocketBuffer::new(vec![0; 65536]));
+    s.connect(w.client.context(), (IpAddress::from(GW), 7000), 43_000).unwrap();
+    let h = w.sockets.add(s);
+    w.run_until(|w| w.core.connection_count() == 1);
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login_frame("slow")));
+    let mut buf = Vec::new();
+    assert_eq!(w.recv(h, &mut buf).cmd, cmd::LOGIN);
+    // 900 requests (under the rate limit's burst): their answers are far
+    // more than the player's window and the gateway's send buffer hold.
+    let mut batch = Vec::new();
+    for seq in 0..900 {
+        Codec::Protobuf.encode(&Envelope::new(cmd::HEARTBEAT, 10 + seq, 0, b""), &mut batch);
+    }
+    for chunk in batch.chunks(1024) {
+        w.sock(h).send_slice(chunk).unwrap();
+        for _ in 0..20 {
+            w.step();
+        }
+    }
+    for _ in 0..200 {
+        w.step();
+    }
+    assert!(!w.core.outbound(ConnId::new(Transport::UserTcp, 1)).is_empty(), "answers wait in the core");
+    // The gateway shuts down: a KICK after the answers, then the close.
+    w.core.shutdown(w.now);
+    for _ in 0..50 {
+        w.step();
+    }
+    assert_eq!(w.core.connection_count(), 0, "the core let go of the connection");
+    // Now the player reads: every answer, in order, then the KICK, then EOF.
+    let mut seqs = Vec::new();
+    loop {
+        let env = w.recv(h, &mut buf);
+        if env.cmd == cmd::KICK {
+            break;
+        }
+        assert_eq!(env.cmd, cmd::HEARTBEAT);
+        seqs.push(env.seq);
+    }
+    assert_eq!(seqs, (10..910).collect::<Vec<u32>>(), "nothing lost, nothing reordered");
+    w.run_until(|w| !w.sock(h).may_recv());
+    assert!(buf.is_empty(), "nothing after the KICK");
+    // The player closes its side too: the gateway's socket is freed.
+    assert_eq!(w.stack.closing(), 1);
+    w.sock(h).close();
+    w.run_until(|w| w.stack.closing() == 0);
 }
