@@ -1,23 +1,24 @@
 //! The DPDK backend on the veth harness (root): DPDK drives `veth-g`
 //! through a `net_af_xdp` vdev, whose own XDP program hands every frame to
-//! DPDK; the userspace stack answers ARP and terminates TCP, and players in
-//! the players' namespace use the real Linux TCP stack to log in and echo
-//! through the sample game server.
+//! DPDK; the userspace stack answers ARP and neighbour solicitation and
+//! terminates TCP, and players behind the harness's router use the real
+//! Linux TCP stack to log in and echo through the sample game server, over
+//! IPv4 and IPv6.
 //!
 //! DPDK's EAL starts once per process, so this file holds one test.
 #![cfg(feature = "dpdk")]
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{echo_session, logged_in, recv, send, start_game_server, wait_for_links};
+use common::{echo, logged_in, logged_in_from, recv, send, start_game_server, wait_for_links};
 use portcullis_core::config::MIN_MBUFS;
 use portcullis_core::Config;
 use portcullis_dataplane::io::dpdk::init_eal;
 use portcullis_dataplane::RunningGateway;
-use portcullis_harness::{ip, Harness, GATEWAY_IFACE, GATEWAY_V4};
+use portcullis_harness::{ip, Harness, Options, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6};
 use portcullis_proto::Envelope;
 use portcullis_sample_game_server::ECHO;
 
@@ -34,7 +35,9 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         eprintln!("skipping: {why}");
         return;
     }
-    let h = Harness::up().unwrap();
+    // Players behind a router, over both families.
+    let h = Harness::up_with(Options { routed: true, sources: 2, ..Options::default() }).unwrap();
+    let router = h.router.clone().expect("routed");
     // EAL's runtime directory (empty with --no-shconf) goes, even when an
     // assertion fails.
     struct RuntimeDir(String);
@@ -70,7 +73,7 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     let eal = eal.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     let text = format!(
         "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
-         [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\"]\nmbufs = {MIN_MBUFS}\n\
+         [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\nmbufs = {MIN_MBUFS}\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
     let config = Config::parse(&text, "dpdk test").unwrap();
@@ -85,13 +88,25 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         h.in_gateway(|| TcpStream::connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), 7000), Duration::from_secs(2)));
     assert_eq!(kernel.map_err(|e| e.kind()).err(), Some(std::io::ErrorKind::ConnectionRefused));
 
-    // No neighbour entry yet: the players' first connect needs the stack's
-    // ARP reply.
-    let neigh = || ip(&["-n", &h.players, "neigh", "show", &GATEWAY_V4.to_string()]).unwrap();
-    assert!(!neigh().contains("lladdr"), "{}", neigh());
+    // No neighbour entry yet: the router's first packet to the gateway needs
+    // the stack's ARP reply (and neighbour advertisement for IPv6).
+    let neigh = |addr: String| ip(&["-n", &router, "neigh", "show", &addr]).unwrap();
+    assert!(!neigh(GATEWAY_V4.to_string()).contains("lladdr"), "{}", neigh(GATEWAY_V4.to_string()));
     let gateway_addr = SocketAddr::new(GATEWAY_V4.into(), 7000);
-    let echoes: usize = h.in_players(|| (0..3).map(|i| echo_session(gateway_addr, SECRET, &format!("p{i}"))).sum());
-    assert_eq!(echoes, 30);
+    let (v4, v6) = h.player_addrs;
+    let sources = [IpAddr::V4(v4), IpAddr::V6(v6)].into_iter().chain(h.sources());
+    let echoes: usize = h.in_players(|| {
+        sources
+            .enumerate()
+            .map(|(i, source)| {
+                let to = if source.is_ipv4() { gateway_addr } else { SocketAddr::new(GATEWAY_V6.into(), 7000) };
+                let user = format!("p{i}");
+                let (mut s, mut buf) = logged_in_from(source, to, SECRET, &user);
+                (2..12).filter(|&seq| echo(&mut s, &mut buf, seq, &user)).count()
+            })
+            .sum()
+    });
+    assert_eq!(echoes, 60, "two routed players per family, and the main addresses");
 
     // Enough traffic to pass every mbuf of the (smallest) pool through the
     // queue several times: net_af_xdp uses the pool as its UMEM, and an
@@ -116,13 +131,16 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         "{rounds} echo round trips in {elapsed:?} ({:.0}/s, one player, debug build)",
         rounds as f64 / elapsed.as_secs_f64()
     );
-    // The stack answered ARP with the port's MAC address, veth-g's.
+    // The stack answered ARP and neighbour solicitation with the port's MAC
+    // address, veth-g's.
     let mac = h.gateway_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    assert!(neigh().contains(&format!("lladdr {mac}")), "{} (veth-g is {mac})", neigh());
+    for addr in [GATEWAY_V4.to_string(), GATEWAY_V6.to_string()] {
+        assert!(neigh(addr.clone()).contains(&format!("lladdr {mac}")), "{} (veth-g is {mac})", neigh(addr));
+    }
     // Workers report about every 100 ms.
     let reported = Instant::now() + Duration::from_secs(2);
     let frames_in = || gateway.status().iter().map(|w| w.stats.frames_in).sum::<u64>();
-    while frames_in() < (3 * 12 + rounds) as u64 {
+    while frames_in() < (6 * 11 + rounds) as u64 {
         assert!(Instant::now() < reported, "the core saw the players' frames: {}", frames_in());
         std::thread::sleep(Duration::from_millis(20));
     }
