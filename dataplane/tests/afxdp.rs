@@ -8,14 +8,15 @@
 
 mod common;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{echo, logged_in_from, start_game_server, wait_for_links};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
-use portcullis_harness::{Harness, Options, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6};
+use portcullis_harness::flood::{self, Flood, Kind};
+use portcullis_harness::{Harness, Options, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6, PLAYER_IFACE};
 use portcullis_xdp::Filter;
 
 const SECRET: &str = "afxdp-test-secret-0123456789";
@@ -117,4 +118,70 @@ fn two_thousand_routed_players_are_answered_after_seventy_seconds_idle() {
         answered += usize::from(echo(conn, buf, 2, &format!("idle-{i}")));
     }
     assert_eq!(answered, 2_000, "every idle player is still answered");
+}
+
+/// Sends `flood` from the players' side in a thread of its own.
+fn flood_in_background(h: &Harness, flood: Flood) -> std::thread::JoinHandle<flood::Report> {
+    let (ns, src_mac, dst_mac) = (h.players.clone(), h.player_mac, h.players_next_hop);
+    std::thread::spawn(move || {
+        portcullis_harness::enter(&ns).unwrap();
+        flood::run(PLAYER_IFACE, src_mac, dst_mac, &flood).unwrap()
+    })
+}
+
+/// 20 players log in and echo ten times each, every one from an address of
+/// its own; returns the echoes answered.
+fn twenty_players_play(h: &Harness, round: usize) -> usize {
+    let sources: Vec<IpAddr> = h.sources().into_iter().filter(IpAddr::is_ipv4).take(20).collect();
+    h.in_players(|| {
+        let players: Vec<_> = sources
+            .iter()
+            .enumerate()
+            .map(|(i, &source)| {
+                let user = format!("r{round}-p{i}");
+                let (conn, buf) = logged_in_from(source, gateway_addr(source), SECRET, &user);
+                (conn, buf, user)
+            })
+            .collect();
+        players.into_iter().map(|(mut c, mut b, u)| (2..12).filter(|&seq| echo(&mut c, &mut b, seq, &u)).count()).sum()
+    })
+}
+
+/// A SYN flood — from 60 000 spoofed sources at the generator's full rate,
+/// then from the players' own addresses, each under the filter's per-source
+/// rate — fills no more than the backlog: the rest is answered with SYN
+/// cookies, and 20 players log in and play during each flood and after it.
+#[test]
+fn players_get_in_and_play_through_syn_floods() {
+    let Some(s) = setup(Options { routed: true, sources: 60, ..Options::default() }, "") else { return };
+    let spoofed = Flood {
+        kind: Kind::Syn,
+        sources: Flood::spoofed(Ipv4Addr::new(172, 16, 0, 0), 60_000),
+        rate: None,
+        for_at_most: Some(Duration::from_secs(8)),
+        ..Flood::udp(Ipv4Addr::UNSPECIFIED.into(), GATEWAY_V4.into(), 7000, u64::MAX)
+    };
+    let flood = flood_in_background(&s.h, spoofed);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(twenty_players_play(&s.h, 0), 200, "during the spoofed flood");
+    let report = flood.join().unwrap();
+    let cookies = s.gateway.status()[0].io.syn_cookies_sent;
+    eprintln!("spoofed flood: {} SYNs in {:?}; {cookies} cookies sent", report.sent, report.elapsed);
+    assert!(cookies > 1_000, "the backlog filled and cookies answered the rest");
+    assert_eq!(twenty_players_play(&s.h, 1), 200, "after it");
+
+    // The players' own addresses, 60 of them, 10 SYN/s each (the filter
+    // lets 50/s through per source).
+    let real = Flood {
+        kind: Kind::Syn,
+        sources: s.h.sources().into_iter().filter(IpAddr::is_ipv4).collect(),
+        rate: Some(600),
+        for_at_most: Some(Duration::from_secs(6)),
+        ..Flood::udp(Ipv4Addr::UNSPECIFIED.into(), GATEWAY_V4.into(), 7000, u64::MAX)
+    };
+    let flood = flood_in_background(&s.h, real);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(twenty_players_play(&s.h, 2), 200, "during the flood from real addresses");
+    flood.join().unwrap();
+    assert_eq!(twenty_players_play(&s.h, 3), 200, "after it");
 }

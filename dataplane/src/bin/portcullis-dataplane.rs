@@ -155,5 +155,10 @@ fn print_status(
             io.tx_ring_full, io.tx_frames_exhausted,
             io.kernel_rx_dropped, io.kernel_rx_ring_full, io.kernel_fill_ring_empty, io.kernel_invalid_descs,
         );
+        tracing::info!(
+            "stack: {} connections in {} shards | SYN cookies sent {} accepted {} | refused: max connections {} no next hop {}",
+            io.stack_connections, io.stack_shards, io.syn_cookies_sent, io.syn_cookies_accepted,
+            io.drop_syn_max_connections, io.drop_no_next_hop,
+        );
     }
 }

@@ -166,6 +166,13 @@ impl<R: Rings> IoBackend for BypassIo<R> {
 
     fn io_stats(&mut self) -> IoStats {
         self.rings.read_stats(&mut self.stats);
+        let c = self.stack.counters;
+        self.stats.syn_cookies_sent = c.syn_cookies_sent;
+        self.stats.syn_cookies_accepted = c.syn_cookies_accepted;
+        self.stats.drop_syn_max_connections = c.drop_syn_max_connections;
+        self.stats.drop_no_next_hop = c.drop_no_next_hop;
+        self.stats.stack_connections = self.stack.connections() as u64;
+        self.stats.stack_shards = self.stack.shards() as u64;
         self.stats.clone()
     }
 }

@@ -69,6 +69,18 @@ portcullis_core::counters! {
     /// Outputs about a connection of a transport this worker does not run
     /// (a bug if ever non-zero; the connection is closed in the core).
     drop_unowned_output,
+    /// Userspace stack: SYN-ACKs sent with a cookie (a port's backlog was full).
+    syn_cookies_sent,
+    /// Userspace stack: connections that came in through a cookie.
+    syn_cookies_accepted,
+    /// Userspace stack: SYNs refused because `max_connections` was reached.
+    drop_syn_max_connections,
+    /// Userspace stack: packets with no known next hop.
+    drop_no_next_hop,
+    /// Userspace stack: TCP connections open (a gauge).
+    stack_connections,
+    /// Userspace stack: shards of TCP sockets (a gauge).
+    stack_shards,
 }
 }
 

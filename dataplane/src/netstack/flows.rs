@@ -30,6 +30,9 @@ pub struct Flow {
     /// The Ethernet address its last frame came from: the player's, or the
     /// router's in front of it. Answers go there.
     pub next_hop: EthernetAddress,
+    /// For a connection that came through a SYN cookie: the cookie minus
+    /// smoltcp's initial sequence number (0 otherwise).
+    pub seq_offset: u32,
 }
 
 /// The TCP segment in an IP packet, if it is one (IPv4 not fragmented, or

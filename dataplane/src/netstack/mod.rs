@@ -27,9 +27,10 @@
 //! **Listening.** A SYN for a gateway port opens a listening socket in a
 //! shard with room, as long as the port's half-open connections stay within
 //! `backlog` and connections within `max_connections`; a handshake not
-//! completed within `half_open_timeout` is dropped. SYNs beyond the backlog,
-//! and segments of no known flow, go to the control shard, which answers
-//! RST.
+//! completed within `half_open_timeout` is dropped. Beyond the backlog, SYNs
+//! are answered with [`cookies`], which hold no state: a spoofed flood fills
+//! nothing a player needs. Segments of no known flow (and no valid cookie)
+//! go to the control shard, which answers RST.
 //!
 //! **Close means flush.** When the core closes a connection, what it had
 //! queued moves into the stack, which sends all of it and then the FIN;
@@ -39,6 +40,7 @@
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
 
+pub mod cookies;
 mod device;
 pub mod flows;
 pub mod link;
@@ -53,6 +55,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Packet, Ipv6Packet};
 
+use self::cookies::SynCookies;
 pub use self::device::FrameQueue;
 use self::flows::{Flow, FlowKey};
 use self::link::{Link, Received};
@@ -100,6 +103,19 @@ impl Default for NetConfig {
     }
 }
 
+/// What the stack counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NetCounters {
+    /// SYN-ACKs sent with a cookie (a port's backlog was full).
+    pub syn_cookies_sent: u64,
+    /// Connections that came in through a cookie.
+    pub syn_cookies_accepted: u64,
+    /// SYNs refused: `max_connections` reached.
+    pub drop_syn_max_connections: u64,
+    /// Packets dropped because nobody knew where to send them.
+    pub drop_no_next_hop: u64,
+}
+
 /// The control shard: ICMP, UDP echo, resets for strays.
 const CONTROL: u32 = 0;
 
@@ -111,6 +127,16 @@ struct Listener {
     index: usize,
     /// Half-open connections (listening or SYN-RECEIVED sockets).
     half_open: usize,
+}
+
+/// What becomes of a SYN of a new flow.
+enum Open {
+    /// A listening socket waits for it in this shard.
+    Shard(u32),
+    /// The backlog is full: answer with a cookie.
+    Cookie,
+    /// Not served (no such port, `max_connections`, stopping): reset.
+    Refused,
 }
 
 /// A socket between SYN and established.
@@ -172,8 +198,9 @@ pub struct NetStack {
     udp_echo: Option<SocketHandle>,
     /// One datagram being echoed.
     datagram: Vec<u8>,
-    /// Packets whose next hop was unknown (dropped).
-    no_next_hop: u64,
+    cookies: SynCookies,
+    /// Counters, read with the worker's status.
+    pub counters: NetCounters,
     verify_checksums: bool,
     epoch: StdInstant,
     cfg: NetConfig,
@@ -204,7 +231,8 @@ impl NetStack {
             next_conn: 1,
             udp_echo: None,
             datagram: vec![0; 65_536],
-            no_next_hop: 0,
+            cookies: SynCookies::new(now),
+            counters: NetCounters::default(),
             verify_checksums: device.verify_checksums,
             epoch: now,
             cfg: NetConfig { shard_size: cfg.shard_size.max(1), ..cfg },
@@ -326,11 +354,6 @@ impl NetStack {
         self.shards.len()
     }
 
-    /// Packets dropped because nobody knew where to send them.
-    pub fn dropped_no_next_hop(&self) -> u64 {
-        self.no_next_hop
-    }
-
     /// Closed connections not yet gone (delivering what was queued before
     /// their close, or waiting for the peer's FIN).
     pub fn closing(&self) -> usize {
@@ -351,8 +374,9 @@ impl NetStack {
     /// [`ClientTransport::close`] for the core's client outputs in between,
     /// then `poll` again to send.
     pub fn poll(&mut self, now: StdInstant, device: &mut FrameQueue, core: &mut Gateway) {
+        let ts = self.at(now);
         while let Some(frame) = device.rx.pop_front() {
-            self.ingress(&frame, device);
+            self.ingress(&frame, device, now, ts);
             device.recycle(frame);
         }
         for id in 0..self.shards.len() {
@@ -360,7 +384,6 @@ impl NetStack {
                 self.mark(id as u32);
             }
         }
-        let ts = self.at(now);
         while let Some(id) = self.work.pop() {
             self.shards[id as usize].dirty = false;
             self.poll_shard(id, now, ts, device, core);
@@ -368,22 +391,30 @@ impl NetStack {
     }
 
     /// Sends a received frame to the shard that owns its flow.
-    fn ingress(&mut self, frame: &[u8], device: &mut FrameQueue) {
+    fn ingress(&mut self, frame: &[u8], device: &mut FrameQueue, now: StdInstant, ts: NetInstant) {
         let (next_hop, packet) = match self.link.receive(frame, device) {
             Received::Packet(next_hop, packet) => (next_hop, packet),
             Received::Answered | Received::Dropped => return,
         };
-        let shard = match flows::segment(packet, true) {
+        let (shard, offset) = match flows::segment(packet, true) {
             Some(seg) => match self.flows.get_mut(&seg.key) {
                 Some(flow) => {
                     flow.next_hop = next_hop;
-                    flow.shard
+                    (flow.shard, flow.seq_offset)
                 }
-                None => match seg.opens.then(|| self.open_for(seg.key, next_hop)).flatten() {
-                    Some(shard) => shard,
+                None if seg.opens => match self.open_for(seg.key, next_hop) {
+                    Open::Shard(shard) => (shard, 0),
+                    Open::Cookie => return self.send_cookie(seg.key, packet, next_hop, device, now),
+                    Open::Refused => {
+                        self.link.heard(seg.key.remote.0, next_hop);
+                        (CONTROL, 0)
+                    }
+                },
+                None => match self.cookie_ack(seg.key, packet, next_hop, now, ts) {
+                    Some(established) => established,
                     None => {
                         self.link.heard(seg.key.remote.0, next_hop);
-                        CONTROL
+                        (CONTROL, 0)
                     }
                 },
             },
@@ -391,23 +422,41 @@ impl NetStack {
                 if let Some((src, _)) = ends(packet) {
                     self.link.heard(src, next_hop);
                 }
-                CONTROL
+                (CONTROL, 0)
             }
         };
         let s = &mut self.shards[shard as usize];
         s.dev.push_rx(packet);
+        if offset != 0 {
+            // A cookie connection: the player acknowledges the cookie's
+            // numbers, smoltcp knows its own.
+            if let Some(p) = s.dev.rx.back_mut() {
+                cookies::shift(p, 0, offset);
+            }
+        }
         self.mark(shard);
     }
 
-    /// A listening socket for a SYN of a new flow, within the port's backlog
-    /// and `max_connections`; the shard it is in.
-    fn open_for(&mut self, key: FlowKey, next_hop: EthernetAddress) -> Option<u32> {
-        let listener = self.listeners.iter().position(|l| l.port == key.local.1)?;
-        if self.listeners[listener].half_open >= self.cfg.backlog
-            || self.conns.len() + self.listening() >= self.cfg.max_connections
-        {
-            return None;
+    /// Opens a listening socket for a SYN of a new flow, within the port's
+    /// backlog and `max_connections`.
+    fn open_for(&mut self, key: FlowKey, next_hop: EthernetAddress) -> Open {
+        let Some(listener) = self.listeners.iter().position(|l| l.port == key.local.1) else { return Open::Refused };
+        if self.conns.len() + self.listening() >= self.cfg.max_connections {
+            self.counters.drop_syn_max_connections += 1;
+            return Open::Refused;
         }
+        if self.listeners[listener].half_open >= self.cfg.backlog {
+            // Full: a stateless answer, unless the gateway is stopping.
+            return if self.cfg.backlog == 0 { Open::Refused } else { Open::Cookie };
+        }
+        match self.add_socket(key, listener, next_hop, 0) {
+            Some(shard) => Open::Shard(shard),
+            None => Open::Refused,
+        }
+    }
+
+    /// A TCP socket listening for `key` in a shard with room.
+    fn add_socket(&mut self, key: FlowKey, listener: usize, next_hop: EthernetAddress, seq_offset: u32) -> Option<u32> {
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
             tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
@@ -422,8 +471,63 @@ impl NetStack {
         s.tcp += 1;
         s.half_open.push(HalfOpen { handle, listener, key });
         self.listeners[listener].half_open += 1;
-        self.flows.insert(key, Flow { shard, next_hop });
+        self.flows.insert(key, Flow { shard, next_hop, seq_offset });
         Some(shard)
+    }
+
+    /// Answers a SYN with a cookie: no state.
+    fn send_cookie(
+        &mut self,
+        key: FlowKey,
+        packet: &[u8],
+        next_hop: EthernetAddress,
+        device: &mut FrameQueue,
+        now: StdInstant,
+    ) {
+        let Some((client_isn, mss)) = cookies::syn_options(packet) else { return };
+        let (cookie, mss) = self.cookies.make(&key, client_isn, mss, now);
+        let window = self.cfg.rx_buffer.min(usize::from(u16::MAX)) as u16;
+        self.link.send(&cookies::syn_ack(&key, cookie, client_isn, mss, window), next_hop, device);
+        self.counters.syn_cookies_sent += 1;
+    }
+
+    /// An ACK of no known flow that carries a valid cookie becomes a
+    /// connection: smoltcp is handed the player's SYN, its SYN-ACK is taken
+    /// away, and the flow's numbers are shifted from then on. Returns the
+    /// shard and the shift.
+    fn cookie_ack(
+        &mut self,
+        key: FlowKey,
+        packet: &[u8],
+        next_hop: EthernetAddress,
+        now: StdInstant,
+        ts: NetInstant,
+    ) -> Option<(u32, u32)> {
+        let listener = self.listeners.iter().position(|l| l.port == key.local.1)?;
+        if self.cfg.backlog == 0 || self.conns.len() + self.listening() >= self.cfg.max_connections {
+            return None;
+        }
+        let (seq, ack, window) = cookies::completing_ack(packet)?;
+        let accepted = self.cookies.check(&key, seq, ack, now)?;
+        let shard = self.add_socket(key, listener, next_hop, 0)?;
+        let s = &mut self.shards[shard as usize];
+        s.dev.push_rx(&cookies::syn(&key, accepted.client_isn, accepted.mss, window));
+        s.iface.poll(ts, &mut s.dev, &mut s.sockets);
+        let syn_ack = s.dev.tx.iter().position(|p| {
+            flows::segment(p, false).is_some_and(|seg| seg.key == key) && cookies::syn_ack_isn(p).is_some()
+        });
+        let Some(isn) = syn_ack.and_then(|i| s.dev.tx.remove(i)).and_then(|p| cookies::syn_ack_isn(&p)) else {
+            // smoltcp did not take the SYN: the socket is dropped on the
+            // shard's next poll (still listening).
+            self.mark(shard);
+            return None;
+        };
+        let offset = accepted.cookie.wrapping_sub(isn);
+        if let Some(flow) = self.flows.get_mut(&key) {
+            flow.seq_offset = offset;
+        }
+        self.counters.syn_cookies_accepted += 1;
+        Some((shard, offset))
     }
 
     /// Runs one shard: its packets through smoltcp, its sockets' news to
@@ -449,16 +553,22 @@ impl NetStack {
     /// The shard's IP packets out, each to its next hop.
     fn egress(&mut self, id: u32, device: &mut FrameQueue) {
         let s = &mut self.shards[id as usize];
-        while let Some(packet) = s.dev.tx.pop_front() {
+        while let Some(mut packet) = s.dev.tx.pop_front() {
             let next_hop = match flows::segment(&packet, false) {
-                Some(seg) => {
-                    self.flows.get(&seg.key).map(|f| f.next_hop).or_else(|| self.link.next_hop(seg.key.remote.0))
-                }
+                Some(seg) => match self.flows.get(&seg.key) {
+                    Some(flow) => {
+                        if flow.seq_offset != 0 {
+                            cookies::shift(&mut packet, flow.seq_offset, 0);
+                        }
+                        Some(flow.next_hop)
+                    }
+                    None => self.link.next_hop(seg.key.remote.0),
+                },
                 None => ends(&packet).and_then(|(_, d)| self.link.next_hop(d)),
             };
             match next_hop {
                 Some(mac) => self.link.send(&packet, mac, device),
-                None => self.no_next_hop += 1,
+                None => self.counters.drop_no_next_hop += 1,
             }
             s.dev.recycle(packet);
         }
@@ -659,7 +769,7 @@ impl ClientTransport for NetStack {
 }
 
 /// The source and destination addresses of an IP packet.
-fn ends(packet: &[u8]) -> Option<(IpAddress, IpAddress)> {
+pub(crate) fn ends(packet: &[u8]) -> Option<(IpAddress, IpAddress)> {
     match packet.first()? >> 4 {
         4 => Ipv4Packet::new_checked(packet).ok().map(|p| (p.src_addr().into(), p.dst_addr().into())),
         6 => Ipv6Packet::new_checked(packet).ok().map(|p| (p.src_addr().into(), p.dst_addr().into())),

@@ -327,28 +327,46 @@ fn spoofed_syn(src: Ipv4Address, port: u16) -> Vec<u8> {
 }
 
 #[test]
-fn half_open_connections_from_a_syn_flood_expire_and_free_the_backlog() {
+fn a_syn_flood_fills_only_the_backlog_and_players_get_in_through_cookies() {
     let mut w = Wire::new(NetConfig { backlog: 4, ..NetConfig::default() });
-    // Twenty spoofed SYNs: four take the whole backlog, the rest are refused.
+    // Twenty spoofed SYNs: four take the whole backlog, the rest get a
+    // cookie and cost nothing.
     for i in 0..20u8 {
         w.gw_dev.push_rx(&spoofed_syn(Ipv4Address::new(10, 77, 0, 100 + i), 50_000));
     }
     w.step();
     assert_eq!(w.stack.listening(), 4, "the backlog bounds what a flood holds");
-    let stuck = w.connect(42_000);
-    for _ in 0..200 {
-        w.step();
+    assert_eq!(w.stack.counters.syn_cookies_sent, 16);
+    // A player arriving now gets in through a cookie, and its connection
+    // works both ways with the sequence numbers shifted: a login, and more
+    // data than one window each way.
+    let h = w.connect(42_000);
+    w.run_until(|w| w.sock(h).state() == tcp::State::Established);
+    w.run_until(|w| w.core.connection_count() == 1);
+    assert_eq!(w.stack.counters.syn_cookies_accepted, 1);
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login_frame("cookie")));
+    let mut buf = Vec::new();
+    assert_eq!(w.recv(h, &mut buf).cmd, cmd::LOGIN);
+    for round in 0..20u32 {
+        let mut batch = Vec::new();
+        for seq in 0..20 {
+            let payload = vec![round as u8; 200];
+            Codec::Protobuf.encode(&Envelope::new(cmd::HEARTBEAT, 100 + round * 20 + seq, 0, &payload), &mut batch);
+        }
+        assert_eq!(w.sock(h).send_slice(&batch).unwrap(), batch.len());
+        for seq in 0..20 {
+            assert_eq!(w.recv(h, &mut buf).seq, 100 + round * 20 + seq);
+        }
     }
-    assert_ne!(w.sock(stuck).state(), tcp::State::Established, "no listening socket was free");
-    // Past the handshake timeout the half-open sockets listen again, and a
-    // real player gets in.
+    // Past the handshake timeout the spoofed half-open sockets are gone.
     for _ in 0..5_100 {
         w.step();
     }
-    let h = w.connect(42_001);
-    w.run_until(|w| w.sock(h).state() == tcp::State::Established);
-    w.run_until(|w| w.core.connection_count() == 1);
-    assert!(w.stack.listening() <= 4);
+    assert_eq!(w.stack.listening(), 0);
+    let h2 = w.connect(42_001);
+    w.run_until(|w| w.sock(h2).state() == tcp::State::Established);
+    w.run_until(|w| w.core.connection_count() == 2);
+    assert_eq!(w.stack.counters.syn_cookies_accepted, 1, "a free backlog needs no cookie");
 }
 
 #[test]
