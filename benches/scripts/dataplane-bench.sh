@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The dataplanes side by side on the veth harness (root; ./scripts/setup.sh
-# first). Same players (the load driver in the players' namespace: CLIENTS
-# connections, closed loop, 64-byte payloads), same machine, one run each:
+# first), players behind the harness's router from 2 000 addresses. Same
+# players (the load driver in the players' namespace: for each count in
+# CLIENTS, that many connections, closed loop, 64-byte payloads), same
+# machine, one run each:
 #
 #   tcp afxdp    gateway on AF_XDP, TCP in userspace → sample game server (ECHO)
 #   tcp kernel   gateway on kernel sockets (epoll)   → sample game server (ECHO)
@@ -16,11 +18,12 @@
 # messages per CPU second of both.
 #
 # Everything it starts is removed on exit. DURATION (s, default 6) and
-# CLIENTS (default 50) can be set from the environment.
+# CLIENTS (default "50 1000 10000") can be set from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-6}"
-CLIENTS="${CLIENTS:-50}"
+CLIENTS="${CLIENTS:-50 1000 10000}"
+SOURCES=2000
 command -v haproxy >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
 cargo build --release --quiet --features portcullis-dataplane/afxdp,portcullis-dataplane/dpdk -p portcullis-dataplane -p portcullis-benches \
@@ -28,7 +31,7 @@ cargo build --release --quiet --features portcullis-dataplane/afxdp,portcullis-d
 bin=$PWD/target/release
 pin=/sys/fs/bpf/portcullis-bench-$$
 tmp=$(mktemp -d)
-h=$("$bin/portcullis-harness" up --owner-pid $$)
+h=$("$bin/portcullis-harness" up --owner-pid $$ --routed --sources "$SOURCES")
 gw="$h-g"; players="$h-p"
 cleanup() {
     kill $(jobs -p) 2>/dev/null || true
@@ -71,8 +74,8 @@ measure() {
     local name=$1 pid=$2; shift 2
     local before machine_before out after machine_after
     before=$(cpu_of "$pid"); machine_before=$(machine_busy)
-    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$CLIENTS" --duration "$DURATION" --warmup 0 "$@" \
-        2>/dev/null) || { echo "$name: the load driver failed: $out" >&2; return 1; }
+    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$clients" --duration "$DURATION" --warmup 0 \
+        --harness-sources "$SOURCES" "$@" 2>/dev/null) || { echo "$name: the load driver failed: $out" >&2; return 1; }
     after=$(cpu_of "$pid"); machine_after=$(machine_busy)
     echo "$out" | awk -v n="$name" -v d="$DURATION" -v c="$((after - before))" -v m="$((machine_after - machine_before))" \
         -v hz="$hz" '{
@@ -86,15 +89,20 @@ measure() {
                 n, rate, p50, p99, c / hz, msgs / (c / hz), m / hz, msgs / (m / hz) }'
 }
 
-echo "== $CLIENTS players, closed loop, 64-byte messages, $DURATION s each, one dataplane worker"
+for clients in $CLIENTS; do
+echo "== $clients players from $SOURCES addresses behind a router, closed loop, 64-byte messages, $DURATION s each, one dataplane worker"
 for io in afxdp kernel dpdk; do
     # DPDK's net_af_xdp driver attaches an XDP program of its own.
-    [ "$io" = dpdk ] && "$bin/portcullisctl" filter --pin-dir "$pin" detach --iface veth-g --netns "$gw" >/dev/null
+    if [ "$io" = dpdk ]; then
+        "$bin/portcullisctl" filter --pin-dir "$pin" detach --iface veth-g --netns "$gw" >/dev/null
+    else
+        "$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+    fi
     "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
     gateway=$!
     sleep 1
     measure "tcp $io" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me
-    measure "udp $io" "$gateway" --scenario udp-echo --gateway 10.77.0.1:7100
+    [ "$clients" -le 1000 ] && measure "udp $io" "$gateway" --scenario udp-echo --gateway 10.77.0.1:7100
     kill -TERM "$gateway"
     wait "$gateway" 2>/dev/null || true
 done
@@ -102,3 +110,6 @@ ip netns exec "$gw" haproxy -f "$tmp/haproxy.cfg" -db >/dev/null 2>&1 &
 proxy=$!
 sleep 1
 measure "tcp haproxy" "$proxy" --scenario raw-echo --gateway 10.77.0.1:7000
+kill "$proxy"
+wait "$proxy" 2>/dev/null || true
+done

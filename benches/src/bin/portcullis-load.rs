@@ -77,6 +77,31 @@ struct Args {
     /// Address the echo server listens on (serve-echo; TCP and UDP).
     #[arg(long, default_value = "127.0.0.1:9100")]
     listen: SocketAddr,
+    /// Open client i from the routed veth harness's player address i mod N
+    /// (10.88.1.1, 10.88.1.2, …: `portcullis-harness up --routed --sources N`),
+    /// so that players arrive from many addresses through the router.
+    #[arg(long, default_value_t = 0)]
+    harness_sources: u32,
+}
+
+impl Args {
+    /// The source address of client `i`, if clients bind one.
+    fn source(&self, i: usize) -> Option<std::net::IpAddr> {
+        (self.harness_sources > 0)
+            .then(|| portcullis_harness::routed_v4((i % self.harness_sources as usize) as u32).into())
+    }
+}
+
+/// A connector that opens its socket from `source`.
+fn connector_from(source: std::net::IpAddr) -> portcullis_client::Connector {
+    std::sync::Arc::new(move |addr: SocketAddr| {
+        Box::pin(async move {
+            let socket =
+                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.bind(SocketAddr::new(source, 0))?;
+            socket.connect(addr).await
+        })
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,7 +185,16 @@ async fn connect_all(
 ) -> anyhow::Result<Vec<(Client, tokio::sync::mpsc::Receiver<Event>)>> {
     let mut clients = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let (c, events) = Client::connect(addr).await.with_context(|| format!("connecting client {i} to {addr}"))?;
+        let connected = match args.source(i) {
+            Some(source) => {
+                Client::connect_via(addr, Codec::Protobuf, Duration::from_secs(10), connector_from(source)).await
+            }
+            None => Client::connect(addr).await,
+        };
+        let (c, events) = connected.with_context(|| format!("connecting client {i} to {addr}"))?;
+        if (i + 1) % 2_000 == 0 {
+            eprintln!("  {} clients logged in", i + 1);
+        }
         c.login(&token(&args.secret, &format!("{prefix}{i}"))).await.with_context(|| format!("login of client {i}"))?;
         clients.push((c, events));
     }
@@ -217,7 +251,11 @@ async fn raw_echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     Codec::Protobuf.encode(&Envelope::new(ECHO, 1, 0, &payload), &mut frame);
     let mut loops = Vec::new();
     for i in 0..args.clients {
-        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting {i} to {addr}"))?;
+        let stream = match args.source(i) {
+            Some(source) => connector_from(source)(addr).await,
+            None => tokio::net::TcpStream::connect(addr).await,
+        }
+        .with_context(|| format!("connecting {i} to {addr}"))?;
         stream.set_nodelay(true)?;
         let stream = Arc::new(tokio::sync::Mutex::new(stream));
         let frame = Arc::new(frame.clone());
@@ -542,8 +580,11 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
     let started = Instant::now();
     for i in 0..n {
         // 127.0.0.x: a new source address every 20 000 connections, so the
-        // ephemeral ports of one address do not run out.
-        let source = SocketAddr::from(([127, 0, 0, 1 + (i / 20_000) as u8], 0));
+        // ephemeral ports of one address do not run out (or the harness's).
+        let source = SocketAddr::new(
+            args.source(i).unwrap_or(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8).into()),
+            0,
+        );
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         socket.bind(&source.into())?;
         socket.connect(&addr.into()).with_context(|| format!("connection {i} from {source} (open-files limit?)"))?;

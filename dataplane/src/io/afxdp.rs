@@ -18,7 +18,7 @@ use std::io::{self, Write as _};
 use std::num::NonZeroU32;
 use std::os::fd::{AsRawFd, RawFd};
 
-use xsk_rs::config::{BindFlags, Interface, LibxdpFlags, SocketConfig, UmemConfig};
+use xsk_rs::config::{BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig};
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
 use super::bypass::{BypassIo, Rings};
@@ -29,6 +29,10 @@ use portcullis_xdp::Filter;
 
 /// Frames moved per ring operation.
 const BATCH: usize = 64;
+
+/// Bytes per UMEM frame: a 1 514-byte Ethernet frame after the kernel's
+/// 256 bytes of XDP headroom.
+const FRAME_SIZE: u32 = 2048;
 
 /// How the socket was bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +104,18 @@ impl AfXdpRings {
     /// gateway ports.
     pub fn open(config: &Config, x: &AfXdpConfig, queue: u32) -> io::Result<BypassIo<AfXdpRings>> {
         let frames = NonZeroU32::new(x.frames).ok_or_else(|| other("afxdp.frames", "must not be 0"))?;
-        let (umem, mut descs) =
-            Umem::new(UmemConfig::default(), frames, false).map_err(|e| other("creating the UMEM", e))?;
+        // Half the frames wait in the fill ring, half serve transmit; every
+        // ring holds as many as it may ever be handed, so that a burst of a
+        // whole fill ring's worth (thousands of players answering at once)
+        // is taken, not dropped.
+        let ring = QueueSize::new(x.frames / 2).map_err(|e| other("afxdp.frames", e))?;
+        let umem_config = UmemConfig::builder()
+            .frame_size(FrameSize::new(FRAME_SIZE).map_err(|e| other("UMEM frame size", e))?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| other("UMEM config", e))?;
+        let (umem, mut descs) = Umem::new(umem_config, frames, false).map_err(|e| other("creating the UMEM", e))?;
         let iface: Interface =
             CString::new(x.interface.clone()).map(Interface::new).map_err(|e| other("afxdp.interface", e))?;
         let mut mode = XskMode::ZeroCopy;
@@ -110,6 +124,8 @@ impl AfXdpRings {
             let cfg = SocketConfig::builder()
                 .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
                 .bind_flags(flags)
+                .rx_queue_size(ring)
+                .tx_queue_size(ring)
                 .build();
             // SAFETY: the UMEM outlives the socket (both owned by this value).
             if let Ok(s) = unsafe { xsk_rs::Socket::new(cfg, &umem, &iface, queue) } {

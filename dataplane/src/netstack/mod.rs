@@ -403,7 +403,16 @@ impl NetStack {
                     (flow.shard, flow.seq_offset)
                 }
                 None if seg.opens => match self.open_for(seg.key, next_hop) {
-                    Open::Shard(shard) => (shard, 0),
+                    Open::Shard(shard) => {
+                        // smoltcp gives a SYN to the first listening socket of
+                        // its port: the new socket takes this one now, before
+                        // another SYN can land in the same shard.
+                        let s = &mut self.shards[shard as usize];
+                        s.dev.push_rx(packet);
+                        s.iface.poll(ts, &mut s.dev, &mut s.sockets);
+                        self.mark(shard);
+                        return;
+                    }
                     Open::Cookie => return self.send_cookie(seg.key, packet, next_hop, device, now),
                     Open::Refused => {
                         self.link.heard(seg.key.remote.0, next_hop);
@@ -598,6 +607,11 @@ impl NetStack {
                     // Connected: the core's heartbeat decides when a quiet
                     // player is gone, not the handshake timeout.
                     socket.set_timeout(None);
+                    debug_assert_eq!(
+                        socket.remote_endpoint().map(|e| (e.addr, e.port)),
+                        Some(key.remote),
+                        "a socket holds the flow it was opened for"
+                    );
                     s.half_open.swap_remove(i);
                     let conn = ConnId::new(Transport::UserTcp, self.next_conn);
                     self.next_conn += 1;

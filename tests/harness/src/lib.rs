@@ -15,14 +15,19 @@
 //!
 //! ```text
 //!  <name>-p (players)                  <name>-r (router)                        <name>-g (gateway side)
-//!  veth-p 10.88.0.2/16 + N sources ⇄ veth-rp 10.88.0.1/16  veth-rg 10.77.0.2/24 ⇄ veth-g 10.77.0.1/24
+//!  veth-p 10.88.0.2/24 + N sources ⇄ veth-rp 10.88.0.1/24  veth-rg 10.77.0.2/24 ⇄ veth-g 10.77.0.1/24
 //!         fd88::2/64 + N sources           fd88::1/64             fd77::2/64           fd77::1/64
 //!  default via the router                  forwarding, rp_filter off                   default via the router
+//!                                          10.88.0.0/16, fd88:0:0:1::/64 via the players' side
 //! ```
 //!
 //! The N extra sources of a routed harness are 10.88.1.1, 10.88.1.2, … and
-//! fd88::1:1, fd88::1:2, … (thousands are fine: they are added in one
-//! `ip -batch`).
+//! fd88:0:0:1::1, fd88:0:0:1::2, … — one address each on the players' veth,
+//! routed by the router through the players' side as one network behind
+//! another router, as on the internet: however many there are, the router
+//! needs one neighbour entry for them (the kernel's neighbour tables hold
+//! 1 024 entries for all namespaces together). Thousands are fine: they are
+//! added in one `ip -batch`.
 //!
 //! Every address lives inside these namespaces; nothing is routed to the
 //! host. Code runs inside a namespace through [`Harness::in_ns`] (a thread
@@ -280,7 +285,7 @@ impl Harness {
                 let router = [
                     format!("addr add {ROUTER_V4}/24 dev {ROUTER_GATEWAY_IFACE}"),
                     format!("addr add {ROUTER_V6}/64 dev {ROUTER_GATEWAY_IFACE} nodad"),
-                    format!("addr add 10.88.0.1/16 dev {ROUTER_PLAYERS_IFACE}"),
+                    format!("addr add 10.88.0.1/24 dev {ROUTER_PLAYERS_IFACE}"),
                     format!("addr add fd88::1/64 dev {ROUTER_PLAYERS_IFACE} nodad"),
                 ]
                 .join("\n");
@@ -297,10 +302,10 @@ impl Harness {
                     sysctl(&r, key, value)?;
                 }
                 let mut players = format!(
-                    "addr add {ROUTED_PLAYER_V4}/16 dev {PLAYER_IFACE}\naddr add {ROUTED_PLAYER_V6}/64 dev {PLAYER_IFACE} nodad\n"
+                    "addr add {ROUTED_PLAYER_V4}/24 dev {PLAYER_IFACE}\naddr add {ROUTED_PLAYER_V6}/64 dev {PLAYER_IFACE} nodad\n"
                 );
                 for source in &self.sources {
-                    let (prefix, flags) = if source.is_ipv4() { (16, "") } else { (64, " nodad") };
+                    let (prefix, flags) = if source.is_ipv4() { (32, "") } else { (128, " nodad") };
                     players.push_str(&format!("addr add {source}/{prefix} dev {PLAYER_IFACE}{flags}\n"));
                 }
                 ip_batch(&p, &players)?;
@@ -324,6 +329,9 @@ impl Harness {
             ip(&["-n", &p, "-6", "route", "add", "default", "via", "fd88::1"])?;
             ip(&["-n", &g, "route", "add", "default", "via", &ROUTER_V4.to_string()])?;
             ip(&["-n", &g, "-6", "route", "add", "default", "via", &ROUTER_V6.to_string()])?;
+            let r = self.router.as_deref().expect("routed");
+            ip(&["-n", r, "route", "add", "10.88.0.0/16", "via", &ROUTED_PLAYER_V4.to_string()])?;
+            ip(&["-n", r, "-6", "route", "add", "fd88:0:0:1::/64", "via", &ROUTED_PLAYER_V6.to_string()])?;
         }
         self.gateway_mac = mac(&g, GATEWAY_IFACE)?;
         self.player_mac = mac(&p, PLAYER_IFACE)?;
@@ -408,9 +416,9 @@ pub fn routed_v4(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 88, (1 + i / 250) as u8, (1 + i % 250) as u8)
 }
 
-/// The `i`-th extra IPv6 source of a routed harness: fd88::1:1, fd88::1:2, …
+/// The `i`-th extra IPv6 source of a routed harness: fd88:0:0:1::1, fd88:0:0:1::2, …
 pub fn routed_v6(i: u32) -> Ipv6Addr {
-    Ipv6Addr::new(0xfd88, 0, 0, 0, 0, 0, 1, (i + 1) as u16)
+    Ipv6Addr::new(0xfd88, 0, 0, 1, 0, 0, (i >> 16) as u16, (i + 1) as u16)
 }
 
 /// Runs `ip -n <ns> -batch -` over `commands` (one per line): thousands of

@@ -254,7 +254,8 @@ pub struct AfXdpConfig {
     /// Pin directory of the XDP filter, whose socket map gets our sockets.
     #[serde(default = "default_pin_dir")]
     pub pin_dir: String,
-    /// UMEM frames per queue (half receive, half transmit).
+    /// UMEM frames of 2 KiB per queue (half receive, half transmit; the
+    /// rings hold as many).
     #[serde(default = "default_frames")]
     pub frames: u32,
 }
@@ -303,7 +304,7 @@ fn default_pin_dir() -> String {
 }
 
 fn default_frames() -> u32 {
-    4096
+    8192
 }
 
 /// One client listener.

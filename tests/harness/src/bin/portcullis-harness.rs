@@ -24,7 +24,7 @@ enum Cmd {
         #[arg(long)]
         owner_pid: Option<u32>,
         /// Put the players behind a router namespace, on subnets of their
-        /// own (10.88.0.0/16, fd88::/64), as in the field.
+        /// own (10.88.0.0/16, fd88::/48), as in the field.
         #[arg(long)]
         routed: bool,
         /// Extra player source addresses per family on a routed harness.
