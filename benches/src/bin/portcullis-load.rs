@@ -82,13 +82,21 @@ struct Args {
     /// so that players arrive from many addresses through the router.
     #[arg(long, default_value_t = 0)]
     harness_sources: u32,
+    /// Number of the first client (user ids and sources), so that several
+    /// load drivers together hold more connections than one process may open.
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    /// Idle scenario: once every session is logged in, print `ready N` and
+    /// keep the connections open this many seconds.
+    #[arg(long, default_value_t = 0)]
+    hold: u64,
 }
 
 impl Args {
     /// The source address of client `i`, if clients bind one.
     fn source(&self, i: usize) -> Option<std::net::IpAddr> {
         (self.harness_sources > 0)
-            .then(|| portcullis_harness::routed_v4((i % self.harness_sources as usize) as u32).into())
+            .then(|| portcullis_harness::routed_v4(((self.first + i) % self.harness_sources as usize) as u32).into())
     }
 }
 
@@ -589,7 +597,7 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
         socket.bind(&source.into())?;
         socket.connect(&addr.into()).with_context(|| format!("connection {i} from {source} (open-files limit?)"))?;
         let mut stream: std::net::TcpStream = socket.into();
-        stream.write_all(&login_frame(&args.secret, &format!("idle-{i}")))?;
+        stream.write_all(&login_frame(&args.secret, &format!("idle-{}", args.first + i)))?;
         socks.push(stream);
         if (i + 1) % 5_000 == 0 {
             eprintln!("  {} sessions connected ({:.1} s)", i + 1, started.elapsed().as_secs_f64());
@@ -607,6 +615,12 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
         }
         let env = Codec::Protobuf.decode(&buf[4..got]).map_err(|e| anyhow::anyhow!("{e}"))?;
         anyhow::ensure!(env.cmd == cmd::LOGIN, "session {i} got command {} instead of a LOGIN answer", env.cmd);
+    }
+    if args.hold > 0 {
+        println!("ready {n}");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::thread::sleep(Duration::from_secs(args.hold));
+        return Ok(());
     }
     std::thread::sleep(Duration::from_secs(1));
     report_idle(n, &format!("gateway process {pid}"), before, rss(&pid)?);

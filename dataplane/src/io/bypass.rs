@@ -74,7 +74,16 @@ impl<R: Rings> BypassIo<R> {
         let mut dev = FrameQueue::default();
         // Frames from a local kernel (veth, virtio) carry partial checksums.
         dev.verify_checksums = false;
-        let net = NetConfig { udp_echo: config.gateway.udp_echo.map(|a| a.port()), ..NetConfig::default() };
+        let u = &config.userspace_tcp;
+        let net = NetConfig {
+            udp_echo: config.gateway.udp_echo.map(|a| a.port()),
+            rx_buffer: u.rx_buffer_bytes,
+            tx_buffer: u.tx_buffer_bytes,
+            backlog: u.backlog,
+            shard_size: u.shard_size,
+            max_connections: config.limits.max_connections,
+            ..NetConfig::default()
+        };
         let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
         Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
     }

@@ -60,6 +60,9 @@ pub struct Config {
     /// Game-server links: timeouts, health checks, reconnects.
     #[serde(default)]
     pub backends: BackendsConfig,
+    /// The userspace TCP stack of the kernel-bypass backends.
+    #[serde(default)]
+    pub userspace_tcp: UserspaceTcpConfig,
     /// The AF_XDP backend (`--io afxdp`).
     pub afxdp: Option<AfXdpConfig>,
     /// The DPDK backend (`--io dpdk`).
@@ -236,6 +239,28 @@ impl Default for BackendsConfig {
             reconnect_max_ms: 5_000,
             max_outbound_bytes: 64 << 20,
         }
+    }
+}
+
+/// The userspace TCP stack of the AF_XDP and DPDK backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserspaceTcpConfig {
+    /// Receive buffer per connection (the window players see), bytes.
+    pub rx_buffer_bytes: usize,
+    /// Send buffer per connection, bytes; output beyond it waits in the
+    /// gateway's per-connection buffer, which grows on demand.
+    pub tx_buffer_bytes: usize,
+    /// Half-open connections per port; SYNs beyond get SYN cookies.
+    pub backlog: usize,
+    /// TCP sockets per shard: the most sockets one packet makes the stack
+    /// walk, whatever the number of connections.
+    pub shard_size: usize,
+}
+
+impl Default for UserspaceTcpConfig {
+    fn default() -> Self {
+        UserspaceTcpConfig { rx_buffer_bytes: 4096, tx_buffer_bytes: 4096, backlog: 64, shard_size: 32 }
     }
 }
 
@@ -572,6 +597,17 @@ impl Config {
             if *timeout_ms == 0 {
                 return Err(invalid("auth.timeout_ms", "must be greater than zero"));
             }
+        }
+        let u = &self.userspace_tcp;
+        for (key, value) in
+            [("userspace_tcp.rx_buffer_bytes", u.rx_buffer_bytes), ("userspace_tcp.tx_buffer_bytes", u.tx_buffer_bytes)]
+        {
+            if !(256..=1 << 20).contains(&value) {
+                return Err(invalid(key, "256 bytes to 1 MiB"));
+            }
+        }
+        if u.backlog == 0 || u.shard_size == 0 || u.shard_size > 4096 {
+            return Err(invalid("userspace_tcp", "backlog at least 1, shard_size 1..=4096"));
         }
         if let Some(x) = &self.afxdp {
             if x.queues.is_empty() || x.addresses.is_empty() || x.interface.is_empty() {
