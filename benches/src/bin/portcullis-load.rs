@@ -90,6 +90,12 @@ struct Args {
     /// keep the connections open this many seconds.
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Open loop (echo, raw-echo): this many messages per second in all,
+    /// spread evenly over the clients, each latency counted from when its
+    /// message was due (so a stall delays the figures, not the load);
+    /// 0: closed loop.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 impl Args {
@@ -342,12 +348,26 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let n_loops = loops.len();
     for round_trip in loops {
         let (measuring, stop, errors) = (measuring.clone(), stop.clone(), errors.clone());
+        // Open loop: this loop's messages are due every `interval`, its
+        // first at a phase of its own.
+        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(n_loops as f64 / args.rate as f64));
+        let phase = interval.map(|i| i.mul_f64(tasks.len() as f64 / n_loops as f64));
         tasks.push(tokio::spawn(async move {
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+            let mut due = Instant::now() + phase.unwrap_or_default();
             while !stop.load(Ordering::Relaxed) {
-                let t = Instant::now();
+                let t = match interval {
+                    Some(interval) => {
+                        tokio::time::sleep_until(due.into()).await;
+                        let t = due;
+                        due += interval;
+                        t
+                    }
+                    None => Instant::now(),
+                };
                 if round_trip().await {
                     if measuring.load(Ordering::Relaxed) {
                         h.saturating_record(t.elapsed().as_micros() as u64);
@@ -375,8 +395,9 @@ where
     }
     eprintln!();
     let errors = errors.load(Ordering::Relaxed);
+    let mode = if args.rate > 0 { format!(" open loop at {} msg/s", args.rate) } else { String::new() };
     println!(
-        "{label}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {errors} failed)",
+        "{label}{mode}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {errors} failed)",
         total.len() as f64 / elapsed.as_secs_f64(),
         total.value_at_quantile(0.50),
         total.value_at_quantile(0.99),
