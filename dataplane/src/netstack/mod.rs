@@ -194,6 +194,8 @@ pub struct NetStack {
     listeners: Vec<Listener>,
     /// Shards to poll this round.
     work: Vec<u32>,
+    /// The earliest timer of any shard, as of the last poll.
+    next_due: Option<StdInstant>,
     next_conn: u64,
     udp_echo: Option<SocketHandle>,
     /// One datagram being echoed.
@@ -228,6 +230,7 @@ impl NetStack {
             conns: FxHashMap::default(),
             listeners: ports.iter().map(|&(port, index)| Listener { port, index, half_open: 0 }).collect(),
             work: Vec::new(),
+            next_due: Some(now),
             next_conn: 1,
             udp_echo: None,
             datagram: vec![0; 65_536],
@@ -379,15 +382,18 @@ impl NetStack {
             self.ingress(&frame, device, now, ts);
             device.recycle(frame);
         }
-        for id in 0..self.shards.len() {
-            if !self.shards[id].dirty && self.shards[id].due.is_some_and(|t| now >= t) {
-                self.mark(id as u32);
+        if self.next_due.is_some_and(|t| now >= t) {
+            for id in 0..self.shards.len() {
+                if !self.shards[id].dirty && self.shards[id].due.is_some_and(|t| now >= t) {
+                    self.mark(id as u32);
+                }
             }
         }
         while let Some(id) = self.work.pop() {
             self.shards[id as usize].dirty = false;
             self.poll_shard(id, now, ts, device, core);
         }
+        self.next_due = self.shards.iter().filter_map(|s| s.due).min();
     }
 
     /// Sends a received frame to the shard that owns its flow.
@@ -743,12 +749,16 @@ impl NetStack {
     /// close) is due: without new frames or output, polling is needed only
     /// then.
     pub fn is_due(&self, now: StdInstant) -> bool {
-        self.due().is_some_and(|t| now >= t)
+        !self.work.is_empty() || self.next_due.is_some_and(|t| now >= t)
     }
 
-    /// When the stack's next timer fires, if any.
+    /// When the stack's next timer fires, if any (now, if a shard has work).
     pub fn due(&self) -> Option<StdInstant> {
-        self.shards.iter().filter_map(|s| s.due).min()
+        if self.work.is_empty() {
+            self.next_due
+        } else {
+            Some(self.epoch)
+        }
     }
 }
 
