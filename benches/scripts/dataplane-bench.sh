@@ -14,15 +14,17 @@
 # For each: messages/s, p50/p99, the dataplane process's CPU seconds (user +
 # system, /proc/PID/stat) and the whole machine's busy CPU seconds
 # (/proc/stat: includes the softirq work the kernel charges to whichever task
-# runs, and the load driver, which is the same for every TCP row), with
-# messages per CPU second of both.
+# runs, and the load driver, which is the same for every TCP row), over the
+# measured seconds only, with messages per CPU second of both.
 #
-# Everything it starts is removed on exit. DURATION (s, default 6) and
-# CLIENTS (default "50 1000 10000") can be set from the environment.
+# Everything it starts is removed on exit. DURATION (s, default 6),
+# CLIENTS (default "50 1000 10000") and BACKENDS (default "afxdp kernel dpdk
+# haproxy") can be set from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-6}"
 CLIENTS="${CLIENTS:-50 1000 10000}"
+BACKENDS="${BACKENDS:-afxdp kernel dpdk haproxy}"
 SOURCES=2000
 command -v haproxy >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
@@ -65,33 +67,32 @@ backend echo
     server echo 127.0.0.1:9100
 CFG
 
-cpu_of() { awk '{print $14 + $15}' "/proc/$1/stat"; }                   # clock ticks
-machine_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat; } # user nice system irq softirq
-hz=$(getconf CLK_TCK)
-
-# measure NAME PID LOAD-ARGS…: the load driver in the players' namespace.
+# measure NAME PID LOAD-ARGS…: the load driver in the players' namespace;
+# it reads the dataplane's and the machine's CPU time over the measured
+# seconds only (not while its players connect).
 measure() {
     local name=$1 pid=$2; shift 2
-    local before machine_before out after machine_after
-    before=$(cpu_of "$pid"); machine_before=$(machine_busy)
-    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$clients" --duration "$DURATION" --warmup 0 \
-        --harness-sources "$SOURCES" "$@" 2>/dev/null) || { echo "$name: the load driver failed: $out" >&2; return 1; }
-    after=$(cpu_of "$pid"); machine_after=$(machine_busy)
-    echo "$out" | awk -v n="$name" -v d="$DURATION" -v c="$((after - before))" -v m="$((machine_after - machine_before))" \
-        -v hz="$hz" '{
+    local out
+    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$clients" --duration "$DURATION" --warmup 1 \
+        --harness-sources "$SOURCES" --cpu-pid "$pid" "$@" 2>/dev/null) ||
+        { echo "$name: the load driver failed: $out" >&2; return 1; }
+    echo "$out" | awk -v n="$name" '{
             for (i = 1; i <= NF; i++) {
                 if ($i == "msg/s") rate = $(i - 1)
                 if ($i == "p50") p50 = $(i + 1)
                 if ($i == "p99") p99 = $(i + 1)
+                if ($i == "trips,") msgs = substr($(i - 2), 2)
+                if ($i == "cpu") c = $(i + 1)
+                if ($i == "machine") m = $(i + 1)
             }
-            msgs = rate * d
-            printf "%-12s %7.0f msg/s  p50 %5d µs  p99 %6d µs | dataplane %5.2f CPU-s %7.0f msg/CPU-s | machine %5.2f CPU-s %7.0f msg/CPU-s\n",
-                n, rate, p50, p99, c / hz, msgs / (c / hz), m / hz, msgs / (m / hz) }'
+            printf "%-12s %7.0f msg/s  p50 %6d µs  p99 %7d µs | dataplane %5.2f CPU-s %7.0f msg/CPU-s | machine %5.2f CPU-s %7.0f msg/CPU-s\n",
+                n, rate, p50, p99, c, msgs / c, m, msgs / m }'
 }
 
 for clients in $CLIENTS; do
 echo "== $clients players from $SOURCES addresses behind a router, closed loop, 64-byte messages, $DURATION s each, one dataplane worker"
-for io in afxdp kernel dpdk; do
+for io in $BACKENDS; do
+    [ "$io" = haproxy ] && continue
     # DPDK's net_af_xdp driver attaches an XDP program of its own.
     if [ "$io" = dpdk ]; then
         "$bin/portcullisctl" filter --pin-dir "$pin" detach --iface veth-g --netns "$gw" >/dev/null
@@ -106,10 +107,12 @@ for io in afxdp kernel dpdk; do
     kill -TERM "$gateway"
     wait "$gateway" 2>/dev/null || true
 done
-ip netns exec "$gw" haproxy -f "$tmp/haproxy.cfg" -db >/dev/null 2>&1 &
-proxy=$!
-sleep 1
-measure "tcp haproxy" "$proxy" --scenario raw-echo --gateway 10.77.0.1:7000
-kill "$proxy"
-wait "$proxy" 2>/dev/null || true
+case " $BACKENDS " in *" haproxy "*)
+    ip netns exec "$gw" haproxy -f "$tmp/haproxy.cfg" -db >/dev/null 2>&1 &
+    proxy=$!
+    sleep 1
+    measure "tcp haproxy" "$proxy" --scenario raw-echo --gateway 10.77.0.1:7000
+    kill "$proxy"
+    wait "$proxy" 2>/dev/null || true
+esac
 done

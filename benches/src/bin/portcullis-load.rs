@@ -96,6 +96,27 @@ struct Args {
     /// 0: closed loop.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Also report the CPU time of this process (the dataplane) and of the
+    /// whole machine over the measured seconds only.
+    #[arg(long)]
+    cpu_pid: Option<u32>,
+}
+
+/// CPU seconds so far: of process `pid` (user + system) and of the whole
+/// machine (busy: user, nice, system, irq, softirq).
+fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64)> {
+    // SAFETY: a plain getter.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let process = (ticks(11) + ticks(12)) / hz;
+    let machine = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<f64> =
+        machine.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    let busy = [0, 1, 2, 5, 6].iter().map(|&i| cpu.get(i).copied().unwrap_or(0.0)).sum::<f64>() / hz;
+    Ok((process, busy))
 }
 
 impl Args {
@@ -381,6 +402,7 @@ where
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
+    let cpu_before = args.cpu_pid.map(cpu_seconds).transpose()?;
     let start = Instant::now();
     for s in 1..=args.duration {
         tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
@@ -388,6 +410,13 @@ where
     }
     measuring.store(false, Ordering::Relaxed);
     let elapsed = start.elapsed();
+    let cpu = match (args.cpu_pid, cpu_before) {
+        (Some(pid), Some((p0, m0))) => {
+            let (p1, m1) = cpu_seconds(pid)?;
+            format!("  cpu {:.2} machine {:.2}", p1 - p0, m1 - m0)
+        }
+        _ => String::new(),
+    };
     stop.store(true, Ordering::Relaxed);
     let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for t in tasks {
@@ -397,7 +426,7 @@ where
     let errors = errors.load(Ordering::Relaxed);
     let mode = if args.rate > 0 { format!(" open loop at {} msg/s", args.rate) } else { String::new() };
     println!(
-        "{label}{mode}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {errors} failed)",
+        "{label}{mode}: {:.0} msg/s  p50 {} µs  p99 {} µs  p999 {} µs  max {} µs  ({} round trips, {errors} failed){cpu}",
         total.len() as f64 / elapsed.as_secs_f64(),
         total.value_at_quantile(0.50),
         total.value_at_quantile(0.99),

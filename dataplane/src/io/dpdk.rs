@@ -29,8 +29,12 @@ use portcullis_core::config::{Config, DpdkConfig};
 
 /// Frames moved per burst.
 const BURST: usize = 64;
-/// Receive and transmit descriptors per queue.
-const DESCRIPTORS: u16 = 1024;
+/// Receive and transmit descriptors per queue: a quarter of the queue's
+/// mbufs, so that a burst from thousands of players finds room, within what
+/// drivers take.
+fn descriptors(mbufs: u32) -> u16 {
+    (mbufs / 4).next_power_of_two().clamp(1024, 8192) as u16
+}
 /// Per-lcore mbuf cache of each pool (unused by the workers, which are not
 /// EAL threads, but DPDK's own threads may use it).
 const POOL_CACHE: u32 = 256;
@@ -230,12 +234,12 @@ impl Port {
             let socket = socket.max(0) as u32;
             // SAFETY: a configured port, a pool of this process; NULL confs
             // mean the driver's defaults.
-            let r = unsafe { rte::rte_eth_rx_queue_setup(id, q, DESCRIPTORS, socket, std::ptr::null(), pool) };
+            let r = unsafe { rte::rte_eth_rx_queue_setup(id, q, descriptors(d.mbufs), socket, std::ptr::null(), pool) };
             if r < 0 {
                 return Err(dpdk_error(&format!("rte_eth_rx_queue_setup(port {id}, queue {q})"), r));
             }
             // SAFETY: a valid port and queue id, before the port starts; no config (defaults).
-            let r = unsafe { rte::rte_eth_tx_queue_setup(id, q, DESCRIPTORS, socket, std::ptr::null()) };
+            let r = unsafe { rte::rte_eth_tx_queue_setup(id, q, descriptors(d.mbufs), socket, std::ptr::null()) };
             if r < 0 {
                 return Err(dpdk_error(&format!("rte_eth_tx_queue_setup(port {id}, queue {q})"), r));
             }
