@@ -7,9 +7,10 @@
 # The players are split over load-driver processes of at most 15 000
 # connections each (the open-files limit is 20 000 per process). Reported:
 # the dataplane process's RSS before and with the players, per player; and
-# the machine's TCP socket memory (/proc/net/sockstat "mem", pages, global:
-# the players' own kernel sockets count on both rows, the gateway's only on
-# the kernel row).
+# the kernel's socket memory (/proc/slabinfo: TCP, TCPv6 and socket inode
+# objects; machine-wide: the players' own kernel sockets count on both rows,
+# the gateway's only on the kernel row, so the difference between the rows
+# is what kernel sockets cost the gateway).
 #
 # Everything it starts is removed on exit.
 set -euo pipefail
@@ -38,7 +39,7 @@ sed -e 's/^workers = 2/workers = 1/' -e 's/^heartbeat_timeout_ms = .*/heartbeat_
     -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" config/harness.toml > "$tmp/gateway.toml"
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-tcp_mem_pages() { awk '/^TCP:/ {for (i = 1; i < NF; i++) if ($i == "mem") print $(i + 1)}' /proc/net/sockstat; }
+socket_slab_kib() { awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" {kib += $2 * $4 / 1024} END {printf "%d\n", kib}' /proc/slabinfo; }
 
 for n in $PLAYERS; do
     echo "== $n idle logged-in players from $SOURCES addresses behind a router, one dataplane worker"
@@ -47,7 +48,7 @@ for n in $PLAYERS; do
             >"$tmp/gateway.log" 2>&1 &
         gateway=$!
         sleep 1
-        rss0=$(rss_kib "$gateway"); mem0=$(tcp_mem_pages)
+        rss0=$(rss_kib "$gateway"); mem0=$(socket_slab_kib)
         started=$(date +%s)
         procs=$(( (n + PER_PROCESS - 1) / PER_PROCESS ))
         for ((k = 0; k < procs; k++)); do
@@ -69,10 +70,10 @@ for n in $PLAYERS; do
             done
         done
         sleep 2
-        rss1=$(rss_kib "$gateway"); mem1=$(tcp_mem_pages)
+        rss1=$(rss_kib "$gateway"); mem1=$(socket_slab_kib)
         awk -v io="$io" -v n="$n" -v r0="$rss0" -v r1="$rss1" -v m0="$mem0" -v m1="$mem1" -v t=$(($(date +%s) - started)) 'BEGIN {
-            printf "%-7s RSS %7.1f MiB -> %7.1f MiB: %6.0f bytes per player | machine TCP memory +%7.1f MiB (%5.0f bytes per player) | logged in within %d s\n",
-                io, r0 / 1024, r1 / 1024, (r1 - r0) * 1024 / n, (m1 - m0) * 4 / 1024, (m1 - m0) * 4096 / n, t }'
+            printf "%-7s RSS %7.1f MiB -> %7.1f MiB: %6.0f bytes per player | kernel socket memory +%7.1f MiB (%5.0f bytes per player) | logged in within %d s\n",
+                io, r0 / 1024, r1 / 1024, (r1 - r0) * 1024 / n, (m1 - m0) / 1024, (m1 - m0) * 1024 / n, t }'
         kill $(jobs -p | grep -v "^$gateway$") 2>/dev/null || true
         kill -TERM "$gateway"
         wait 2>/dev/null || true
