@@ -161,8 +161,12 @@ impl RunningGateway {
     #[cfg(any(feature = "afxdp", feature = "dpdk"))]
     fn spawn_bypass<R: crate::io::bypass::Rings + Send + 'static>(
         config: &Config,
-        ios: Vec<crate::io::bypass::BypassIo<R>>,
+        mut ios: Vec<crate::io::bypass::BypassIo<R>>,
     ) -> io::Result<RunningGateway> {
+        let directory = crate::netstack::directory::FlowDirectory::new(ios.len());
+        for (worker, io) in ios.iter_mut().enumerate() {
+            io.join(directory.clone(), worker as u32);
+        }
         let wakers = ios.iter().map(|io| io.waker()).collect();
         let addrs = config.listeners.iter().map(|l| l.bind).collect();
         Self::spawn(config, ios, wakers, addrs)

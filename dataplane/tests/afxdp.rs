@@ -48,9 +48,10 @@ fn setup(options: Options, extra: &str) -> Option<Setup> {
     h.in_gateway(|| filter.attach(GATEWAY_IFACE, false)).expect("attach the XDP filter");
     // The sample game server on the gateway side's loopback.
     let (rt, game_addr) = start_game_server(&h);
+    let queues: Vec<u32> = (0..options.queues).collect();
     let text = format!(
         "{extra}\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
-         [afxdp]\ninterface = \"{GATEWAY_IFACE}\"\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\npin_dir = \"{}\"\n\
+         [afxdp]\ninterface = \"{GATEWAY_IFACE}\"\nqueues = {queues:?}\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\npin_dir = \"{}\"\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n",
         pin.display()
     );
@@ -184,4 +185,48 @@ fn players_get_in_and_play_through_syn_floods() {
     assert_eq!(twenty_players_play(&s.h, 2), 200, "during the flood from real addresses");
     flood.join().unwrap();
     assert_eq!(twenty_players_play(&s.h, 3), 200, "after it");
+}
+
+/// Two workers on two veth queues, players behind a lossy router: a player
+/// whose segment is lost times out and rehashes its flow (Linux does, on a
+/// retransmission timeout), which may move the flow to the other queue. The
+/// worker that gets it hands it to the flow's owner: every echo is answered.
+#[test]
+fn a_flow_that_moves_to_another_queue_is_served_by_its_worker() {
+    let options = Options { routed: true, sources: 24, queues: 2 };
+    let Some(s) = setup(options, "[gateway]\nworkers = 2") else { return };
+    let router = s.h.router.clone().expect("routed");
+    // 5 % loss towards the gateway (this kernel has no netem: nftables'
+    // random numbers instead).
+    let rules = "add table inet loss\n\
+                 add chain inet loss forward { type filter hook forward priority 0; }\n\
+                 add rule inet loss forward oifname \"veth-rg\" numgen random mod 100 < 5 drop\n";
+    let mut nft = std::process::Command::new("ip")
+        .args(["netns", "exec", &router, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft (nftables)");
+    std::io::Write::write_all(&mut nft.stdin.take().unwrap(), rules.as_bytes()).unwrap();
+    assert!(nft.wait().unwrap().success(), "nft rules in the router");
+    let sources: Vec<IpAddr> = s.h.sources().into_iter().filter(IpAddr::is_ipv4).collect();
+    let players = s.h.players.clone();
+    let threads: Vec<_> = sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, source)| {
+            let ns = players.clone();
+            std::thread::spawn(move || {
+                portcullis_harness::enter(&ns).unwrap();
+                let user = format!("lossy-{i}");
+                let (mut conn, mut buf) = logged_in_from(source, gateway_addr(source), SECRET, &user);
+                (2..42).filter(|&seq| echo(&mut conn, &mut buf, seq, &user)).count()
+            })
+        })
+        .collect();
+    let answered: usize = threads.into_iter().map(|t| t.join().expect("a player thread")).sum();
+    assert_eq!(answered, 24 * 40, "every echo answered through 5 % loss");
+    std::thread::sleep(Duration::from_millis(250));
+    let forwarded: u64 = s.gateway.status().iter().map(|w| w.io.frames_forwarded).sum();
+    eprintln!("frames handed to their flow's worker: {forwarded}");
+    assert!(forwarded > 0, "some flow moved queues (5 % loss, 24 players × 40 echoes)");
 }

@@ -23,6 +23,7 @@ use super::dispatch::Dispatcher;
 use super::epoll::{Epoll, Ready, Source};
 use super::links::LinkSockets;
 use super::{IoBackend, IoStats};
+use crate::netstack::directory::FlowDirectory;
 use crate::netstack::{FrameQueue, NetConfig, NetStack};
 
 /// Idle rounds of busy polling before the worker waits in epoll.
@@ -98,6 +99,16 @@ impl<R: Rings> BypassIo<R> {
         self.epoll.waker()
     }
 
+    /// Joins the process's other workers as worker `worker` of `directory`:
+    /// a flow that reaches another worker's queue is handed back here.
+    pub fn join(&mut self, directory: Arc<FlowDirectory>, worker: u32) {
+        let waker = self.waker();
+        directory.set_waker(worker, move || {
+            let _ = waker.wake();
+        });
+        self.stack.join(directory, worker);
+    }
+
     /// Waits up to `timeout` for link traffic, a wake-up or frames, and
     /// handles the links' events.
     fn poll_links(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
@@ -131,7 +142,10 @@ impl<R: Rings> BypassIo<R> {
 impl<R: Rings> IoBackend for BypassIo<R> {
     fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
         self.poll_links(core, Some(Duration::ZERO))?;
-        let got = self.rings.receive(&mut self.dev, &mut self.stats);
+        let mut got = self.rings.receive(&mut self.dev, &mut self.stats);
+        let before = self.dev.rx.len();
+        self.stack.take_forwarded(&mut self.dev);
+        got += self.dev.rx.len() - before;
         let now = Instant::now();
         if got > 0 || self.stack.is_due(now) {
             self.stack.poll(now, &mut self.dev, core);
@@ -180,6 +194,8 @@ impl<R: Rings> IoBackend for BypassIo<R> {
         self.stats.syn_cookies_accepted = c.syn_cookies_accepted;
         self.stats.drop_syn_max_connections = c.drop_syn_max_connections;
         self.stats.drop_no_next_hop = c.drop_no_next_hop;
+        self.stats.frames_forwarded = c.frames_forwarded;
+        self.stats.drop_forward_full = c.drop_forward_full;
         self.stats.stack_connections = self.stack.connections() as u64;
         self.stats.stack_shards = self.stack.shards() as u64;
         self.stats.clone()

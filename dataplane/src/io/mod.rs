@@ -77,6 +77,11 @@ portcullis_core::counters! {
     drop_syn_max_connections,
     /// Userspace stack: packets with no known next hop.
     drop_no_next_hop,
+    /// Userspace stack: frames of flows another worker owns, handed to it
+    /// (the flow moved to another queue).
+    frames_forwarded,
+    /// Userspace stack: such frames dropped, the owner's inbox full.
+    drop_forward_full,
     /// Userspace stack: TCP connections open (a gauge).
     stack_connections,
     /// Userspace stack: shards of TCP sockets (a gauge).

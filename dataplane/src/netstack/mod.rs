@@ -42,6 +42,7 @@
 
 pub mod cookies;
 mod device;
+pub mod directory;
 pub mod flows;
 pub mod link;
 
@@ -57,6 +58,7 @@ use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Pac
 
 use self::cookies::SynCookies;
 pub use self::device::FrameQueue;
+use self::directory::FlowDirectory;
 use self::flows::{Flow, FlowKey};
 use self::link::{Link, Received};
 use crate::io::dispatch::ClientTransport;
@@ -114,6 +116,10 @@ pub struct NetCounters {
     pub drop_syn_max_connections: u64,
     /// Packets dropped because nobody knew where to send them.
     pub drop_no_next_hop: u64,
+    /// Frames of flows another worker owns, handed to it.
+    pub frames_forwarded: u64,
+    /// Frames for another worker dropped: its inbox was full.
+    pub drop_forward_full: u64,
 }
 
 /// The control shard: ICMP, UDP echo, resets for strays.
@@ -201,6 +207,8 @@ pub struct NetStack {
     /// One datagram being echoed.
     datagram: Vec<u8>,
     cookies: SynCookies,
+    /// The process's other workers' flows, and this worker's number.
+    directory: Option<(std::sync::Arc<FlowDirectory>, u32)>,
     /// Counters, read with the worker's status.
     pub counters: NetCounters,
     verify_checksums: bool,
@@ -235,6 +243,7 @@ impl NetStack {
             udp_echo: None,
             datagram: vec![0; 65_536],
             cookies: SynCookies::new(now),
+            directory: None,
             counters: NetCounters::default(),
             verify_checksums: device.verify_checksums,
             epoch: now,
@@ -327,6 +336,36 @@ impl NetStack {
         }
     }
 
+    /// Joins the workers of a process as worker `worker` of `directory`:
+    /// its flows are registered there, and segments of flows another worker
+    /// owns are handed to it.
+    pub fn join(&mut self, directory: std::sync::Arc<FlowDirectory>, worker: u32) {
+        self.directory = Some((directory, worker));
+    }
+
+    /// Frames other workers handed to this one, into `device`.
+    pub fn take_forwarded(&mut self, device: &mut FrameQueue) {
+        if let Some((d, me)) = &self.directory {
+            while let Some(frame) = d.take(*me) {
+                device.push_rx(&frame);
+            }
+        }
+    }
+
+    fn own_flow(&mut self, key: FlowKey, flow: Flow) {
+        self.flows.insert(key, flow);
+        if let Some((d, me)) = &self.directory {
+            d.register(key, *me);
+        }
+    }
+
+    fn forget_flow(&mut self, key: &FlowKey) {
+        self.flows.remove(key);
+        if let Some((d, me)) = &self.directory {
+            d.forget(key, *me);
+        }
+    }
+
     /// Half-open connections, over all ports.
     pub fn listening(&self) -> usize {
         self.listeners.iter().map(|l| l.half_open).sum()
@@ -337,7 +376,7 @@ impl NetStack {
         for id in 0..self.shards.len() {
             for h in std::mem::take(&mut self.shards[id].half_open) {
                 self.shards[id].sockets.remove(h.handle);
-                self.flows.remove(&h.key);
+                self.forget_flow(&h.key);
                 self.freed(id as u32);
             }
         }
@@ -403,11 +442,12 @@ impl NetStack {
             Received::Answered | Received::Dropped => return,
         };
         let (shard, offset) = match flows::segment(packet, true) {
-            Some(seg) => match self.flows.get_mut(&seg.key) {
-                Some(flow) => {
-                    flow.next_hop = next_hop;
-                    (flow.shard, flow.seq_offset)
-                }
+            Some(seg) => match self.flows.get_mut(&seg.key).map(|flow| {
+                flow.next_hop = next_hop;
+                (flow.shard, flow.seq_offset)
+            }) {
+                Some(known) => known,
+                None if self.forward(&seg.key, frame) => return,
                 None if seg.opens => match self.open_for(seg.key, next_hop) {
                     Open::Shard(shard) => {
                         // smoltcp gives a SYN to the first listening socket of
@@ -452,6 +492,23 @@ impl NetStack {
         self.mark(shard);
     }
 
+    /// Hands the frame of a flow another worker owns to that worker (its
+    /// queue got the flow's SYN). Returns whether it did.
+    fn forward(&mut self, key: &FlowKey, frame: &[u8]) -> bool {
+        let Some((d, me)) = &self.directory else { return false };
+        match d.owner(key) {
+            Some(owner) if owner != *me => {
+                if d.forward(owner, frame.to_vec()) {
+                    self.counters.frames_forwarded += 1;
+                } else {
+                    self.counters.drop_forward_full += 1;
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Opens a listening socket for a SYN of a new flow, within the port's
     /// backlog and `max_connections`.
     fn open_for(&mut self, key: FlowKey, next_hop: EthernetAddress) -> Open {
@@ -486,7 +543,7 @@ impl NetStack {
         s.tcp += 1;
         s.half_open.push(HalfOpen { handle, listener, key });
         self.listeners[listener].half_open += 1;
-        self.flows.insert(key, Flow { shard, next_hop, seq_offset });
+        self.own_flow(key, Flow { shard, next_hop, seq_offset });
         Some(shard)
     }
 
@@ -633,7 +690,7 @@ impl NetStack {
                     // came through (malformed).
                     s.half_open.swap_remove(i);
                     s.sockets.remove(handle);
-                    self.flows.remove(&key);
+                    self.forget_flow(&key);
                     self.listeners[listener].half_open -= 1;
                     self.freed(id);
                 }
@@ -649,7 +706,7 @@ impl NetStack {
         for i in stale {
             let h = self.shards[id as usize].half_open.swap_remove(i);
             self.shards[id as usize].sockets.remove(h.handle);
-            self.flows.remove(&h.key);
+            self.forget_flow(&h.key);
             self.listeners[h.listener].half_open -= 1;
             self.freed(id);
         }
@@ -715,7 +772,7 @@ impl NetStack {
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 let c = s.closing.swap_remove(i);
                 s.sockets.remove(c.handle);
-                self.flows.remove(&c.key);
+                self.forget_flow(&c.key);
                 self.freed(id);
             } else {
                 i += 1;
