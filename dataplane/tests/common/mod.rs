@@ -66,18 +66,21 @@ pub fn logged_in(addr: SocketAddr, secret: &str, user: &str) -> (TcpStream, Vec<
     log_in(s, secret, user)
 }
 
-/// Like [`logged_in`], from source address `source`.
+/// Like [`logged_in`], from source address `source`. The connect may take
+/// TCP's SYN retransmissions (1, 3 and 7 s) — a SYN lost in a flood is not
+/// a failure.
 pub fn logged_in_from(source: IpAddr, addr: SocketAddr, secret: &str, user: &str) -> (TcpStream, Vec<u8>) {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
     socket.bind(&SocketAddr::new(source, 0).into()).unwrap();
     socket
-        .connect_timeout(&addr.into(), Duration::from_secs(5))
+        .connect_timeout(&addr.into(), Duration::from_secs(15))
         .unwrap_or_else(|e| panic!("TCP from {source} through the dataplane: {e}"));
     log_in(socket.into(), secret, user)
 }
 
 fn log_in(mut s: TcpStream, secret: &str, user: &str) -> (TcpStream, Vec<u8>) {
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Generous: a login may wait for TCP retransmissions through a flood.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
     let token = sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX });
     let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
