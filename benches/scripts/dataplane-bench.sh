@@ -25,26 +25,10 @@ cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-6}"
 CLIENTS="${CLIENTS:-50 1000 10000}"
 BACKENDS="${BACKENDS:-afxdp kernel dpdk haproxy}"
-SOURCES=2000
 command -v haproxy >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
-cargo build --release --quiet --features portcullis-dataplane/afxdp,portcullis-dataplane/dpdk -p portcullis-dataplane -p portcullis-benches \
-    -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
-bin=$PWD/target/release
-pin=/sys/fs/bpf/portcullis-bench-$$
-tmp=$(mktemp -d)
-h=$("$bin/portcullis-harness" up --owner-pid $$ --routed --sources "$SOURCES")
-gw="$h-g"; players="$h-p"
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    sleep 0.5
-    "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
-    "$bin/portcullis-harness" down --owner-pid $$ 2>/dev/null || true
-    rmdir /var/run/dpdk/portcullis 2>/dev/null || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+FEATURES=portcullis-dataplane/afxdp,portcullis-dataplane/dpdk
+. benches/scripts/routed-harness.sh
 ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 127.0.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5

@@ -16,23 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-8}"
 PLAYERS="${PLAYERS:-1000}"
-SOURCES=2000
-cargo build --release --quiet --features portcullis-dataplane/afxdp -p portcullis-dataplane -p portcullis-benches \
-    -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
-bin=$PWD/target/release
-pin=/sys/fs/bpf/portcullis-latbench-$$
-tmp=$(mktemp -d)
-h=$("$bin/portcullis-harness" up --owner-pid $$ --routed --sources "$SOURCES" 2>/dev/null)
-gw="$h-g"; players="$h-p"
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    sleep 0.5
-    "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
-    "$bin/portcullis-harness" down --owner-pid $$ >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+. benches/scripts/routed-harness.sh
 ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
 # The direct path: a byte-echo server the players reach through the router.
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 10.77.0.1:9100 >/dev/null 2>&1 &

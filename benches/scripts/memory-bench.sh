@@ -16,24 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PLAYERS="${PLAYERS:-10000 50000}"
-SOURCES=2000
 PER_PROCESS=15000
-cargo build --release --quiet --features portcullis-dataplane/afxdp -p portcullis-dataplane -p portcullis-benches \
-    -p portcullis-control -p portcullis-harness
-bin=$PWD/target/release
-pin=/sys/fs/bpf/portcullis-membench-$$
-tmp=$(mktemp -d)
-h=$("$bin/portcullis-harness" up --owner-pid $$ --routed --sources "$SOURCES" 2>/dev/null)
-gw="$h-g"; players="$h-p"
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    sleep 0.5
-    "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
-    "$bin/portcullis-harness" down --owner-pid $$ >/dev/null 2>&1 || true
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-"$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+. benches/scripts/routed-harness.sh
 # One worker; idle players are not timed out while measured.
 sed -e 's/^workers = 2/workers = 1/' -e 's/^heartbeat_timeout_ms = .*/heartbeat_timeout_ms = 600000/' \
     -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" config/harness.toml > "$tmp/gateway.toml"

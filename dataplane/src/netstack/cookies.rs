@@ -103,31 +103,30 @@ pub fn syn_options(packet: &[u8]) -> Option<(u32, Option<u16>)> {
 
 /// The SYN-ACK that carries `cookie` to the player.
 pub fn syn_ack(key: &FlowKey, cookie: u32, client_isn: u32, mss: u16, window: u16) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: key.local.1,
-        dst_port: key.remote.1,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(cookie as i32),
-        ack_number: Some(TcpSeqNumber(client_isn.wrapping_add(1) as i32)),
-        window_len: window,
-        window_scale: None,
-        max_seg_size: Some(mss),
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    packet(key.local.0, key.remote.0, &tcp)
+    let ack = Some(TcpSeqNumber(client_isn.wrapping_add(1) as i32));
+    packet(key.local, key.remote, &handshake(key.local.1, key.remote.1, cookie, ack, mss, window))
 }
 
 /// The player's SYN as smoltcp is to see it: MSS only.
 pub fn syn(key: &FlowKey, client_isn: u32, mss: u16, window: u16) -> Vec<u8> {
-    let tcp = TcpRepr {
-        src_port: key.remote.1,
-        dst_port: key.local.1,
+    packet(key.remote, key.local, &handshake(key.remote.1, key.local.1, client_isn, None, mss, window))
+}
+
+/// A SYN (or SYN-ACK, with `ack`) offering only an MSS.
+fn handshake(
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: Option<TcpSeqNumber>,
+    mss: u16,
+    window: u16,
+) -> TcpRepr<'static> {
+    TcpRepr {
+        src_port,
+        dst_port,
         control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(client_isn as i32),
-        ack_number: None,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack,
         window_len: window,
         window_scale: None,
         max_seg_size: Some(mss),
@@ -135,8 +134,7 @@ pub fn syn(key: &FlowKey, client_isn: u32, mss: u16, window: u16) -> Vec<u8> {
         sack_ranges: [None; 3],
         timestamp: None,
         payload: &[],
-    };
-    packet(key.remote.0, key.local.0, &tcp)
+    }
 }
 
 /// The initial sequence number of smoltcp's SYN-ACK in `packet`, if it is one.
@@ -160,7 +158,7 @@ pub fn shift(packet: &mut [u8], seq_add: u32, ack_sub: u32) {
 }
 
 /// An IP packet (of `src`'s family) carrying `tcp`.
-fn packet(src: IpAddress, dst: IpAddress, tcp: &TcpRepr<'_>) -> Vec<u8> {
+fn packet((src, _): (IpAddress, u16), (dst, _): (IpAddress, u16), tcp: &TcpRepr<'_>) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     match (src, dst) {
         (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {

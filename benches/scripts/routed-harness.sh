@@ -1,0 +1,23 @@
+# Sourced by the benchmark scripts: builds the release binaries they need
+# (FEATURES, default afxdp), brings up a routed veth harness with SOURCES
+# player addresses (default 2 000), attaches the XDP filter with a pin
+# directory of its own, and removes everything on exit (including what the
+# script started in the background). Sets: bin, pin, tmp, h, gw, players.
+SOURCES="${SOURCES:-2000}"
+cargo build --release --quiet --features "${FEATURES:-portcullis-dataplane/afxdp}" -p portcullis-dataplane \
+    -p portcullis-benches -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
+bin=$PWD/target/release
+pin=/sys/fs/bpf/portcullis-bench-$$
+tmp=$(mktemp -d)
+h=$("$bin/portcullis-harness" up --owner-pid $$ --routed --sources "$SOURCES" 2>/dev/null)
+gw="$h-g"; players="$h-p"
+cleanup() {
+    kill $(jobs -p) 2>/dev/null || true
+    sleep 0.5
+    "$bin/portcullisctl" filter --pin-dir "$pin" purge >/dev/null 2>&1 || true
+    "$bin/portcullis-harness" down --owner-pid $$ >/dev/null 2>&1 || true
+    rmdir /var/run/dpdk/portcullis 2>/dev/null || true
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+"$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
