@@ -22,6 +22,7 @@ use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
+use super::ends;
 use super::flows::FlowKey;
 
 /// The MSS values a cookie can carry (3 bits).
@@ -104,12 +105,12 @@ pub fn syn_options(packet: &[u8]) -> Option<(u32, Option<u16>)> {
 /// The SYN-ACK that carries `cookie` to the player.
 pub fn syn_ack(key: &FlowKey, cookie: u32, client_isn: u32, mss: u16, window: u16) -> Vec<u8> {
     let ack = Some(TcpSeqNumber(client_isn.wrapping_add(1) as i32));
-    packet(key.local, key.remote, &handshake(key.local.1, key.remote.1, cookie, ack, mss, window))
+    ip_tcp_packet(key.local.0, key.remote.0, &handshake(key.local.1, key.remote.1, cookie, ack, mss, window))
 }
 
 /// The player's SYN as smoltcp is to see it: MSS only.
 pub fn syn(key: &FlowKey, client_isn: u32, mss: u16, window: u16) -> Vec<u8> {
-    packet(key.remote, key.local, &handshake(key.remote.1, key.local.1, client_isn, None, mss, window))
+    ip_tcp_packet(key.remote.0, key.local.0, &handshake(key.remote.1, key.local.1, client_isn, None, mss, window))
 }
 
 /// A SYN (or SYN-ACK, with `ack`) offering only an MSS.
@@ -157,8 +158,8 @@ pub fn shift(packet: &mut [u8], seq_add: u32, ack_sub: u32) {
     tcp.fill_checksum(&src, &dst);
 }
 
-/// An IP packet (of `src`'s family) carrying `tcp`.
-fn packet((src, _): (IpAddress, u16), (dst, _): (IpAddress, u16), tcp: &TcpRepr<'_>) -> Vec<u8> {
+/// An IP packet (of `src`'s family) carrying `tcp`, checksums filled in.
+pub(crate) fn ip_tcp_packet(src: IpAddress, dst: IpAddress, tcp: &TcpRepr<'_>) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     match (src, dst) {
         (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {
@@ -191,10 +192,6 @@ fn packet((src, _): (IpAddress, u16), (dst, _): (IpAddress, u16), tcp: &TcpRepr<
         }
         _ => Vec::new(),
     }
-}
-
-fn ends(packet: &[u8]) -> Option<(IpAddress, IpAddress)> {
-    super::ends(packet)
 }
 
 fn ip_header_len(packet: &[u8]) -> Option<usize> {

@@ -64,10 +64,10 @@ pub fn segment(packet: &[u8], inbound: bool) -> Option<Segment> {
 
 #[cfg(test)]
 mod tests {
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{Ipv4Address, Ipv4Repr, Ipv6Address, Ipv6Repr, TcpControl, TcpRepr, TcpSeqNumber};
+    use smoltcp::wire::{Ipv4Address, Ipv6Address, TcpControl, TcpRepr, TcpSeqNumber};
 
     use super::*;
+    use crate::netstack::cookies::ip_tcp_packet;
 
     fn tcp(control: TcpControl, ack: Option<u32>) -> TcpRepr<'static> {
         TcpRepr {
@@ -88,19 +88,7 @@ mod tests {
 
     fn v4(t: &TcpRepr<'_>) -> Vec<u8> {
         let (src, dst) = (Ipv4Address::new(10, 88, 1, 1), Ipv4Address::new(10, 77, 0, 1));
-        let ip = Ipv4Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: t.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut b = vec![0; ip.buffer_len() + t.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
-        ip.emit(&mut p, &caps);
-        t.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src.into(), &dst.into(), &caps);
-        b
+        ip_tcp_packet(src.into(), dst.into(), t)
     }
 
     #[test]
@@ -124,22 +112,7 @@ mod tests {
     fn ipv6_and_garbage() {
         let t = tcp(TcpControl::Syn, None);
         let (src, dst): (Ipv6Address, Ipv6Address) = ("fd88::1:1".parse().unwrap(), "fd77::1".parse().unwrap());
-        let ip = Ipv6Repr {
-            src_addr: src,
-            dst_addr: dst,
-            next_header: IpProtocol::Tcp,
-            payload_len: t.buffer_len(),
-            hop_limit: 64,
-        };
-        let mut b = vec![0; ip.buffer_len() + t.buffer_len()];
-        let mut p = Ipv6Packet::new_unchecked(&mut b[..]);
-        ip.emit(&mut p);
-        t.emit(
-            &mut TcpPacket::new_unchecked(p.payload_mut()),
-            &src.into(),
-            &dst.into(),
-            &ChecksumCapabilities::default(),
-        );
+        let b = ip_tcp_packet(src.into(), dst.into(), &t);
         assert_eq!(segment(&b, true).unwrap().key.remote, (IpAddress::Ipv6(src), 40_000));
         for len in 0..b.len() {
             assert_eq!(segment(&b[..len], true), None, "truncated to {len}");

@@ -366,6 +366,11 @@ impl NetStack {
         }
     }
 
+    /// Whether connections and half-open ones have reached `max_connections`.
+    fn at_capacity(&self) -> bool {
+        self.conns.len() + self.listening() >= self.cfg.max_connections
+    }
+
     /// Half-open connections, over all ports.
     pub fn listening(&self) -> usize {
         self.listeners.iter().map(|l| l.half_open).sum()
@@ -513,7 +518,7 @@ impl NetStack {
     /// backlog and `max_connections`.
     fn open_for(&mut self, key: FlowKey, next_hop: EthernetAddress) -> Open {
         let Some(listener) = self.listeners.iter().position(|l| l.port == key.local.1) else { return Open::Refused };
-        if self.conns.len() + self.listening() >= self.cfg.max_connections {
+        if self.at_capacity() {
             self.counters.drop_syn_max_connections += 1;
             return Open::Refused;
         }
@@ -521,14 +526,14 @@ impl NetStack {
             // Full: a stateless answer, unless the gateway is stopping.
             return if self.cfg.backlog == 0 { Open::Refused } else { Open::Cookie };
         }
-        match self.add_socket(key, listener, next_hop, 0) {
+        match self.add_socket(key, listener, next_hop) {
             Some(shard) => Open::Shard(shard),
             None => Open::Refused,
         }
     }
 
     /// A TCP socket listening for `key` in a shard with room.
-    fn add_socket(&mut self, key: FlowKey, listener: usize, next_hop: EthernetAddress, seq_offset: u32) -> Option<u32> {
+    fn add_socket(&mut self, key: FlowKey, listener: usize, next_hop: EthernetAddress) -> Option<u32> {
         let mut socket = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
             tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
@@ -543,7 +548,7 @@ impl NetStack {
         s.tcp += 1;
         s.half_open.push(HalfOpen { handle, listener, key });
         self.listeners[listener].half_open += 1;
-        self.own_flow(key, Flow { shard, next_hop, seq_offset });
+        self.own_flow(key, Flow { shard, next_hop, seq_offset: 0 });
         Some(shard)
     }
 
@@ -576,12 +581,12 @@ impl NetStack {
         ts: NetInstant,
     ) -> Option<(u32, u32)> {
         let listener = self.listeners.iter().position(|l| l.port == key.local.1)?;
-        if self.cfg.backlog == 0 || self.conns.len() + self.listening() >= self.cfg.max_connections {
+        if self.cfg.backlog == 0 || self.at_capacity() {
             return None;
         }
         let (seq, ack, window) = cookies::completing_ack(packet)?;
         let accepted = self.cookies.check(&key, seq, ack, now)?;
-        let shard = self.add_socket(key, listener, next_hop, 0)?;
+        let shard = self.add_socket(key, listener, next_hop)?;
         let s = &mut self.shards[shard as usize];
         s.dev.push_rx(&cookies::syn(&key, accepted.client_isn, accepted.mss, window));
         s.iface.poll(ts, &mut s.dev, &mut s.sockets);
