@@ -33,9 +33,7 @@ ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 127.0.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5
 # One worker; no per-session rate limit in the way of a closed loop.
-sed -e 's/^workers = 2/workers = 1/' -e 's/^session_rate = .*/session_rate = 1000000/' \
-    -e 's/^session_burst = .*/session_burst = 1000000/' -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" \
-    config/harness.toml > "$tmp/gateway.toml"
+gateway_config 's/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/'
 cat > "$tmp/haproxy.cfg" <<CFG
 global
     nbthread 1

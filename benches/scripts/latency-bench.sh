@@ -21,9 +21,7 @@ ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000
 # The direct path: a byte-echo server the players reach through the router.
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 10.77.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5
-sed -e 's/^workers = 2/workers = 1/' -e 's/^session_rate = .*/session_rate = 1000000/' \
-    -e 's/^session_burst = .*/session_burst = 1000000/' -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" \
-    config/harness.toml > "$tmp/gateway.toml"
+gateway_config 's/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/'
 
 load() {
     ip netns exec "$players" "$bin/portcullis-load" --clients "$PLAYERS" --duration "$DURATION" --warmup 1 \

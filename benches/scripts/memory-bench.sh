@@ -19,8 +19,7 @@ PLAYERS="${PLAYERS:-10000 50000}"
 PER_PROCESS=15000
 . benches/scripts/routed-harness.sh
 # One worker; idle players are not timed out while measured.
-sed -e 's/^workers = 2/workers = 1/' -e 's/^heartbeat_timeout_ms = .*/heartbeat_timeout_ms = 600000/' \
-    -e "s|^pin_dir = .*|pin_dir = \"$pin\"|" config/harness.toml > "$tmp/gateway.toml"
+gateway_config 's/^heartbeat_timeout_ms = .*/heartbeat_timeout_ms = 600000/'
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 socket_slab_kib() { awk '$1 == "TCP" || $1 == "TCPv6" || $1 == "sock_inode_cache" {kib += $2 * $4 / 1024} END {printf "%d\n", kib}' /proc/slabinfo; }

@@ -2,7 +2,8 @@
 # (FEATURES, default afxdp), brings up a routed veth harness with SOURCES
 # player addresses (default 2 000), attaches the XDP filter with a pin
 # directory of its own, and removes everything on exit (including what the
-# script started in the background). Sets: bin, pin, tmp, h, gw, players.
+# script started in the background). Sets: bin, pin, tmp, h, gw, players;
+# defines gateway_config.
 SOURCES="${SOURCES:-2000}"
 cargo build --release --quiet --features "${FEATURES:-portcullis-dataplane/afxdp}" -p portcullis-dataplane \
     -p portcullis-benches -p portcullis-control -p portcullis-harness -p portcullis-sample-game-server
@@ -21,3 +22,12 @@ cleanup() {
 }
 trap cleanup EXIT
 "$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
+
+# gateway_config [SED-EXPRESSION…]: $tmp/gateway.toml, the harness config
+# with one worker and this harness's pin directory, edited further by the
+# given sed expressions.
+gateway_config() {
+    local edits=(-e 's/^workers = 2/workers = 1/' -e "s|^pin_dir = .*|pin_dir = \"$pin\"|")
+    for e in "$@"; do edits+=(-e "$e"); done
+    sed "${edits[@]}" config/harness.toml > "$tmp/gateway.toml"
+}
