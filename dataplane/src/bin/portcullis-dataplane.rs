@@ -156,8 +156,8 @@ fn print_status(
             io.kernel_rx_dropped, io.kernel_rx_ring_full, io.kernel_fill_ring_empty, io.kernel_invalid_descs,
         );
         tracing::info!(
-            "stack: {} connections in {} shards | SYN cookies sent {} accepted {} | frames handed to their flow's worker {} | refused: max connections {} no next hop {} worker inbox full {}",
-            io.stack_connections, io.stack_shards, io.syn_cookies_sent, io.syn_cookies_accepted, io.frames_forwarded,
+            "stack: {} connections in {} shards, {} with buffers in memory | SYN cookies sent {} accepted {} | frames handed to their flow's worker {} | refused: max connections {} no next hop {} worker inbox full {}",
+            io.stack_connections, io.stack_shards, io.stack_buffers_backed, io.syn_cookies_sent, io.syn_cookies_accepted, io.frames_forwarded,
             io.drop_syn_max_connections, io.drop_no_next_hop, io.drop_forward_full,
         );
     }

@@ -86,6 +86,9 @@ portcullis_core::counters! {
     stack_connections,
     /// Userspace stack: shards of TCP sockets (a gauge).
     stack_shards,
+    /// Userspace stack: sockets whose buffers hold memory (a gauge; idle
+    /// ones give it back).
+    stack_buffers_backed,
 }
 }
 

@@ -40,6 +40,7 @@
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
 
+pub mod buffers;
 pub mod cookies;
 mod device;
 pub mod directory;
@@ -56,6 +57,7 @@ use smoltcp::socket::{tcp, udp};
 use smoltcp::time::{Duration as NetDuration, Instant as NetInstant};
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Packet, Ipv6Packet};
 
+use self::buffers::BufferPool;
 use self::cookies::SynCookies;
 pub use self::device::FrameQueue;
 use self::directory::FlowDirectory;
@@ -179,6 +181,8 @@ struct Shard {
     half_open: Vec<HalfOpen>,
     /// Established connections known to the core.
     conns: FxHashMap<SocketHandle, (ConnId, FlowKey)>,
+    /// The buffer slot of each TCP socket.
+    slots: FxHashMap<SocketHandle, u32>,
     /// Connections whose output did not fit into the send buffer.
     blocked: Vec<ConnId>,
     closing: Vec<Closing>,
@@ -214,6 +218,17 @@ pub struct NetStack {
     verify_checksums: bool,
     epoch: StdInstant,
     cfg: NetConfig,
+    /// The shard and socket holding each buffer slot.
+    owners: Vec<(u32, SocketHandle)>,
+    /// When `poll` last ran.
+    last_poll: StdInstant,
+    /// When idle buffers are looked for next.
+    next_sweep: StdInstant,
+    /// Slots found idle by a sweep.
+    idle: Vec<u32>,
+    /// The sockets' buffers; after `shards`, so that it is dropped after
+    /// the sockets borrowing from it.
+    pool: BufferPool,
 }
 
 impl NetStack {
@@ -248,6 +263,11 @@ impl NetStack {
             verify_checksums: device.verify_checksums,
             epoch: now,
             cfg: NetConfig { shard_size: cfg.shard_size.max(1), ..cfg },
+            owners: Vec::new(),
+            last_poll: now,
+            next_sweep: now,
+            idle: Vec::new(),
+            pool: BufferPool::new(cfg.rx_buffer, cfg.tx_buffer),
         };
         stack.add_shard();
         if let Some(port) = cfg.udp_echo {
@@ -296,6 +316,7 @@ impl NetStack {
             tcp: 0,
             half_open: Vec::new(),
             conns: FxHashMap::default(),
+            slots: FxHashMap::default(),
             blocked: Vec::new(),
             closing: Vec::new(),
             due: None,
@@ -319,9 +340,13 @@ impl NetStack {
         self.add_shard()
     }
 
-    /// A socket of `shard` was removed.
-    fn freed(&mut self, shard: u32) {
+    /// Removes a TCP socket of `shard`; its buffers go back to the pool.
+    fn drop_socket(&mut self, shard: u32, handle: SocketHandle) {
         let s = &mut self.shards[shard as usize];
+        s.sockets.remove(handle);
+        if let Some(slot) = s.slots.remove(&handle) {
+            self.pool.give_back(slot);
+        }
         s.tcp -= 1;
         if s.tcp + 1 == self.cfg.shard_size {
             self.open.push(shard);
@@ -380,9 +405,8 @@ impl NetStack {
     pub fn stop_listening(&mut self) {
         for id in 0..self.shards.len() {
             for h in std::mem::take(&mut self.shards[id].half_open) {
-                self.shards[id].sockets.remove(h.handle);
+                self.drop_socket(id as u32, h.handle);
                 self.forget_flow(&h.key);
-                self.freed(id as u32);
             }
         }
         for l in &mut self.listeners {
@@ -394,6 +418,12 @@ impl NetStack {
     /// Established connections.
     pub fn connections(&self) -> usize {
         self.conns.len()
+    }
+
+    /// TCP sockets whose buffers may hold memory (the others have been idle
+    /// and gave their pages back).
+    pub fn buffers_backed(&self) -> usize {
+        self.pool.backed()
     }
 
     /// Shards (the control shard included).
@@ -422,6 +452,7 @@ impl NetStack {
     /// then `poll` again to send.
     pub fn poll(&mut self, now: StdInstant, device: &mut FrameQueue, core: &mut Gateway) {
         let ts = self.at(now);
+        self.last_poll = now;
         while let Some(frame) = device.rx.pop_front() {
             self.ingress(&frame, device, now, ts);
             device.recycle(frame);
@@ -437,7 +468,33 @@ impl NetStack {
             self.shards[id as usize].dirty = false;
             self.poll_shard(id, now, ts, device, core);
         }
+        if now >= self.next_sweep {
+            self.release_idle_buffers(now);
+        }
         self.next_due = self.shards.iter().filter_map(|s| s.due).min();
+        if self.pool.backed() > 0 {
+            self.next_due = Some(self.next_due.map_or(self.next_sweep, |t| t.min(self.next_sweep)));
+        }
+    }
+
+    /// Gives the pages of sockets whose buffers have been empty for
+    /// [`buffers::RELEASE_AFTER`] back to the kernel; a bounded number of
+    /// sockets per sweep, ten sweeps a second.
+    fn release_idle_buffers(&mut self, now: StdInstant) {
+        const PER_SWEEP: usize = 1024;
+        self.next_sweep = now + Duration::from_millis(100);
+        let mut idle = std::mem::take(&mut self.idle);
+        self.pool.idle(now, PER_SWEEP, &mut idle);
+        for &slot in &idle {
+            let (id, handle) = self.owners[slot as usize];
+            let socket = self.shards[id as usize].sockets.get::<tcp::Socket>(handle);
+            if socket.recv_queue() == 0 && socket.send_queue() == 0 {
+                self.pool.release(slot);
+            } else {
+                self.pool.touch(slot, now);
+            }
+        }
+        self.idle = idle;
     }
 
     /// Sends a received frame to the shard that owns its flow.
@@ -534,18 +591,28 @@ impl NetStack {
 
     /// A TCP socket listening for `key` in a shard with room.
     fn add_socket(&mut self, key: FlowKey, listener: usize, next_hop: EthernetAddress) -> Option<u32> {
+        let buffers = self.pool.take()?;
         let mut socket = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0; self.cfg.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0; self.cfg.tx_buffer]),
+            tcp::SocketBuffer::new(&mut buffers.rx[..self.cfg.rx_buffer]),
+            tcp::SocketBuffer::new(&mut buffers.tx[..self.cfg.tx_buffer]),
         );
         socket.set_nagle_enabled(false);
         socket.set_keep_alive(Some(NetDuration::from_secs(30)));
         socket.set_timeout(Some(self.cfg.half_open_timeout));
-        socket.listen(key.local).ok()?;
+        if socket.listen(key.local).is_err() {
+            self.pool.give_back(buffers.slot);
+            return None;
+        }
         let shard = self.shard_with_room();
         let s = &mut self.shards[shard as usize];
         let handle = s.sockets.add(socket);
+        s.slots.insert(handle, buffers.slot);
         s.tcp += 1;
+        let slot = buffers.slot as usize;
+        if self.owners.len() <= slot {
+            self.owners.resize(slot + 1, (CONTROL, handle));
+        }
+        self.owners[slot] = (shard, handle);
         s.half_open.push(HalfOpen { handle, listener, key });
         self.listeners[listener].half_open += 1;
         self.own_flow(key, Flow { shard, next_hop, seq_offset: 0 });
@@ -694,10 +761,9 @@ impl NetStack {
                     // A handshake that failed, timed out, or whose SYN never
                     // came through (malformed).
                     s.half_open.swap_remove(i);
-                    s.sockets.remove(handle);
+                    self.drop_socket(id, handle);
                     self.forget_flow(&key);
                     self.listeners[listener].half_open -= 1;
-                    self.freed(id);
                 }
             }
         }
@@ -710,10 +776,9 @@ impl NetStack {
             .collect();
         for i in stale {
             let h = self.shards[id as usize].half_open.swap_remove(i);
-            self.shards[id as usize].sockets.remove(h.handle);
+            self.drop_socket(id, h.handle);
             self.forget_flow(&h.key);
             self.listeners[h.listener].half_open -= 1;
-            self.freed(id);
         }
     }
 
@@ -724,6 +789,11 @@ impl NetStack {
         let mut gone = Vec::new();
         for (&handle, &(conn, key)) in &s.conns {
             let socket = s.sockets.get_mut::<tcp::Socket>(handle);
+            if socket.can_recv() {
+                if let Some(&slot) = s.slots.get(&handle) {
+                    self.pool.touch(slot, now);
+                }
+            }
             while socket.can_recv() {
                 let _ = socket.recv(|buf| {
                     core.handle_data(now, conn, buf);
@@ -776,9 +846,8 @@ impl NetStack {
             }
             if matches!(socket.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 let c = s.closing.swap_remove(i);
-                s.sockets.remove(c.handle);
+                self.drop_socket(id, c.handle);
                 self.forget_flow(&c.key);
-                self.freed(id);
             } else {
                 i += 1;
             }
@@ -832,6 +901,12 @@ impl ClientTransport for NetStack {
         let s = &mut self.shards[id as usize];
         let n = s.sockets.get_mut::<tcp::Socket>(h).send_slice(core.outbound(conn)).unwrap_or(0);
         core.consume(conn, n);
+        if n > 0 {
+            if let Some(&slot) = s.slots.get(&h) {
+                // The time of the last poll is near enough to tell idle.
+                self.pool.touch(slot, self.last_poll);
+            }
+        }
         if !core.outbound(conn).is_empty() && !s.blocked.contains(&conn) {
             s.blocked.push(conn);
         }

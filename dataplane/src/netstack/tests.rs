@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use portcullis_proto::pb::client::{LoginReply, LoginRequest};
+use portcullis_proto::pb::client::{LoginReply, LoginRequest, SendToUser};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
@@ -419,4 +419,41 @@ fn a_close_delivers_everything_queued_before_the_fin() {
     assert_eq!(w.stack.closing(), 1);
     w.sock(h).close();
     w.run_until(|w| w.stack.closing() == 0);
+}
+
+#[test]
+fn an_idle_connection_gives_its_buffer_pages_back_and_works_after() {
+    let mut w = Wire::new(NetConfig::default());
+    let h = w.connect(40_010);
+    w.run_until(|w| w.core.connection_count() == 1);
+    w.send(h, &Envelope::new(cmd::LOGIN, 1, 0, &login_frame("idle")));
+    let mut buf = Vec::new();
+    assert_eq!(w.recv(h, &mut buf).cmd, cmd::LOGIN);
+    assert_eq!(w.stack.buffers_backed(), 1, "bytes went through the rings");
+    // Quiet past RELEASE_AFTER (in the wire's time): the pages go back.
+    w.run_until(|w| w.stack.buffers_backed() == 0);
+    assert!(w.now - w.start >= buffers::RELEASE_AFTER);
+    // The rings work as before: 40 messages of 500 bytes to itself, more
+    // than either ring holds at once, come back intact (a push and an answer
+    // each).
+    let payload: Vec<u8> = (0..500u32).map(|i| i as u8).collect();
+    let msg = SendToUser { user_id: "idle".into(), payload: payload.clone() };
+    let msg = Codec::Protobuf.payload_form().encode_to_vec(&msg);
+    let (mut sent, mut pushes, mut answers) = (0u32, 0, Vec::new());
+    while answers.len() < 40 {
+        if sent < 40 && w.sock(h).send_queue() < 2_000 {
+            sent += 1;
+            w.send(h, &Envelope::new(cmd::SEND_TO_USER, 100 + sent, 0, &msg));
+        }
+        let env = w.recv(h, &mut buf);
+        if env.flags & flags::RESPONSE != 0 {
+            answers.push(env.seq);
+        } else {
+            assert!(env.payload.ends_with(&payload), "the message arrives intact");
+            pushes += 1;
+        }
+    }
+    assert_eq!(answers, (101..141).collect::<Vec<u32>>());
+    assert_eq!(pushes, 40);
+    assert_eq!(w.stack.buffers_backed(), 1);
 }
