@@ -92,7 +92,7 @@ fn setup() -> Bench {
     .expect("config");
     let now = Instant::now();
     let auth = Box::new(TokenAuthenticator::new(SECRET.into()));
-    let mut core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, 1_800_000_000);
+    let mut core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, Duration::from_secs(1_800_000_000));
     while core.poll_output().is_some() {}
     core.handle_link_connected(now, 0);
     core.handle_connect(now, CONN, 0, SocketAddr::from(([127, 0, 0, 1], 5555)));

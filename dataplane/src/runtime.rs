@@ -180,7 +180,7 @@ impl RunningGateway {
     ) -> io::Result<RunningGateway> {
         let workers = ios.len();
         let shared = Shared::new(workers, random_key()?);
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(vec![WorkerStatus::default(); workers]));
         let deadline = Duration::from_millis(config.gateway.shutdown_deadline_ms);

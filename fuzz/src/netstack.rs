@@ -91,7 +91,7 @@ impl Harness {
         CONFIG.with(|config| {
             let auth = portcullis_core::auth::from_config(config).expect("token auth");
             let shared = crate::shared::take();
-            let core = Gateway::new(config, 0, shared.clone(), auth, now, UNIX_NOW);
+            let core = Gateway::new(config, 0, shared.clone(), auth, now, std::time::Duration::from_secs(UNIX_NOW));
             let mut dev = FrameQueue::default();
             dev.verify_checksums = verify_checksums;
             let addrs = [

@@ -149,7 +149,7 @@ pub fn link_core(data: &[u8]) -> portcullis_core::Stats {
     CONFIG.with(|config| {
         let auth = portcullis_core::auth::from_config(config).expect("token auth");
         let shared = crate::shared::take();
-        let mut core = portcullis_core::Gateway::new(config, 0, shared.clone(), auth, now, crate::netstack::UNIX_NOW);
+        let mut core = portcullis_core::Gateway::new(config, 0, shared.clone(), auth, now, std::time::Duration::from_secs(crate::netstack::UNIX_NOW));
         let conn = ConnId::new(Transport::KernelTcp, 1);
         let drain = |core: &mut portcullis_core::Gateway, now: Instant| {
             let mut link = None;

@@ -39,6 +39,18 @@ impl Framing {
     /// (frame plus delimiters), `Ok(None)` when more bytes are needed, or an
     /// error when the frame is longer than `max`.
     pub fn next_frame(self, buf: &[u8], max: usize) -> Result<Option<(Range<usize>, usize)>, FrameError> {
+        self.next_frame_after(buf, max, 0)
+    }
+
+    /// [`Framing::next_frame`] for a `buf` whose first `scanned` bytes are
+    /// known to hold no line end (they were there when it last returned
+    /// `Ok(None)`): a line is scanned once however many reads it takes.
+    pub fn next_frame_after(
+        self,
+        buf: &[u8],
+        max: usize,
+        scanned: usize,
+    ) -> Result<Option<(Range<usize>, usize)>, FrameError> {
         match self {
             Framing::LengthPrefixed => {
                 let Some(prefix) = buf.first_chunk::<LENGTH_PREFIX>() else {
@@ -51,7 +63,8 @@ impl Framing {
                 let end = LENGTH_PREFIX + len;
                 Ok((buf.len() >= end).then_some((LENGTH_PREFIX..end, end)))
             }
-            Framing::Lines => match buf.iter().position(|&b| b == b'\n') {
+            Framing::Lines => match buf[scanned.min(buf.len())..].iter().position(|&b| b == b'\n').map(|i| i + scanned)
+            {
                 Some(nl) => {
                     let end = if nl > 0 && buf[nl - 1] == b'\r' { nl - 1 } else { nl };
                     if end > max {
@@ -62,6 +75,15 @@ impl Framing {
                 None if buf.len() > max => Err(FrameError::TooLarge { len: buf.len(), max }),
                 None => Ok(None),
             },
+        }
+    }
+
+    /// Bytes a frame takes on the wire beyond its body (the length prefix,
+    /// or the `\n`): the frame limit counts the body only.
+    pub fn overhead(self) -> usize {
+        match self {
+            Framing::LengthPrefixed => LENGTH_PREFIX,
+            Framing::Lines => 1,
         }
     }
 
@@ -137,5 +159,8 @@ mod tests {
         assert!(f.next_frame(b"123456789", 8).is_err());
         assert!(f.next_frame(b"123456789\n", 8).is_err());
         assert!(f.next_frame(b"12345678\n", 8).unwrap().is_some());
+        // Bytes already scanned are not looked at again.
+        assert_eq!(f.next_frame_after(b"ab\ncd\n", 8, 3).unwrap(), Some((0..5, 6)));
+        assert_eq!(f.next_frame_after(b"abcd", 8, 2), Ok(None));
     }
 }

@@ -104,30 +104,33 @@ mod tests {
     }
 }
 
-/// A resume token for `session_id`: `base64url(id (8 bytes BE) ‖ first 16
-/// bytes of HMAC-SHA256(key, id))`. Only the gateway that holds `key` can
-/// mint or check one.
-pub fn resume_token(key: &[u8], session_id: u64) -> String {
-    let id = session_id.to_be_bytes();
+/// A resume token for generation `generation` of `session_id`:
+/// `base64url(id (8 bytes BE) ‖ generation (4 bytes BE) ‖ first 16 bytes of
+/// HMAC-SHA256(key, id ‖ generation))`. Only the gateway that holds `key`
+/// can mint or check one; a session accepts only its current generation, so
+/// a token works for one RESUME.
+pub fn resume_token(key: &[u8], session_id: u64, generation: u32) -> String {
+    let mut raw = session_id.to_be_bytes().to_vec();
+    raw.extend_from_slice(&generation.to_be_bytes());
     let mut m = mac(key);
-    m.update(&id);
+    m.update(&raw);
     let tag = m.finalize().into_bytes();
-    let mut raw = id.to_vec();
     raw.extend_from_slice(&tag[..16]);
     B64.encode(raw)
 }
 
-/// The session a resume token names, if `key` signed it.
-pub fn verify_resume_token(key: &[u8], token: &str) -> Option<u64> {
+/// The session and generation a resume token names, if `key` signed it.
+pub fn verify_resume_token(key: &[u8], token: &str) -> Option<(u64, u32)> {
     let raw = B64.decode(token).ok()?;
-    if raw.len() != 24 {
+    if raw.len() != 28 {
         return None;
     }
-    let (id, tag) = raw.split_at(8);
+    let (body, tag) = raw.split_at(12);
     let mut m = mac(key);
-    m.update(id);
+    m.update(body);
     m.verify_truncated_left(tag).ok()?;
-    Some(u64::from_be_bytes(id.try_into().ok()?))
+    let (id, generation) = body.split_at(8);
+    Some((u64::from_be_bytes(id.try_into().ok()?), u32::from_be_bytes(generation.try_into().ok()?)))
 }
 
 #[cfg(test)]
@@ -135,13 +138,17 @@ mod resume_tests {
     use super::*;
 
     #[test]
-    fn resume_tokens_name_their_session_and_resist_forgery() {
-        let t = resume_token(b"k1", 42);
-        assert_eq!(verify_resume_token(b"k1", &t), Some(42));
+    fn resume_tokens_name_their_session_and_generation_and_resist_forgery() {
+        let t = resume_token(b"k1", 42, 3);
+        assert_eq!(verify_resume_token(b"k1", &t), Some((42, 3)));
+        assert_ne!(resume_token(b"k1", 42, 4), t, "each generation has its own token");
         assert_eq!(verify_resume_token(b"k2", &t), None);
         let mut raw = B64.decode(&t).unwrap();
         raw[7] ^= 1;
         assert_eq!(verify_resume_token(b"k1", &B64.encode(&raw)), None, "another session id");
+        let mut raw = B64.decode(&t).unwrap();
+        raw[11] ^= 1;
+        assert_eq!(verify_resume_token(b"k1", &B64.encode(&raw)), None, "another generation");
         assert_eq!(verify_resume_token(b"k1", "short"), None);
         assert_eq!(verify_resume_token(b"k1", ""), None);
     }

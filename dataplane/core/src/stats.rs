@@ -93,8 +93,26 @@ crate::counters! {
     /// Dropped: peer messages (SEND_TO_*) for a session with half its
     /// replay buffer unacknowledged.
     drop_recipient_backlog,
+    /// Dropped: peer messages (SEND_TO_*) for a session past its inbound
+    /// rate (`limits.peer_inbound_rate`).
+    drop_recipient_rate,
     /// Dropped: messages for another worker whose inbox was full.
     drop_inbox_full,
+    /// Refused: RESUMEs with a token already used (tokens rotate).
+    drop_resume_token_reused,
+    /// Dropped (or, for answers, replaced by FRAME_TOO_LARGE): frames to a
+    /// client over its listener's frame limit.
+    drop_frame_too_large_out,
+    /// Connections closed: not logged in within `gateway.login_timeout_ms`.
+    login_timeouts,
+    /// Connections closed: more output than allowed before login queued.
+    drop_prelogin_output,
+    /// Connections cut because the worker's client output passed its share
+    /// of `limits.max_output_memory_bytes` (the biggest backlogs first).
+    cut_output_memory,
+    /// SEND_TO_* answered before every worker had counted its deliveries
+    /// (a worker did not answer within a second).
+    send_results_late,
     /// Sessions ended because their replay buffer overflowed.
     replay_overflows,
     /// Connections closed for missing their heartbeat deadline.

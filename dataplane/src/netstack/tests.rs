@@ -43,7 +43,7 @@ impl Wire {
         let config = GatewayConfig::parse(&text, "netstack test").unwrap();
         let now = Instant::now();
         let auth = portcullis_core::auth::from_config(&config).unwrap();
-        let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, 1_800_000_000);
+        let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, Duration::from_secs(1_800_000_000));
         let gw_dev = FrameQueue::default();
         let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];
         let stack = NetStack::new(&gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now);

@@ -380,6 +380,8 @@ impl Client {
     /// Gets the session back on a new connection after
     /// [`Event::Disconnected`]: everything unacknowledged is replayed, and
     /// requests still waiting for their answer get it if the gateway had it.
+    /// The gateway answers with the token for the next resume, which
+    /// replaces the one just used.
     pub async fn resume(&self) -> Result<ResumeReply, ClientError> {
         let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
         let i = &self.inner;
@@ -393,6 +395,8 @@ impl Client {
         let reply: ResumeReply =
             self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
         i.last_acked.store(last_server_seq, Ordering::Release);
+        // Each token resumes once: keep the next one.
+        *i.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
         Ok(reply)
     }
 

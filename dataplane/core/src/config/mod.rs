@@ -99,6 +99,12 @@ pub struct GatewayConfig {
     pub max_outbound_bytes: usize,
     /// A connection sending this many undecodable frames in a row is closed.
     pub max_bad_frames: u32,
+    /// A connection that has not logged in (or resumed) this long after it
+    /// opened gets LOGIN_TIMEOUT and is closed, whatever it sends.
+    pub login_timeout_ms: u64,
+    /// Output queued for a connection that has not logged in, bytes at
+    /// most: past it the connection is closed.
+    pub max_outbound_before_login_bytes: usize,
     /// Groups one session may be in.
     pub max_groups_per_session: usize,
     /// Longest group name or user id accepted, in bytes.
@@ -119,6 +125,8 @@ impl Default for GatewayConfig {
             max_frame_bytes: portcullis_proto::framing::DEFAULT_MAX_FRAME,
             max_outbound_bytes: 4 << 20,
             max_bad_frames: 8,
+            login_timeout_ms: 5_000,
+            max_outbound_before_login_bytes: 16 * 1024,
             max_groups_per_session: 64,
             max_name_bytes: 128,
             udp_echo: None,
@@ -185,16 +193,39 @@ pub enum OnConflict {
 pub struct LimitsConfig {
     /// Client connections of the whole gateway.
     pub max_connections: usize,
-    /// Client connections from one source IP.
+    /// Client connections from one source IP (players behind one NAT
+    /// share it).
     pub max_connections_per_ip: usize,
-    /// Frames per second one session may send (token bucket rate)…
+    /// Connections from one source IP that have not logged in yet.
+    pub max_prelogin_per_ip: usize,
+    /// File descriptors kept free for game-server links, the control plane
+    /// and logs: client connections that would use them are refused
+    /// (kernel backend).
+    pub fd_reserve: usize,
+    /// Output queued for clients, bytes, for the whole gateway (each worker
+    /// gets an equal share): past it the connections with the most queued
+    /// output are closed first.
+    pub max_output_memory_bytes: usize,
+    /// Frames per second one logged-in session may send (token bucket rate)…
     pub session_rate: u32,
     /// …and the bucket's size (burst).
     pub session_burst: u32,
-    /// Frames per second from one source IP, per worker…
+    /// Frames per second all sessions of one user on a worker may send…
+    pub user_rate: u32,
+    /// …and the bucket's size.
+    pub user_burst: u32,
+    /// Frames per second from one source IP of connections that have not
+    /// logged in, per worker…
     pub ip_rate: u32,
     /// …and the bucket's size.
     pub ip_burst: u32,
+    /// Messages per second from other players (SEND_TO_*) one session
+    /// takes; more are dropped for it…
+    pub peer_inbound_rate: u32,
+    /// …and the bucket's size.
+    pub peer_inbound_burst: u32,
+    /// User ids one SEND_TO_USERS may name.
+    pub max_recipients: usize,
 }
 
 impl Default for LimitsConfig {
@@ -202,10 +233,18 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 1_000_000,
             max_connections_per_ip: 10_000,
+            max_prelogin_per_ip: 64,
+            fd_reserve: 256,
+            max_output_memory_bytes: 256 << 20,
             session_rate: 500,
             session_burst: 1_000,
-            ip_rate: 200_000,
-            ip_burst: 400_000,
+            user_rate: 1_000,
+            user_burst: 2_000,
+            ip_rate: 2_000,
+            ip_burst: 4_000,
+            peer_inbound_rate: 50,
+            peer_inbound_burst: 200,
+            max_recipients: 64,
         }
     }
 }
@@ -507,6 +546,8 @@ impl Config {
             ("gateway.max_frame_bytes", g.max_frame_bytes),
             ("gateway.max_outbound_bytes", g.max_outbound_bytes),
             ("gateway.max_bad_frames", g.max_bad_frames as usize),
+            ("gateway.login_timeout_ms", g.login_timeout_ms as usize),
+            ("gateway.max_outbound_before_login_bytes", g.max_outbound_before_login_bytes),
             ("gateway.max_name_bytes", g.max_name_bytes),
             ("sessions.max_devices", s.max_devices),
             ("sessions.resume_window_ms", s.resume_window_ms as usize),
@@ -514,10 +555,17 @@ impl Config {
             ("sessions.replay_max_bytes", s.replay_max_bytes),
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_prelogin_per_ip", l.max_prelogin_per_ip),
+            ("limits.max_output_memory_bytes", l.max_output_memory_bytes),
             ("limits.session_rate", l.session_rate as usize),
             ("limits.session_burst", l.session_burst as usize),
+            ("limits.user_rate", l.user_rate as usize),
+            ("limits.user_burst", l.user_burst as usize),
             ("limits.ip_rate", l.ip_rate as usize),
             ("limits.ip_burst", l.ip_burst as usize),
+            ("limits.peer_inbound_rate", l.peer_inbound_rate as usize),
+            ("limits.peer_inbound_burst", l.peer_inbound_burst as usize),
+            ("limits.max_recipients", l.max_recipients),
             ("backends.request_timeout_ms", b.request_timeout_ms as usize),
             ("backends.health_interval_ms", b.health_interval_ms as usize),
             ("backends.health_timeout_ms", b.health_timeout_ms as usize),

@@ -122,10 +122,11 @@ impl Gateway {
             user_id: user.user_id.to_string(),
             device: user.device.to_string(),
             heartbeat_interval_ms: (self.limits.heartbeat_timeout.as_millis() / 3) as u32,
-            resume_token: resume_token(self.shared.resume_key(), session),
+            resume_token: resume_token(self.shared.resume_key(), session, 0),
             resume_window_ms: self.limits.resume_window.as_millis() as u32,
         };
         self.sessions.bind_user(session, user);
+        self.logged_in(conn);
         self.stats.logins += 1;
         self.send_payload(conn, Envelope::new(cmd::LOGIN, seq, flags::RESPONSE, &[]), &reply, false);
     }

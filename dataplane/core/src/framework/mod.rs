@@ -10,11 +10,11 @@ mod login;
 mod resume;
 
 use portcullis_proto::framework::Payload;
-use portcullis_proto::pb::client::{ErrorCode, GroupRequest, SendResult, SendToGroup, SendToUser, SendToUsers};
+use portcullis_proto::pb::client::{ErrorCode, GroupRequest, SendToGroup, SendToUser, SendToUsers};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 use crate::conn::ConnId;
-use crate::gateway::{End, Gateway};
+use crate::gateway::{End, Gateway, SendRequest};
 use crate::security::{Reason, Verdict};
 use crate::session::SessionId;
 use crate::shard::DeliveryMsg;
@@ -66,6 +66,12 @@ impl Gateway {
                     let Some(req) = self.payload::<SendToUsers>(conn, codec, env) else {
                         return self.count_bad_frame(conn);
                     };
+                    if req.user_ids.len() > self.limits.max_recipients {
+                        let detail = format!("more than {} recipients", self.limits.max_recipients);
+                        let refusal = Verdict::Respond(Reason::BadPayload);
+                        self.apply_verdict(conn, (env.cmd, env.seq), refusal, Some(&detail));
+                        return self.count_bad_frame(conn);
+                    }
                     (req.user_ids, req.payload)
                 };
                 let mut targets: Vec<(usize, SessionId)> = Vec::new();
@@ -75,8 +81,8 @@ impl Gateway {
                 targets.sort_unstable();
                 targets.dedup();
                 let msg = self.delivery(session, env.cmd, String::new(), payload);
-                let delivered = self.deliver_anywhere(&targets, msg);
-                self.send_result(conn, env, delivered);
+                let request = SendRequest { conn, session, cmd: env.cmd, seq: env.seq };
+                self.deliver_anywhere(request, &targets, msg);
             }
             cmd::SEND_TO_GROUP => {
                 let Some(req) = self.payload::<SendToGroup>(conn, codec, env) else {
@@ -84,8 +90,8 @@ impl Gateway {
                 };
                 let exclude = if req.include_self { 0 } else { session };
                 let msg = self.delivery(session, env.cmd, req.group, req.payload);
-                let delivered = self.deliver_to_group(exclude, msg);
-                self.send_result(conn, env, delivered);
+                let request = SendRequest { conn, session, cmd: env.cmd, seq: env.seq };
+                self.deliver_to_group(request, exclude, msg);
             }
             // The envelope's `ack` field has been applied already.
             cmd::ACK => {}
@@ -105,11 +111,6 @@ impl Gateway {
     fn delivery(&self, session: SessionId, cmd: u32, group: String, payload: Vec<u8>) -> DeliveryMsg {
         let from = self.sessions.get(session).and_then(|s| s.user_id()).unwrap_or_default().to_string();
         DeliveryMsg { cmd, from_user_id: from, group, payload }
-    }
-
-    fn send_result(&mut self, conn: ConnId, env: &Envelope<'_>, delivered: usize) {
-        let result = SendResult { delivered: delivered as u32 };
-        self.send_payload(conn, Envelope::new(env.cmd, env.seq, flags::RESPONSE, &[]), &result, true);
     }
 
     /// Decodes a framework payload, answering BAD_PAYLOAD if it cannot be.

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use portcullis_proto::pb::client::{ErrorCode, ResumeReply, ResumeRequest};
-use portcullis_proto::token::verify_resume_token;
+use portcullis_proto::token::{resume_token, verify_resume_token};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 use crate::conn::ConnId;
@@ -28,13 +28,13 @@ impl Gateway {
         let Some(req) = self.payload::<ResumeRequest>(conn, codec, env) else {
             return self.count_bad_frame(conn);
         };
-        let Some(target) = verify_resume_token(self.shared.resume_key(), &req.resume_token) else {
+        let Some((target, generation)) = verify_resume_token(self.shared.resume_key(), &req.resume_token) else {
             self.resume_refused(conn, env.seq, "invalid resume token");
             return self.count_bad_frame(conn);
         };
         let owner = self.shared.owner_of(target);
         if owner == self.worker || owner >= self.shared.workers() {
-            match self.release_for_resume(target, req.last_server_seq, codec) {
+            match self.release_for_resume(target, generation, req.last_server_seq, codec) {
                 Ok(s) => self.complete_resume(conn, env.seq, s),
                 Err(reason) => self.resume_refused(conn, env.seq, &reason),
             }
@@ -45,6 +45,7 @@ impl Gateway {
         }
         let msg = CrossMsg::ResumeRequest {
             session: target,
+            generation,
             last_seq: req.last_server_seq,
             codec,
             reply_to: (self.worker, conn),
@@ -56,17 +57,22 @@ impl Gateway {
         true
     }
 
-    /// Detaches a session of this worker for a RESUME: closes a connection
-    /// it may still have, drops what the client acknowledged, and removes it
-    /// from this worker.
+    /// Detaches a session of this worker for a RESUME with the token of
+    /// `generation`: closes a connection it may still have, drops what the
+    /// client acknowledged, and removes it from this worker.
     pub(crate) fn release_for_resume(
         &mut self,
         session: SessionId,
+        generation: u32,
         last_seq: u64,
         codec: Codec,
     ) -> Result<Session, String> {
         let gone = "the session has ended (logged out, replaced, or not resumed in time)";
         let s = self.sessions.get(session).filter(|s| s.user.is_some()).ok_or(gone)?;
+        if s.resume_generation != generation {
+            self.stats.drop_resume_token_reused += 1;
+            return Err("resume token already used or superseded: each token resumes once".into());
+        }
         if s.codec != codec {
             return Err(format!("resume on a {} listener, like the original connection", s.codec));
         }
@@ -94,6 +100,8 @@ impl Gateway {
         s.conn = Some(conn);
         s.detached_at = None;
         s.last_seen = self.now;
+        // The token just presented is spent; the client gets the next one.
+        s.resume_generation = s.resume_generation.wrapping_add(1);
         let user = s.user.clone().expect("resumable sessions are logged in");
         let reply = ResumeReply {
             session_id: s.id,
@@ -101,15 +109,18 @@ impl Gateway {
             device: user.device.to_string(),
             heartbeat_interval_ms: (self.limits.heartbeat_timeout.as_millis() / 3) as u32,
             replayed: s.replay.len() as u32,
+            resume_token: resume_token(self.shared.resume_key(), s.id, s.resume_generation),
         };
         self.notify_links(&s, false);
         let id = s.id;
         self.install(s, true);
+        self.logged_in(conn);
         self.send_payload(conn, Envelope::new(cmd::RESUME, seq, flags::RESPONSE, &[]), &reply, false);
         let Some(s) = self.sessions.get(id) else { return };
         if let Some(c) = self.conns.get_mut(&conn) {
             c.out.extend_from_slice(s.replay.frames());
         }
+        self.account(conn);
         self.stats.resumes += 1;
         self.stats.replayed += u64::from(reply.replayed);
         self.handle_writable(conn);

@@ -1,7 +1,13 @@
 //! Sending to clients. Every message to a logged-in session is sequenced
 //! (`server_seq`) and kept in its replay buffer until acknowledged, whether
-//! or not its connection is up; heartbeat answers, KICK and the LOGIN and
-//! RESUME answers are not.
+//! or not its connection is up; heartbeat answers, KICK, ERROR and the
+//! LOGIN and RESUME answers are not.
+//!
+//! No frame over the connection's frame limit is ever sent: an answer that
+//! would be is replaced by FRAME_TOO_LARGE, a push is dropped and counted.
+//! Output is bounded per connection (`max_outbound_before_login_bytes`
+//! before login, `max_outbound_bytes` after) and per worker (its share of
+//! `limits.max_output_memory_bytes`: past it the biggest backlogs are cut).
 
 use portcullis_proto::framework::{Payload, PayloadForm};
 use portcullis_proto::link;
@@ -13,6 +19,7 @@ use super::{End, Gateway};
 use crate::backend::{LinkState, MAX_CLOSED_WHILE_DOWN};
 use crate::conn::ConnId;
 use crate::security::Verdict;
+use crate::session::replay::{Bounds, ReplayError};
 use crate::session::{Session, SessionId};
 use crate::shard::DeliveryMsg;
 
@@ -23,8 +30,25 @@ impl Gateway {
         if c.closing {
             return;
         }
+        let mark = c.out.len();
         c.codec.encode(env, &mut c.out);
+        let len = c.out.len() - mark;
+        if len > c.max_frame + c.codec.framing().overhead() {
+            c.out.truncate(mark);
+            return self.oversized(conn, env, len);
+        }
         self.after_append(conn);
+    }
+
+    /// A frame for `conn` came out longer than its frame limit: an answer
+    /// becomes FRAME_TOO_LARGE; anything else is dropped and counted.
+    fn oversized(&mut self, conn: ConnId, env: &Envelope<'_>, len: usize) {
+        self.stats.drop_frame_too_large_out += 1;
+        if env.flags & flags::RESPONSE != 0 && env.cmd != cmd::ERROR {
+            let max = self.conns.get(&conn).map_or(0, |c| c.max_frame);
+            let message = format!("the answer ({len} bytes) is longer than this listener's frame limit ({max})");
+            self.send_error(conn, env.cmd, env.seq, ErrorCode::FrameTooLarge, &message);
+        }
     }
 
     /// Answers on a connection: sequenced if its session is logged in.
@@ -49,8 +73,7 @@ impl Gateway {
     /// so that no player can end another's session by flooding it.
     pub(crate) fn deliver_as(&mut self, session: SessionId, env: &mut Envelope<'_>, peer: bool) -> bool {
         if peer {
-            let Some(s) = self.sessions.get(session) else { return false };
-            if let Verdict::Drop(reason) = self.check_peer_delivery(s, env.payload.len()) {
+            if let Verdict::Drop(reason) = self.check_peer_delivery(session, env.cmd, env.payload.len()) {
                 reason.count(&mut self.stats);
                 return false;
             }
@@ -69,15 +92,24 @@ impl Gateway {
         env.server_seq = seq;
         let (codec, conn) = (s.codec, s.conn);
         let conns = &mut self.conns;
-        let written =
-            s.replay.push(seq, self.limits.replay_messages, self.limits.replay_bytes, |out| codec.encode(env, out));
-        match written {
+        // A detached session's frames must fit the listener it resumes on,
+        // which has its codec: the limit of the one it had is the best guess.
+        let max_frame =
+            conn.and_then(|c| conns.get(&c)).map_or(usize::MAX, |c| c.max_frame + codec.framing().overhead());
+        let bounds =
+            Bounds { max_messages: self.limits.replay_messages, max_bytes: self.limits.replay_bytes, max_frame };
+        match s.replay.push(seq, bounds, |out| codec.encode(env, out)) {
             Ok(frame) => {
                 if let Some(c) = conn.and_then(|c| conns.get_mut(&c)).filter(|c| !c.closing) {
                     c.out.extend_from_slice(frame);
                     self.after_append(conn.expect("has a connection"));
                 }
                 true
+            }
+            Err(ReplayError::TooLarge { len, .. }) => {
+                env.server_seq = 0;
+                self.oversized(conn.expect("only a connection has a limit"), env, len);
+                false
             }
             Err(e) => {
                 self.stats.replay_overflows += 1;
@@ -89,18 +121,67 @@ impl Gateway {
     }
 
     /// Queues a transmit, or disconnects a client whose unsent output passed
-    /// the high-water mark (its session waits for a RESUME).
-    fn after_append(&mut self, conn: ConnId) {
+    /// its limit (a logged-in session waits for a RESUME); cuts the biggest
+    /// backlogs when the worker's output passed its share.
+    pub(crate) fn after_append(&mut self, conn: ConnId) {
+        self.account(conn);
         let Some(c) = self.conns.get_mut(&conn) else { return };
         self.stats.frames_out += 1;
-        if c.out.len() > self.limits.max_outbound {
-            self.stats.slow_consumers += 1;
+        let limit = if c.logged_in { self.limits.max_outbound } else { self.limits.max_outbound_before_login };
+        if c.out.len() > limit {
+            if c.logged_in {
+                self.stats.slow_consumers += 1;
+            } else {
+                self.stats.drop_prelogin_output += 1;
+            }
             // Nothing more can reach a client that does not read: drop its
             // backlog (the replay buffer keeps what matters) and close.
-            c.out.clear();
-            return self.close(conn, End::Detach);
+            self.cut(conn);
+            return;
         }
         self.queue_transmit(conn);
+        if self.out_bytes > self.limits.output_share {
+            self.cut_biggest_backlogs();
+        }
+    }
+
+    /// Brings the worker's output total up to date with `conn`'s buffer.
+    pub(crate) fn account(&mut self, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            self.out_bytes = self.out_bytes - c.accounted + c.out.len();
+            c.accounted = c.out.len();
+        }
+    }
+
+    /// Drops what is queued for `conn` and closes it; a logged-in session
+    /// waits for a RESUME (its replay buffer keeps what matters).
+    fn cut(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.out = Vec::new();
+        let end = if c.logged_in { End::Detach } else { End::Session };
+        self.account(conn);
+        self.close(conn, end);
+    }
+
+    /// The worker's output passed its share of
+    /// `limits.max_output_memory_bytes`: the connections with the most
+    /// queued are cut until it is under 7/8 of the share.
+    #[cold]
+    fn cut_biggest_backlogs(&mut self) {
+        let mut backlogs: Vec<(usize, ConnId)> =
+            self.conns.iter().filter(|(_, c)| !c.out.is_empty()).map(|(id, c)| (c.out.len(), *id)).collect();
+        backlogs.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.limits.output_share / 8 * 7;
+        for (_, conn) in backlogs {
+            if self.out_bytes <= target {
+                break;
+            }
+            self.stats.cut_output_memory += 1;
+            self.cut(conn);
+        }
+        crate::warn_limited!(
+            "client output passed this worker's share of limits.max_output_memory_bytes: cut the biggest backlogs"
+        );
     }
 
     /// Sends a framework payload message in the connection's payload form.
@@ -118,10 +199,15 @@ impl Gateway {
         self.scratch = buf;
     }
 
-    /// Sends an ERROR frame answering `(cmd, seq)`.
+    /// Sends an ERROR frame answering `(cmd, seq)`, unsequenced (a flood
+    /// of refusals never fills the replay buffer). Before login, every ERROR
+    /// counts as a bad frame ([`Gateway::count_bad_frame`]).
     pub(crate) fn send_error(&mut self, conn: ConnId, cmd: u32, seq: u32, code: ErrorCode, message: &str) {
         let err = portcullis_proto::pb::client::Error { code: code as i32, message: message.into(), cmd };
-        self.send_payload(conn, Envelope::new(cmd::ERROR, seq, flags::RESPONSE, &[]), &err, true);
+        self.send_payload(conn, Envelope::new(cmd::ERROR, seq, flags::RESPONSE, &[]), &err, false);
+        if self.conns.get(&conn).is_some_and(|c| !c.logged_in && !c.closing) {
+            self.count_error_before_login(conn);
+        }
     }
 
     /// Sends a KICK notification.

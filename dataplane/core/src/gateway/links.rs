@@ -32,7 +32,8 @@ impl Gateway {
         let Some(link) = self.pick_link(session, service, env.route_key()) else {
             self.stats.drop_backend_unavailable += 1;
             let msg = format!("no game server of service {:?} is available", self.router.services()[service].name);
-            return self.send_error(conn, env.cmd, env.seq, ErrorCode::BackendUnavailable, &msg);
+            // In place of the game server's answer: sequenced, like it.
+            return self.error_to_session(session, env.cmd, env.seq, ErrorCode::BackendUnavailable, &msg);
         };
         let deadline = self.now + self.limits.request_timeout;
         self.forward(link, session, env.cmd, env.seq, &env.payload, env.route_key(), deadline, Pending::Business);
@@ -360,7 +361,8 @@ impl Gateway {
         }
     }
 
-    /// An ERROR frame to a session's connection, sequenced.
+    /// An ERROR in place of a game server's answer (BACKEND_*): sequenced
+    /// like the answer it replaces, for a logged-in session.
     pub(crate) fn error_to_session(&mut self, session: SessionId, cmd: u32, seq: u32, code: ErrorCode, message: &str) {
         let err = portcullis_proto::pb::client::Error { code: code as i32, message: message.into(), cmd };
         let Some(form) = self.sessions.get(session).map(|s| s.codec.payload_form()) else { return };

@@ -22,6 +22,7 @@ mod cross;
 mod deliver;
 mod links;
 
+pub(crate) use cross::SendRequest;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -86,8 +87,17 @@ pub(crate) struct Conn {
     max_frame: usize,
     ip: IpAddr,
     admitted: bool,
+    /// Logged in or resumed: the limits of players apply, not those of
+    /// strangers.
+    pub(crate) logged_in: bool,
+    /// Sent a LOGIN or RESUME already.
+    pub(crate) tried_login: bool,
     inbuf: Vec<u8>,
+    /// Bytes at the start of `inbuf` known to hold no line end.
+    scanned: usize,
     pub(crate) out: Vec<u8>,
+    /// Bytes of `out` counted in the worker's output total.
+    accounted: usize,
     queued: bool,
     pub(crate) closing: bool,
     pub(crate) bad_frames: u32,
@@ -98,7 +108,11 @@ pub(crate) struct Conn {
 #[derive(Debug, Clone)]
 pub(crate) struct Limits {
     pub(crate) heartbeat_timeout: Duration,
+    pub(crate) login_timeout: Duration,
     pub(crate) max_outbound: usize,
+    pub(crate) max_outbound_before_login: usize,
+    /// This worker's share of `limits.max_output_memory_bytes`.
+    pub(crate) output_share: usize,
     pub(crate) max_bad_frames: u32,
     pub(crate) max_groups: usize,
     pub(crate) max_name: usize,
@@ -107,8 +121,12 @@ pub(crate) struct Limits {
     pub(crate) replay_bytes: usize,
     pub(crate) max_connections: usize,
     pub(crate) max_per_ip: usize,
+    pub(crate) max_prelogin_per_ip: usize,
     pub(crate) session_rate: (u32, u32),
+    pub(crate) user_rate: (u32, u32),
     pub(crate) ip_rate: (u32, u32),
+    pub(crate) peer_rate: (u32, u32),
+    pub(crate) max_recipients: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) health_interval: Duration,
     pub(crate) health_timeout: Duration,
@@ -124,7 +142,10 @@ impl Limits {
         let ms = Duration::from_millis;
         Limits {
             heartbeat_timeout: ms(g.heartbeat_timeout_ms),
+            login_timeout: ms(g.login_timeout_ms),
             max_outbound: g.max_outbound_bytes,
+            max_outbound_before_login: g.max_outbound_before_login_bytes,
+            output_share: l.max_output_memory_bytes / g.workers.max(1),
             max_bad_frames: g.max_bad_frames,
             max_groups: g.max_groups_per_session,
             max_name: g.max_name_bytes,
@@ -133,8 +154,12 @@ impl Limits {
             replay_bytes: s.replay_max_bytes,
             max_connections: l.max_connections,
             max_per_ip: l.max_connections_per_ip,
+            max_prelogin_per_ip: l.max_prelogin_per_ip,
             session_rate: (l.session_rate, l.session_burst),
+            user_rate: (l.user_rate, l.user_burst),
             ip_rate: (l.ip_rate, l.ip_burst),
+            peer_rate: (l.peer_inbound_rate, l.peer_inbound_burst),
+            max_recipients: l.max_recipients,
             request_timeout: ms(b.request_timeout_ms),
             health_interval: ms(b.health_interval_ms),
             health_timeout: ms(b.health_timeout_ms),
@@ -163,7 +188,7 @@ pub struct Gateway {
     pub(crate) policy: Policy,
     listeners: Vec<ListenerSpec>,
     /// `now` at construction and the Unix time it corresponds to.
-    clock: (Instant, u64),
+    clock: (Instant, Duration),
     /// The `now` of the input being handled.
     pub(crate) now: Instant,
     pub(crate) conns: FxHashMap<ConnId, Conn>,
@@ -171,8 +196,18 @@ pub struct Gateway {
     pub(crate) router: Router,
     pub(crate) links: Vec<Link>,
     pub(crate) auth: Box<dyn Authenticator>,
-    /// Per source IP: rate bucket and connections on this worker.
+    /// Per source IP: rate bucket (frames before login) and connections on
+    /// this worker.
     pub(crate) ip_buckets: HashMap<IpAddr, (TokenBucket, u32)>,
+    /// Per user with sessions here: rate bucket.
+    pub(crate) user_buckets: FxHashMap<Box<str>, TokenBucket>,
+    /// Connections not logged in yet, by their login deadline (in order).
+    prelogin: VecDeque<(Instant, ConnId)>,
+    /// Bytes queued for all clients of this worker.
+    out_bytes: usize,
+    /// SEND_TO_* answers waiting for other workers' counts.
+    pub(crate) pending_sends: FxHashMap<u64, cross::PendingSend>,
+    pub(crate) next_send: u64,
     outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
     next_session: u64,
@@ -188,15 +223,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// The core of worker `worker` for a validated config. `now` and
-    /// `unix_now` (seconds) anchor its clock: later `now`s are converted to
-    /// Unix time from them.
+    /// `unix_now` (time since the Unix epoch) anchor its clock: later `now`s
+    /// are converted to Unix time from them.
     pub fn new(
         config: &Config,
         worker: usize,
         shared: Arc<Shared>,
         auth: Box<dyn Authenticator>,
         now: Instant,
-        unix_now: u64,
+        unix_now: Duration,
     ) -> Gateway {
         let router = Router::new(config);
         let links = config
@@ -223,6 +258,11 @@ impl Gateway {
             links,
             auth,
             ip_buckets: HashMap::new(),
+            user_buckets: FxHashMap::default(),
+            prelogin: VecDeque::new(),
+            out_bytes: 0,
+            pending_sends: FxHashMap::default(),
+            next_send: 1,
             outputs: VecDeque::new(),
             stats: Stats::default(),
             next_session: 1,
@@ -278,9 +318,14 @@ impl Gateway {
         self.conns.get(&conn).map(|c| c.session)
     }
 
-    /// Unix seconds at `now`, by the core's clock.
+    /// Unix seconds at `now`, by the core's clock (whole seconds passed).
     pub fn unix_time(&self, now: Instant) -> u64 {
-        self.clock.1 + now.saturating_duration_since(self.clock.0).as_secs()
+        (self.clock.1 + now.saturating_duration_since(self.clock.0)).as_secs()
+    }
+
+    /// Bytes queued for the clients of this worker.
+    pub fn output_bytes(&self) -> usize {
+        self.out_bytes
     }
 
     /// Whether [`Gateway::shutdown`] was called: the IO backend stops
@@ -302,10 +347,11 @@ impl Gateway {
         self.now = now;
         let spec = self.listeners[listener];
         let ip = peer.ip();
-        let admitted = self.shared.admit(ip, self.limits.max_connections, self.limits.max_per_ip);
+        let l = &self.limits;
+        let admitted = self.shared.admit(ip, l.max_connections, l.max_per_ip, l.max_prelogin_per_ip);
         let session = self.shared.session_base(self.worker) | self.next_session;
         self.next_session += 1;
-        self.sessions.insert(Session::new(session, conn, spec.codec, now, self.limits.session_rate.1));
+        self.sessions.insert(Session::new(session, conn, spec.codec, now, l.session_rate.1, l.peer_rate.1));
         self.conns.insert(
             conn,
             Conn {
@@ -314,8 +360,12 @@ impl Gateway {
                 max_frame: spec.max_frame,
                 ip,
                 admitted: admitted.is_ok(),
+                logged_in: false,
+                tried_login: false,
                 inbuf: Vec::new(),
+                scanned: 0,
                 out: Vec::new(),
+                accounted: 0,
                 queued: false,
                 closing: false,
                 bad_frames: 0,
@@ -330,6 +380,7 @@ impl Gateway {
         }
         let burst = self.limits.ip_rate.1;
         self.ip_buckets.entry(ip).or_insert_with(|| (TokenBucket::full(burst, now), 0)).1 += 1;
+        self.prelogin.push_back((now + self.limits.login_timeout, conn));
         if self.shutdown.is_some() {
             self.kick(conn, "gateway shutting down: reconnect to another gateway", true);
         }
@@ -345,19 +396,22 @@ impl Gateway {
         if c.inbuf.is_empty() {
             // Fast path: frames are parsed straight from the caller's buffer
             // and only an incomplete tail is copied.
-            if let Some(used) = self.process_frames(conn, data) {
+            if let Some(used) = self.process_frames(conn, data, 0) {
                 if used < data.len() {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.inbuf.extend_from_slice(&data[used..]);
+                        c.scanned = data.len() - used;
                     }
                 }
             }
         } else {
+            let scanned = c.scanned;
             let mut buf = std::mem::take(&mut c.inbuf);
             buf.extend_from_slice(data);
-            if let Some(used) = self.process_frames(conn, &buf) {
+            if let Some(used) = self.process_frames(conn, &buf, scanned) {
                 buf.drain(..used);
                 if let Some(c) = self.conns.get_mut(&conn) {
+                    c.scanned = buf.len();
                     c.inbuf = buf;
                 }
             }
@@ -379,8 +433,9 @@ impl Gateway {
     pub fn handle_disconnect(&mut self, now: Instant, conn: ConnId) {
         self.now = now;
         let Some(c) = self.conns.remove(&conn) else { return };
+        self.out_bytes -= c.accounted;
         if c.admitted {
-            self.shared.release(c.ip);
+            self.shared.release(c.ip, c.logged_in);
             if let Some(entry) = self.ip_buckets.get_mut(&c.ip) {
                 entry.1 -= 1;
                 if entry.1 == 0 {
@@ -422,10 +477,14 @@ impl Gateway {
         }
         // A sweep over all sessions a few times per deadline: O(sessions) per
         // interval and no per-frame timer work.
-        let timeout = self.limits.heartbeat_timeout.min(self.limits.resume_window);
+        let timeout = self.limits.heartbeat_timeout.min(self.limits.resume_window).min(self.limits.login_timeout);
         let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.next_sweep = now + interval;
         self.expire_requests();
+        self.expire_logins();
+        self.expire_pending_sends();
+        let (rate, burst) = self.limits.user_rate;
+        self.user_buckets.retain(|_, b| !b.is_full(now, rate, burst));
         self.handed_over.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(10));
         let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
         let mut idle = std::mem::take(&mut self.targets);
@@ -446,6 +505,8 @@ impl Gateway {
                     // No KICK: the session waits for a RESUME, and a KICK
                     // would tell the client it ended.
                     self.stats.heartbeat_timeouts += 1;
+                    let message = format!("no frame for {} ms: closed", heartbeat.as_millis());
+                    self.send_error(conn, 0, 0, ErrorCode::HeartbeatTimeout, &message);
                     self.close(conn, End::Detach);
                 }
                 None => {
@@ -465,6 +526,28 @@ impl Gateway {
             self.conns.get_mut(&conn).expect("listed").waiting = Waiting::Nothing;
             self.stats.drop_resume_failed += 1;
             self.send_error(conn, cmd::RESUME, 0, ErrorCode::ResumeFailed, "the session did not answer in time");
+        }
+    }
+
+    /// Closes connections that have not logged in (or resumed) within
+    /// `gateway.login_timeout_ms`, whatever they sent; one waiting for an
+    /// answer (a delegated LOGIN, a RESUME on another worker — each bounded
+    /// by its own timeout) is looked at again a second later.
+    fn expire_logins(&mut self) {
+        while let Some(&(deadline, conn)) = self.prelogin.front() {
+            if deadline > self.now {
+                break;
+            }
+            self.prelogin.pop_front();
+            let Some(c) = self.conns.get(&conn).filter(|c| !c.logged_in && !c.closing) else { continue };
+            if c.waiting != Waiting::Nothing {
+                self.prelogin.push_back((self.now + Duration::from_secs(1), conn));
+                continue;
+            }
+            self.stats.login_timeouts += 1;
+            let message = format!("not logged in within {} ms", self.limits.login_timeout.as_millis());
+            self.send_error(conn, 0, 0, ErrorCode::LoginTimeout, &message);
+            self.close(conn, End::Session);
         }
     }
 
@@ -536,9 +619,10 @@ impl Gateway {
 
     // ----- the message path --------------------------------------------------
 
-    /// Splits frames off `buf` and runs each through the path. Returns the
-    /// bytes consumed, or `None` once the connection is closing.
-    fn process_frames(&mut self, conn: ConnId, buf: &[u8]) -> Option<usize> {
+    /// Splits frames off `buf` (whose first `scanned` bytes hold no line
+    /// end) and runs each through the path. Returns the bytes consumed, or
+    /// `None` once the connection is closing.
+    fn process_frames(&mut self, conn: ConnId, buf: &[u8], mut scanned: usize) -> Option<usize> {
         let c = self.conns.get(&conn)?;
         let (session, codec, max, ip) = (c.session, c.codec, c.max_frame, c.ip);
         if let Some(s) = self.sessions.get_mut(session) {
@@ -547,10 +631,11 @@ impl Gateway {
         let framing = codec.framing();
         let mut pos = 0;
         loop {
-            match framing.next_frame(&buf[pos..], max) {
+            match framing.next_frame_after(&buf[pos..], max, scanned) {
                 Ok(Some((range, used))) => {
                     let frame = &buf[pos + range.start..pos + range.end];
                     pos += used;
+                    scanned = 0;
                     // Any frame may close the connection (a kick, a slow
                     // consumer, a replay overflow): nothing after it counts.
                     if !self.on_frame(conn, session, codec, ip, frame)
@@ -649,6 +734,17 @@ impl Gateway {
             self.shared.group_member(g, self.worker, false);
         }
         Some(s)
+    }
+
+    /// `conn` logged in or resumed: from now on the limits of players apply
+    /// to it, not those of strangers.
+    pub(crate) fn logged_in(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.logged_in) else { return };
+        c.logged_in = true;
+        c.bad_frames = 0;
+        if c.admitted {
+            self.shared.logged_in(c.ip);
+        }
     }
 
     fn queue_transmit(&mut self, conn: ConnId) {

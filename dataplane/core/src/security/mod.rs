@@ -9,9 +9,13 @@
 //!    a frame that does not decode is answered with BAD_FRAME and counted
 //!    against the connection, which is closed at `gateway.max_bad_frames`.
 //!    Frames the framework commands refuse later (bad payloads, failed
-//!    logins, unknown commands) count the same way;
-//! 2. **rate** — the session's and the source address's token buckets:
-//!    THROTTLED;
+//!    logins, unknown commands) count the same way, and before login so
+//!    does every ERROR the connection is sent;
+//! 2. **rate** — before login, the source address's token bucket (shared by
+//!    the strangers behind one address; a connection's first LOGIN or RESUME
+//!    is not charged to it); after it, the session's and the
+//!    user's, so that junk from a shared address cannot throttle the players
+//!    behind it: THROTTLED;
 //! 3. **shutdown** — business commands while the gateway shuts down:
 //!    SHUTTING_DOWN;
 //! 4. **login** — commands other than HEARTBEAT, LOGIN, LOGOUT, RESUME and
@@ -21,10 +25,11 @@
 //! frame's piggy-backed acknowledgement counts even when a later link
 //! refuses the frame.
 //!
-//! Deliveries have a check of their own, the **backlog guard**
-//! ([`Gateway::check_peer_delivery`]): a message from another player to a
-//! session whose replay buffer is half full is dropped, so that no player
-//! can end another's session by flooding it.
+//! Deliveries have a check of their own ([`Gateway::check_peer_delivery`]):
+//! a message from another player is dropped for a session whose replay
+//! buffer is half full, or — sent to its user, not to a group — past its
+//! inbound rate (`limits.peer_inbound_rate`), so that no player can flood
+//! another or end its session.
 //!
 //! Every refusal is counted under its [`Reason`].
 
@@ -38,7 +43,8 @@ use portcullis_proto::{cmd, Envelope};
 
 use crate::conn::ConnId;
 use crate::gateway::{End, Gateway};
-use crate::session::{Session, SessionId};
+use crate::security::rate_limit::TokenBucket;
+use crate::session::SessionId;
 use crate::stats::Stats;
 
 /// Why a check refused a frame or a delivery.
@@ -60,6 +66,8 @@ pub enum Reason {
     /// A message from another player to a session whose replay buffer is
     /// half full.
     RecipientBacklog,
+    /// A message from another player to a session past its inbound rate.
+    RecipientRate,
 }
 
 impl Reason {
@@ -72,7 +80,7 @@ impl Reason {
             Reason::Throttled => ErrorCode::Throttled,
             Reason::ShuttingDown => ErrorCode::ShuttingDown,
             Reason::NotLoggedIn => ErrorCode::NotLoggedIn,
-            Reason::RecipientBacklog => ErrorCode::Throttled,
+            Reason::RecipientBacklog | Reason::RecipientRate => ErrorCode::Throttled,
         }
     }
 
@@ -86,6 +94,7 @@ impl Reason {
             Reason::ShuttingDown => "gateway shutting down: reconnect to another gateway",
             Reason::NotLoggedIn => "log in first",
             Reason::RecipientBacklog => "the recipient is not keeping up",
+            Reason::RecipientRate => "the recipient gets too many messages",
         }
     }
 
@@ -99,6 +108,7 @@ impl Reason {
             Reason::ShuttingDown => &mut stats.drop_shutting_down,
             Reason::NotLoggedIn => &mut stats.drop_not_logged_in,
             Reason::RecipientBacklog => &mut stats.drop_recipient_backlog,
+            Reason::RecipientRate => &mut stats.drop_recipient_rate,
         } += 1;
     }
 }
@@ -197,10 +207,14 @@ impl Gateway {
 
     /// Compliance: counts a refused (and already answered) frame against
     /// its connection, which closes, ending its session, at
-    /// `gateway.max_bad_frames`. Returns whether it is still open.
+    /// `gateway.max_bad_frames`. Returns whether it is still open. Before
+    /// login the answer (an ERROR) counted already.
     #[must_use]
     pub(crate) fn count_bad_frame(&mut self, conn: ConnId) -> bool {
         let Some(c) = self.conns.get_mut(&conn) else { return false };
+        if !c.logged_in {
+            return !c.closing;
+        }
         c.bad_frames += 1;
         if c.bad_frames >= self.limits.max_bad_frames {
             self.close(conn, End::Session);
@@ -209,14 +223,47 @@ impl Gateway {
         true
     }
 
-    /// Rate: the session's and the source address's token buckets.
+    /// Compliance before login: an ERROR was sent to a connection that
+    /// has not logged in; it counts as a bad frame.
+    pub(crate) fn count_error_before_login(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.bad_frames += 1;
+        if c.bad_frames >= self.limits.max_bad_frames {
+            self.close(conn, End::Session);
+        }
+    }
+
+    /// Rate: before login the source address's token bucket; after it the
+    /// session's and the user's.
     fn check_rate(&mut self, f: &Frame<'_, '_>) -> Verdict {
         let now = self.now;
-        let (rate, burst) = self.limits.session_rate;
-        let session_ok = self.sessions.get_mut(f.session).is_none_or(|s| s.rate.allow(now, rate, burst));
-        let (rate, burst) = self.limits.ip_rate;
-        let ip_ok = self.ip_buckets.get_mut(&f.ip).is_none_or(|(b, _)| b.allow(now, rate, burst));
-        if session_ok && ip_ok {
+        let allowed = match self.sessions.get_mut(f.session) {
+            Some(s) if s.user.is_some() => {
+                let (rate, burst) = self.limits.session_rate;
+                let user = s.user.as_ref().map(|u| &u.user_id).expect("logged in");
+                s.rate.allow(now, rate, burst) && {
+                    let (rate, burst) = self.limits.user_rate;
+                    match self.user_buckets.get_mut(user) {
+                        Some(b) => b.allow(now, rate, burst),
+                        None => {
+                            let mut b = TokenBucket::full(burst, now);
+                            let allowed = b.allow(now, rate, burst);
+                            self.user_buckets.insert(user.clone(), b);
+                            allowed
+                        }
+                    }
+                }
+            }
+            _ => {
+                // A connection's first LOGIN or RESUME is not charged to its
+                // address: strangers sharing it cannot keep a player out.
+                let first_try = matches!(f.env.cmd, cmd::LOGIN | cmd::RESUME)
+                    && self.conns.get_mut(&f.conn).is_some_and(|c| !std::mem::replace(&mut c.tried_login, true));
+                let (rate, burst) = self.limits.ip_rate;
+                first_try || self.ip_buckets.get_mut(&f.ip).is_none_or(|(b, _)| b.allow(now, rate, burst))
+            }
+        };
+        if allowed {
             Verdict::Pass
         } else {
             Verdict::Respond(Reason::Throttled)
@@ -242,13 +289,18 @@ impl Gateway {
         }
     }
 
-    /// The backlog guard: a message from another player is dropped for a
-    /// logged-in session whose replay buffer is half full (in messages or
-    /// bytes).
-    pub(crate) fn check_peer_delivery(&self, s: &Session, payload_len: usize) -> Verdict {
+    /// Recipients protected: a message from another player is dropped for
+    /// a logged-in session whose replay buffer is half full (in messages or
+    /// bytes), or, if it was sent to the session's user (SEND_TO_USER(S),
+    /// not a group the session chose to join), past its inbound rate.
+    pub(crate) fn check_peer_delivery(&mut self, session: SessionId, cmd: u32, payload_len: usize) -> Verdict {
         let (messages, bytes) = (self.limits.replay_messages, self.limits.replay_bytes);
-        if s.user.is_some() && (s.replay.len() >= messages / 2 || s.replay.len_bytes() + payload_len >= bytes / 2) {
+        let (rate, burst) = self.limits.peer_rate;
+        let Some(s) = self.sessions.get_mut(session).filter(|s| s.user.is_some()) else { return Verdict::Pass };
+        if s.replay.len() >= messages / 2 || s.replay.len_bytes() + payload_len >= bytes / 2 {
             Verdict::Drop(Reason::RecipientBacklog)
+        } else if cmd != cmd::SEND_TO_GROUP && !s.peer_in.allow(self.now, rate, burst) {
+            Verdict::Drop(Reason::RecipientRate)
         } else {
             Verdict::Pass
         }

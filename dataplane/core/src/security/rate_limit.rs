@@ -31,6 +31,14 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Whether the bucket would be full at `now`: it has not been used for
+    /// long enough to be forgotten.
+    pub fn is_full(&self, now: Instant, rate: u32, burst: u32) -> bool {
+        self.tokens + now.saturating_duration_since(self.last).as_secs_f32() * rate as f32 >= burst as f32
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -56,11 +56,15 @@ pub struct Session {
     pub replay: ReplayBuffer,
     /// Frame rate limit.
     pub rate: TokenBucket,
+    /// Rate limit of messages from other players to it.
+    pub peer_in: TokenBucket,
+    /// The generation of its resume token: only the current one resumes.
+    pub resume_generation: u32,
 }
 
 impl Session {
     /// A new anonymous session on `conn`.
-    pub fn new(id: SessionId, conn: ConnId, codec: Codec, now: Instant, burst: u32) -> Session {
+    pub fn new(id: SessionId, conn: ConnId, codec: Codec, now: Instant, burst: u32, peer_burst: u32) -> Session {
         Session {
             id,
             conn: Some(conn),
@@ -73,6 +77,8 @@ impl Session {
             sticky: Vec::new(),
             replay: ReplayBuffer::default(),
             rate: TokenBucket::full(burst, now),
+            peer_in: TokenBucket::full(peer_burst, now),
+            resume_generation: 0,
         }
     }
 
@@ -235,8 +241,8 @@ mod tests {
     fn indexes_follow_sessions() {
         let now = Instant::now();
         let mut t = SessionTable::default();
-        t.insert(Session::new(1, conn(10), Codec::Protobuf, now, 1));
-        t.insert(Session::new(2, conn(20), Codec::Protobuf, now, 1));
+        t.insert(Session::new(1, conn(10), Codec::Protobuf, now, 1, 1));
+        t.insert(Session::new(2, conn(20), Codec::Protobuf, now, 1, 1));
         t.bind_user(1, user("alice"));
         t.bind_user(2, user("alice"));
         assert_eq!(t.of_user("alice"), &[1, 2]);
@@ -264,7 +270,7 @@ mod tests {
     #[test]
     fn group_limit() {
         let mut t = SessionTable::default();
-        t.insert(Session::new(1, conn(1), Codec::Protobuf, Instant::now(), 1));
+        t.insert(Session::new(1, conn(1), Codec::Protobuf, Instant::now(), 1, 1));
         assert!(t.join(1, "a", 1).unwrap());
         assert_eq!(t.join(1, "b", 1), Err(GroupError::TooMany(1)));
     }

@@ -16,6 +16,25 @@ pub enum ReplayError {
         /// Byte limit.
         max_bytes: usize,
     },
+    /// The encoded frame is longer than the connection may receive.
+    #[error("a frame of {len} bytes is longer than the limit of {max}")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// The limits a frame must fit to be kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Unacknowledged messages at most.
+    pub max_messages: usize,
+    /// Unacknowledged bytes at most.
+    pub max_bytes: usize,
+    /// The longest frame, in bytes on the wire.
+    pub max_frame: usize,
 }
 
 /// Unacknowledged sequenced messages of one session.
@@ -45,16 +64,11 @@ impl ReplayBuffer {
         self.last_seq
     }
 
-    /// Appends a frame with sequence number `seq`, encoded by `encode` into
-    /// the buffer. Returns the frame's bytes, or an error (the frame is then
-    /// not kept) if the limits would be exceeded.
-    pub fn push(
-        &mut self,
-        seq: u64,
-        max_messages: usize,
-        max_bytes: usize,
-        encode: impl FnOnce(&mut Vec<u8>),
-    ) -> Result<&[u8], ReplayError> {
+    /// Appends a frame with sequence number `seq` (the last one handed
+    /// out), encoded by `encode` into the buffer. Returns the frame's bytes,
+    /// or an error if it does not fit `bounds`: the frame is then not kept
+    /// and its number is given back.
+    pub fn push(&mut self, seq: u64, bounds: Bounds, encode: impl FnOnce(&mut Vec<u8>)) -> Result<&[u8], ReplayError> {
         if self.start > 0 && self.start >= self.bytes.len() / 2 {
             self.bytes.drain(..self.start);
             self.start = 0;
@@ -62,9 +76,20 @@ impl ReplayBuffer {
         let mark = self.bytes.len();
         encode(&mut self.bytes);
         let len = self.bytes.len() - mark;
-        if self.index.len() >= max_messages || self.len_bytes() > max_bytes {
+        let Bounds { max_messages, max_bytes, max_frame } = bounds;
+        let refused = if len > max_frame {
+            Some(ReplayError::TooLarge { len, max: max_frame })
+        } else if self.index.len() >= max_messages || self.len_bytes() > max_bytes {
+            Some(ReplayError::Overflow { max_messages, max_bytes })
+        } else {
+            None
+        };
+        if let Some(e) = refused {
             self.bytes.truncate(mark);
-            return Err(ReplayError::Overflow { max_messages, max_bytes });
+            if seq == self.last_seq {
+                self.last_seq -= 1;
+            }
+            return Err(e);
         }
         self.index.push_back((seq, len as u32));
         Ok(&self.bytes[mark..])
@@ -116,7 +141,8 @@ mod tests {
 
     fn push(r: &mut ReplayBuffer, text: &str) -> Result<u64, ReplayError> {
         let seq = r.next_seq();
-        r.push(seq, 4, 64, |out| out.extend_from_slice(text.as_bytes())).map(|_| seq)
+        let bounds = Bounds { max_messages: 4, max_bytes: 64, max_frame: 32 };
+        r.push(seq, bounds, |out| out.extend_from_slice(text.as_bytes())).map(|_| seq)
     }
 
     #[test]
@@ -144,9 +170,20 @@ mod tests {
         assert_eq!(push(&mut r, "5"), Err(ReplayError::Overflow { max_messages: 4, max_bytes: 64 }));
         assert_eq!(r.frames(), b"1234");
         r.ack(4);
-        let big = "x".repeat(65);
-        assert!(push(&mut r, &big).is_err(), "byte limit");
-        assert!(r.frames().is_empty());
+        for _ in 0..2 {
+            push(&mut r, &"x".repeat(30)).unwrap();
+        }
+        assert_eq!(push(&mut r, "yyyyy"), Err(ReplayError::Overflow { max_messages: 4, max_bytes: 64 }), "byte limit");
+        assert_eq!(r.frames().len(), 60);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_and_gives_its_number_back() {
+        let mut r = ReplayBuffer::default();
+        assert_eq!(push(&mut r, "a"), Ok(1));
+        assert_eq!(push(&mut r, &"x".repeat(33)), Err(ReplayError::TooLarge { len: 33, max: 32 }));
+        assert_eq!(push(&mut r, "b"), Ok(2), "no gap in the client's sequence");
+        assert_eq!(r.frames(), b"ab");
     }
 
     #[test]
@@ -154,7 +191,8 @@ mod tests {
         let mut r = ReplayBuffer::default();
         for i in 0..10_000u64 {
             let seq = r.next_seq();
-            r.push(seq, 1024, 1 << 20, |out| out.extend_from_slice(&[i as u8; 100])).unwrap();
+            let bounds = Bounds { max_messages: 1024, max_bytes: 1 << 20, max_frame: 1 << 16 };
+            r.push(seq, bounds, |out| out.extend_from_slice(&[i as u8; 100])).unwrap();
             if i % 8 == 7 {
                 r.ack(seq - 2);
             }

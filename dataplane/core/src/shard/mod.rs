@@ -44,6 +44,17 @@ pub struct DeliveryMsg {
     pub payload: Vec<u8>,
 }
 
+/// Where a worker that delivered a SEND_TO_* message reports how many
+/// sessions took it: the sender's worker, which answers the sender once
+/// every worker has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The sender's worker.
+    pub worker: usize,
+    /// The answer waiting there.
+    pub id: u64,
+}
+
 /// A message from one worker to another.
 #[derive(Debug)]
 pub enum CrossMsg {
@@ -53,6 +64,8 @@ pub enum CrossMsg {
         sessions: Vec<SessionId>,
         /// The message.
         msg: Arc<DeliveryMsg>,
+        /// Where to report the count.
+        receipt: Receipt,
     },
     /// Deliver to the receiving worker's members of `msg.group`.
     GroupDeliver {
@@ -60,6 +73,18 @@ pub enum CrossMsg {
         exclude: SessionId,
         /// The message.
         msg: Arc<DeliveryMsg>,
+        /// Where to report the count.
+        receipt: Receipt,
+    },
+    /// The count of a [`CrossMsg::Deliver`] or [`CrossMsg::GroupDeliver`].
+    Delivered {
+        /// The answer it is for.
+        id: u64,
+        /// Sessions of the reporting worker that took the message.
+        delivered: usize,
+        /// Workers the reporting one passed part of it on to (sessions that
+        /// moved there), each of which reports too.
+        passed_on: usize,
     },
     /// A game server's answer or push for a session that lives on the
     /// receiving worker (it arrived on another worker's link).
@@ -99,6 +124,8 @@ pub enum CrossMsg {
     ResumeRequest {
         /// The session.
         session: SessionId,
+        /// The generation of the token presented.
+        generation: u32,
         /// Highest server_seq the client processed.
         last_seq: u64,
         /// Codec of the new connection.
@@ -143,6 +170,8 @@ pub struct Shared {
     moved: DashMap<SessionId, usize>,
     conns_total: AtomicUsize,
     conns_per_ip: DashMap<IpAddr, usize>,
+    /// Of those, the connections that have not logged in.
+    prelogin_per_ip: DashMap<IpAddr, usize>,
     login_order: AtomicU64,
     resume_key: [u8; 32],
 }
@@ -165,6 +194,7 @@ impl Shared {
             moved: DashMap::new(),
             conns_total: AtomicUsize::new(0),
             conns_per_ip: DashMap::new(),
+            prelogin_per_ip: DashMap::new(),
             login_order: AtomicU64::new(1),
             resume_key,
         })
@@ -322,35 +352,66 @@ impl Shared {
 
     // ----- connections -------------------------------------------------------
 
-    /// Admits a connection from `ip` under the limits, counting it.
-    pub fn admit(&self, ip: IpAddr, max_total: usize, max_per_ip: usize) -> Result<(), &'static str> {
+    /// Admits a connection from `ip` under the limits — the gateway's, the
+    /// address's, and the address's for connections not logged in —
+    /// counting it as not logged in.
+    pub fn admit(
+        &self,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+        max_prelogin_per_ip: usize,
+    ) -> Result<(), &'static str> {
         if self.conns_total.fetch_add(1, Ordering::AcqRel) >= max_total {
             self.conns_total.fetch_sub(1, Ordering::AcqRel);
             return Err("the gateway is at its connection limit");
         }
         let mut n = self.conns_per_ip.entry(ip).or_insert(0);
-        if *n >= max_per_ip {
-            drop(n);
+        let mut prelogin = self.prelogin_per_ip.entry(ip).or_insert(0);
+        let refused = if *n >= max_per_ip {
+            Some("too many connections from this address")
+        } else if *prelogin >= max_prelogin_per_ip {
+            Some("too many connections from this address that have not logged in")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            drop((n, prelogin));
+            self.prelogin_per_ip.remove_if(&ip, |_, n| *n == 0);
             self.conns_total.fetch_sub(1, Ordering::AcqRel);
-            return Err("too many connections from this address");
+            return Err(why);
         }
         *n += 1;
+        *prelogin += 1;
         Ok(())
     }
 
+    /// An admitted connection from `ip` logged in (or resumed).
+    pub fn logged_in(&self, ip: IpAddr) {
+        decrement(&self.prelogin_per_ip, ip);
+    }
+
     /// Forgets an admitted connection.
-    pub fn release(&self, ip: IpAddr) {
+    pub fn release(&self, ip: IpAddr, logged_in: bool) {
         self.conns_total.fetch_sub(1, Ordering::AcqRel);
-        if let Some(mut n) = self.conns_per_ip.get_mut(&ip) {
-            *n = n.saturating_sub(1);
+        decrement(&self.conns_per_ip, ip);
+        if !logged_in {
+            decrement(&self.prelogin_per_ip, ip);
         }
-        self.conns_per_ip.remove_if(&ip, |_, n| *n == 0);
     }
 
     /// Admitted connections of the gateway.
     pub fn connections(&self) -> usize {
         self.conns_total.load(Ordering::Acquire)
     }
+}
+
+/// Counts one connection of `ip` less, forgetting the address at zero.
+fn decrement(counts: &DashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(mut n) = counts.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+    }
+    counts.remove_if(&ip, |_, n| *n == 0);
 }
 
 #[cfg(test)]
@@ -375,14 +436,35 @@ mod tests {
         let s = Shared::new(1, [0; 32]);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(s.admit(a, 3, 2).is_ok());
-        assert!(s.admit(a, 3, 2).is_ok());
-        assert_eq!(s.admit(a, 3, 2), Err("too many connections from this address"));
-        assert!(s.admit(b, 3, 2).is_ok());
-        assert_eq!(s.admit(b, 3, 2), Err("the gateway is at its connection limit"));
-        s.release(a);
-        assert!(s.admit(b, 3, 2).is_ok());
+        assert!(s.admit(a, 3, 2, 9).is_ok());
+        assert!(s.admit(a, 3, 2, 9).is_ok());
+        assert_eq!(s.admit(a, 3, 2, 9), Err("too many connections from this address"));
+        assert!(s.admit(b, 3, 2, 9).is_ok());
+        assert_eq!(s.admit(b, 3, 2, 9), Err("the gateway is at its connection limit"));
+        s.release(a, false);
+        assert!(s.admit(b, 3, 2, 9).is_ok());
         assert_eq!(s.connections(), 3);
+    }
+
+    #[test]
+    fn strangers_of_an_address_are_limited_apart_from_its_players() {
+        let s = Shared::new(1, [0; 32]);
+        let nat: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(s.admit(nat, 100, 100, 2).is_ok());
+        assert!(s.admit(nat, 100, 100, 2).is_ok());
+        assert_eq!(s.admit(nat, 100, 100, 2), Err("too many connections from this address that have not logged in"));
+        // One logs in: room for another stranger, and the player stays.
+        s.logged_in(nat);
+        assert!(s.admit(nat, 100, 100, 2).is_ok());
+        assert!(s.admit(nat, 100, 100, 2).is_err());
+        s.release(nat, false);
+        s.release(nat, false);
+        assert!(s.admit(nat, 100, 100, 2).is_ok());
+        assert_eq!(s.connections(), 2, "the player and the new stranger");
+        s.release(nat, true);
+        s.release(nat, false);
+        assert_eq!(s.connections(), 0);
+        assert!(s.conns_per_ip.is_empty() && s.prelogin_per_ip.is_empty());
     }
 
     #[test]

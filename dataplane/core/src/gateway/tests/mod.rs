@@ -90,7 +90,16 @@ impl Harness {
         let now = Instant::now();
         let shared = Shared::new(workers, [7; 32]);
         let cores = (0..workers)
-            .map(|w| Gateway::new(&c, w, shared.clone(), crate::auth::from_config(&c).unwrap(), now, UNIX_START))
+            .map(|w| {
+                Gateway::new(
+                    &c,
+                    w,
+                    shared.clone(),
+                    crate::auth::from_config(&c).unwrap(),
+                    now,
+                    Duration::from_secs(UNIX_START),
+                )
+            })
             .collect();
         let mut h = Harness {
             cores,
@@ -185,6 +194,10 @@ impl Harness {
     }
 
     fn connect_on(&mut self, worker: usize, codec: Codec) -> ConnId {
+        self.connect_from(worker, codec, [127, 0, 0, 1])
+    }
+
+    fn connect_from(&mut self, worker: usize, codec: Codec, ip: [u8; 4]) -> ConnId {
         let listener =
             [Codec::Protobuf, Codec::Text, Codec::Json, Codec::Flatbuffers].iter().position(|c| *c == codec).unwrap();
         // Connections alternate between the transports: the core must not
@@ -195,7 +208,7 @@ impl Harness {
         self.codec.insert(id, codec);
         self.worker_of.insert(id, worker);
         let now = self.now;
-        self.cores[worker].handle_connect(now, id, listener, SocketAddr::from(([127, 0, 0, 1], 5000)));
+        self.cores[worker].handle_connect(now, id, listener, SocketAddr::from((ip, 5000)));
         self.flush();
         id
     }
@@ -729,4 +742,5 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
     assert!(h.closed.contains(&late));
 }
 
+mod hostile;
 mod resilience;

@@ -293,7 +293,8 @@ fn a_draining_server_keeps_its_sticky_sessions_and_gets_no_new_ones() {
     let mut c = config("");
     c.services[0].sticky = true;
     let shared = Shared::new(1, [7; 32]);
-    h.cores[0] = Gateway::new(&c, 0, shared, crate::auth::from_config(&c).unwrap(), h.now, UNIX_START);
+    h.cores[0] =
+        Gateway::new(&c, 0, shared, crate::auth::from_config(&c).unwrap(), h.now, Duration::from_secs(UNIX_START));
     h.connects.clear();
     h.flush();
     h.links_up();
@@ -326,7 +327,14 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
     let mut h = Harness::new("");
     let mut c = config("");
     c.auth = crate::config::AuthConfig::Delegate { service: "game".into(), timeout_ms: 1000 };
-    h.cores[0] = Gateway::new(&c, 0, Shared::new(1, [7; 32]), crate::auth::from_config(&c).unwrap(), h.now, UNIX_START);
+    h.cores[0] = Gateway::new(
+        &c,
+        0,
+        Shared::new(1, [7; 32]),
+        crate::auth::from_config(&c).unwrap(),
+        h.now,
+        Duration::from_secs(UNIX_START),
+    );
     h.connects.clear();
     h.flush();
     h.links_up();
@@ -375,17 +383,25 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
 fn rate_limits_answer_throttled_and_connection_limits_refuse() {
     let mut h = Harness::new("[limits]\nsession_rate = 10\nsession_burst = 5\nmax_connections_per_ip = 2");
     let c = h.connect(Codec::Protobuf);
+    h.login(c, "al");
     let mut burst = Vec::new();
     for seq in 1..=8 {
         burst.extend(h.frame(c, &Envelope::new(cmd::HEARTBEAT, seq, 0, b"")));
     }
     h.raw(c, &burst);
     let frames = h.take(c);
+    // The LOGIN came before login: the address's bucket counted it.
     assert_eq!(frames.iter().filter(|f| f.cmd == cmd::HEARTBEAT).count(), 5);
-    let throttled: Vec<ErrorMsg> =
-        frames.iter().filter(|f| f.cmd == cmd::ERROR).map(|f| h.form(c).decode(&f.payload).unwrap()).collect();
+    let throttled: Vec<&Envelope<'_>> = frames.iter().filter(|f| f.cmd == cmd::ERROR).collect();
     assert_eq!(throttled.len(), 3);
-    assert!(throttled.iter().all(|e| e.code == ErrorCode::Throttled as i32));
+    for e in &throttled {
+        let e: ErrorMsg = h.form(c).decode(&e.payload).unwrap();
+        assert_eq!(e.code, ErrorCode::Throttled as i32);
+    }
+    assert!(
+        throttled.iter().all(|e| e.server_seq == 0),
+        "refusals are not sequenced: they never fill the replay buffer"
+    );
     h.advance(Duration::from_millis(300));
     h.send(c, &Envelope::new(cmd::HEARTBEAT, 9, 0, b""));
     assert_eq!(h.take(c)[0].cmd, cmd::HEARTBEAT, "refilled");
@@ -561,7 +577,7 @@ fn a_game_server_hears_of_sessions_that_ended_while_its_link_was_down() {
 
 #[test]
 fn the_check_stage_refuses_in_chain_order_and_counts_each_reason() {
-    let mut h = Harness::new("max_bad_frames = 3\n[limits]\nsession_rate = 1\nsession_burst = 3");
+    let mut h = Harness::new("max_bad_frames = 4\n[limits]\nip_rate = 1\nip_burst = 3");
     let c = h.connect(Codec::Protobuf);
     // login: a framework command and a business command before LOGIN.
     h.send_msg(c, cmd::JOIN_GROUP, 1, &GroupRequest { group: "g".into() });
@@ -570,20 +586,16 @@ fn the_check_stage_refuses_in_chain_order_and_counts_each_reason() {
     h.expect_error(c, ErrorCode::NotLoggedIn);
     h.send(c, &Envelope::new(cmd::HEARTBEAT, 3, 0, b""));
     assert_eq!(h.take(c)[0].cmd, cmd::HEARTBEAT);
-    // rate comes before login: the bucket is empty, so THROTTLED, not NOT_LOGGED_IN.
+    // rate comes before login: the address's bucket is empty, so THROTTLED,
+    // not NOT_LOGGED_IN.
     h.send(c, &Envelope::new(1000, 4, 0, b"x"));
     h.expect_error(c, ErrorCode::Throttled);
-    // compliance comes first of all and is not rate-limited: two bad frames
-    // are answered, the third (max_bad_frames) closes the connection.
-    let garbage = [0, 0, 0, 2, 0xff, 0xff];
-    for _ in 0..2 {
-        h.raw(c, &garbage);
-        h.expect_error(c, ErrorCode::BadFrame);
-        assert!(!h.closed.contains(&c));
-    }
-    h.raw(c, &garbage);
+    assert!(!h.closed.contains(&c));
+    // compliance comes first of all and is not rate-limited; before login
+    // every ERROR counted: the fourth (max_bad_frames) closes the connection.
+    h.raw(c, &[0, 0, 0, 2, 0xff, 0xff]);
     h.expect_error(c, ErrorCode::BadFrame);
     assert!(h.closed.contains(&c));
     let s = h.cores[0].stats();
-    assert_eq!((s.drop_not_logged_in, s.drop_throttled, s.drop_bad_frame, s.frames_in), (2, 1, 3, 4));
+    assert_eq!((s.drop_not_logged_in, s.drop_throttled, s.drop_bad_frame, s.frames_in), (2, 1, 1, 4));
 }
