@@ -15,6 +15,7 @@ use portcullis_core::config::Config;
 use portcullis_core::shard::Shared;
 use portcullis_core::{auth, Gateway, Stats};
 
+use crate::io::fds::FdBudget;
 use crate::io::kernel::KernelIo;
 use crate::io::{IoBackend, IoStats};
 
@@ -89,6 +90,8 @@ pub struct WorkerStatus {
     pub io: IoStats,
     /// Requests awaiting game servers.
     pub in_flight: usize,
+    /// Bytes queued for its clients.
+    pub output_bytes: usize,
 }
 
 /// A gateway process's workers, one thread each, on any IO backend.
@@ -113,11 +116,12 @@ impl RunningGateway {
     /// `gateway.workers` worker threads; returns once all are bound.
     pub fn start(config: &Config) -> io::Result<RunningGateway> {
         let workers = config.gateway.workers;
-        let first = KernelIo::bind(config, None)?;
+        let fds = FdBudget::for_process(config.limits.fd_reserve);
+        let first = KernelIo::bind(config, None, fds.clone())?;
         let addrs = first.local_addrs();
         let mut ios = vec![first];
         for _ in 1..workers {
-            ios.push(KernelIo::bind(config, Some(&addrs))?);
+            ios.push(KernelIo::bind(config, Some(&addrs), fds.clone())?);
         }
         let wakers = ios.iter().map(|io| io.waker()).collect();
         Self::spawn(config, ios, wakers, addrs)
@@ -201,6 +205,7 @@ impl RunningGateway {
                         groups: core.sessions().group_count(),
                         links_up: core.links_up(),
                         in_flight: core.requests_in_flight(),
+                        output_bytes: core.output_bytes(),
                         io,
                     };
                     // A worker that panicked while holding the lock left a

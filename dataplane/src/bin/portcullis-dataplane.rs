@@ -140,6 +140,12 @@ fn print_status(
         s.drop_unknown_command, s.drop_backend_unavailable, s.drop_backend_lost, s.drop_backend_timeout,
         s.slow_consumers, s.heartbeat_timeouts,
     );
+    tracing::info!(
+        "before login: login timeouts {} output over budget {} | recipients protected: backlog {} rate {} | output memory {} KiB, cut {} | frames over the limit not sent {} | resume tokens reused {} | late SEND_TO answers {} | descriptor reserve refusals {}",
+        s.login_timeouts, s.drop_prelogin_output, s.drop_recipient_backlog, s.drop_recipient_rate,
+        workers.iter().map(|w| w.output_bytes).sum::<usize>() / 1024, s.cut_output_memory,
+        s.drop_frame_too_large_out, s.drop_resume_token_reused, s.send_results_late, io.refused_fd_reserve,
+    );
     if io.polls > 0 {
         // A kernel-bypass backend: its rings.
         let polls = (io.polls - last_io.polls).max(1) as f64;

@@ -118,7 +118,8 @@ mod tests {
         .unwrap();
         let now = Instant::now();
         let auth = auth::from_config(&config).unwrap();
-        let core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, std::time::Duration::from_secs(1_800_000_000));
+        let core =
+            Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, std::time::Duration::from_secs(1_800_000_000));
         let epoll = Epoll::new().unwrap();
         let links = LinkSockets::new(&config, epoll.registry().unwrap());
         (core, links, epoll)

@@ -18,6 +18,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::dispatch::{ClientTransport, Dispatcher};
 use super::epoll::{Epoll, Ready, Source};
+use super::fds::FdBudget;
 use super::links::LinkSockets;
 use super::{write_some, IoBackend, IoStats};
 
@@ -44,6 +45,7 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// connections.
 pub struct KernelTcp {
     registry: Registry,
+    fds: Arc<FdBudget>,
     listeners: Vec<TcpListener>,
     clients: Vec<Option<Client>>,
     free: Vec<usize>,
@@ -57,10 +59,17 @@ impl KernelTcp {
     /// Binds the listeners of the config (and the UDP echo socket) in
     /// `registry`. `addrs` are the addresses to bind instead of the
     /// config's (the first worker's actual ports when the config asks for
-    /// port 0).
-    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>, registry: Registry) -> io::Result<KernelTcp> {
+    /// port 0). Client sockets count against `fds`, which the process's
+    /// workers share.
+    pub fn bind(
+        config: &Config,
+        addrs: Option<&[SocketAddr]>,
+        registry: Registry,
+        fds: Arc<FdBudget>,
+    ) -> io::Result<KernelTcp> {
         let mut tcp = KernelTcp {
             registry,
+            fds,
             listeners: Vec::new(),
             clients: Vec::new(),
             free: Vec::new(),
@@ -108,6 +117,15 @@ impl KernelTcp {
         loop {
             match l.accept() {
                 Ok((mut stream, peer)) => {
+                    if !self.fds.take() {
+                        // Closed at once (dropped): the reserve stays free.
+                        self.stats.refused_fd_reserve += 1;
+                        portcullis_core::warn_limited!(
+                            "refused a client from {peer}: {} client connections hold every descriptor outside limits.fd_reserve",
+                            self.fds.open()
+                        );
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let slot = self.free.pop().unwrap_or_else(|| {
                         self.clients.push(None);
@@ -118,6 +136,7 @@ impl KernelTcp {
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     if self.registry.register(&mut stream, Source::Client(slot).token(), interest).is_err() {
                         self.free.push(slot);
+                        self.fds.give_back();
                         continue;
                     }
                     self.clients[slot] = Some(Client { id, stream });
@@ -138,6 +157,7 @@ impl KernelTcp {
         let mut c = self.clients.get_mut(slot)?.take()?;
         let _ = self.registry.deregister(&mut c.stream);
         self.free.push(slot);
+        self.fds.give_back();
         Some(c)
     }
 
@@ -230,10 +250,10 @@ pub struct KernelIo {
 
 impl KernelIo {
     /// Binds the listeners of the config for one worker (see
-    /// [`KernelTcp::bind`] for `addrs`).
-    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>) -> io::Result<KernelIo> {
+    /// [`KernelTcp::bind`] for `addrs` and `fds`).
+    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>, fds: Arc<FdBudget>) -> io::Result<KernelIo> {
         let epoll = Epoll::new()?;
-        let tcp = KernelTcp::bind(config, addrs, epoll.registry()?)?;
+        let tcp = KernelTcp::bind(config, addrs, epoll.registry()?, fds)?;
         let links = LinkSockets::new(config, epoll.registry()?);
         Ok(KernelIo { epoll, tcp, links, ready: Vec::new(), stats: IoStats::default() })
     }

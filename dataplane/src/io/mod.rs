@@ -19,6 +19,7 @@ pub mod dispatch;
 #[cfg(feature = "dpdk")]
 pub mod dpdk;
 pub mod epoll;
+pub mod fds;
 pub mod kernel;
 pub mod links;
 
@@ -69,6 +70,9 @@ portcullis_core::counters! {
     /// Outputs about a connection of a transport this worker does not run
     /// (a bug if ever non-zero; the connection is closed in the core).
     drop_unowned_output,
+    /// Kernel backend: clients closed at once because they would have used
+    /// a descriptor of `limits.fd_reserve`.
+    refused_fd_reserve,
     /// Userspace stack: SYN-ACKs sent with a cookie (a port's backlog was full).
     syn_cookies_sent,
     /// Userspace stack: connections that came in through a cookie.
