@@ -105,6 +105,9 @@ pub struct GatewayConfig {
     /// Output queued for a connection that has not logged in, bytes at
     /// most: past it the connection is closed.
     pub max_outbound_before_login_bytes: usize,
+    /// The longest frame a connection may send before it logs in (a LOGIN
+    /// or RESUME), bytes; the listener's limit if lower.
+    pub max_frame_before_login_bytes: usize,
     /// Groups one session may be in.
     pub max_groups_per_session: usize,
     /// Longest group name or user id accepted, in bytes.
@@ -127,6 +130,7 @@ impl Default for GatewayConfig {
             max_bad_frames: 8,
             login_timeout_ms: 5_000,
             max_outbound_before_login_bytes: 16 * 1024,
+            max_frame_before_login_bytes: 8 * 1024,
             max_groups_per_session: 64,
             max_name_bytes: 128,
             udp_echo: None,
@@ -548,6 +552,7 @@ impl Config {
             ("gateway.max_bad_frames", g.max_bad_frames as usize),
             ("gateway.login_timeout_ms", g.login_timeout_ms as usize),
             ("gateway.max_outbound_before_login_bytes", g.max_outbound_before_login_bytes),
+            ("gateway.max_frame_before_login_bytes", g.max_frame_before_login_bytes),
             ("gateway.max_name_bytes", g.max_name_bytes),
             ("sessions.max_devices", s.max_devices),
             ("sessions.resume_window_ms", s.resume_window_ms as usize),

@@ -111,6 +111,7 @@ pub(crate) struct Limits {
     pub(crate) login_timeout: Duration,
     pub(crate) max_outbound: usize,
     pub(crate) max_outbound_before_login: usize,
+    pub(crate) max_frame_before_login: usize,
     /// This worker's share of `limits.max_output_memory_bytes`.
     pub(crate) output_share: usize,
     pub(crate) max_bad_frames: u32,
@@ -145,6 +146,7 @@ impl Limits {
             login_timeout: ms(g.login_timeout_ms),
             max_outbound: g.max_outbound_bytes,
             max_outbound_before_login: g.max_outbound_before_login_bytes,
+            max_frame_before_login: g.max_frame_before_login_bytes,
             output_share: l.max_output_memory_bytes / g.workers.max(1),
             max_bad_frames: g.max_bad_frames,
             max_groups: g.max_groups_per_session,
@@ -624,7 +626,9 @@ impl Gateway {
     /// `None` once the connection is closing.
     fn process_frames(&mut self, conn: ConnId, buf: &[u8], mut scanned: usize) -> Option<usize> {
         let c = self.conns.get(&conn)?;
-        let (session, codec, max, ip) = (c.session, c.codec, c.max_frame, c.ip);
+        // A stranger's frames are a LOGIN or a RESUME at most: small.
+        let max = if c.logged_in { c.max_frame } else { c.max_frame.min(self.limits.max_frame_before_login) };
+        let (session, codec, ip) = (c.session, c.codec, c.ip);
         if let Some(s) = self.sessions.get_mut(session) {
             s.last_seen = self.now;
         }

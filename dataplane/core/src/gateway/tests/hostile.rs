@@ -344,3 +344,19 @@ fn a_long_text_line_in_one_byte_pieces_is_one_frame() {
     let frames = h.take(c);
     assert_eq!((frames.len(), frames[0].cmd, frames[0].seq), (1, cmd::HEARTBEAT, 1), "{frames:?}");
 }
+
+#[test]
+fn a_stranger_cannot_hold_a_large_partial_frame() {
+    let mut h = Harness::new("max_frame_before_login_bytes = 256");
+    let c = h.connect(Codec::Protobuf);
+    // The prefix of a 1 000-byte frame: within the listener's 1 024, over
+    // the strangers' 256.
+    h.raw(c, &[0, 0, 3, 232, 1, 2, 3]);
+    assert!(h.expect_error(c, ErrorCode::FrameTooLarge).message.contains("256"));
+    assert!(h.closed.contains(&c));
+    // After login the listener's limit applies.
+    let p = h.connect(Codec::Protobuf);
+    h.login(p, "al");
+    h.send(p, &Envelope::new(cmd::HEARTBEAT, 2, 0, &[0; 900]));
+    assert_eq!(h.take(p)[0].cmd, cmd::HEARTBEAT);
+}
