@@ -298,7 +298,7 @@ fn past_the_output_budget_the_biggest_backlogs_are_cut_first() {
     let extra = pbl::PushToUser { user_id: "u2".into(), cmd: 1500, payload: vec![0; 900] };
     h.server_sends(0, Kind::PushToUser(extra));
     for _ in 0..4 {
-        let p = pbl::PushToGroup { group: "room".into(), cmd: 1501, payload: vec![0; 900], ..Default::default() };
+        let p = pbl::PushToGroup { group: "room".into(), cmd: 1501, payload: vec![0; 900] };
         h.server_sends(0, Kind::PushToGroup(p));
     }
     assert!(h.closed.contains(&hoarders[0]), "the biggest backlog went first");
