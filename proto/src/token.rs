@@ -1,6 +1,7 @@
 //! Signed login tokens of the built-in authenticator.
 //!
-//! A token is `base64url(claims) "." base64url(HMAC-SHA256(secret, claims))`
+//! A token is `T "." base64url(HMAC-SHA256(secret, T))` with `T =
+//! base64url(claims)` (the MAC covers the base64url text, no padding)
 //! where `claims` is the JSON `{"uid":"alice","dev":"ios","exp":1700000000}`
 //! (`exp` in Unix seconds). Auth services mint them with [`sign`]; the gateway
 //! checks them with [`verify`] (constant-time MAC comparison).

@@ -91,13 +91,16 @@ pub struct GatewayConfig {
     /// After SIGTERM: time allowed to answer in-flight requests, tell
     /// clients to reconnect elsewhere and flush, before exiting.
     pub shutdown_deadline_ms: u64,
-    /// A session with no frame for this long is closed (KICK "heartbeat timeout").
+    /// A connection with no frame for this long gets ERROR HEARTBEAT_TIMEOUT
+    /// and is closed; a logged-in session waits for RESUME.
     pub heartbeat_timeout_ms: u64,
     /// Default maximum frame size of listeners.
     pub max_frame_bytes: usize,
     /// A client whose unsent output exceeds this is disconnected (slow consumer).
     pub max_outbound_bytes: usize,
-    /// A connection sending this many undecodable frames in a row is closed.
+    /// A connection is closed at this many refused frames (undecodable, bad
+    /// payloads, failed logins, unknown commands — and, before login, any
+    /// frame answered with an ERROR); the count restarts at login.
     pub max_bad_frames: u32,
     /// A connection that has not logged in (or resumed) this long after it
     /// opened gets LOGIN_TIMEOUT and is closed, whatever it sends.

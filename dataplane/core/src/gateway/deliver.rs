@@ -46,6 +46,7 @@ impl Gateway {
         self.stats.drop_frame_too_large_out += 1;
         if env.flags & flags::RESPONSE != 0 && env.cmd != cmd::ERROR {
             let max = self.conns.get(&conn).map_or(0, |c| c.max_frame);
+            let len = len - self.conns.get(&conn).map_or(0, |c| c.codec.framing().overhead());
             let message = format!("the answer ({len} bytes) is longer than this listener's frame limit ({max})");
             self.send_error(conn, env.cmd, env.seq, ErrorCode::FrameTooLarge, &message);
         }
