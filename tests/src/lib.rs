@@ -24,9 +24,11 @@ use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
 use portcullis_client::{Client, ClientError, Connector, Event};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
+use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode, LoginReply, LoginRequest, ResumeRequest};
 use portcullis_proto::token::{sign, Claims};
-use portcullis_proto::Codec;
+use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::SampleGame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -464,5 +466,127 @@ impl CuttingProxy {
 impl Drop for CuttingProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A raw connection speaking one codec by hand, the way a third-party
+/// client would.
+pub struct Raw {
+    /// The connection.
+    pub stream: TcpStream,
+    /// The listener's codec.
+    pub codec: Codec,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    /// A connection to the stack's listener of `codec`.
+    pub async fn connect(stack: &Stack, codec: Codec) -> Raw {
+        Raw { stream: stack.tcp(stack.addr(codec)).await, codec, buf: Vec::new() }
+    }
+
+    /// Writes bytes as they are.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to the gateway");
+    }
+
+    /// Writes one envelope in the listener's codec.
+    pub async fn send(&mut self, env: &Envelope<'_>) {
+        let mut out = Vec::new();
+        self.codec.encode(env, &mut out);
+        self.send_bytes(&out).await;
+    }
+
+    /// Sends a framework request with a payload in this listener's form.
+    pub async fn request<M: portcullis_proto::framework::Payload>(&mut self, command: u32, seq: u32, msg: &M) {
+        let body = self.codec.payload_form().encode_to_vec(msg);
+        self.send(&Envelope::new(command, seq, 0, &body)).await;
+    }
+
+    /// The next frame's body, or `None` at EOF; fails after 5 s.
+    pub async fn recv_frame(&mut self) -> Option<Vec<u8>> {
+        loop {
+            if let Some((r, used)) = self.codec.framing().next_frame(&self.buf, 1 << 24).expect("framing") {
+                let frame = self.buf[r].to_vec();
+                self.buf.drain(..used);
+                return Some(frame);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("the gateway sends something (or closes) within 5 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// The next envelope, or `None` at EOF; fails after 5 s.
+    pub async fn recv(&mut self) -> Option<Envelope<'static>> {
+        let frame = self.recv_frame().await?;
+        Some(self.codec.decode(&frame).expect("the gateway sends valid frames").into_owned())
+    }
+
+    /// The next line of a line listener, without its line end.
+    pub async fn recv_line(&mut self) -> Option<String> {
+        self.recv_frame().await.map(|f| String::from_utf8(f).expect("the gateway writes UTF-8 lines"))
+    }
+
+    /// The framework payload of `env`.
+    pub fn decode<M: portcullis_proto::framework::Payload>(&self, env: &Envelope<'_>) -> M {
+        self.codec.payload_form().decode(&env.payload).expect("a framework payload")
+    }
+
+    /// The next frame is an unsequenced ERROR with `code`.
+    pub async fn expect_error(&mut self, code: ErrorCode) -> (Envelope<'static>, ErrorMsg) {
+        let env = self.recv().await.unwrap_or_else(|| panic!("expected ERROR {code:?}, got a close"));
+        assert_eq!(env.cmd, cmd::ERROR, "expected ERROR {code:?}, got {env:?}");
+        assert_eq!(env.flags, flags::RESPONSE);
+        let e: ErrorMsg = self.decode(&env);
+        assert_eq!(e.code, code as i32, "{e:?}");
+        (env, e)
+    }
+
+    /// The gateway closes the connection with nothing more.
+    pub async fn expect_eof(&mut self) {
+        if let Some(env) = self.recv().await {
+            panic!("expected the connection to close, got {env:?}");
+        }
+    }
+
+    /// Logs in with `token`; the answer must be a LOGIN response.
+    pub async fn login_with(&mut self, token: &str) -> LoginReply {
+        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into() }).await;
+        let env = self.recv().await.expect("a LOGIN answer");
+        assert_eq!((env.cmd, env.seq, env.server_seq), (cmd::LOGIN, 1, 0), "{env:?}");
+        self.decode(&env)
+    }
+
+    /// Logs in as `user` on a "pc".
+    pub async fn login(&mut self, user: &str) -> LoginReply {
+        self.login_with(&token(user)).await
+    }
+
+    /// Sends RESUME with `resume_token`; returns the answer.
+    pub async fn resume(&mut self, seq: u32, resume_token: &str) -> Envelope<'static> {
+        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0 };
+        self.request(cmd::RESUME, seq, &req).await;
+        self.recv().await.expect("a RESUME answer")
+    }
+
+    /// A HEARTBEAT, answered unsequenced.
+    pub async fn heartbeat(&mut self, seq: u32) {
+        self.send(&Envelope::new(cmd::HEARTBEAT, seq, 0, b"")).await;
+        let env = self.recv().await.expect("a HEARTBEAT answer");
+        assert_eq!((env.cmd, env.seq, env.flags, env.server_seq), (cmd::HEARTBEAT, seq, flags::RESPONSE, 0));
+    }
+    /// The gateway closes the connection, at most explaining why (ERROR or
+    /// KICK frames) first.
+    pub async fn expect_close(&mut self) {
+        while let Some(env) = self.recv().await {
+            assert!(matches!(env.cmd, cmd::ERROR | cmd::KICK), "only an explanation before the close: {env:?}");
+        }
     }
 }

@@ -4,75 +4,11 @@
 use std::time::Duration;
 
 use portcullis_client::Client;
-use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode, LoginRequest};
+use portcullis_proto::pb::client::{ErrorCode, LoginRequest};
 use portcullis_proto::{cmd, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
-use portcullis_tests::{token, Stack};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-/// A raw connection speaking one codec by hand.
-struct Raw {
-    stream: TcpStream,
-    codec: Codec,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        Raw { stream: stack.tcp(stack.addr(codec)).await, codec, buf: Vec::new() }
-    }
-
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, env: &Envelope<'_>) {
-        let mut out = Vec::new();
-        self.codec.encode(env, &mut out);
-        self.send_bytes(&out).await;
-    }
-
-    /// The next frame, or `None` at EOF; fails after 5 s.
-    async fn recv(&mut self) -> Option<Envelope<'static>> {
-        loop {
-            if let Some((r, used)) = self.codec.framing().next_frame(&self.buf, 1 << 24).unwrap() {
-                let env = self.codec.decode(&self.buf[r]).unwrap().into_owned();
-                self.buf.drain(..used);
-                return Some(env);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
-                .await
-                .expect("gateway answers within 5 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn expect_error(&mut self, code: ErrorCode) -> ErrorMsg {
-        let env = self.recv().await.expect("an ERROR frame, not a close");
-        assert_eq!(env.cmd, cmd::ERROR, "{env:?}");
-        let e: ErrorMsg = self.codec.payload_form().decode(&env.payload).unwrap();
-        assert_eq!(e.code, code as i32, "{e:?}");
-        e
-    }
-
-    async fn expect_close(&mut self) {
-        while let Some(env) = self.recv().await {
-            assert!(matches!(env.cmd, cmd::ERROR | cmd::KICK), "only an explanation before the close: {env:?}");
-        }
-    }
-
-    async fn login(&mut self, user: &str) {
-        let body = self.codec.payload_form().encode_to_vec(&LoginRequest { token: token(user) });
-        self.send(&Envelope::new(cmd::LOGIN, 1, 0, &body)).await;
-        assert_eq!(self.recv().await.unwrap().cmd, cmd::LOGIN);
-    }
-}
+use portcullis_tests::{token, Raw, Stack};
+use tokio::io::AsyncReadExt;
 
 async fn still_served(healthy: &Client) {
     assert_eq!(healthy.call(ECHO, b"still here").await.unwrap(), b"still here");
@@ -104,12 +40,12 @@ async fn malformed_unknown_and_unauthenticated_frames_get_error_frames() {
     let mut raw = Raw::connect(&stack, Codec::Protobuf).await;
     raw.login("carol").await;
     raw.send(&Envelope::new(5000, 5, 0, b"")).await;
-    assert_eq!(raw.expect_error(ErrorCode::UnknownCommand).await.cmd, 5000);
+    assert_eq!(raw.expect_error(ErrorCode::UnknownCommand).await.1.cmd, 5000);
     raw.send(&Envelope::new(77, 6, 0, b"")).await;
     raw.expect_error(ErrorCode::UnknownCommand).await;
     // A command the game server does not know comes back as BACKEND_ERROR.
     raw.send(&Envelope::new(1999, 7, 0, b"")).await;
-    assert!(raw.expect_error(ErrorCode::BackendError).await.message.contains("no command 1999"));
+    assert!(raw.expect_error(ErrorCode::BackendError).await.1.message.contains("no command 1999"));
     still_served(&healthy).await;
 
     // The text listener: a human typing nonsense, then a valid login.
@@ -133,7 +69,7 @@ async fn oversized_frames_and_garbage_streams_are_closed() {
 
     let mut raw = Raw::connect(&stack, Codec::Protobuf).await;
     raw.send_bytes(&(1u32 << 20).to_be_bytes()).await;
-    let e = raw.expect_error(ErrorCode::FrameTooLarge).await;
+    let (_, e) = raw.expect_error(ErrorCode::FrameTooLarge).await;
     assert!(e.message.contains("4096"), "{e:?}");
     raw.expect_close().await;
     still_served(&healthy).await;

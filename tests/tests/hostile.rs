@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use portcullis_client::{Client, Event};
-use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode, ResumeRequest};
+use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode};
 use portcullis_proto::{cmd, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
-use portcullis_tests::{token, token_for, CuttingProxy, Stack, StackOptions};
+use portcullis_tests::{token, token_for, CuttingProxy, Raw, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -250,16 +250,9 @@ async fn a_resume_token_works_once() {
     assert_eq!(resumed.session_id, login.session_id);
     assert_ne!(resumed.resume_token, login.resume_token, "a new token");
     // A thief presenting the login's token is refused.
-    let mut thief = stack.tcp(stack.addr(Codec::Protobuf)).await;
-    let req = portcullis_proto::framework::PayloadForm::Protobuf
-        .encode_to_vec(&ResumeRequest { resume_token: login.resume_token.clone(), last_server_seq: 0 });
-    thief.write_all(&frame(&Envelope::new(cmd::RESUME, 1, 0, &req))).await.unwrap();
-    let mut len = [0u8; 4];
-    thief.read_exact(&mut len).await.unwrap();
-    let mut body = vec![0; u32::from_be_bytes(len) as usize];
-    thief.read_exact(&mut body).await.unwrap();
-    let env = Codec::Protobuf.decode(&body).unwrap();
-    let e: ErrorMsg = portcullis_proto::framework::PayloadForm::Protobuf.decode(&env.payload).unwrap();
+    let mut thief = Raw::connect(&stack, Codec::Protobuf).await;
+    let env = thief.resume(1, &login.resume_token).await;
+    let e: ErrorMsg = thief.decode(&env);
     assert_eq!((env.cmd, e.code), (cmd::ERROR, ErrorCode::ResumeFailed as i32), "{e:?}");
     // The owner is still connected and served; and resumes again with the
     // token it was given.

@@ -7,15 +7,13 @@
 use std::time::Duration;
 
 use portcullis_proto::pb::client::{
-    Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginReply, LoginRequest, ResumeReply, ResumeRequest, SendResult,
-    SendToGroup, SendToUser, SendToUsers,
+    Error as ErrorMsg, ErrorCode, GroupRequest, Kick, LoginRequest, ResumeReply, SendResult, SendToGroup, SendToUser,
+    SendToUsers,
 };
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::{COUNTER_ADD, COUNTER_GET, ECHO, STREAM, STREAM_ITEM};
-use portcullis_tests::{token, token_for, Stack, StackOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use portcullis_tests::{token, token_for, Raw, Stack, StackOptions};
 
 const DOC: &str = include_str!("../../proto/PROTOCOL.md");
 
@@ -44,109 +42,6 @@ fn glob(pattern: &str, text: &str) -> bool {
         rest = &rest[i + middle.len()..];
     }
     rest.ends_with(last)
-}
-
-/// A raw connection speaking one codec by hand.
-struct Raw {
-    stream: TcpStream,
-    codec: Codec,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        Raw { stream: stack.tcp(stack.addr(codec)).await, codec, buf: Vec::new() }
-    }
-
-    async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write to the gateway");
-    }
-
-    async fn send(&mut self, env: &Envelope<'_>) {
-        let mut out = Vec::new();
-        self.codec.encode(env, &mut out);
-        self.send_bytes(&out).await;
-    }
-
-    /// Sends a framework request with a payload in this listener's form.
-    async fn request<M: portcullis_proto::framework::Payload>(&mut self, command: u32, seq: u32, msg: &M) {
-        let body = self.codec.payload_form().encode_to_vec(msg);
-        self.send(&Envelope::new(command, seq, 0, &body)).await;
-    }
-
-    /// The next frame's body, or `None` at EOF; fails after 5 s.
-    async fn recv_frame(&mut self) -> Option<Vec<u8>> {
-        loop {
-            if let Some((r, used)) = self.codec.framing().next_frame(&self.buf, 1 << 24).expect("framing") {
-                let frame = self.buf[r].to_vec();
-                self.buf.drain(..used);
-                return Some(frame);
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
-                .await
-                .expect("the gateway sends something (or closes) within 5 s")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn recv(&mut self) -> Option<Envelope<'static>> {
-        let frame = self.recv_frame().await?;
-        Some(self.codec.decode(&frame).expect("the gateway sends valid frames").into_owned())
-    }
-
-    /// The next line of a line listener, without its line end.
-    async fn recv_line(&mut self) -> Option<String> {
-        self.recv_frame().await.map(|f| String::from_utf8(f).expect("the gateway writes UTF-8 lines"))
-    }
-
-    fn decode<M: portcullis_proto::framework::Payload>(&self, env: &Envelope<'_>) -> M {
-        self.codec.payload_form().decode(&env.payload).expect("a framework payload")
-    }
-
-    /// The next frame is an unsequenced ERROR with `code`.
-    async fn expect_error(&mut self, code: ErrorCode) -> (Envelope<'static>, ErrorMsg) {
-        let env = self.recv().await.unwrap_or_else(|| panic!("expected ERROR {code:?}, got a close"));
-        assert_eq!(env.cmd, cmd::ERROR, "expected ERROR {code:?}, got {env:?}");
-        assert_eq!(env.flags, flags::RESPONSE);
-        let e: ErrorMsg = self.decode(&env);
-        assert_eq!(e.code, code as i32, "{e:?}");
-        (env, e)
-    }
-
-    /// The gateway closes the connection with nothing more.
-    async fn expect_eof(&mut self) {
-        if let Some(env) = self.recv().await {
-            panic!("expected the connection to close, got {env:?}");
-        }
-    }
-
-    async fn login_with(&mut self, token: &str) -> LoginReply {
-        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into() }).await;
-        let env = self.recv().await.expect("a LOGIN answer");
-        assert_eq!((env.cmd, env.seq, env.server_seq), (cmd::LOGIN, 1, 0), "{env:?}");
-        self.decode(&env)
-    }
-
-    async fn login(&mut self, user: &str) -> LoginReply {
-        self.login_with(&token(user)).await
-    }
-
-    async fn resume(&mut self, seq: u32, resume_token: &str) -> Envelope<'static> {
-        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0 };
-        self.request(cmd::RESUME, seq, &req).await;
-        self.recv().await.expect("a RESUME answer")
-    }
-
-    async fn heartbeat(&mut self, seq: u32) {
-        self.send(&Envelope::new(cmd::HEARTBEAT, seq, 0, b"")).await;
-        let env = self.recv().await.expect("a HEARTBEAT answer");
-        assert_eq!((env.cmd, env.seq, env.flags, env.server_seq), (cmd::HEARTBEAT, seq, flags::RESPONSE, 0));
-    }
 }
 
 /// Runs a transcript of PROTOCOL.md §12 on a listener of `codec`.
