@@ -32,11 +32,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use hdrhistogram::Histogram;
+use portcullis_benches::players::{connector_from, latency_histogram, token, wait_for_game_server, Pacer};
+use portcullis_benches::procfs;
 use portcullis_client::{Client, Event};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
-use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{Codec, Envelope};
 use portcullis_sample_game_server::{room_group, SampleGame, CHAT_MESSAGE, CHAT_SAY, COUNTER_ADD, ECHO};
 
@@ -102,41 +102,12 @@ struct Args {
     cpu_pid: Option<u32>,
 }
 
-/// CPU seconds so far: of process `pid` (user + system) and of the whole
-/// machine (busy: user, nice, system, irq, softirq).
-fn cpu_seconds(pid: u32) -> anyhow::Result<(f64, f64)> {
-    // SAFETY: a plain getter.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may contain spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    let process = (ticks(11) + ticks(12)) / hz;
-    let machine = std::fs::read_to_string("/proc/stat")?;
-    let cpu: Vec<f64> =
-        machine.lines().next().unwrap_or("").split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
-    let busy = [0, 1, 2, 5, 6].iter().map(|&i| cpu.get(i).copied().unwrap_or(0.0)).sum::<f64>() / hz;
-    Ok((process, busy))
-}
-
 impl Args {
     /// The source address of client `i`, if clients bind one.
     fn source(&self, i: usize) -> Option<std::net::IpAddr> {
         (self.harness_sources > 0)
             .then(|| portcullis_harness::routed_v4(((self.first + i) % self.harness_sources as usize) as u32).into())
     }
-}
-
-/// A connector that opens its socket from `source`.
-fn connector_from(source: std::net::IpAddr) -> portcullis_client::Connector {
-    std::sync::Arc::new(move |addr: SocketAddr| {
-        Box::pin(async move {
-            let socket =
-                if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-            socket.bind(SocketAddr::new(source, 0))?;
-            socket.connect(addr).await
-        })
-    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -196,7 +167,8 @@ async fn start_local(secret: &str, workers: usize) -> anyhow::Result<(RunningGat
     tokio::spawn(portcullis_backend_sdk::serve(game, SampleGame::default()));
     let text = format!(
         "[gateway]\nworkers = {workers}\nmax_outbound_bytes = 67108864\nheartbeat_timeout_ms = 600000\n\
-         [limits]\nsession_rate = 1000000\nsession_burst = 1000000\nmax_connections_per_ip = 1000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
+         [limits]\nsession_rate = 1000000\nsession_burst = 1000000\nuser_rate = 1000000\nuser_burst = 1000000\n\
+         max_connections_per_ip = 1000000\n[[listeners]]\nbind = \"127.0.0.1:0\"\n[auth]\nkind = \"token\"\n\
          secret = \"{secret}\"\n[[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n\
          [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
@@ -204,11 +176,6 @@ async fn start_local(secret: &str, workers: usize) -> anyhow::Result<(RunningGat
     let gateway = tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await??;
     eprintln!("in-process gateway ({workers} worker(s)) on {} → sample game server on {game_addr}", gateway.addrs[0]);
     Ok((gateway, game_addr))
-}
-
-fn token(secret: &str, user: &str) -> String {
-    let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 24 * 3600;
-    sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "load".into(), exp })
 }
 
 /// Connects and logs in `n` clients, retrying while the gateway's game-server
@@ -233,19 +200,7 @@ async fn connect_all(
         c.login(&token(&args.secret, &format!("{prefix}{i}"))).await.with_context(|| format!("login of client {i}"))?;
         clients.push((c, events));
     }
-    let probe = &clients[0].0;
-    for attempt in 0.. {
-        match probe.call(ECHO, b"ready?").await {
-            Ok(_) => break,
-            Err(e) if attempt < 300 => {
-                if attempt == 0 {
-                    eprintln!("waiting for the game server: {e}");
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(e) => bail!("the gateway cannot reach a game server: {e}"),
-        }
-    }
+    wait_for_game_server(&clients[0].0).await.context("the gateway cannot reach a game server")?;
     Ok(clients)
 }
 
@@ -377,16 +332,11 @@ where
         let interval = (args.rate > 0).then(|| Duration::from_secs_f64(n_loops as f64 / args.rate as f64));
         let phase = interval.map(|i| i.mul_f64(tasks.len() as f64 / n_loops as f64));
         tasks.push(tokio::spawn(async move {
-            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
-            let mut due = Instant::now() + phase.unwrap_or_default();
+            let mut h = latency_histogram();
+            let mut pacer = interval.map(|i| Pacer::new(Instant::now() + phase.unwrap_or_default(), i));
             while !stop.load(Ordering::Relaxed) {
-                let t = match interval {
-                    Some(interval) => {
-                        tokio::time::sleep_until(due.into()).await;
-                        let t = due;
-                        due += interval;
-                        t
-                    }
+                let t = match &mut pacer {
+                    Some(pacer) => pacer.next().await,
                     None => Instant::now(),
                 };
                 if round_trip().await {
@@ -402,7 +352,7 @@ where
     }
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
     measuring.store(true, Ordering::Relaxed);
-    let cpu_before = args.cpu_pid.map(cpu_seconds).transpose()?;
+    let cpu_before = args.cpu_pid.map(procfs::cpu_seconds).transpose()?;
     let start = Instant::now();
     for s in 1..=args.duration {
         tokio::time::sleep_until((start + Duration::from_secs(s)).into()).await;
@@ -412,13 +362,13 @@ where
     let elapsed = start.elapsed();
     let cpu = match (args.cpu_pid, cpu_before) {
         (Some(pid), Some((p0, m0))) => {
-            let (p1, m1) = cpu_seconds(pid)?;
+            let (p1, m1) = procfs::cpu_seconds(pid)?;
             format!("  cpu {:.2} machine {:.2}", p1 - p0, m1 - m0)
         }
         _ => String::new(),
     };
     stop.store(true, Ordering::Relaxed);
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut total = latency_histogram();
     for t in tasks {
         total.add(t.await?)?;
     }
@@ -556,17 +506,6 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Resident memory of a process, bytes.
-fn rss(pid: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
-    Ok(kb * 1024)
-}
-
 fn login_frame(secret: &str, user: &str) -> Vec<u8> {
     use portcullis_proto::pb::client::LoginRequest;
     use portcullis_proto::{cmd, Codec, Envelope};
@@ -598,8 +537,8 @@ fn idle_in_memory(args: &Args) -> anyhow::Result<()> {
     let config = Config::parse(&text, "portcullis-load idle")?;
     let shared = Shared::new(args.workers, [7; 32]);
     let now = Instant::now();
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let before = rss("self")?;
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let before = procfs::rss_bytes("self")?;
     let mut cores: Vec<Gateway> = (0..args.workers)
         .map(|w| {
             let auth = portcullis_core::auth::from_config(&config).expect("token auth");
@@ -621,7 +560,7 @@ fn idle_in_memory(args: &Args) -> anyhow::Result<()> {
     }
     let logged_in: u64 = cores.iter().map(|c| c.stats().logins).sum();
     anyhow::ensure!(logged_in == args.clients as u64, "only {logged_in} of {} logins succeeded", args.clients);
-    let after = rss("self")?;
+    let after = procfs::rss_bytes("self")?;
     report_idle(args.clients, &format!("{} in-memory core(s)", args.workers), before, after);
     drop(cores);
     Ok(())
@@ -633,7 +572,7 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
     use std::io::{Read, Write};
     let n = args.clients;
     let pid = pid.to_string();
-    let before = rss(&pid)?;
+    let before = procfs::rss_bytes(&pid)?;
     let mut socks = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
@@ -673,6 +612,6 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
         return Ok(());
     }
     std::thread::sleep(Duration::from_secs(1));
-    report_idle(n, &format!("gateway process {pid}"), before, rss(&pid)?);
+    report_idle(n, &format!("gateway process {pid}"), before, procfs::rss_bytes(&pid)?);
     Ok(())
 }
