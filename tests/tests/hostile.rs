@@ -234,7 +234,8 @@ async fn a_spammed_player_gets_at_most_its_inbound_rate_and_spammers_are_told() 
     assert!((got as f64) <= allowed, "{got} messages in {elapsed:.1} s");
     assert!(got >= 40, "the burst got through: {got}");
     assert_eq!(got, delivered.load(Ordering::Relaxed), "the spammers were told exactly what was delivered");
-    let refused: u64 = stack.gateway.status().iter().map(|w| w.stats.drop_recipient_rate).sum();
+    let refused: u64 =
+        stack.gateway.status().iter().map(|w| w.stats.drop_recipient_rate + w.stats.drop_pair_rate).sum();
     assert_eq!(refused, 800 - got);
 }
 

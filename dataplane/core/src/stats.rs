@@ -96,6 +96,9 @@ crate::counters! {
     /// Dropped: peer messages (SEND_TO_*) for a session past its inbound
     /// rate (`limits.peer_inbound_rate`).
     drop_recipient_rate,
+    /// Dropped: direct messages from one user to another past their pair's
+    /// rate (`limits.pair_rate`).
+    drop_pair_rate,
     /// Dropped: messages for another worker whose inbox was full.
     drop_inbox_full,
     /// Refused: RESUMEs with a token already used (tokens rotate).

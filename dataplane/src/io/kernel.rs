@@ -24,6 +24,14 @@ use super::{write_some, IoBackend, IoStats};
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Reads of one client per wake-up: a connection that has more is read
+/// again in the next round, after the others, so that no sender can hold a
+/// worker (readiness is edge-triggered: it is remembered, not re-reported).
+const READS_PER_ROUND: usize = 4;
+
+/// Connections accepted per listener per wake-up, likewise.
+const ACCEPTS_PER_ROUND: usize = 64;
+
 struct Client {
     id: ConnId,
     stream: TcpStream,
@@ -53,6 +61,9 @@ pub struct KernelTcp {
     udp_echo: Option<UdpSocket>,
     buf: Box<[u8]>,
     stats: IoStats,
+    /// Clients and listeners left with more to read or accept at the end
+    /// of their round.
+    unfinished: Vec<Source>,
 }
 
 impl KernelTcp {
@@ -77,6 +88,7 @@ impl KernelTcp {
             udp_echo: None,
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stats: IoStats::default(),
+            unfinished: Vec::new(),
         };
         for (i, l) in config.listeners.iter().enumerate() {
             let addr = addrs.map_or(l.bind, |a| a[i]);
@@ -114,7 +126,7 @@ impl KernelTcp {
 
     fn accept(&mut self, core: &mut Gateway, listener: usize, now: Instant) {
         let Some(l) = self.listeners.get(listener) else { return };
-        loop {
+        for _ in 0..ACCEPTS_PER_ROUND {
             match l.accept() {
                 Ok((mut stream, peer)) => {
                     if !self.fds.take() {
@@ -151,6 +163,7 @@ impl KernelTcp {
                 }
             }
         }
+        self.unfinished.push(Source::Listener(listener));
     }
 
     fn drop_client(&mut self, slot: usize) -> Option<Client> {
@@ -173,9 +186,20 @@ impl KernelTcp {
     }
 
     fn read_client(&mut self, core: &mut Gateway, slot: usize, now: Instant) {
+        let mut reads = 0;
         loop {
             let Some(c) = self.clients[slot].as_mut() else { return };
             let id = c.id;
+            if !core.takes_input(id) {
+                // Closed by the core: what the client still sends is not
+                // read (the socket closes at the next flush).
+                return;
+            }
+            if reads == READS_PER_ROUND {
+                self.unfinished.push(Source::Client(slot));
+                return;
+            }
+            reads += 1;
             match c.stream.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -271,8 +295,19 @@ impl KernelIo {
 
 impl IoBackend for KernelIo {
     fn poll(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
+        // Sockets left with more to read or accept go on without waiting,
+        // after what became ready meanwhile.
+        let unfinished = std::mem::take(&mut self.tcp.unfinished);
+        let timeout = if unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
         self.epoll.wait(timeout, &mut self.ready)?;
         let now = Instant::now();
+        for &source in &unfinished {
+            match source {
+                Source::Listener(i) => self.tcp.accept(core, i, now),
+                Source::Client(slot) => self.tcp.read_client(core, slot, now),
+                _ => {}
+            }
+        }
         for r in &self.ready {
             match r.source {
                 Source::Wake => {}

@@ -231,6 +231,12 @@ pub struct LimitsConfig {
     pub peer_inbound_rate: u32,
     /// …and the bucket's size.
     pub peer_inbound_burst: u32,
+    /// Messages per second one user may send to another (SEND_TO_USER(S),
+    /// per worker), so that no sender takes a recipient's whole inbound
+    /// rate…
+    pub pair_rate: u32,
+    /// …and the bucket's size.
+    pub pair_burst: u32,
     /// User ids one SEND_TO_USERS may name.
     pub max_recipients: usize,
 }
@@ -251,6 +257,8 @@ impl Default for LimitsConfig {
             ip_burst: 4_000,
             peer_inbound_rate: 50,
             peer_inbound_burst: 200,
+            pair_rate: 20,
+            pair_burst: 40,
             max_recipients: 64,
         }
     }
@@ -573,6 +581,8 @@ impl Config {
             ("limits.ip_burst", l.ip_burst as usize),
             ("limits.peer_inbound_rate", l.peer_inbound_rate as usize),
             ("limits.peer_inbound_burst", l.peer_inbound_burst as usize),
+            ("limits.pair_rate", l.pair_rate as usize),
+            ("limits.pair_burst", l.pair_burst as usize),
             ("limits.max_recipients", l.max_recipients),
             ("backends.request_timeout_ms", b.request_timeout_ms as usize),
             ("backends.health_interval_ms", b.health_interval_ms as usize),

@@ -74,8 +74,13 @@ impl Gateway {
                     }
                     (req.user_ids, req.payload)
                 };
+                let sender = self.sessions.get(session).and_then(|s| s.user_id()).unwrap_or_default().to_owned();
                 let mut targets: Vec<(usize, SessionId)> = Vec::new();
                 for user in &users {
+                    if let Verdict::Drop(reason) = self.check_pair(&sender, user) {
+                        reason.count(&mut self.stats);
+                        continue;
+                    }
                     targets.extend(self.shared.sessions_of(user).iter().map(|s| (s.worker, s.session)));
                 }
                 targets.sort_unstable();

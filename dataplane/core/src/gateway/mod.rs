@@ -127,6 +127,7 @@ pub(crate) struct Limits {
     pub(crate) user_rate: (u32, u32),
     pub(crate) ip_rate: (u32, u32),
     pub(crate) peer_rate: (u32, u32),
+    pub(crate) pair_rate: (u32, u32),
     pub(crate) max_recipients: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) health_interval: Duration,
@@ -161,6 +162,7 @@ impl Limits {
             user_rate: (l.user_rate, l.user_burst),
             ip_rate: (l.ip_rate, l.ip_burst),
             peer_rate: (l.peer_inbound_rate, l.peer_inbound_burst),
+            pair_rate: (l.pair_rate, l.pair_burst),
             max_recipients: l.max_recipients,
             request_timeout: ms(b.request_timeout_ms),
             health_interval: ms(b.health_interval_ms),
@@ -203,6 +205,10 @@ pub struct Gateway {
     pub(crate) ip_buckets: HashMap<IpAddr, (TokenBucket, u32)>,
     /// Per user with sessions here: rate bucket.
     pub(crate) user_buckets: FxHashMap<Box<str>, TokenBucket>,
+    /// Per (sender, recipient) pair of users: rate bucket of their direct
+    /// messages, by a keyed hash of the pair.
+    pub(crate) pair_buckets: FxHashMap<u64, TokenBucket>,
+    pub(crate) pair_hasher: std::collections::hash_map::RandomState,
     /// Connections not logged in yet, by their login deadline (in order).
     prelogin: VecDeque<(Instant, ConnId)>,
     /// Bytes queued for all clients of this worker.
@@ -261,6 +267,8 @@ impl Gateway {
             auth,
             ip_buckets: HashMap::new(),
             user_buckets: FxHashMap::default(),
+            pair_buckets: FxHashMap::default(),
+            pair_hasher: std::collections::hash_map::RandomState::new(),
             prelogin: VecDeque::new(),
             out_bytes: 0,
             pending_sends: FxHashMap::default(),
@@ -328,6 +336,13 @@ impl Gateway {
     /// Bytes queued for the clients of this worker.
     pub fn output_bytes(&self) -> usize {
         self.out_bytes
+    }
+
+    /// Whether `conn` still takes input: it is open and the core has not
+    /// closed it (bytes that arrive after a close are not looked at, so the
+    /// IO backend need not read them).
+    pub fn takes_input(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| !c.closing)
     }
 
     /// Whether [`Gateway::shutdown`] was called: the IO backend stops
@@ -487,6 +502,8 @@ impl Gateway {
         self.expire_pending_sends();
         let (rate, burst) = self.limits.user_rate;
         self.user_buckets.retain(|_, b| !b.is_full(now, rate, burst));
+        let (rate, burst) = self.limits.pair_rate;
+        self.pair_buckets.retain(|_, b| !b.is_full(now, rate, burst));
         self.handed_over.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(10));
         let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
         let mut idle = std::mem::take(&mut self.targets);

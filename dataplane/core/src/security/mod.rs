@@ -68,6 +68,8 @@ pub enum Reason {
     RecipientBacklog,
     /// A message from another player to a session past its inbound rate.
     RecipientRate,
+    /// A direct message from a user to another past their pair's rate.
+    PairRate,
 }
 
 impl Reason {
@@ -80,7 +82,7 @@ impl Reason {
             Reason::Throttled => ErrorCode::Throttled,
             Reason::ShuttingDown => ErrorCode::ShuttingDown,
             Reason::NotLoggedIn => ErrorCode::NotLoggedIn,
-            Reason::RecipientBacklog | Reason::RecipientRate => ErrorCode::Throttled,
+            Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate => ErrorCode::Throttled,
         }
     }
 
@@ -95,6 +97,7 @@ impl Reason {
             Reason::NotLoggedIn => "log in first",
             Reason::RecipientBacklog => "the recipient is not keeping up",
             Reason::RecipientRate => "the recipient gets too many messages",
+            Reason::PairRate => "too many messages to this user",
         }
     }
 
@@ -109,6 +112,7 @@ impl Reason {
             Reason::NotLoggedIn => &mut stats.drop_not_logged_in,
             Reason::RecipientBacklog => &mut stats.drop_recipient_backlog,
             Reason::RecipientRate => &mut stats.drop_recipient_rate,
+            Reason::PairRate => &mut stats.drop_pair_rate,
         } += 1;
     }
 }
@@ -286,6 +290,21 @@ impl Gateway {
             Verdict::Pass
         } else {
             Verdict::Respond(Reason::NotLoggedIn)
+        }
+    }
+
+    /// Recipients protected, sender side: whether `sender` may send one more
+    /// direct message to `recipient` (the pair's bucket, so that no sender
+    /// uses up a recipient's whole inbound rate).
+    pub(crate) fn check_pair(&mut self, sender: &str, recipient: &str) -> Verdict {
+        let key = std::hash::BuildHasher::hash_one(&self.pair_hasher, (sender, recipient));
+        let (rate, burst) = self.limits.pair_rate;
+        let now = self.now;
+        let bucket = self.pair_buckets.entry(key).or_insert_with(|| TokenBucket::full(burst, now));
+        if bucket.allow(now, rate, burst) {
+            Verdict::Pass
+        } else {
+            Verdict::Drop(Reason::PairRate)
         }
     }
 

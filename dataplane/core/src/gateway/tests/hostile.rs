@@ -122,7 +122,8 @@ fn strangers_behind_a_shared_address_cannot_throttle_or_crowd_out_its_players() 
 
 #[test]
 fn a_flooded_player_gets_no_more_than_its_inbound_rate_and_fan_out_is_bounded() {
-    let mut h = Harness::new("[limits]\npeer_inbound_rate = 10\npeer_inbound_burst = 20\nmax_recipients = 3");
+    let limits = "[limits]\npeer_inbound_rate = 10\npeer_inbound_burst = 20\nmax_recipients = 3\npair_rate = 1000\npair_burst = 1000";
+    let mut h = Harness::new(limits);
     let victim = h.connect(Codec::Protobuf);
     h.login(victim, "victim");
     let friend = h.connect(Codec::Protobuf);
@@ -359,4 +360,37 @@ fn a_stranger_cannot_hold_a_large_partial_frame() {
     h.login(p, "al");
     h.send(p, &Envelope::new(cmd::HEARTBEAT, 2, 0, &[0; 900]));
     assert_eq!(h.take(p)[0].cmd, cmd::HEARTBEAT);
+}
+
+#[test]
+fn a_spammer_cannot_use_up_a_recipients_inbound_rate() {
+    let limits = "[limits]\npeer_inbound_rate = 50\npeer_inbound_burst = 50\npair_rate = 10\npair_burst = 10";
+    let mut h = Harness::new(limits);
+    let victim = h.connect(Codec::Protobuf);
+    h.login(victim, "victim");
+    let friend = h.connect(Codec::Protobuf);
+    h.login(friend, "friend");
+    let spammer = h.connect(Codec::Protobuf);
+    h.login(spammer, "spammer");
+    let (mut friend_delivered, mut spam_delivered) = (0, 0);
+    for round in 0..100u32 {
+        let spam = SendToUser { user_id: "victim".into(), payload: b"spam".to_vec() };
+        for i in 0..10 {
+            h.send_msg(spammer, cmd::SEND_TO_USER, round * 10 + i + 2, &spam);
+        }
+        for f in h.take(spammer) {
+            spam_delivered += h.form(spammer).decode::<SendResult>(&f.payload).unwrap().delivered;
+        }
+        let hello = SendToUser { user_id: "victim".into(), payload: b"hello".to_vec() };
+        h.send_msg(friend, cmd::SEND_TO_USER, round + 2, &hello);
+        friend_delivered += h.form(friend).decode::<SendResult>(&h.take(friend)[0].payload).unwrap().delivered;
+        h.take(victim);
+        h.advance(Duration::from_millis(100));
+    }
+    // 10 s: the spammer's pair rate is 10/s (and a burst of 10), the
+    // friend's 1/s all get through.
+    assert_eq!(friend_delivered, 100, "nothing the friend sent was lost");
+    assert!((100..=111).contains(&spam_delivered), "{spam_delivered}");
+    assert_eq!(h.cores[0].stats().drop_recipient_rate, 0);
+    assert_eq!(h.cores[0].stats().drop_pair_rate, u64::from(1000 - spam_delivered));
 }
