@@ -125,6 +125,14 @@ struct Args {
     /// Attack connections per source address (phases 2-4).
     #[arg(long, default_value_t = 50)]
     per_source: usize,
+    /// Run the legitimate players on this CPU only (put the gateway there
+    /// too, e.g. with taskset), so that what the attackers cost this
+    /// machine is not charged to the gateway.
+    #[arg(long)]
+    players_cpu: Option<usize>,
+    /// Run the attackers (and their kernel work) on this CPU only.
+    #[arg(long)]
+    attack_cpu: Option<usize>,
     /// Longest wait for the gateway's descriptors to come back after an
     /// attack [default: 30; 10 with --quick].
     #[arg(long)]
@@ -287,8 +295,13 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     let files = procfs::raise_open_files_limit().context("raising the open-files limit")?;
 
-    let legit_rt = runtime("legit")?;
-    let attack_rt = runtime("attack")?;
+    let legit_rt = runtime("legit", args.players_cpu)?;
+    let attack_rt = runtime("attack", args.attack_cpu)?;
+    // The attack futures run on this thread (block_on), and the
+    // fd-exhaustion children inherit its CPUs.
+    if let Some(cpu) = args.attack_cpu {
+        pin_to(cpu).context("pinning the attackers")?;
+    }
     eprintln!("logging in {} players from 127.0.0.1 to {} …", args.players, args.gateway);
     let players = legit_rt.block_on(Players::connect(args, plan.phases.len()))?;
     let fds0 = procfs::open_fds(pid).context("the gateway's descriptors")?;
@@ -365,11 +378,37 @@ fn list(items: impl Iterator<Item = String>) -> String {
     }
 }
 
-/// A tokio runtime of one worker thread: the legitimate players and the
-/// attackers each get their own, so that neither starves the other inside
-/// this process.
-fn runtime(name: &str) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name(name).enable_all().build()?)
+/// A tokio runtime of one worker thread, on `cpu` only if given: the
+/// legitimate players and the attackers each get their own, so that neither
+/// starves the other inside this process.
+fn runtime(name: &str, cpu: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(1).thread_name(name).enable_all();
+    if let Some(cpu) = cpu {
+        builder.on_thread_start(move || {
+            if let Err(e) = pin_to(cpu) {
+                eprintln!("cannot pin a thread to CPU {cpu}: {e}");
+            }
+        });
+    }
+    Ok(builder.build()?)
+}
+
+/// Keeps the calling thread (and what it forks) on `cpu`.
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it
+    // for any cpu below CPU_SETSIZE, which is checked first.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(std::io::Error::other(format!("no CPU {cpu}")));
+        }
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Waits (at most `bound`) until the gateway's descriptors are back within

@@ -476,7 +476,10 @@ impl Gateway {
             LinkState::Connecting => self.next_sweep,
         });
         let shutdown = self.shutdown.filter(|s| !s.kicked).map(|s| s.kick_at);
-        links.chain([self.next_sweep]).chain(shutdown).min()
+        // Login deadlines are kept one by one, so that strangers that came
+        // in a burst are not all closed in one go.
+        let login = self.prelogin.front().map(|&(deadline, _)| deadline);
+        links.chain([self.next_sweep]).chain(shutdown).chain(login).min()
     }
 
     /// Runs what is due at `now`: link reconnects and health checks, request
@@ -484,6 +487,7 @@ impl Gateway {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.now = now;
         self.link_timers();
+        self.expire_logins();
         if let Some(s) = self.shutdown {
             if !s.kicked && (now >= s.kick_at || self.requests_in_flight() == 0) {
                 self.kick_everyone();
@@ -498,7 +502,6 @@ impl Gateway {
         let interval = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         self.next_sweep = now + interval;
         self.expire_requests();
-        self.expire_logins();
         self.expire_pending_sends();
         let (rate, burst) = self.limits.user_rate;
         self.user_buckets.retain(|_, b| !b.is_full(now, rate, burst));
