@@ -206,14 +206,12 @@ async fn throttled_refusals_never_fill_the_replay_buffer_or_close_a_player() {
         Stack::start("[sessions]\nreplay_max_messages = 4\n[limits]\nsession_rate = 1\nsession_burst = 2").await;
     let mut raw = Raw::connect(&stack, Codec::Protobuf).await;
     raw.login("hasty").await;
-    for seq in 10..60 {
+    for seq in 10..40 {
         raw.send(&Envelope::new(ECHO, seq, 0, b"x")).await;
     }
-    // A flood is refused mostly in silence: THROTTLED answers come at 10 a
-    // second (20 in a burst); the other refused frames get none.
     let (mut echoed, mut throttled) = (0, 0);
-    while let Ok(env) = tokio::time::timeout(Duration::from_millis(500), raw.recv()).await {
-        let env = env.expect("no close");
+    for _ in 10..40 {
+        let env = raw.recv().await.expect("one answer per request, no close");
         match env.cmd {
             ECHO => echoed += 1,
             cmd::ERROR => {
@@ -224,7 +222,7 @@ async fn throttled_refusals_never_fill_the_replay_buffer_or_close_a_player() {
             other => panic!("unexpected {other}: {env:?}"),
         }
     }
-    assert!(echoed <= 3 && (20..=22).contains(&throttled), "{echoed} echoed, {throttled} throttled");
+    assert!(echoed <= 3 && throttled >= 27, "{echoed} echoed, {throttled} throttled");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     raw.heartbeat(50).await;
 }

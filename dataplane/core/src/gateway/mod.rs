@@ -92,9 +92,6 @@ pub(crate) struct Conn {
     pub(crate) logged_in: bool,
     /// Sent a LOGIN or RESUME already.
     pub(crate) tried_login: bool,
-    /// THROTTLED answers it may still get: a flood is refused mostly in
-    /// silence.
-    pub(crate) refusals: TokenBucket,
     inbuf: Vec<u8>,
     /// Bytes at the start of `inbuf` known to hold no line end.
     scanned: usize,
@@ -177,11 +174,6 @@ impl Limits {
         }
     }
 }
-
-/// THROTTLED answers per second one connection gets at most…
-pub(crate) const REFUSALS_RATE: u32 = 10;
-/// …and in a burst; frames refused beyond are dropped without an answer.
-pub(crate) const REFUSALS_BURST: u32 = 20;
 
 /// Progress of a graceful shutdown.
 #[derive(Debug, Clone, Copy)]
@@ -387,7 +379,6 @@ impl Gateway {
                 admitted: admitted.is_ok(),
                 logged_in: false,
                 tried_login: false,
-                refusals: TokenBucket::full(REFUSALS_BURST, now),
                 inbuf: Vec::new(),
                 scanned: 0,
                 out: Vec::new(),
@@ -699,8 +690,7 @@ impl Gateway {
         };
         self.stats.frames_in += 1;
         let verdict = self.check_frame(&Frame { conn, session, ip, env: &env });
-        let throttled = matches!(verdict, Verdict::Respond(Reason::Throttled) | Verdict::Drop(Reason::Throttled));
-        if !throttled && env.ack != 0 {
+        if verdict != Verdict::Respond(Reason::Throttled) && env.ack != 0 {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.replay.ack(env.ack.min(s.replay.last_seq()));
             }

@@ -15,8 +15,7 @@
 //!    the strangers behind one address; a connection's first LOGIN or RESUME
 //!    is not charged to it); after it, the session's and the
 //!    user's, so that junk from a shared address cannot throttle the players
-//!    behind it: THROTTLED — at most 10 answers a second (20 in a burst) per
-//!    connection, frames refused beyond that are dropped unanswered;
+//!    behind it: THROTTLED;
 //! 3. **shutdown** — business commands while the gateway shuts down:
 //!    SHUTTING_DOWN;
 //! 4. **login** — commands other than HEARTBEAT, LOGIN, LOGOUT, RESUME and
@@ -43,7 +42,7 @@ use portcullis_proto::pb::client::ErrorCode;
 use portcullis_proto::{cmd, Envelope};
 
 use crate::conn::ConnId;
-use crate::gateway::{End, Gateway, REFUSALS_BURST, REFUSALS_RATE};
+use crate::gateway::{End, Gateway};
 use crate::security::rate_limit::TokenBucket;
 use crate::session::SessionId;
 use crate::stats::Stats;
@@ -270,11 +269,8 @@ impl Gateway {
         };
         if allowed {
             Verdict::Pass
-        } else if self.conns.get_mut(&f.conn).is_some_and(|c| c.refusals.allow(now, REFUSALS_RATE, REFUSALS_BURST)) {
-            Verdict::Respond(Reason::Throttled)
         } else {
-            // A flood: answering every frame would double its cost.
-            Verdict::Drop(Reason::Throttled)
+            Verdict::Respond(Reason::Throttled)
         }
     }
 
