@@ -72,7 +72,7 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
     ];
     let eal = eal.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
     let text = format!(
-        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
+        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\nuser_rate = 1000000\nuser_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
          [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\nmbufs = {MIN_MBUFS}\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
