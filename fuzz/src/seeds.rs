@@ -65,7 +65,10 @@ fn framework_envelopes(form: PayloadForm) -> Vec<Envelope<'static>> {
             include_self: true,
         })),
         Envelope::new(cmd::RESUME, 6, 0, &[]).with_payload(
-            form.encode_to_vec(&ResumeRequest { resume_token: token::resume_token(&[3; 32], 1), last_server_seq: 4 }),
+            form.encode_to_vec(&ResumeRequest {
+                resume_token: token::resume_token(&[3; 32], 1, 0),
+                last_server_seq: 4,
+            }),
         ),
     ];
     v.push(Envelope { ack: 9, ..Envelope::new(cmd::ACK, 7, 0, b"") });
@@ -160,7 +163,7 @@ fn token_seeds(out: &mut Vec<Seed>) {
     t.extend_from_slice(token::sign(TOKEN_SECRET, &Claims { exp: 1000, ..valid.clone() }).as_bytes());
     out.push(("tokens", "login-expired".into(), t));
     let mut t = vec![1];
-    t.extend_from_slice(token::resume_token(RESUME_KEY, 42).as_bytes());
+    t.extend_from_slice(token::resume_token(RESUME_KEY, 42, 7).as_bytes());
     out.push(("tokens", "resume-valid".into(), t));
     let mut t = vec![2];
     t.extend_from_slice(br#"{"uid":"alice","dev":"pc","exp":1900000000}"#);

@@ -149,7 +149,14 @@ pub fn link_core(data: &[u8]) -> portcullis_core::Stats {
     CONFIG.with(|config| {
         let auth = portcullis_core::auth::from_config(config).expect("token auth");
         let shared = crate::shared::take();
-        let mut core = portcullis_core::Gateway::new(config, 0, shared.clone(), auth, now, std::time::Duration::from_secs(crate::netstack::UNIX_NOW));
+        let mut core = portcullis_core::Gateway::new(
+            config,
+            0,
+            shared.clone(),
+            auth,
+            now,
+            std::time::Duration::from_secs(crate::netstack::UNIX_NOW),
+        );
         let conn = ConnId::new(Transport::KernelTcp, 1);
         let drain = |core: &mut portcullis_core::Gateway, now: Instant| {
             let mut link = None;
@@ -239,8 +246,12 @@ pub fn tokens(data: &[u8]) {
         }
         1 => {
             let t = String::from_utf8_lossy(rest);
-            if let Some(id) = token::verify_resume_token(RESUME_KEY, &t) {
-                assert_eq!(token::resume_token(RESUME_KEY, id), t, "a second encoding of the same resume token");
+            if let Some((id, generation)) = token::verify_resume_token(RESUME_KEY, &t) {
+                assert_eq!(
+                    token::resume_token(RESUME_KEY, id, generation),
+                    t,
+                    "a second encoding of the same resume token"
+                );
             }
         }
         2 => {
@@ -276,8 +287,9 @@ pub fn tokens(data: &[u8]) {
             if !claims.uid.is_empty() && claims.exp > 0 {
                 assert_eq!(token::verify(TOKEN_SECRET, &t, 0), Ok(claims.clone()), "valid at time 0");
             }
-            let r = token::resume_token(RESUME_KEY, exp);
-            assert_eq!(token::verify_resume_token(RESUME_KEY, &r), Some(exp));
+            let generation = exp as u32;
+            let r = token::resume_token(RESUME_KEY, exp, generation);
+            assert_eq!(token::verify_resume_token(RESUME_KEY, &r), Some((exp, generation)));
             assert_eq!(token::verify_resume_token(&[8; 32], &r), None);
         }
     }
