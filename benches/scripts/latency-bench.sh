@@ -6,7 +6,9 @@
 #
 # For each backend: the closed-loop maximum through the gateway (echo via
 # the sample game server), then an open loop at half of it — latency counted
-# from when each message was due — and the same clients at the same rate
+# from when each message was due if the previous round trip held it up, else
+# from when it was sent (the driver's timer wakes up to 1 ms late) — and the
+# same clients at the same rate
 # straight to a byte-echo server on the gateway side (kernel sockets), so
 # the difference is the latency the gateway path adds (gateway and game
 # server hop).
@@ -17,33 +19,22 @@ cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-8}"
 PLAYERS="${PLAYERS:-1000}"
 . benches/scripts/routed-harness.sh
-# Two CPUs or more: the dataplane alone on the last CPU, everything else
-# (players, router, game server, echo server, and the kernel work of their
-# system calls) on the others, so that the figure is what the gateway adds
-# and not what sharing a core with the load generator costs; PIN=0 turns
-# that off.
-last_cpu=$(($(nproc) - 1))
-gw_pin=() others_pin=()
-if [ "${PIN:-1}" = 1 ] && [ "$last_cpu" -ge 1 ]; then
-    gw_pin=(taskset -c "$last_cpu")
-    others_pin=(taskset -c "0-$((last_cpu - 1))")
-fi
-ip netns exec "$gw" "${others_pin[@]}" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
+ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
 # The direct path: a byte-echo server the players reach through the router.
-ip netns exec "$gw" "${others_pin[@]}" "$bin/portcullis-load" --scenario serve-echo --listen 10.77.0.1:9100 >/dev/null 2>&1 &
+ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 10.77.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5
 gateway_config 's/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/' \
     's/^user_rate = .*/user_rate = 1000000/' 's/^user_burst = .*/user_burst = 1000000/'
 
 load() {
-    ip netns exec "$players" "${others_pin[@]}" "$bin/portcullis-load" --clients "$PLAYERS" --duration "$DURATION" --warmup 1 \
+    ip netns exec "$players" "$bin/portcullis-load" --clients "$PLAYERS" --duration "$DURATION" --warmup 1 \
         --harness-sources "$SOURCES" "$@" 2>/dev/null
 }
 field() { awk -v k="$1" '{for (i = 1; i <= NF; i++) if ($i == k) print $(i + 1)}'; }
 
 echo "== $PLAYERS players from $SOURCES addresses behind a router, 64-byte messages, one dataplane worker"
 for io in afxdp kernel; do
-    "${gw_pin[@]}" "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
+    "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
     gateway=$!
     sleep 1
     closed=$(load --gateway 10.77.0.1:7000)
