@@ -35,6 +35,8 @@ const ACCEPTS_PER_ROUND: usize = 64;
 struct Client {
     id: ConnId,
     stream: TcpStream,
+    /// In the worker's epoll (not for connections the core refused at once).
+    registered: bool,
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -125,10 +127,10 @@ impl KernelTcp {
     }
 
     fn accept(&mut self, core: &mut Gateway, listener: usize, now: Instant) {
-        let Some(l) = self.listeners.get(listener) else { return };
         for _ in 0..ACCEPTS_PER_ROUND {
+            let Some(l) = self.listeners.get(listener) else { return };
             match l.accept() {
-                Ok((mut stream, peer)) => {
+                Ok((stream, peer)) => {
                     if !self.fds.take() {
                         // Closed at once (dropped): the reserve stays free.
                         self.stats.refused_fd_reserve += 1;
@@ -138,21 +140,29 @@ impl KernelTcp {
                         );
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
                     let slot = self.free.pop().unwrap_or_else(|| {
                         self.clients.push(None);
                         self.clients.len() - 1
                     });
                     self.generation = self.generation.wrapping_add(1);
                     let id = ConnId::new(Transport::KernelTcp, (u64::from(self.generation) << 32) | slot as u64);
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self.registry.register(&mut stream, Source::Client(slot).token(), interest).is_err() {
-                        self.free.push(slot);
-                        self.fds.give_back();
+                    self.clients[slot] = Some(Client { id, stream, registered: false });
+                    core.handle_connect(now, id, listener, peer);
+                    if !core.takes_input(id) {
+                        // Refused (a connection limit): its ERROR and close
+                        // are queued; a flood of them costs no epoll calls.
                         continue;
                     }
-                    self.clients[slot] = Some(Client { id, stream });
-                    core.handle_connect(now, id, listener, peer);
+                    let c = self.clients[slot].as_mut().expect("just stored");
+                    let _ = c.stream.set_nodelay(true);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    match self.registry.register(&mut c.stream, Source::Client(slot).token(), interest) {
+                        Ok(()) => c.registered = true,
+                        Err(_) => {
+                            self.drop_client(slot);
+                            core.handle_disconnect(now, id);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -168,7 +178,9 @@ impl KernelTcp {
 
     fn drop_client(&mut self, slot: usize) -> Option<Client> {
         let mut c = self.clients.get_mut(slot)?.take()?;
-        let _ = self.registry.deregister(&mut c.stream);
+        if c.registered {
+            let _ = self.registry.deregister(&mut c.stream);
+        }
         self.free.push(slot);
         self.fds.give_back();
         Some(c)
