@@ -128,7 +128,12 @@ async fn a_game_server_killed_and_restarted_under_load_answers_every_request() {
                     let r = c.call(ECHO, b"load").await;
                     match &r {
                         Ok(v) if v == b"load" => ok += 1,
-                        _ if answered_with_error(&r) => errors += 1,
+                        _ if answered_with_error(&r) => {
+                            errors += 1;
+                            // A client backs off after an error
+                            // (PROTOCOL.md §10), or floods.
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
                         other => panic!("a request was not answered: {other:?}"),
                     }
                 }

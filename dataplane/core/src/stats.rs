@@ -99,6 +99,9 @@ crate::counters! {
     /// Dropped: direct messages from one user to another past their pair's
     /// rate (`limits.pair_rate`).
     drop_pair_rate,
+    /// Connections closed as floods (refused by a rate limit more often
+    /// than `limits.max_refusals_per_sec`).
+    closed_flooding,
     /// Dropped: messages for another worker whose inbox was full.
     drop_inbox_full,
     /// Refused: RESUMEs with a token already used (tokens rotate).

@@ -239,6 +239,11 @@ pub struct LimitsConfig {
     pub pair_burst: u32,
     /// User ids one SEND_TO_USERS may name.
     pub max_recipients: usize,
+    /// Frames of one connection refused by a rate limit per second, on
+    /// average, before it is closed as a flood…
+    pub max_refusals_per_sec: u32,
+    /// …and in a burst.
+    pub max_refusals_burst: u32,
 }
 
 impl Default for LimitsConfig {
@@ -260,6 +265,8 @@ impl Default for LimitsConfig {
             pair_rate: 20,
             pair_burst: 40,
             max_recipients: 64,
+            max_refusals_per_sec: 100,
+            max_refusals_burst: 1_000,
         }
     }
 }
@@ -584,6 +591,8 @@ impl Config {
             ("limits.pair_rate", l.pair_rate as usize),
             ("limits.pair_burst", l.pair_burst as usize),
             ("limits.max_recipients", l.max_recipients),
+            ("limits.max_refusals_per_sec", l.max_refusals_per_sec as usize),
+            ("limits.max_refusals_burst", l.max_refusals_burst as usize),
             ("backends.request_timeout_ms", b.request_timeout_ms as usize),
             ("backends.health_interval_ms", b.health_interval_ms as usize),
             ("backends.health_timeout_ms", b.health_timeout_ms as usize),

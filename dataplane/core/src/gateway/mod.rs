@@ -92,6 +92,8 @@ pub(crate) struct Conn {
     pub(crate) logged_in: bool,
     /// Sent a LOGIN or RESUME already.
     pub(crate) tried_login: bool,
+    /// Rate-limit refusals it may still get before it is closed as a flood.
+    pub(crate) refusals: TokenBucket,
     inbuf: Vec<u8>,
     /// Bytes at the start of `inbuf` known to hold no line end.
     scanned: usize,
@@ -129,6 +131,7 @@ pub(crate) struct Limits {
     pub(crate) peer_rate: (u32, u32),
     pub(crate) pair_rate: (u32, u32),
     pub(crate) max_recipients: usize,
+    pub(crate) refusals: (u32, u32),
     pub(crate) request_timeout: Duration,
     pub(crate) health_interval: Duration,
     pub(crate) health_timeout: Duration,
@@ -164,6 +167,7 @@ impl Limits {
             peer_rate: (l.peer_inbound_rate, l.peer_inbound_burst),
             pair_rate: (l.pair_rate, l.pair_burst),
             max_recipients: l.max_recipients,
+            refusals: (l.max_refusals_per_sec, l.max_refusals_burst),
             request_timeout: ms(b.request_timeout_ms),
             health_interval: ms(b.health_interval_ms),
             health_timeout: ms(b.health_timeout_ms),
@@ -379,6 +383,7 @@ impl Gateway {
                 admitted: admitted.is_ok(),
                 logged_in: false,
                 tried_login: false,
+                refusals: TokenBucket::full(l.refusals.1, now),
                 inbuf: Vec::new(),
                 scanned: 0,
                 out: Vec::new(),

@@ -15,7 +15,9 @@
 //!    the strangers behind one address; a connection's first LOGIN or RESUME
 //!    is not charged to it); after it, the session's and the
 //!    user's, so that junk from a shared address cannot throttle the players
-//!    behind it: THROTTLED;
+//!    behind it: THROTTLED; a connection refused more often than
+//!    `limits.max_refusals_per_sec` (burst `max_refusals_burst`) is closed
+//!    as a flood, ending its session;
 //! 3. **shutdown** — business commands while the gateway shuts down:
 //!    SHUTTING_DOWN;
 //! 4. **login** — commands other than HEARTBEAT, LOGIN, LOGOUT, RESUME and
@@ -70,6 +72,9 @@ pub enum Reason {
     RecipientRate,
     /// A direct message from a user to another past their pair's rate.
     PairRate,
+    /// A connection refused by a rate limit more often than
+    /// `limits.max_refusals_per_sec` allows: it is closed.
+    Flooding,
 }
 
 impl Reason {
@@ -82,7 +87,9 @@ impl Reason {
             Reason::Throttled => ErrorCode::Throttled,
             Reason::ShuttingDown => ErrorCode::ShuttingDown,
             Reason::NotLoggedIn => ErrorCode::NotLoggedIn,
-            Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate => ErrorCode::Throttled,
+            Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate | Reason::Flooding => {
+                ErrorCode::Throttled
+            }
         }
     }
 
@@ -98,6 +105,7 @@ impl Reason {
             Reason::RecipientBacklog => "the recipient is not keeping up",
             Reason::RecipientRate => "the recipient gets too many messages",
             Reason::PairRate => "too many messages to this user",
+            Reason::Flooding => "flooding: far over the rate limit for too long; closed",
         }
     }
 
@@ -113,6 +121,7 @@ impl Reason {
             Reason::RecipientBacklog => &mut stats.drop_recipient_backlog,
             Reason::RecipientRate => &mut stats.drop_recipient_rate,
             Reason::PairRate => &mut stats.drop_pair_rate,
+            Reason::Flooding => &mut stats.closed_flooding,
         } += 1;
     }
 }
@@ -267,10 +276,14 @@ impl Gateway {
                 first_try || self.ip_buckets.get_mut(&f.ip).is_none_or(|(b, _)| b.allow(now, rate, burst))
             }
         };
+        let (rate, burst) = self.limits.refusals;
         if allowed {
             Verdict::Pass
-        } else {
+        } else if self.conns.get_mut(&f.conn).is_none_or(|c| c.refusals.allow(now, rate, burst)) {
             Verdict::Respond(Reason::Throttled)
+        } else {
+            // Far over its rate for long: a flood, not a burst.
+            Verdict::Close(Reason::Flooding)
         }
     }
 

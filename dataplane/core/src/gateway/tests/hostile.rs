@@ -394,3 +394,35 @@ fn a_spammer_cannot_use_up_a_recipients_inbound_rate() {
     assert_eq!(h.cores[0].stats().drop_recipient_rate, 0);
     assert_eq!(h.cores[0].stats().drop_pair_rate, u64::from(1000 - spam_delivered));
 }
+
+#[test]
+fn a_connection_far_over_its_rate_for_long_is_closed_as_a_flood() {
+    let limits = "[limits]\nsession_rate = 10\nsession_burst = 10\nmax_refusals_per_sec = 5\nmax_refusals_burst = 50";
+    let mut h = Harness::new(limits);
+    let c = h.connect(Codec::Protobuf);
+    h.login(c, "flooder");
+    let flood: Vec<u8> = (0..100).flat_map(|seq| h.frame(c, &Envelope::new(cmd::HEARTBEAT, seq, 0, b""))).collect();
+    h.raw(c, &flood);
+    let frames = h.take(c);
+    assert_eq!(frames.iter().filter(|f| f.cmd == cmd::HEARTBEAT).count(), 10);
+    let errors: Vec<ErrorMsg> =
+        frames.iter().filter(|f| f.cmd == cmd::ERROR).map(|f| h.form(c).decode(&f.payload).unwrap()).collect();
+    // Every refusal answered: 50 within the refusal burst, the 51st closes.
+    assert_eq!(errors.len(), 51);
+    assert!(errors.iter().all(|e| e.code == ErrorCode::Throttled as i32));
+    assert!(errors[50].message.contains("flooding"), "{:?}", errors[50]);
+    assert!(h.closed.contains(&c));
+    assert_eq!(h.cores[0].stats().closed_flooding, 1);
+    assert_eq!(h.cores[0].sessions().len(), 0, "a flood's session ends: no RESUME");
+    // A client that bursts over its rate now and then is never closed.
+    let bursty = h.connect(Codec::Protobuf);
+    h.login(bursty, "bursty");
+    for round in 0..5u32 {
+        let burst: Vec<u8> =
+            (0..30).flat_map(|i| h.frame(bursty, &Envelope::new(cmd::HEARTBEAT, round * 30 + i, 0, b""))).collect();
+        h.raw(bursty, &burst);
+        h.take(bursty);
+        h.advance(Duration::from_secs(5));
+    }
+    assert!(!h.closed.contains(&bursty));
+}
