@@ -1187,77 +1187,87 @@ fn tally<K: std::fmt::Display>(counts: &BTreeMap<K, u64>) -> String {
 
 /// One user (`spammer`) on [`SPAM_DEVICES`] devices sends SEND_TO_USERS
 /// naming every player, [`SPAM_IN_FLIGHT`] requests in flight per device,
-/// until `deadline`.
+/// until `deadline`. A device the gateway closes logs in again 200 ms later,
+/// as a persistent spammer would.
 async fn recipient_spam(args: &Args, players: &[String], deadline: Instant) -> String {
-    let mut devices = Vec::new();
-    for d in 0..SPAM_DEVICES {
-        let source = attacker_address(Phase::RecipientSpam, d);
+    let names = Arc::new(players.to_vec());
+    let stats = Arc::new(Mutex::new(SpamStats::default()));
+    let devices: Vec<_> = (0..SPAM_DEVICES)
+        .map(|d| tokio::spawn(spam_device(args.clone(), d, names.clone(), stats.clone(), deadline)))
+        .collect();
+    for d in devices {
+        let _ = d.await;
+    }
+    let s = stats.lock().expect("spam stats lock");
+    format!(
+        "{SPAM_DEVICES} devices: {} SEND_TO_USERS naming {} players, {} logins, refused: {}, {} deliveries reported",
+        s.sent,
+        names.len(),
+        s.logins,
+        if s.refused.is_empty() { "none".into() } else { tally(&s.refused) },
+        s.delivered,
+    )
+}
+
+/// One device of the spammer, logging in again whenever it is closed.
+async fn spam_device(args: Args, d: usize, names: Arc<Vec<String>>, stats: Arc<Mutex<SpamStats>>, deadline: Instant) {
+    let source = attacker_address(Phase::RecipientSpam, d);
+    while Instant::now() < deadline {
         let login = async {
             let (client, events) =
                 Client::connect_via(args.gateway, Codec::Protobuf, REQUEST_TIMEOUT, connector_from(source)).await?;
             client.login(&device_token(&args.secret, SPAMMER, &format!("device-{d}"))).await?;
             Ok::<_, ClientError>((client, events))
         };
-        match timeout_at(deadline.into(), login).await {
-            Ok(Ok(device)) => devices.push(device),
-            Ok(Err(e)) => return format!("the spammer's device {d} could not log in: {e}"),
-            Err(_) => return format!("the spammer's device {d} could not log in before the phase ended"),
-        }
-    }
-    let names = Arc::new(players.to_vec());
-    let stats = Arc::new(Mutex::new(SpamStats::default()));
-    let (mut tasks, mut drains, mut clients) = (Vec::new(), Vec::new(), Vec::new());
-    for (client, mut events) in devices {
-        for _ in 0..SPAM_IN_FLIGHT {
-            let (client, names, stats) = (client.clone(), names.clone(), stats.clone());
-            tasks.push(tokio::spawn(async move {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                loop {
-                    let r = match timeout_at(deadline.into(), client.send_to_users(&names, b"spam spam spam")).await {
-                        Err(_) => return,
-                        Ok(r) => r,
-                    };
-                    let mut s = stats.lock().expect("spam stats lock");
-                    s.sent += 1;
-                    match r {
-                        Ok(d) => s.delivered += u64::from(d),
-                        Err(e) => {
-                            *s.refused.entry(error_kind(&e)).or_default() += 1;
-                            if matches!(e, ClientError::Closed) {
-                                return;
+        let Ok(Ok((client, mut events))) = timeout_at(deadline.into(), login).await else {
+            let _ = timeout_at(deadline.into(), tokio::time::sleep(Duration::from_millis(200))).await;
+            continue;
+        };
+        stats.lock().expect("spam stats lock").logins += 1;
+        // The device's own events, dropped.
+        let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+        let workers: Vec<_> = (0..SPAM_IN_FLIGHT)
+            .map(|_| {
+                let (client, names, stats) = (client.clone(), names.clone(), stats.clone());
+                tokio::spawn(async move {
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    loop {
+                        let r = match timeout_at(deadline.into(), client.send_to_users(&names, b"spam spam spam")).await
+                        {
+                            Err(_) => return,
+                            Ok(r) => r,
+                        };
+                        let mut s = stats.lock().expect("spam stats lock");
+                        s.sent += 1;
+                        match r {
+                            Ok(n) => s.delivered += u64::from(n),
+                            Err(e) => {
+                                *s.refused.entry(error_kind(&e)).or_default() += 1;
+                                if matches!(e, ClientError::Closed) {
+                                    return;
+                                }
                             }
                         }
                     }
-                }
-            }));
+                })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.await;
         }
-        // The device's own events, dropped.
-        drains.push(tokio::spawn(async move { while events.recv().await.is_some() {} }));
-        clients.push(client);
+        if Instant::now() >= deadline {
+            let _ = timeout(Duration::from_secs(1), client.logout()).await;
+        }
+        drop(client);
+        drain.abort();
+        let _ = timeout_at(deadline.into(), tokio::time::sleep(Duration::from_millis(200))).await;
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    for c in &clients {
-        let _ = timeout(Duration::from_secs(1), c.logout()).await;
-    }
-    drop(clients);
-    for d in drains {
-        d.abort();
-    }
-    let s = stats.lock().expect("spam stats lock");
-    format!(
-        "{SPAM_DEVICES} devices: {} SEND_TO_USERS naming {} players, refused: {}, {} deliveries reported",
-        s.sent,
-        names.len(),
-        if s.refused.is_empty() { "none".into() } else { tally(&s.refused) },
-        s.delivered,
-    )
 }
 
 /// What the spammer's requests got.
 #[derive(Default)]
 struct SpamStats {
+    logins: u64,
     sent: u64,
     delivered: u64,
     refused: BTreeMap<String, u64>,
