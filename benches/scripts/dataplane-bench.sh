@@ -32,9 +32,8 @@ FEATURES=portcullis-dataplane/afxdp,portcullis-dataplane/dpdk
 ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 127.0.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5
-# One worker; no per-session rate limit in the way of a closed loop.
-gateway_config 's/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/' \
-    's/^user_rate = .*/user_rate = 1000000/' 's/^user_burst = .*/user_burst = 1000000/'
+# One worker; no rate limit in the way of a closed loop.
+gateway_config "${NO_PLAYER_RATES[@]}"
 cat > "$tmp/haproxy.cfg" <<CFG
 global
     nbthread 1

@@ -23,8 +23,7 @@ ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000
 # The direct path: a byte-echo server the players reach through the router.
 ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 10.77.0.1:9100 >/dev/null 2>&1 &
 sleep 0.5
-gateway_config 's/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/' \
-    's/^user_rate = .*/user_rate = 1000000/' 's/^user_burst = .*/user_burst = 1000000/'
+gateway_config "${NO_PLAYER_RATES[@]}"
 
 load() {
     ip netns exec "$players" "$bin/portcullis-load" --clients "$PLAYERS" --duration "$DURATION" --warmup 1 \

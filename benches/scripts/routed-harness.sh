@@ -23,6 +23,11 @@ cleanup() {
 trap cleanup EXIT
 "$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw" >/dev/null
 
+# Edits for gateway_config that lift the per-session and per-user rates, for
+# players that echo as fast as they can.
+NO_PLAYER_RATES=('s/^session_rate = .*/session_rate = 1000000/' 's/^session_burst = .*/session_burst = 1000000/'
+    's/^user_rate = .*/user_rate = 1000000/' 's/^user_burst = .*/user_burst = 1000000/')
+
 # gateway_config [SED-EXPRESSION…]: $tmp/gateway.toml, the harness config
 # with one worker and this harness's pin directory, edited further by the
 # given sed expressions.
