@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 use super::ends;
@@ -160,38 +160,16 @@ pub fn shift(packet: &mut [u8], seq_add: u32, ack_sub: u32) {
 
 /// An IP packet (of `src`'s family) carrying `tcp`, checksums filled in.
 pub(crate) fn ip_tcp_packet(src: IpAddress, dst: IpAddress, tcp: &TcpRepr<'_>) -> Vec<u8> {
-    let caps = ChecksumCapabilities::default();
-    match (src, dst) {
-        (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {
-            let ip = Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: tcp.buffer_len(),
-                hop_limit: 64,
-            };
-            let mut b = vec![0; ip.buffer_len() + tcp.buffer_len()];
-            let mut p = Ipv4Packet::new_unchecked(&mut b[..]);
-            ip.emit(&mut p, &caps);
-            tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src, &dst, &caps);
-            b
-        }
-        (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => {
-            let ip = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Tcp,
-                payload_len: tcp.buffer_len(),
-                hop_limit: 64,
-            };
-            let mut b = vec![0; ip.buffer_len() + tcp.buffer_len()];
-            let mut p = Ipv6Packet::new_unchecked(&mut b[..]);
-            ip.emit(&mut p);
-            tcp.emit(&mut TcpPacket::new_unchecked(p.payload_mut()), &src, &dst, &caps);
-            b
-        }
-        _ => Vec::new(),
+    if src.version() != dst.version() {
+        return Vec::new();
     }
+    let caps = ChecksumCapabilities::default();
+    let ip = IpRepr::new(src, dst, IpProtocol::Tcp, tcp.buffer_len(), 64);
+    let mut b = vec![0; ip.buffer_len()];
+    let (header, payload) = b.split_at_mut(ip.header_len());
+    ip.emit(header, &caps);
+    tcp.emit(&mut TcpPacket::new_unchecked(payload), &src, &dst, &caps);
+    b
 }
 
 fn ip_header_len(packet: &[u8]) -> Option<usize> {
