@@ -74,10 +74,10 @@ impl Gateway {
                     }
                     (req.user_ids, req.payload)
                 };
-                let sender = self.sessions.get(session).and_then(|s| s.user_id()).unwrap_or_default().to_owned();
+                let msg = self.delivery(session, env.cmd, String::new(), payload);
                 let mut targets: Vec<(usize, SessionId)> = Vec::new();
                 for user in &users {
-                    if let Verdict::Drop(reason) = self.check_pair(&sender, user) {
+                    if let Verdict::Drop(reason) = self.check_pair(&msg.from_user_id, user) {
                         reason.count(&mut self.stats);
                         continue;
                     }
@@ -85,7 +85,6 @@ impl Gateway {
                 }
                 targets.sort_unstable();
                 targets.dedup();
-                let msg = self.delivery(session, env.cmd, String::new(), payload);
                 let request = SendRequest { conn, session, cmd: env.cmd, seq: env.seq };
                 self.deliver_anywhere(request, &targets, msg);
             }
