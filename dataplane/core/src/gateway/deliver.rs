@@ -15,7 +15,7 @@ use portcullis_proto::pb::client::{Delivery, ErrorCode, Kick};
 use portcullis_proto::pb::link::{link_frame, SessionClosed, SessionResumed};
 use portcullis_proto::{cmd, flags, Envelope};
 
-use super::{End, Gateway};
+use super::{Conn, End, Gateway};
 use crate::backend::{LinkState, MAX_CLOSED_WHILE_DOWN};
 use crate::conn::ConnId;
 use crate::security::Verdict;
@@ -125,8 +125,8 @@ impl Gateway {
     /// its limit (a logged-in session waits for a RESUME); cuts the biggest
     /// backlogs when the worker's output passed its share.
     pub(crate) fn after_append(&mut self, conn: ConnId) {
-        self.account(conn);
         let Some(c) = self.conns.get_mut(&conn) else { return };
+        account(&mut self.out_bytes, c);
         self.stats.frames_out += 1;
         let limit = if c.logged_in { self.limits.max_outbound } else { self.limits.max_outbound_before_login };
         if c.out.len() > limit {
@@ -149,8 +149,7 @@ impl Gateway {
     /// Brings the worker's output total up to date with `conn`'s buffer.
     pub(crate) fn account(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(&conn) {
-            self.out_bytes = self.out_bytes - c.accounted + c.out.len();
-            c.accounted = c.out.len();
+            account(&mut self.out_bytes, c);
         }
     }
 
@@ -159,8 +158,8 @@ impl Gateway {
     fn cut(&mut self, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         c.out = Vec::new();
+        account(&mut self.out_bytes, c);
         let end = if c.logged_in { End::Detach } else { End::Session };
-        self.account(conn);
         self.close(conn, end);
     }
 
@@ -289,4 +288,10 @@ impl Gateway {
             self.queue_link(id);
         }
     }
+}
+
+/// Brings a worker's output total up to date with the buffer of `c`.
+fn account(total: &mut usize, c: &mut Conn) {
+    *total = *total - c.accounted + c.out.len();
+    c.accounted = c.out.len();
 }
