@@ -313,13 +313,6 @@ impl IoBackend for KernelIo {
         let timeout = if unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
         self.epoll.wait(timeout, &mut self.ready)?;
         let now = Instant::now();
-        for &source in &unfinished {
-            match source {
-                Source::Listener(i) => self.tcp.accept(core, i, now),
-                Source::Client(slot) => self.tcp.read_client(core, slot, now),
-                _ => {}
-            }
-        }
         for r in &self.ready {
             match r.source {
                 Source::Wake => {}
@@ -327,6 +320,13 @@ impl IoBackend for KernelIo {
                 Source::Listener(i) => self.tcp.accept(core, i, now),
                 Source::Link(link) => self.links.on_event(core, link, r.readable, r.writable, now),
                 Source::Client(slot) => self.tcp.on_client(core, slot, r.readable, r.writable, now),
+            }
+        }
+        for &source in &unfinished {
+            match source {
+                Source::Listener(i) => self.tcp.accept(core, i, now),
+                Source::Client(slot) => self.tcp.read_client(core, slot, now),
+                _ => {}
             }
         }
         Ok(())
