@@ -32,6 +32,15 @@ fn main() -> Result<()> {
         }
     }
     config.compile_protos(&["schema/client.proto", "schema/link.proto"], &["schema"])?;
+    // The admin and agent gRPC services, for the control plane and the
+    // dataplane's agent (feature `grpc`, so clients of the wire protocol
+    // alone do not build tonic).
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_some() {
+        let out = std::path::PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?);
+        tonic_prost_build::configure()
+            .file_descriptor_set_path(out.join("admin_descriptor.bin"))
+            .compile_protos(&["schema/admin.proto"], &["schema"])?;
+    }
     println!("cargo:rerun-if-changed=schema");
     Ok(())
 }

@@ -5,11 +5,13 @@
 //! | part | module |
 //! |---|---|
 //! | worker threads, shared state, status, signals | [`runtime`] |
+//! | the agent API the control plane talks to | [`agent`] |
 //! | IO backends (kernel sockets, AF_XDP, DPDK), game-server link sockets, the output dispatcher | [`io`] |
 //! | the userspace TCP/IP stack of the kernel-bypass backends | [`netstack`] |
 //!
 //! The XDP filter's loader and rules are in `portcullis-xdp`.
 
+pub mod agent;
 pub mod io;
 pub mod netstack;
 pub mod runtime;

@@ -92,6 +92,8 @@ pub struct WorkerStatus {
     pub in_flight: usize,
     /// Bytes queued for its clients.
     pub output_bytes: usize,
+    /// Its latency histograms.
+    pub latencies: portcullis_core::stats::Latencies,
 }
 
 /// A gateway process's workers, one thread each, on any IO backend.
@@ -206,6 +208,7 @@ impl RunningGateway {
                         links_up: core.links_up(),
                         in_flight: core.requests_in_flight(),
                         output_bytes: core.output_bytes(),
+                        latencies: core.latencies().clone(),
                         io,
                     };
                     // A worker that panicked while holding the lock left a
@@ -220,6 +223,11 @@ impl RunningGateway {
     /// What each worker last reported (about every 100 ms).
     pub fn status(&self) -> Vec<WorkerStatus> {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The workers' status reports, as the agent API reads them.
+    pub fn status_reports(&self) -> Arc<Mutex<Vec<WorkerStatus>>> {
+        self.status.clone()
     }
 
     /// State shared by the workers.

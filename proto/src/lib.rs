@@ -36,6 +36,14 @@ pub mod pb {
         #![allow(missing_docs, clippy::all)]
         include!(concat!(env!("OUT_DIR"), "/portcullis.link.v1.rs"));
     }
+    /// The admin API and the dataplane agent API (`schema/admin.proto`).
+    #[cfg(feature = "grpc")]
+    pub mod admin {
+        #![allow(missing_docs, clippy::all)]
+        include!(concat!(env!("OUT_DIR"), "/portcullis.admin.v1.rs"));
+        /// The encoded file descriptor set, for gRPC server reflection.
+        pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/admin_descriptor.bin"));
+    }
 }
 
 /// Why bytes could not be decoded.

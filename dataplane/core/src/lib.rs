@@ -13,6 +13,7 @@
 //! | routing and balancing | [`route`] |
 //! | game-server links | [`backend`] |
 //! | what the workers share (user index, cross-worker rings) | [`shard`] |
+//! | operator commands and the event log (for the agent API) | [`admin`] |
 //!
 //! [`Gateway`] ties the stages together as a state machine: IO backends
 //! (the `portcullis-dataplane` crate) feed it with `handle_*(now, …)` and
@@ -20,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod backend;
 pub mod config;

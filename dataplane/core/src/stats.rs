@@ -129,3 +129,83 @@ crate::counters! {
     link_failures,
 }
 }
+
+/// Upper bounds of the latency histograms' buckets, in seconds.
+pub const LATENCY_BOUNDS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A latency histogram over [`LATENCY_BOUNDS`] (plus one bucket for what is
+/// above the last bound); recording is a few comparisons and an add.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is `+Inf`.
+    pub buckets: [u64; LATENCY_BOUNDS.len() + 1],
+    /// Sum of the observations, in nanoseconds.
+    pub sum_ns: u64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn record(&mut self, d: std::time::Duration) {
+        let s = d.as_secs_f64();
+        let i = LATENCY_BOUNDS.partition_point(|&b| b < s);
+        self.buckets[i] += 1;
+        self.sum_ns = self.sum_ns.saturating_add(d.as_nanos() as u64);
+    }
+
+    /// Observations in all.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Cumulative counts per bound of [`LATENCY_BOUNDS`] (Prometheus `le`).
+    pub fn cumulative(&self) -> Vec<u64> {
+        self.buckets[..LATENCY_BOUNDS.len()]
+            .iter()
+            .scan(0, |acc, &n| {
+                *acc += n;
+                Some(*acc)
+            })
+            .collect()
+    }
+}
+
+impl std::ops::AddAssign<&Histogram> for Histogram {
+    fn add_assign(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
+    }
+}
+
+/// The latency histograms of one worker.
+#[derive(Debug, Default, Clone)]
+pub struct Latencies {
+    /// Game-server round trip (request sent to reply received), per service
+    /// name.
+    pub backend: Vec<(String, Histogram)>,
+    /// A client's business request to its answer (a reply or an error).
+    pub client_answer: Histogram,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_whose_bound_holds_them() {
+        let mut h = Histogram::default();
+        h.record(Duration::from_micros(100)); // exactly on the first bound
+        h.record(Duration::from_micros(101));
+        h.record(Duration::from_secs(60));
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[LATENCY_BOUNDS.len()], 1, "above the last bound");
+        assert_eq!(h.cumulative()[1], 2);
+        assert_eq!(*h.cumulative().last().unwrap(), 2, "+Inf is not a bound");
+        assert_eq!(h.count(), 3);
+        assert_eq!(h.sum_ns, 60_000_201_000);
+    }
+}

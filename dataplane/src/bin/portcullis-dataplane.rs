@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use portcullis_core::{Config, Stats};
+use portcullis_dataplane::agent::AgentState;
 use portcullis_dataplane::io::IoStats;
 use portcullis_dataplane::runtime::{stop_on_signals, RunningGateway, WorkerStatus};
 
@@ -90,6 +91,24 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     tracing::info!("{} worker(s) running", gateway.status().len());
+    let io_name = match io {
+        IoKind::Kernel => "kernel",
+        IoKind::Afxdp => "afxdp",
+        IoKind::Dpdk => "dpdk",
+    };
+    let _agent = match &config.agent.socket {
+        Some(path) => {
+            let state = AgentState::new(
+                &config,
+                Some(args.config.clone()),
+                io_name,
+                gateway.shared().clone(),
+                gateway.status_reports(),
+            );
+            Some(state.serve(std::path::Path::new(path)).with_context(|| format!("agent.socket = {path}"))?)
+        }
+        None => None,
+    };
     let every = Duration::from_secs(args.status_every);
     let (mut next_status, mut last) = (Instant::now() + every, totals(&gateway.status()));
     while !stop.load(Ordering::Relaxed) && gateway.is_running() {

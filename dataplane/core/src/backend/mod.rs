@@ -26,6 +26,9 @@ pub enum LinkState {
         /// When to try again.
         retry_at: Instant,
     },
+    /// Removed from the configuration: never used or reconnected again
+    /// (its id stays reserved, so sessions' sticky links stay valid).
+    Retired,
 }
 
 /// What a request awaiting an answer was for.
@@ -50,6 +53,8 @@ pub struct InFlight {
     pub deadline: Instant,
     /// What it is for.
     pub kind: Pending,
+    /// When it was sent (for the round-trip histogram).
+    pub sent: Instant,
 }
 
 /// One game-server link.
@@ -63,6 +68,8 @@ pub struct Link {
     pub state: LinkState,
     /// The game server announced it is draining.
     pub draining: bool,
+    /// An operator drained it: no new sessions.
+    pub drained: bool,
     /// Encoded frames not yet written to the socket.
     pub out: Vec<u8>,
     /// Bytes received that do not yet form a whole frame.
@@ -95,6 +102,7 @@ impl Link {
             service,
             state: LinkState::Down { retry_at: now },
             draining: false,
+            drained: false,
             out: Vec::new(),
             inbuf: Vec::new(),
             queued: false,
@@ -114,7 +122,7 @@ impl Link {
 
     /// Whether a new session may be given to it: accepts and not draining.
     pub fn accepts_new(&self, max_outbound: usize) -> bool {
-        self.accepts(max_outbound) && !self.draining
+        self.accepts(max_outbound) && !self.draining && !self.drained
     }
 
     /// The reconnect delay after the current run of failures: doubles from

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use portcullis_proto::{cmd, Codec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// A configuration error, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +45,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Gateway-wide settings.
@@ -67,6 +67,9 @@ pub struct Config {
     pub afxdp: Option<AfXdpConfig>,
     /// The DPDK backend (`--io dpdk`).
     pub dpdk: Option<DpdkConfig>,
+    /// The agent API the control plane talks to.
+    #[serde(default)]
+    pub agent: AgentConfig,
     /// Client listeners; at least one.
     pub listeners: Vec<ListenerConfig>,
     /// How LOGIN is authenticated.
@@ -80,7 +83,7 @@ pub struct Config {
 }
 
 /// Gateway-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
     /// Name of this gateway, sent to game servers in the link's Hello.
@@ -142,7 +145,7 @@ impl Default for GatewayConfig {
 }
 
 /// Multi-login policy and session resume.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
     /// Which sessions of one user may coexist.
@@ -173,7 +176,7 @@ impl Default for SessionsConfig {
 }
 
 /// Which sessions of one user may coexist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MultiLogin {
     /// One session per user.
@@ -185,7 +188,7 @@ pub enum MultiLogin {
 }
 
 /// What a colliding login does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnConflict {
     /// The new login is refused (LOGIN_CONFLICT).
@@ -195,7 +198,7 @@ pub enum OnConflict {
 }
 
 /// Connection and message-rate limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Client connections of the whole gateway.
@@ -272,7 +275,7 @@ impl Default for LimitsConfig {
 }
 
 /// Game-server links.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackendsConfig {
     /// A request unanswered this long gets BACKEND_TIMEOUT.
@@ -304,7 +307,7 @@ impl Default for BackendsConfig {
 }
 
 /// The userspace TCP stack of the AF_XDP and DPDK backends.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UserspaceTcpConfig {
     /// Receive buffer per connection (the window players see), bytes.
@@ -327,7 +330,7 @@ impl Default for UserspaceTcpConfig {
 
 /// The AF_XDP backend: which interface and queues, which addresses the
 /// userspace stack answers for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AfXdpConfig {
     /// The interface the XDP filter is attached to.
@@ -348,7 +351,7 @@ pub struct AfXdpConfig {
 
 /// The DPDK backend: how DPDK's environment (EAL) starts, which port and
 /// how many queues, which addresses the userspace stack answers for.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpdkConfig {
     /// EAL arguments without the program name, e.g. `["--no-huge",
@@ -393,8 +396,17 @@ fn default_frames() -> u32 {
     8192
 }
 
+/// The agent API: gRPC on a Unix socket, for `portcullis-control`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Socket path (created owner-only, replaced if it exists); none: no
+    /// agent API.
+    pub socket: Option<String>,
+}
+
 /// One client listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Address to listen on, e.g. `0.0.0.0:7000`.
@@ -407,7 +419,7 @@ pub struct ListenerConfig {
 }
 
 /// How LOGIN is authenticated.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
 pub enum AuthConfig {
     /// Built-in HMAC-SHA256 signed tokens (see `portcullis_proto::token`).
@@ -451,7 +463,7 @@ impl AuthConfig {
 }
 
 /// A backend service: game servers that can serve the same commands.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Name used by routes.
@@ -467,7 +479,7 @@ pub struct ServiceConfig {
 }
 
 /// One game server of a service.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum ServerConfig {
     /// Address, weight 1.
@@ -499,7 +511,7 @@ impl ServerConfig {
 }
 
 /// Balancing policy of a service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {
     /// Each request to the next healthy server in turn.
@@ -517,13 +529,48 @@ pub enum Balance {
 }
 
 /// A route: an inclusive range of business commands to a service.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// `[first, last]` command ids, inclusive.
     pub commands: [u32; 2],
     /// Name of the service.
     pub service: String,
+}
+
+/// Keys (and sections) that a running dataplane cannot change.
+const RESTART_KEYS: &[&str] = &[
+    "gateway.name",
+    "gateway.workers",
+    "gateway.max_frame_bytes",
+    "gateway.udp_echo",
+    "limits.fd_reserve",
+    "listeners",
+    "afxdp",
+    "dpdk",
+    "userspace_tcp",
+    "agent",
+];
+
+/// Flattens a TOML value into dotted keys (`limits.ip_rate`,
+/// `services[0].servers[1]`).
+fn flatten(prefix: &str, v: &toml::Value, out: &mut std::collections::BTreeMap<String, String>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        toml::Value::Array(a) if a.iter().any(|v| v.is_table()) => {
+            for (i, v) in a.iter().enumerate() {
+                flatten(&format!("{prefix}[{i}]"), v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
 }
 
 /// Every entry of `{section}.addresses` is an IP address with a prefix.
@@ -553,6 +600,83 @@ impl Config {
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Parse { path: origin.to_string(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML, with the token secret replaced by
+    /// `"<hidden>"`.
+    pub fn to_toml_redacted(&self) -> String {
+        let mut c = self.clone();
+        if let AuthConfig::Token { secret: Some(s), .. } = &mut c.auth {
+            *s = "<hidden>".into();
+        }
+        toml::to_string(&c).unwrap_or_else(|e| format!("# cannot show the config: {e}"))
+    }
+
+    /// The keys (dotted) whose values differ between this running config
+    /// and `new`: those applied live, and those that take effect only after
+    /// a restart (listeners, workers, IO backends, frame sizes, the
+    /// descriptor reserve).
+    pub fn changes(&self, new: &Config) -> (Vec<String>, Vec<String>) {
+        let flat = |c: &Config| {
+            let value = toml::Value::try_from(c).unwrap_or(toml::Value::Table(Default::default()));
+            let mut out = std::collections::BTreeMap::new();
+            flatten("", &value, &mut out);
+            out
+        };
+        let (old, new) = (flat(self), flat(new));
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        let (mut live, mut restart) = (Vec::new(), Vec::new());
+        for key in keys.into_iter().filter(|k| old.get(*k) != new.get(*k)) {
+            if RESTART_KEYS.iter().any(|r| key == r || key.starts_with(&format!("{r}.")) || key.starts_with(&format!("{r}["))) {
+                restart.push(key.clone());
+            } else {
+                live.push(key.clone());
+            }
+        }
+        (live, restart)
+    }
+
+    /// Takes the values of the keys that need a restart from `running`, so
+    /// that a reload applies the rest and the running config says what
+    /// actually runs.
+    pub fn keep_restart_keys(&mut self, running: &Config) {
+        self.gateway.name.clone_from(&running.gateway.name);
+        self.gateway.workers = running.gateway.workers;
+        self.gateway.max_frame_bytes = running.gateway.max_frame_bytes;
+        self.gateway.udp_echo = running.gateway.udp_echo;
+        self.limits.fd_reserve = running.limits.fd_reserve;
+        self.listeners.clone_from(&running.listeners);
+        self.afxdp.clone_from(&running.afxdp);
+        self.dpdk.clone_from(&running.dpdk);
+        self.userspace_tcp.clone_from(&running.userspace_tcp);
+        self.agent.clone_from(&running.agent);
+    }
+
+    /// A copy with keys of `[limits]` set from TOML values (`"50"`,
+    /// `"true"`…); the result is validated, and an error names the key.
+    pub fn with_limits<'a>(&self, changes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(self).map_err(|e| invalid("limits", e.to_string()))?;
+        let limits = value
+            .get_mut("limits")
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| invalid("limits", "the running config has no [limits]"))?;
+        for (key, text) in changes {
+            let key_path = format!("limits.{key}");
+            if !limits.contains_key(key) {
+                return Err(invalid(key_path, "no such limit"));
+            }
+            let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {text}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .ok_or_else(|| invalid(key_path.clone(), format!("{text:?} is not a TOML value")))?;
+            limits.insert(key.to_string(), v);
+        }
+        let config: Config =
+            value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse { path: "limits".into(), message: e.to_string() })?;
         config.validate()?;
         Ok(config)
     }

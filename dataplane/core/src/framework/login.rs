@@ -125,7 +125,12 @@ impl Gateway {
             resume_token: resume_token(self.shared.resume_key(), session, 0),
             resume_window_ms: self.limits.resume_window.as_millis() as u32,
         };
+        let ip = self.conns.get(&conn).map(|c| c.ip.to_string()).unwrap_or_default();
+        self.event(crate::admin::EventKind::Login, session, &user.user_id, &ip, &user.device);
         self.sessions.bind_user(session, user);
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.logged_in_at = Some(self.now);
+        }
         self.logged_in(conn);
         self.stats.logins += 1;
         self.send_payload(conn, Envelope::new(cmd::LOGIN, seq, flags::RESPONSE, &[]), &reply, false);

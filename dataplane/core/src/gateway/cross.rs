@@ -157,6 +157,7 @@ impl Gateway {
                 }
             }
             CrossMsg::ResumeRefused { conn, seq, reason } => self.resume_refused(conn, seq, &reason),
+            CrossMsg::Admin { op, reply } => self.on_admin(op, reply),
         }
     }
 

@@ -224,11 +224,20 @@ impl Gateway {
 
     /// Ends a session of this worker with a KICK if it is connected.
     pub(crate) fn kick_session(&mut self, session: SessionId, reason: &str) {
-        match self.sessions.get(session).map(|s| s.conn) {
-            Some(Some(conn)) => self.kick(conn, reason, false),
-            Some(None) => self.end_session(session),
-            None => {}
+        self.kick_session_with(session, reason, false);
+    }
+
+    /// Ends a session of this worker with a KICK (if it is connected)
+    /// saying whether to reconnect; false if there is no such session.
+    pub(crate) fn kick_session_with(&mut self, session: SessionId, reason: &str, reconnect: bool) -> bool {
+        let Some(s) = self.sessions.get(session) else { return false };
+        let (conn, user) = (s.conn, s.user_id().unwrap_or_default().to_owned());
+        self.event(crate::admin::EventKind::Kick, session, &user, "", reason);
+        match conn {
+            Some(conn) => self.kick(conn, reason, reconnect),
+            None => self.end_session(session),
         }
+        true
     }
 
     /// Pushes a business message to local sessions; returns how many took it.

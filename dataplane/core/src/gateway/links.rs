@@ -13,6 +13,7 @@ use crate::backend::{InFlight, LinkState, Pending, MAX_LINK_FRAME};
 use crate::conn::ConnId;
 use crate::route::{LinkId, PickKey};
 use crate::session::SessionId;
+use crate::admin::EventKind;
 use crate::shard::CrossMsg;
 
 /// Where an answer from a game server goes.
@@ -90,7 +91,7 @@ impl Gateway {
             request_id,
         };
         link::encode_request(&req, &mut l.out);
-        l.inflight.insert(request_id, InFlight { session, cmd, seq, deadline, kind });
+        l.inflight.insert(request_id, InFlight { session, cmd, seq, deadline, kind, sent: self.now });
         self.stats.requests += 1;
         self.queue_link(link);
     }
@@ -109,12 +110,15 @@ impl Gateway {
         l.ping = None;
         l.next_ping = now;
         link::encode_frame(link_frame::Kind::Hello(Hello { gateway: name, worker: self.worker as u32 }), &mut l.out);
+        let (addr, service) = (l.addr.to_string(), l.service);
         for (session_id, user_id) in l.closed_while_down.drain(..) {
             let closed = SessionClosed { session_id, user_id: user_id.into_string() };
             link::encode_frame(link_frame::Kind::SessionClosed(closed), &mut l.out);
         }
         self.queue_link(link);
         self.link_timers();
+        let service = self.router.services()[service].name.clone();
+        self.event(crate::admin::EventKind::BackendUp, 0, "", &addr, &service);
     }
 
     /// Bytes arrived from a game server.
@@ -173,7 +177,7 @@ impl Gateway {
     }
 
     /// Takes a link down from the core's side: the IO backend closes it.
-    fn link_down(&mut self, link: LinkId, why: &str) {
+    pub(crate) fn link_down(&mut self, link: LinkId, why: &str) {
         self.mark_down(link, why);
         self.push_output(super::Output::CloseLink(link));
     }
@@ -183,7 +187,7 @@ impl Gateway {
     fn mark_down(&mut self, link: LinkId, why: &str) {
         let (base, max) = self.limits.reconnect;
         let l = &mut self.links[link];
-        if matches!(l.state, LinkState::Down { .. }) {
+        if matches!(l.state, LinkState::Down { .. } | LinkState::Retired) {
             return;
         }
         let was_up = l.state == LinkState::Up;
@@ -197,6 +201,7 @@ impl Gateway {
         self.stats.link_failures += 1;
         if was_up {
             tracing::warn!("game server {addr} {why}; {} request(s) in flight answered with errors", lost.len());
+            self.event(crate::admin::EventKind::BackendDown, 0, "", &addr.to_string(), why);
         }
         for f in lost {
             self.stats.drop_backend_lost += 1;
@@ -212,6 +217,7 @@ impl Gateway {
                 self.login_failed(conn, f.seq, &message);
             }
             Pending::Business => {
+                self.latencies.client_answer.record(self.now.saturating_duration_since(f.sent));
                 self.answer_session(f.session, Answer::Error { cmd: f.cmd, seq: f.seq, code, message })
             }
         }
@@ -280,9 +286,14 @@ impl Gateway {
                 if let Pending::Login(conn) = f.kind {
                     return self.delegated_login_answered(conn, f.seq, payload, error, error_message);
                 }
+                let rtt = self.now.saturating_duration_since(f.sent);
+                if let Some((_, h)) = self.latencies.backend.get_mut(self.links[link].service) {
+                    h.record(rtt);
+                }
                 if silent {
                     return;
                 }
+                self.latencies.client_answer.record(rtt);
                 // Routed by what we sent, not by what the game server says.
                 let (session_id, seq) = (f.session, f.seq);
                 let answer = if error != 0 {
@@ -335,8 +346,10 @@ impl Gateway {
                         l.addr,
                         if draining { "draining" } else { "taking new sessions" }
                     );
+                    l.draining = draining;
+                    let (addr, kind) = (l.addr.to_string(), if draining { EventKind::BackendDrain } else { EventKind::BackendUndrain });
+                    self.event(kind, 0, "", &addr, "announced by the game server");
                 }
-                l.draining = draining;
             }
         }
     }

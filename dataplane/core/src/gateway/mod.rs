@@ -85,7 +85,7 @@ pub(crate) struct Conn {
     pub(crate) session: SessionId,
     pub(crate) codec: Codec,
     max_frame: usize,
-    ip: IpAddr,
+    pub(crate) ip: IpAddr,
     admitted: bool,
     /// Logged in or resumed: the limits of players apply, not those of
     /// strangers.
@@ -222,6 +222,8 @@ pub struct Gateway {
     pub(crate) next_send: u64,
     outputs: VecDeque<Output>,
     pub(crate) stats: Stats,
+    /// Game-server round trips (per service, by index) and client answers.
+    pub(crate) latencies: crate::stats::Latencies,
     next_session: u64,
     next_sweep: Instant,
     shutdown: Option<Shutdown>,
@@ -279,6 +281,10 @@ impl Gateway {
             next_send: 1,
             outputs: VecDeque::new(),
             stats: Stats::default(),
+            latencies: crate::stats::Latencies {
+                backend: config.services.iter().map(|s| (s.name.clone(), Default::default())).collect(),
+                client_answer: Default::default(),
+            },
             next_session: 1,
             next_sweep: now,
             shutdown: None,
@@ -335,6 +341,17 @@ impl Gateway {
     /// Unix seconds at `now`, by the core's clock (whole seconds passed).
     pub fn unix_time(&self, now: Instant) -> u64 {
         (self.clock.1 + now.saturating_duration_since(self.clock.0)).as_secs()
+    }
+
+    /// `now` as milliseconds since the Unix epoch.
+    pub fn unix_time_ms(&self, now: Instant) -> u64 {
+        (self.clock.1 + now.saturating_duration_since(self.clock.0)).as_millis() as u64
+    }
+
+    /// Latency histograms: game-server round trips per service, client
+    /// requests to their answers.
+    pub fn latencies(&self) -> &crate::stats::Latencies {
+        &self.latencies
     }
 
     /// Bytes queued for the clients of this worker.
@@ -475,10 +492,11 @@ impl Gateway {
     /// When [`Gateway::handle_timeout`] is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let links = self.links.iter().map(|l| match l.state {
-            LinkState::Down { retry_at } => retry_at,
-            LinkState::Up => l.ping.map_or(l.next_ping, |(_, sent)| sent + self.limits.health_timeout),
-            LinkState::Connecting => self.next_sweep,
+        let links = self.links.iter().filter_map(|l| match l.state {
+            LinkState::Down { retry_at } => Some(retry_at),
+            LinkState::Up => Some(l.ping.map_or(l.next_ping, |(_, sent)| sent + self.limits.health_timeout)),
+            LinkState::Connecting => Some(self.next_sweep),
+            LinkState::Retired => None,
         });
         let shutdown = self.shutdown.filter(|s| !s.kicked).map(|s| s.kick_at);
         // Login deadlines are kept one by one, so that strangers that came
@@ -588,6 +606,66 @@ impl Gateway {
             self.shutdown = Some(Shutdown { kick_at: now + self.limits.shutdown_deadline / 2, kicked: false });
             self.handle_timeout(now);
         }
+    }
+
+    /// Applies the live parts of a new, validated configuration: limits,
+    /// timeouts, multi-login policy, authentication, services and routes.
+    /// Game servers that stay keep their links (and their requests in
+    /// flight); new ones get a link; removed ones are closed (requests in
+    /// flight on them are answered with BACKEND_UNAVAILABLE: drain first).
+    /// Client connections are untouched.
+    pub fn apply_config(&mut self, config: &Config) {
+        self.limits = Limits::new(config);
+        let s = &config.sessions;
+        self.policy = Policy { multi_login: s.multi_login, max_devices: s.max_devices, on_conflict: s.on_conflict };
+        match crate::auth::from_config(config) {
+            Ok(auth) => self.auth = auth,
+            Err(e) => tracing::warn!("the new [auth] could not be applied, keeping the old one: {e}"),
+        }
+        // Map every (service, server) of the new config to a link: the old
+        // link of the same service and address, a retired one, or a new one.
+        let old: Vec<(String, std::net::SocketAddr)> =
+            self.links.iter().map(|l| (self.router.services()[l.service].name.clone(), l.addr)).collect();
+        let mut kept = vec![false; self.links.len()];
+        let now = self.now;
+        let links = &mut self.links;
+        let router = Router::with_links(config, |service, addr| {
+            let name = &config.services[service].name;
+            let found = old.iter().enumerate().position(|(i, (n, a))| !kept[i] && n == name && *a == addr);
+            match found {
+                Some(i) => {
+                    kept[i] = true;
+                    links[i].service = service;
+                    if links[i].state == LinkState::Retired {
+                        links[i].state = LinkState::Down { retry_at: now };
+                        links[i].drained = false;
+                    }
+                    i
+                }
+                None => {
+                    links.push(Link::new(addr, service, now));
+                    kept.push(true);
+                    links.len() - 1
+                }
+            }
+        });
+        self.router = router;
+        for (id, keep) in kept.into_iter().enumerate() {
+            if !keep && self.links[id].state != LinkState::Retired {
+                self.link_down(id, "was removed from the configuration");
+                self.links[id].state = LinkState::Retired;
+                self.links[id].drained = false;
+            }
+        }
+        let mut latencies: Vec<(String, crate::stats::Histogram)> =
+            config.services.iter().map(|s| (s.name.clone(), Default::default())).collect();
+        for (name, h) in std::mem::take(&mut self.latencies.backend) {
+            if let Some(slot) = latencies.iter_mut().find(|(n, _)| *n == name) {
+                slot.1 = h;
+            }
+        }
+        self.latencies.backend = latencies;
+        self.link_timers();
     }
 
     fn kick_everyone(&mut self) {
@@ -751,6 +829,7 @@ impl Gateway {
         let Some(s) = self.take_session(session) else { return };
         if let Some(user) = s.user_id() {
             self.shared.logout(user, session);
+            self.event(crate::admin::EventKind::Logout, session, user, "", "");
         }
         self.notify_links(&s, true);
     }

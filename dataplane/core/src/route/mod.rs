@@ -53,6 +53,11 @@ impl Service {
         }
     }
 
+    /// The weight of one of its links (0 if not its own).
+    pub fn weight(&self, link: LinkId) -> u32 {
+        self.links.iter().position(|&l| l == link).map_or(0, |i| self.weights[i] as u32)
+    }
+
     /// Picks a game server for a request among those for which `usable`
     /// holds; `load` gives a server's outstanding requests. `None` if no
     /// server is usable.
@@ -115,17 +120,22 @@ impl Router {
     /// service `i` gets the link ids in order of appearance.
     pub fn new(config: &Config) -> Router {
         let mut next_link = 0;
+        Router::with_links(config, |_, _| {
+            next_link += 1;
+            next_link - 1
+        })
+    }
+
+    /// Builds the router from a validated config, asking `link_of(service
+    /// index, server address)` for each game server's link id.
+    pub fn with_links(config: &Config, mut link_of: impl FnMut(usize, std::net::SocketAddr) -> LinkId) -> Router {
         let services = config
             .services
             .iter()
-            .map(|s| {
-                let servers: Vec<_> = s
-                    .servers
-                    .iter()
-                    .enumerate()
-                    .map(|(j, srv)| (next_link + j, srv.addr().to_string(), srv.weight()))
-                    .collect();
-                next_link += s.servers.len();
+            .enumerate()
+            .map(|(i, s)| {
+                let servers: Vec<_> =
+                    s.servers.iter().map(|srv| (link_of(i, srv.addr()), srv.addr().to_string(), srv.weight())).collect();
                 Service::new(&s.name, s.balance, s.sticky, &servers)
             })
             .collect();

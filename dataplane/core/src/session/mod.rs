@@ -60,6 +60,8 @@ pub struct Session {
     pub peer_in: TokenBucket,
     /// The generation of its resume token: only the current one resumes.
     pub resume_generation: u32,
+    /// When it logged in.
+    pub logged_in_at: Option<Instant>,
 }
 
 impl Session {
@@ -79,6 +81,7 @@ impl Session {
             rate: TokenBucket::full(burst, now),
             peer_in: TokenBucket::full(peer_burst, now),
             resume_generation: 0,
+            logged_in_at: None,
         }
     }
 

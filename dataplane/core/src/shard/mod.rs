@@ -144,6 +144,13 @@ pub enum CrossMsg {
         /// The whole session.
         session: Box<Session>,
     },
+    /// An operator command (from the agent API).
+    Admin {
+        /// What to do.
+        op: crate::admin::AdminOp,
+        /// Where to answer.
+        reply: crate::admin::AdminReply,
+    },
     /// The RESUME cannot be honoured.
     ResumeRefused {
         /// The waiting connection.
@@ -174,6 +181,7 @@ pub struct Shared {
     prelogin_per_ip: DashMap<IpAddr, usize>,
     login_order: AtomicU64,
     resume_key: [u8; 32],
+    events: crate::admin::EventLog,
 }
 
 impl Shared {
@@ -197,12 +205,18 @@ impl Shared {
             prelogin_per_ip: DashMap::new(),
             login_order: AtomicU64::new(1),
             resume_key,
+            events: crate::admin::EventLog::default(),
         })
     }
 
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.inboxes.len()
+    }
+
+    /// The event log (logins, kicks, game servers…).
+    pub fn events(&self) -> &crate::admin::EventLog {
+        &self.events
     }
 
     /// The key of resume tokens.
@@ -348,6 +362,11 @@ impl Shared {
     /// Members of `group` per worker (empty if none).
     pub fn group_counts(&self, group: &str) -> Box<[u32]> {
         self.groups.get(group).map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Every group with members, and its members over all workers.
+    pub fn groups(&self) -> Vec<(String, u64)> {
+        self.groups.iter().map(|e| (e.key().to_string(), e.value().iter().map(|&n| u64::from(n)).sum())).collect()
     }
 
     // ----- connections -------------------------------------------------------
