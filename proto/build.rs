@@ -38,6 +38,8 @@ fn main() -> Result<()> {
     if std::env::var_os("CARGO_FEATURE_GRPC").is_some() {
         let out = std::path::PathBuf::from(std::env::var("OUT_DIR").map_err(std::io::Error::other)?);
         tonic_prost_build::configure()
+            // For `portcullisctl --json`.
+            .type_attribute(".portcullis.admin.v1", "#[derive(serde::Serialize)]")
             .file_descriptor_set_path(out.join("admin_descriptor.bin"))
             .compile_protos(&["schema/admin.proto"], &["schema"])?;
     }

@@ -14,6 +14,8 @@
 #   bindgen generates its bindings, for the DPDK backend;
 # - cargo-fuzz built into .tools/ (and g++, with which libfuzzer-sys builds
 #   libFuzzer) for scripts/fuzz.sh;
+# - prometheus, for promtool, with which control/tests/dashboard_check.rs
+#   checks the Grafana dashboard's PromQL (skipped when absent);
 # - bpffs mounted on /sys/fs/bpf (as root).
 # protoc comes vendored through a crate; flatc is only needed to regenerate
 # committed code (proto/schema/regen-flatbuffers.sh).
@@ -49,7 +51,8 @@ apt_install gcc pkg-config iproute2 nftables \
     rustc-web cargo-web libstd-rust-web-dev-bpf llvm-22-dev bpftool \
     clang m4 make libelf-dev zlib1g-dev \
     dpdk-dev libdpdk-dev libclang-dev \
-    g++
+    g++ \
+    prometheus
 
 tools="$PWD/.tools"
 if [ ! -x "$tools/bin/bpf-linker" ]; then

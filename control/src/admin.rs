@@ -66,7 +66,9 @@ impl Control {
         match t.len() {
             1 => Ok(t.remove(0)),
             0 => Err(Status::failed_precondition("this control plane manages no dataplane")),
-            n => Err(Status::invalid_argument(format!("{what}: name a dataplane (node); this control plane manages {n}"))),
+            n => Err(Status::invalid_argument(format!(
+                "{what}: name a dataplane (node); this control plane manages {n}"
+            ))),
         }
     }
 
@@ -138,7 +140,10 @@ impl pb::admin_server::Admin for AdminService {
             };
             // The token is `node index:that node's token`.
             let (mut i, mut token) = match r.page_token.split_once(':') {
-                Some((i, t)) => (i.parse::<usize>().map_err(|_| Status::invalid_argument("page_token: not from an earlier page"))?, t.to_string()),
+                Some((i, t)) => (
+                    i.parse::<usize>().map_err(|_| Status::invalid_argument("page_token: not from an earlier page"))?,
+                    t.to_string(),
+                ),
                 None if r.page_token.is_empty() => (0, String::new()),
                 None => return Err(Status::invalid_argument("page_token: not from an earlier page")),
             };
@@ -186,7 +191,14 @@ impl pb::admin_server::Admin for AdminService {
         guarded!(self, req, "Kick", Role::Admin, {
             let mut count = 0;
             for n in &self.nodes {
-                count += n.client.clone().kick(req.get_ref().clone()).await.map_err(|e| node_error(n, e))?.into_inner().count;
+                count += n
+                    .client
+                    .clone()
+                    .kick(req.get_ref().clone())
+                    .await
+                    .map_err(|e| node_error(n, e))?
+                    .into_inner()
+                    .count;
             }
             if count == 0 && req.get_ref().session_id != 0 {
                 return Err(Status::not_found(format!("no session {}", req.get_ref().session_id)));
@@ -199,7 +211,14 @@ impl pb::admin_server::Admin for AdminService {
         guarded!(self, req, "Push", Role::Admin, {
             let mut count = 0;
             for n in &self.nodes {
-                count += n.client.clone().push(req.get_ref().clone()).await.map_err(|e| node_error(n, e))?.into_inner().count;
+                count += n
+                    .client
+                    .clone()
+                    .push(req.get_ref().clone())
+                    .await
+                    .map_err(|e| node_error(n, e))?
+                    .into_inner()
+                    .count;
             }
             Ok(pb::Count { count })
         })
@@ -209,12 +228,15 @@ impl pb::admin_server::Admin for AdminService {
         guarded!(self, req, "ListGroups", Role::Read, {
             let mut merged: BTreeMap<String, u64> = BTreeMap::new();
             for n in self.targets(&req.get_ref().node)? {
-                let groups = n.client.clone().list_groups(req.get_ref().clone()).await.map_err(|e| node_error(&n, e))?;
+                let groups =
+                    n.client.clone().list_groups(req.get_ref().clone()).await.map_err(|e| node_error(&n, e))?;
                 for g in groups.into_inner().groups {
                     *merged.entry(g.name).or_default() += g.members;
                 }
             }
-            Ok(pb::GroupList { groups: merged.into_iter().map(|(name, members)| pb::GroupInfo { name, members }).collect() })
+            Ok(pb::GroupList {
+                groups: merged.into_iter().map(|(name, members)| pb::GroupInfo { name, members }).collect(),
+            })
         })
     }
 
@@ -229,7 +251,13 @@ impl pb::admin_server::Admin for AdminService {
         guarded!(self, req, "UpdateServer", Role::Admin, {
             let mut last = pb::BackendList::default();
             for n in self.targets(&req.get_ref().node)? {
-                last = n.client.clone().update_server(req.get_ref().clone()).await.map_err(|e| node_error(&n, e))?.into_inner();
+                last = n
+                    .client
+                    .clone()
+                    .update_server(req.get_ref().clone())
+                    .await
+                    .map_err(|e| node_error(&n, e))?
+                    .into_inner();
             }
             Ok(last)
         })
@@ -246,7 +274,13 @@ impl pb::admin_server::Admin for AdminService {
         guarded!(self, req, "SetLimits", Role::Admin, {
             let mut last = pb::ReloadReply::default();
             for n in self.targets(&req.get_ref().node)? {
-                last = n.client.clone().set_limits(req.get_ref().clone()).await.map_err(|e| node_error(&n, e))?.into_inner();
+                last = n
+                    .client
+                    .clone()
+                    .set_limits(req.get_ref().clone())
+                    .await
+                    .map_err(|e| node_error(&n, e))?
+                    .into_inner();
             }
             Ok(last)
         })
@@ -281,7 +315,8 @@ impl pb::admin_server::Admin for AdminService {
 
     async fn filter_update(&self, req: Request<pb::FilterChange>) -> Result<Response<pb::FilterState>, Status> {
         guarded!(self, req, "FilterUpdate", Role::Admin, {
-            let dir = self.filter.as_ref().ok_or_else(|| Status::failed_precondition("no [filter] in the control config"))?;
+            let dir =
+                self.filter.as_ref().ok_or_else(|| Status::failed_precondition("no [filter] in the control config"))?;
             let detail = crate::filter::change(dir, req.get_ref())?;
             let _ = self.events.send(pb::Event {
                 node: "control".into(),
@@ -311,7 +346,8 @@ impl pb::admin_server::Admin for AdminService {
                     let e = match e {
                         Ok(e) => e,
                         Err(broadcast::error::RecvError::Lagged(n)) => {
-                            let _ = tx.send(Err(Status::data_loss(format!("this watcher fell {n} events behind")))).await;
+                            let _ =
+                                tx.send(Err(Status::data_loss(format!("this watcher fell {n} events behind")))).await;
                             return;
                         }
                         Err(broadcast::error::RecvError::Closed) => return,

@@ -56,7 +56,13 @@ impl ApiCalls {
 
     /// Checks the caller may call `method` (which needs `need`), counting a
     /// refusal.
-    pub fn authorize<T>(&self, ops: &Operators, req: &Request<T>, method: &'static str, need: Role) -> Result<(), Status> {
+    pub fn authorize<T>(
+        &self,
+        ops: &Operators,
+        req: &Request<T>,
+        method: &'static str,
+        need: Role,
+    ) -> Result<(), Status> {
         match ops.role_of(req) {
             None => {
                 self.count(method, "unauthenticated");

@@ -155,7 +155,9 @@ impl TokenConfig {
             _ => anyhow::bail!("set exactly one of `token`, `token_env` and `token_file`"),
         };
         if token.len() < MIN_TOKEN_BYTES {
-            anyhow::bail!("a token must be at least {MIN_TOKEN_BYTES} bytes (`portcullisctl secret` prints a fresh one)");
+            anyhow::bail!(
+                "a token must be at least {MIN_TOKEN_BYTES} bytes (`portcullisctl secret` prints a fresh one)"
+            );
         }
         Ok(token.into_bytes())
     }

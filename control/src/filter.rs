@@ -123,7 +123,11 @@ pub fn change(pin_dir: &Path, c: &pb::FilterChange) -> Result<String, Status> {
                 }
             }
         }
-        Op::Unspecified => return Err(Status::invalid_argument("op: give block, unblock, allow, disallow, set_rates, add_port or remove_port")),
+        Op::Unspecified => {
+            return Err(Status::invalid_argument(
+                "op: give block, unblock, allow, disallow, set_rates, add_port or remove_port",
+            ))
+        }
     }
     let ttl = if op == Op::Block && c.ttl_ms > 0 { format!(" for {} ms", c.ttl_ms) } else { String::new() };
     Ok(format!("{} {}{ttl}", op.as_str_name().to_lowercase(), [c.cidrs.join(" "), c.ports.join(" ")].join(" ").trim()))

@@ -9,6 +9,8 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod filter;
 pub mod metrics;

@@ -108,8 +108,18 @@ pub async fn render(control: &Control) -> String {
     let (nodes, down) = control.node_statuses("").await.unwrap_or_default();
     for n in &nodes {
         let node = n.node.as_str();
-        f.add("portcullis_node_up", "1 if control reaches the dataplane's agent API", &[("node", node)], Value::Gauge(1.0));
-        f.add("portcullis_node_uptime_seconds", "Seconds since the dataplane started", &[("node", node)], Value::Gauge(n.uptime_ms as f64 / 1e3));
+        f.add(
+            "portcullis_node_up",
+            "1 if control reaches the dataplane's agent API",
+            &[("node", node)],
+            Value::Gauge(1.0),
+        );
+        f.add(
+            "portcullis_node_uptime_seconds",
+            "Seconds since the dataplane started",
+            &[("node", node)],
+            Value::Gauge(n.uptime_ms as f64 / 1e3),
+        );
         f.add("portcullis_users", "Users logged in", &[("node", node)], Value::Gauge(n.users as f64));
         f.add("portcullis_groups", "Groups with members", &[("node", node)], Value::Gauge(n.groups as f64));
         let mut hist = BTreeMap::new();
@@ -128,17 +138,37 @@ pub async fn render(control: &Control) -> String {
             for c in &w.counters {
                 if let Some(reason) = c.name.strip_prefix("drop_") {
                     let l = [("node", node), ("worker", worker.as_str()), ("reason", reason)];
-                    f.add("portcullis_refusals_total", "Frames, connections and messages refused or dropped, by reason", &l, Value::Counter(c.value));
+                    f.add(
+                        "portcullis_refusals_total",
+                        "Frames, connections and messages refused or dropped, by reason",
+                        &l,
+                        Value::Counter(c.value),
+                    );
                 } else {
                     let name = if c.name == "connections" { "connections_accepted" } else { c.name.as_str() };
-                    f.add(&format!("portcullis_{name}_total"), &format!("Core counter {}", c.name), &l, Value::Counter(c.value));
+                    f.add(
+                        &format!("portcullis_{name}_total"),
+                        &format!("Core counter {}", c.name),
+                        &l,
+                        Value::Counter(c.value),
+                    );
                 }
             }
             for c in &w.io {
                 if IO_GAUGES.contains(&c.name.as_str()) {
-                    f.add(&format!("portcullis_io_{}", c.name), &format!("IO backend level {}", c.name), &l, Value::Gauge(c.value as f64));
+                    f.add(
+                        &format!("portcullis_io_{}", c.name),
+                        &format!("IO backend level {}", c.name),
+                        &l,
+                        Value::Gauge(c.value as f64),
+                    );
                 } else {
-                    f.add(&format!("portcullis_io_{}_total", c.name), &format!("IO backend counter {}", c.name), &l, Value::Counter(c.value));
+                    f.add(
+                        &format!("portcullis_io_{}_total", c.name),
+                        &format!("IO backend counter {}", c.name),
+                        &l,
+                        Value::Counter(c.value),
+                    );
                 }
             }
             for h in &w.latencies {
@@ -163,28 +193,74 @@ pub async fn render(control: &Control) -> String {
         }
     }
     for d in &down {
-        f.add("portcullis_node_up", "1 if control reaches the dataplane's agent API", &[("node", &d.node)], Value::Gauge(0.0));
+        f.add(
+            "portcullis_node_up",
+            "1 if control reaches the dataplane's agent API",
+            &[("node", &d.node)],
+            Value::Gauge(0.0),
+        );
     }
     for (node, list) in control.backends().await {
         for s in &list.services {
             for v in &s.servers {
                 let l = [("node", node.as_str()), ("service", s.name.as_str()), ("server", v.addr.as_str())];
-                f.add("portcullis_backend_links_up", "Workers whose link to the game server is up", &l, Value::Gauge(v.links_up.into()));
-                f.add("portcullis_backend_workers", "Workers that link to the game server", &l, Value::Gauge(v.workers.into()));
-                f.add("portcullis_backend_drained", "1 if an operator drained the game server", &l, Value::Gauge(u8::from(v.drained).into()));
-                f.add("portcullis_backend_in_flight", "Requests awaiting the game server", &l, Value::Gauge(v.in_flight as f64));
+                f.add(
+                    "portcullis_backend_links_up",
+                    "Workers whose link to the game server is up",
+                    &l,
+                    Value::Gauge(v.links_up.into()),
+                );
+                f.add(
+                    "portcullis_backend_workers",
+                    "Workers that link to the game server",
+                    &l,
+                    Value::Gauge(v.workers.into()),
+                );
+                f.add(
+                    "portcullis_backend_drained",
+                    "1 if an operator drained the game server",
+                    &l,
+                    Value::Gauge(u8::from(v.drained).into()),
+                );
+                f.add(
+                    "portcullis_backend_in_flight",
+                    "Requests awaiting the game server",
+                    &l,
+                    Value::Gauge(v.in_flight as f64),
+                );
             }
         }
     }
     let filter = control.filter_state(0);
+    f.add(
+        "portcullis_xdp_loaded",
+        "1 if control reads the XDP filter's maps",
+        &[],
+        Value::Gauge(u8::from(filter.loaded).into()),
+    );
     if filter.loaded {
         for v in &filter.verdicts {
-            f.add("portcullis_xdp_packets_total", "Packets seen by the XDP filter, by verdict", &[("verdict", &v.name)], Value::Counter(v.value));
+            f.add(
+                "portcullis_xdp_packets_total",
+                "Packets seen by the XDP filter, by verdict",
+                &[("verdict", &v.name)],
+                Value::Counter(v.value),
+            );
         }
-        f.add("portcullis_xdp_blocked_entries", "Entries of the XDP blocklist", &[], Value::Gauge(filter.blocked.len() as f64));
+        f.add(
+            "portcullis_xdp_blocked_entries",
+            "Entries of the XDP blocklist",
+            &[],
+            Value::Gauge(filter.blocked.len() as f64),
+        );
     }
     for (method, outcome, n) in control.calls.snapshot() {
-        f.add("portcullis_control_api_calls_total", "Admin API calls by method and outcome", &[("method", method), ("outcome", outcome)], Value::Counter(n));
+        f.add(
+            "portcullis_control_api_calls_total",
+            "Admin API calls by method and outcome",
+            &[("method", method), ("outcome", outcome)],
+            Value::Counter(n),
+        );
     }
     let families: Vec<MetricFamily> = f.0.into_values().collect();
     prometheus::TextEncoder::new().encode_to_string(&families).unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
@@ -197,11 +273,15 @@ pub async fn serve(addr: SocketAddr, control: Arc<Control>) -> anyhow::Result<()
         axum::routing::get(move || {
             let control = control.clone();
             async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], render(&control).await)
+                (
+                    [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    render(&control).await,
+                )
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen = {addr}: {e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("metrics.listen = {addr}: {e}"))?;
     tracing::info!("metrics on http://{addr}/metrics");
     axum::serve(listener, app).await?;
     Ok(())

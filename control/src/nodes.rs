@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use portcullis_proto::pb::admin as pb;
 use pb::agent_client::AgentClient;
+use portcullis_proto::pb::admin as pb;
 use tokio::sync::broadcast;
 use tonic::transport::{Channel, Endpoint};
 

@@ -21,12 +21,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use pb::agent_server::{Agent, AgentServer};
 use portcullis_core::admin::{self, AdminAnswer, AdminOp, AdminReply, KickTarget, PushTarget, SessionFilter};
 use portcullis_core::config::{Config, ServerConfig};
 use portcullis_core::shard::{CrossMsg, Shared};
 use portcullis_core::stats::LATENCY_BOUNDS;
 use portcullis_proto::pb::admin as pb;
-use pb::agent_server::{Agent, AgentServer};
 use tokio::sync::{oneshot, Notify};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -361,7 +361,8 @@ impl Agent for AgentService {
         all.sort_unstable_by_key(|s| s.id);
         let more = all.len() > limit;
         all.truncate(limit);
-        let next_page_token = if more { all.last().map(|s| s.id.to_string()).unwrap_or_default() } else { String::new() };
+        let next_page_token =
+            if more { all.last().map(|s| s.id.to_string()).unwrap_or_default() } else { String::new() };
         let sessions = all.into_iter().map(|s| session_info(&self.node, s)).collect();
         Ok(Response::new(pb::SessionPage { sessions, next_page_token }))
     }
@@ -369,7 +370,11 @@ impl Agent for AgentService {
     async fn get_session(&self, r: Request<pb::SessionRef>) -> Result<Response<pb::SessionInfo>, Status> {
         let id = r.into_inner().session_id;
         let answers = self
-            .ask_all(|| AdminOp::ListSessions { filter: SessionFilter::default(), after: id.saturating_sub(1), limit: 1 })
+            .ask_all(|| AdminOp::ListSessions {
+                filter: SessionFilter::default(),
+                after: id.saturating_sub(1),
+                limit: 1,
+            })
             .await?;
         answers
             .into_iter()
@@ -408,7 +413,11 @@ impl Agent for AgentService {
         if r.cmd < portcullis_proto::cmd::FIRST_BUSINESS {
             return Err(bad(
                 "cmd",
-                format!("{} is a framework command id; pushes carry business ids (>= {})", r.cmd, portcullis_proto::cmd::FIRST_BUSINESS),
+                format!(
+                    "{} is a framework command id; pushes carry business ids (>= {})",
+                    r.cmd,
+                    portcullis_proto::cmd::FIRST_BUSINESS
+                ),
             ));
         }
         let payload: Arc<[u8]> = r.payload.into();
@@ -452,7 +461,9 @@ impl Agent for AgentService {
                 servers.remove(i);
             }
             (Op::SetWeight, Some(i)) => servers[i] = ServerConfig::Weighted { addr, weight: r.weight },
-            (Op::Unspecified, _) => return Err(Status::invalid_argument("op: give add, remove, set_weight, drain or undrain")),
+            (Op::Unspecified, _) => {
+                return Err(Status::invalid_argument("op: give add, remove, set_weight, drain or undrain"))
+            }
             (_, None) => return Err(Status::not_found(format!("{addr} is not a server of {:?}", r.service))),
         }
         config.validate().map_err(|e| Status::failed_precondition(e.to_string()))?;
@@ -486,7 +497,10 @@ impl Agent for AgentService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let (applied, needs_restart) = running.changes(&config);
         if !needs_restart.is_empty() {
-            return Err(Status::failed_precondition(format!("{} cannot change while running", needs_restart.join(", "))));
+            return Err(Status::failed_precondition(format!(
+                "{} cannot change while running",
+                needs_restart.join(", ")
+            )));
         }
         self.apply(config, &format!("limits: {}", applied.join(", "))).await?;
         Ok(Response::new(pb::ReloadReply { node: self.node.clone(), applied, needs_restart }))

@@ -135,6 +135,8 @@ pub struct Stack {
     pub games: Vec<GameServer>,
     /// Address of the UDP echo service, if it runs.
     pub udp_echo: Option<SocketAddr>,
+    /// The gateway's configuration.
+    pub config: Config,
     /// Dropped last: the harness goes once the gateway has stopped.
     net: Net,
 }
@@ -213,13 +215,14 @@ impl Stack {
             Net::Harness(h) => h.config(text),
         };
         let config = Config::parse(&text, "test stack").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let started = config.clone();
         let gateway = match &net {
-            Net::Loopback => tokio::task::spawn_blocking(move || RunningGateway::start(&config)).await.expect("start"),
+            Net::Loopback => tokio::task::spawn_blocking(move || RunningGateway::start(&started)).await.expect("start"),
             #[cfg(feature = "afxdp")]
             Net::Harness(h) => h.start(&config),
         }
         .expect("gateway starts");
-        let stack = Stack { gateway, games, udp_echo, net };
+        let stack = Stack { gateway, games, udp_echo, config, net };
         if opts.auth.is_none() {
             stack.wait_for_game_servers().await;
         }

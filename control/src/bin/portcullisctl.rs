@@ -4,26 +4,51 @@
 //!   gateway's secret (for tests and support).
 //! - `portcullisctl check-config config/portcullis.toml` validates a config
 //!   the way the dataplane will, without starting anything.
-//! - `portcullisctl filter …` manages the XDP flood filter through its
-//!   pinned maps: attach/detach, counters and top sources, blocklist and
-//!   allowlist CIDRs, rates, gateway ports.
+//! - `portcullisctl filter …` manages the XDP flood filter: attach/detach,
+//!   counters and top sources, blocklist (with optional expiries, which the
+//!   XDP program enforces by itself) and allowlist CIDRs, rates, gateway
+//!   ports. With `--control` (or `PORTCULLIS_CONTROL`) status and rules go
+//!   through the control plane, which authorizes, counts and reports them;
+//!   without it, portcullisctl opens the pinned maps itself (root, on the
+//!   host: the way in when control is down).
+//! - Every other command (`status`, `sessions`, `kick`, `push`, `groups`,
+//!   `backends`, `routes`, `limits`, `reload`, `watch`) calls the control
+//!   plane's admin API (`--control`, default `http://127.0.0.1:7400`) with
+//!   the operator token of `--token` or `PORTCULLIS_TOKEN`; tables by
+//!   default, `--json` for scripts.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_common::FilterConfig;
 use portcullis_core::Config;
 use portcullis_proto::token::{sign, Claims};
-use portcullis_xdp::{AttachMode, Cidr, Filter, List, Proto, PIN_DIR};
+use portcullis_xdp::{AttachMode, Cidr, Entry, Filter, List, Proto, Rules, PIN_DIR};
 
 /// Operate Portcullis gateways.
 #[derive(Parser)]
 #[command(version)]
 struct Args {
+    /// The control plane's admin API, e.g. http://127.0.0.1:7400 (https://
+    /// for TLS); also PORTCULLIS_CONTROL.
+    #[arg(long, global = true)]
+    control: Option<String>,
+    /// Operator token (better: PORTCULLIS_TOKEN, which stays out of `ps`).
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// PEM certificate to trust for an https:// control plane.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Print the API's answer as JSON.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The control plane's address.
+const DEFAULT_CONTROL: &str = "http://127.0.0.1:7400";
 
 #[derive(Subcommand)]
 enum Command {
@@ -55,6 +80,10 @@ enum Command {
         #[command(subcommand)]
         command: FilterCommand,
     },
+    /// Print a fresh random secret (for operator tokens and token secrets).
+    Secret,
+    #[command(flatten)]
+    Admin(portcullis_control::cli::AdminCommand),
 }
 
 #[derive(Subcommand)]
@@ -88,10 +117,10 @@ enum FilterCommand {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
-    /// Sources dropped entirely.
+    /// Sources dropped entirely, for good or for a while.
     Block {
         #[command(subcommand)]
-        op: ListOp,
+        op: BlockOp,
     },
     /// Sources that bypass the rate limits.
     Allow {
@@ -119,6 +148,29 @@ enum FilterCommand {
     },
     /// Remove every attachment and pinned map (rules and counters are lost).
     Purge,
+}
+
+#[derive(Subcommand)]
+enum BlockOp {
+    /// Block CIDRs (again: with the new expiry).
+    Add {
+        /// e.g. 203.0.113.0/24 2001:db8::/32 198.51.100.7
+        #[arg(required = true)]
+        cidrs: Vec<Cidr>,
+        /// Unblock after this long (30s, 10m, 2h, 1d, or seconds); the XDP
+        /// program lifts the block by itself. Without it: permanent.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Remove CIDRs.
+    Remove {
+        /// As added.
+        #[arg(required = true)]
+        cidrs: Vec<Cidr>,
+    },
+    /// List the blocked CIDRs and when each block ends (expired entries
+    /// are removed first).
+    List,
 }
 
 #[derive(Subcommand)]
@@ -155,6 +207,49 @@ fn parse_rate(s: &str) -> Result<(u32, u32), String> {
     Ok((rate, burst))
 }
 
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {s:?}: expected e.g. 30s, 10m, 2h, 1d or a number of seconds, above 0");
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.parse::<u64>().ok().and_then(|n| n.checked_mul(unit)).filter(|s| *s > 0).ok_or_else(bad)?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// How long is left, rounded up to the second: `1h05m`, `9m59s`, `29s`.
+fn show_duration(d: Duration) -> String {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s:02}s"),
+        (0, _, _) => format!("{h}h{m:02}m"),
+        _ => format!("{d}d{h:02}h"),
+    }
+}
+
+/// When a block ends: `expires in 29s` or `permanent`.
+fn show_expiry(e: &Entry) -> String {
+    match e.expires_in {
+        Some(left) => format!("expires in {}", show_duration(left)),
+        None => "permanent".into(),
+    }
+}
+
+/// The blocklist after removing expired entries.
+fn blocklist(rules: &mut Rules) -> anyhow::Result<Vec<Entry>> {
+    rules.purge_expired()?;
+    Ok(rules.blocked()?)
+}
+
 fn parse_port(s: &str) -> Result<(Proto, u16), String> {
     let bad = || format!("bad port {s:?}: expected udp:PORT or tcp:PORT, e.g. udp:7000");
     let (proto, port) = s.split_once(':').ok_or_else(bad)?;
@@ -174,7 +269,47 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// A client of the control plane named by `--control` or
+/// `PORTCULLIS_CONTROL` (default [`DEFAULT_CONTROL`]).
+async fn connect(args: &Args, control: Option<String>) -> anyhow::Result<portcullis_control::client::Client> {
+    let url = control.unwrap_or_else(|| DEFAULT_CONTROL.into());
+    let token = args.token.clone().or_else(|| std::env::var("PORTCULLIS_TOKEN").ok()).filter(|t| !t.is_empty());
+    if token.is_none() {
+        anyhow::bail!(
+            "give an operator token: --token or PORTCULLIS_TOKEN (the `[[api.tokens]]` of the control config)"
+        );
+    }
+    portcullis_control::client::connect(&url, token.as_deref(), args.ca.as_deref()).await
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f)
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    let control = args.control.clone().or_else(|| std::env::var("PORTCULLIS_CONTROL").ok()).filter(|c| !c.is_empty());
+    let command = std::mem::replace(&mut args.command, Command::Secret);
+    match command {
+        Command::Admin(cmd) => {
+            return block_on(async {
+                let api = connect(&args, control).await?;
+                portcullis_control::cli::run(cmd, api, args.json).await
+            })
+        }
+        Command::Filter { command, .. } if control.is_some() && !command.is_local_only() => {
+            return block_on(async {
+                let api = connect(&args, control).await?;
+                filter_via_control(api, command, args.json).await
+            })
+        }
+        Command::Secret => {
+            let mut key = [0u8; 32];
+            std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut key)?;
+            println!("{}", key.iter().map(|b| format!("{b:02x}")).collect::<String>());
+            return Ok(());
+        }
+        command => args.command = command,
+    }
     match args.command {
         Command::Token { config, user, device, ttl } => {
             let config = Config::load(&config)?;
@@ -193,6 +328,71 @@ fn run(args: Args) -> anyhow::Result<()> {
             );
         }
         Command::Filter { pin_dir, command } => filter(Filter::at(pin_dir), command)?,
+        Command::Admin(_) | Command::Secret => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+impl FilterCommand {
+    /// Commands that work on this host's interfaces and pins only.
+    fn is_local_only(&self) -> bool {
+        matches!(self, FilterCommand::Attach { .. } | FilterCommand::Detach { .. } | FilterCommand::Purge)
+    }
+}
+
+/// A filter command through the control plane's admin API.
+async fn filter_via_control(
+    mut api: portcullis_control::client::Client,
+    command: FilterCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    use portcullis_proto::pb::admin::{filter_change::Op, FilterChange, FilterStatusRequest};
+    let status = |e: tonic::Status| anyhow::anyhow!("{:?}: {}", e.code(), e.message());
+    let cidrs = |c: Vec<Cidr>| c.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+    let change = |op: Op| FilterChange { op: op as i32, ..Default::default() };
+    let req = match command {
+        FilterCommand::Status { top } => {
+            let s = api.filter_status(FilterStatusRequest { top: top as u32 }).await.map_err(status)?.into_inner();
+            return show(json, &s);
+        }
+        FilterCommand::Block { op: BlockOp::Add { cidrs: c, ttl } } => {
+            FilterChange { cidrs: cidrs(c), ttl_ms: ttl.map_or(0, |t| t.as_millis() as u64), ..change(Op::Block) }
+        }
+        FilterCommand::Block { op: BlockOp::Remove { cidrs: c } } => {
+            FilterChange { cidrs: cidrs(c), ..change(Op::Unblock) }
+        }
+        FilterCommand::Allow { op: ListOp::Add { cidrs: c } } => FilterChange { cidrs: cidrs(c), ..change(Op::Allow) },
+        FilterCommand::Allow { op: ListOp::Remove { cidrs: c } } => {
+            FilterChange { cidrs: cidrs(c), ..change(Op::Disallow) }
+        }
+        FilterCommand::Block { op: BlockOp::List } | FilterCommand::Allow { op: ListOp::List } => {
+            let s = api.filter_status(FilterStatusRequest { top: 0 }).await.map_err(status)?.into_inner();
+            return show(json, &s);
+        }
+        FilterCommand::Rate { udp, syn } => FilterChange {
+            udp_rate: udp.map(|r| r.0),
+            udp_burst: udp.map(|r| r.1),
+            syn_rate: syn.map(|r| r.0),
+            syn_burst: syn.map(|r| r.1),
+            ..change(Op::SetRates)
+        },
+        FilterCommand::Port { op, ports } => FilterChange {
+            ports: ports.iter().map(|(p, n)| format!("{}:{n}", if *p == Proto::Udp { "udp" } else { "tcp" })).collect(),
+            ..change(if matches!(op, PortOp::Add) { Op::AddPort } else { Op::RemovePort })
+        },
+        FilterCommand::Attach { .. } | FilterCommand::Detach { .. } | FilterCommand::Purge => {
+            unreachable!("local only")
+        }
+    };
+    let s = api.filter_update(req).await.map_err(status)?.into_inner();
+    show(json, &s)
+}
+
+fn show(json: bool, s: &portcullis_proto::pb::admin::FilterState) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(s)?);
+    } else {
+        print!("{}", portcullis_control::client::show_filter(s));
     }
     Ok(())
 }
@@ -239,17 +439,18 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
                 .collect();
             println!("gateway ports: {}", ports.join(" "));
             let mut rules = rules;
-            for (name, list) in [("blocked", List::Block), ("allowed", List::Allow)] {
-                let cidrs: Vec<String> = rules.list(list)?.iter().map(|c| c.to_string()).collect();
-                println!("{name}: {}", cidrs.join(" "));
-            }
+            let blocked: Vec<String> =
+                blocklist(&mut rules)?.iter().map(|e| format!("{} ({})", e.cidr, show_expiry(e))).collect();
+            println!("blocked: {}", blocked.join(", "));
+            let allowed: Vec<String> = rules.list(List::Allow)?.iter().map(|c| c.to_string()).collect();
+            println!("allowed: {}", allowed.join(" "));
             println!("top sources over their rate (packets dropped):");
             for s in rules.top_sources(top)? {
                 println!("  {:<40} {:>12}", s.addr, s.dropped);
             }
         }
-        FilterCommand::Block { op } => list_op(&f, List::Block, op)?,
-        FilterCommand::Allow { op } => list_op(&f, List::Allow, op)?,
+        FilterCommand::Block { op } => block_op(&mut f.rules()?, op)?,
+        FilterCommand::Allow { op } => list_op(&mut f.rules()?, List::Allow, op)?,
         FilterCommand::Rate { udp, syn } => {
             anyhow::ensure!(udp.is_some() || syn.is_some(), "give --udp RATE/BURST and/or --syn RATE/BURST");
             let mut rules = f.rules()?;
@@ -283,8 +484,28 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn list_op(f: &Filter, list: List, op: ListOp) -> anyhow::Result<()> {
-    let mut rules = f.rules()?;
+fn block_op(rules: &mut Rules, op: BlockOp) -> anyhow::Result<()> {
+    match op {
+        BlockOp::Add { cidrs, ttl } => {
+            for c in cidrs {
+                rules.block_for(c, ttl)?;
+                match ttl {
+                    Some(ttl) => println!("blocked {c} for {}", show_duration(ttl)),
+                    None => println!("blocked {c} permanently"),
+                }
+            }
+        }
+        BlockOp::Remove { cidrs } => list_op(rules, List::Block, ListOp::Remove { cidrs })?,
+        BlockOp::List => {
+            for e in blocklist(rules)? {
+                println!("{:<20} {}", e.cidr.to_string(), show_expiry(&e));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_op(rules: &mut Rules, list: List, op: ListOp) -> anyhow::Result<()> {
     match op {
         ListOp::Add { cidrs } => {
             for c in cidrs {
@@ -308,4 +529,29 @@ fn list_op(f: &Filter, list: List, op: ListOp) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_take_a_unit_or_seconds() {
+        assert_eq!(parse_ttl("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_ttl("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_ttl("2h"), Ok(Duration::from_secs(7_200)));
+        assert_eq!(parse_ttl("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_ttl("45"), Ok(Duration::from_secs(45)));
+        for bad in ["0", "0s", "", "s", "10x", "-5", "1.5h", "99999999999999999999d"] {
+            assert!(parse_ttl(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_show_their_two_largest_units_rounded_up() {
+        assert_eq!(show_duration(Duration::from_millis(28_001)), "29s");
+        assert_eq!(show_duration(Duration::from_secs(599)), "9m59s");
+        assert_eq!(show_duration(Duration::from_secs(3_900)), "1h05m");
+        assert_eq!(show_duration(Duration::from_secs(90_000)), "1d01h");
+    }
 }

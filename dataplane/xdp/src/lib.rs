@@ -10,6 +10,13 @@
 //! /sys/fs/bpf/portcullis/maps/<MAP>      every map, reused by later loads
 //! /sys/fs/bpf/portcullis/links/<iface>   the attachment of one interface
 //! ```
+//!
+//! Blocklist entries may expire ([`Rules::block_for`]). The program itself
+//! stops applying an entry at its expiry, with no userspace process
+//! running; the entry stays in the map, where it no longer blocks, until
+//! [`Rules::purge_expired`] (run by the CLI whenever it lists) removes it.
+//! Expiries are CLOCK_MONOTONIC times, the clock of `bpf_ktime_get_ns`: a
+//! process in another time namespace must not write them.
 
 mod cidr;
 pub mod netns;
@@ -18,14 +25,15 @@ pub mod testrun;
 use std::collections::HashMap as StdHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, Map, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
-use portcullis_common::{ip_proto, maps, port_index, Bucket, FilterConfig, Verdict};
+use portcullis_common::{block_value, ip_proto, maps, port_index, Bucket, FilterConfig, Verdict, BLOCK_PERMANENT};
 
 /// Largest rate or burst: keeps the bucket arithmetic (elapsed ns × rate,
 /// burst × 10⁶) inside 64 bits.
@@ -64,6 +72,28 @@ pub enum FilterError {
     /// A rate or burst that cannot work.
     #[error("{0}")]
     BadRate(String),
+    /// A block duration that cannot work (zero).
+    #[error("{0}")]
+    BadTtl(String),
+    /// A map pinned by another build of the filter, whose keys or values
+    /// have another size (the blocklists of builds before expiries had
+    /// one-byte values). Attaching again converts the blocklists; purging
+    /// starts over.
+    #[error(
+        "{path} was pinned by an older build of the filter ({found}-byte {what}s, this build uses {needed}); \
+         attach again to convert it (portcullisctl filter attach --iface <interface>) \
+         or remove every pin with portcullisctl filter purge (rules and counters are lost)"
+    )]
+    StaleMap {
+        /// The pinned map.
+        path: String,
+        /// `key` or `value`.
+        what: &'static str,
+        /// Its size in the pinned map.
+        found: usize,
+        /// Its size in this build.
+        needed: usize,
+    },
     /// A kernel or aya error, with what was being done.
     #[error("{what}: {source}")]
     Bpf {
@@ -78,6 +108,55 @@ pub enum FilterError {
 fn bpf<E: std::error::Error + Send + Sync + 'static>(what: impl Into<String>) -> impl FnOnce(E) -> FilterError {
     let what = what.into();
     move |e| FilterError::Bpf { what, source: Box::new(e) }
+}
+
+/// The error of opening the pinned map at `path` as a typed map: a size
+/// mismatch means another build pinned it, and says what to do.
+fn typed(path: &Path, e: MapError) -> FilterError {
+    let path = path.display().to_string();
+    match e {
+        // aya names the size this build asks for `size` and the map's `expected`.
+        MapError::InvalidValueSize { size, expected } => {
+            FilterError::StaleMap { path, what: "value", found: expected, needed: size }
+        }
+        MapError::InvalidKeySize { size, expected } => {
+            FilterError::StaleMap { path, what: "key", found: expected, needed: size }
+        }
+        e => bpf(format!("map {path} has an unexpected type"))(e),
+    }
+}
+
+/// CLOCK_MONOTONIC now, in ns: the clock of `bpf_ktime_get_ns`, which the
+/// program compares blocklist expiries with.
+fn monotonic_ns() -> Result<u64, FilterError> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime fills the timespec it is given.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return Err(bpf("reading CLOCK_MONOTONIC")(std::io::Error::last_os_error()));
+    }
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The blocklist value of a block of a `prefix_len`-bit CIDR from `now_ns`
+/// for `ttl` (`None`: permanent); see [`portcullis_common::block_value`]. A
+/// time past the clock's range blocks for good.
+fn expiry_ns(now_ns: u64, ttl: Option<Duration>, prefix_len: u8) -> u64 {
+    match ttl {
+        None => BLOCK_PERMANENT,
+        Some(ttl) => block_value(now_ns.saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)), prefix_len),
+    }
+}
+
+/// How long a block valued `expires_ns` still lasts at `now_ns`: `None` if
+/// it is over, `Some(None)` if it is permanent.
+fn remaining(expires_ns: u64, now_ns: u64) -> Option<Option<Duration>> {
+    if !portcullis_common::block_active(expires_ns, now_ns) {
+        None
+    } else if expires_ns == BLOCK_PERMANENT {
+        Some(None)
+    } else {
+        Some(Some(Duration::from_nanos(expires_ns - now_ns)))
+    }
 }
 
 /// How the program was attached.
@@ -139,6 +218,8 @@ impl Filter {
     }
 
     /// Loads the object with its maps pinned here and verifies the program.
+    /// Blocklists pinned by a build before expiries are converted: their
+    /// entries become permanent blocks in new maps.
     fn load(&self) -> Result<aya::Ebpf, FilterError> {
         let object = program()?;
         let parent = self.dir.parent().unwrap_or(Path::new("/"));
@@ -148,12 +229,68 @@ impl Filter {
         for d in [self.maps_dir(), self.dir.join("links")] {
             std::fs::create_dir_all(&d).map_err(bpf(format!("creating {}", d.display())))?;
         }
-        let mut ebpf = EbpfLoader::new()
+        // aya reuses a pinned map without comparing its layout, and the
+        // verifier would then refuse the program: old blocklists go aside.
+        let legacy = self.set_aside_legacy_blocklists()?;
+        let loaded = EbpfLoader::new()
             .default_map_pin_directory(self.maps_dir())
             .load(object)
-            .map_err(bpf("loading the XDP program"))?;
-        xdp(&mut ebpf)?.load().map_err(bpf("verifying the XDP program"))?;
-        Ok(ebpf)
+            .map_err(bpf("loading the XDP program"))
+            .and_then(|mut ebpf| {
+                xdp(&mut ebpf)?.load().map_err(bpf("verifying the XDP program"))?;
+                Ok(ebpf)
+            });
+        match loaded {
+            Ok(mut ebpf) => {
+                let converted = !legacy.is_empty();
+                for (name, old) in legacy {
+                    convert_legacy_blocklist(&mut ebpf, name, old)?;
+                }
+                if converted {
+                    self.rules()?.sync_list_flags()?;
+                }
+                Ok(ebpf)
+            }
+            Err(e) => {
+                // Pin the old maps back, so that nothing is lost.
+                for (name, old) in &legacy {
+                    let path = self.maps_dir().join(name);
+                    let _ = std::fs::remove_file(&path);
+                    let _ = old.pin(&path);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Unpins the blocklists pinned with one-byte values (builds before
+    /// expiries) and returns them, held open. Any other layout than this
+    /// build's is an error that says what to do.
+    fn set_aside_legacy_blocklists(&self) -> Result<Vec<(&'static str, MapData)>, FilterError> {
+        let mut moved = Vec::new();
+        for (name, key) in [(maps::BLOCK_V4, 4 + 4), (maps::BLOCK_V6, 4 + 16)] {
+            let path = self.maps_dir().join(name);
+            if !path.exists() {
+                continue;
+            }
+            let map = MapData::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
+            let info = map.info().map_err(bpf(format!("reading {}", path.display())))?;
+            let (key_size, value_size) = (info.key_size() as usize, info.value_size() as usize);
+            let stale =
+                |what, found, needed| FilterError::StaleMap { path: path.display().to_string(), what, found, needed };
+            if key_size != key {
+                return Err(stale("key", key_size, key));
+            }
+            match value_size {
+                8 => {}
+                1 => {
+                    std::fs::remove_file(&path).map_err(bpf(format!("unpinning {}", path.display())))?;
+                    moved.push((name, map));
+                }
+                n => return Err(stale("value", n, 8)),
+            }
+        }
+        Ok(moved)
     }
 
     /// Loads the program (reusing pinned maps, so rules and counters
@@ -257,18 +394,19 @@ impl Filter {
     /// Opens the pinned maps to read counters and change rules.
     pub fn rules(&self) -> Result<Rules, FilterError> {
         let dir = self.maps_dir();
-        let open = |name: &str| -> Result<Map, FilterError> {
+        let open = |name: &str| -> Result<(Map, PathBuf), FilterError> {
             let path = dir.join(name);
             if !path.exists() {
                 return Err(FilterError::NotLoaded(self.dir.display().to_string()));
             }
             let data = MapData::from_pin(&path).map_err(bpf(format!("opening {}", path.display())))?;
-            Map::from_map_data(data).map_err(bpf(format!("reading {}", path.display())))
+            Ok((Map::from_map_data(data).map_err(bpf(format!("reading {}", path.display())))?, path))
         };
         macro_rules! map {
-            ($name:expr) => {
-                open($name)?.try_into().map_err(bpf(format!("map {} has an unexpected type", $name)))?
-            };
+            ($name:expr) => {{
+                let (map, path) = open($name)?;
+                map.try_into().map_err(|e| typed(&path, e))?
+            }};
         }
         Ok(Rules {
             config: map!(maps::CONFIG),
@@ -280,6 +418,30 @@ impl Filter {
             buckets: map!(maps::BUCKETS),
             counters: map!(maps::COUNTERS),
         })
+    }
+}
+
+/// Copies the entries of a blocklist set aside by
+/// [`Filter::set_aside_legacy_blocklists`] into the new map `name` of
+/// `ebpf`, as permanent blocks; the old map goes when `old` is dropped.
+fn convert_legacy_blocklist(ebpf: &mut aya::Ebpf, name: &str, old: MapData) -> Result<(), FilterError> {
+    fn copy<const N: usize>(ebpf: &mut aya::Ebpf, name: &str, old: MapData) -> Result<(), FilterError> {
+        let what = format!("the old {name}");
+        let old = Map::from_map_data(old).map_err(bpf(format!("reading {what}")))?;
+        let old: LpmTrie<MapData, [u8; N], u8> = old.try_into().map_err(bpf(format!("reading {what}")))?;
+        let map = ebpf.map_mut(name).ok_or_else(|| FilterError::NotBuilt(format!("the object has no {name} map")))?;
+        let mut new: LpmTrie<&mut MapData, [u8; N], u64> =
+            map.try_into().map_err(bpf(format!("map {name} has an unexpected type")))?;
+        for key in old.keys() {
+            let key = key.map_err(bpf(format!("reading {what}")))?;
+            new.insert(&key, BLOCK_PERMANENT, 0).map_err(bpf(format!("converting {name}")))?;
+        }
+        Ok(())
+    }
+    if name == maps::BLOCK_V4 {
+        copy::<4>(ebpf, name, old)
+    } else {
+        copy::<16>(ebpf, name, old)
     }
 }
 
@@ -339,15 +501,47 @@ pub struct SourceCount {
     pub dropped: u64,
 }
 
+/// A blocklist entry and how long it still blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The blocked sources.
+    pub cidr: Cidr,
+    /// Time left until the block ends; `None` for a permanent block.
+    pub expires_in: Option<Duration>,
+}
+
 type Trie4 = LpmTrie<MapData, [u8; 4], u8>;
 type Trie6 = LpmTrie<MapData, [u8; 16], u8>;
+type Block4 = LpmTrie<MapData, [u8; 4], u64>;
+type Block6 = LpmTrie<MapData, [u8; 16], u64>;
+
+fn v4_cidr(k: &Key<[u8; 4]>) -> Cidr {
+    Cidr { addr: IpAddr::V4(Ipv4Addr::from(k.data())), prefix: k.prefix_len() as u8 }
+}
+
+fn v6_cidr(k: &Key<[u8; 16]>) -> Cidr {
+    Cidr { addr: IpAddr::V6(Ipv6Addr::from(k.data())), prefix: k.prefix_len() as u8 }
+}
+
+/// Removes `key` from `trie`: `Ok(false)` if it was not there.
+fn remove_key<K: aya::Pod, V: aya::Pod>(
+    trie: &mut LpmTrie<MapData, K, V>,
+    key: &Key<K>,
+    cidr: Cidr,
+) -> Result<bool, FilterError> {
+    match trie.remove(key) {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(e) => Err(bpf(format!("removing {cidr}"))(e)),
+    }
+}
 
 /// The filter's maps, opened from their pins.
 pub struct Rules {
     config: Array<MapData, FilterConfig>,
     ports: Array<MapData, u8>,
-    block_v4: Trie4,
-    block_v6: Trie6,
+    block_v4: Block4,
+    block_v6: Block6,
     allow_v4: Trie4,
     allow_v6: Trie6,
     buckets: Array<MapData, Bucket>,
@@ -355,22 +549,39 @@ pub struct Rules {
 }
 
 impl Rules {
-    fn tries(&mut self, list: List) -> (&mut Trie4, &mut Trie6) {
+    /// Adds a CIDR to a list; a block added here is permanent (it replaces
+    /// the expiry of an entry already there).
+    pub fn add(&mut self, list: List, cidr: Cidr) -> Result<(), FilterError> {
         match list {
-            List::Block => (&mut self.block_v4, &mut self.block_v6),
-            List::Allow => (&mut self.allow_v4, &mut self.allow_v6),
+            List::Block => return self.block_for(cidr, None),
+            List::Allow => {
+                let prefix = u32::from(cidr.prefix);
+                match cidr.addr {
+                    IpAddr::V4(a) => self.allow_v4.insert(&Key::new(prefix, a.octets()), 1, 0),
+                    IpAddr::V6(a) => self.allow_v6.insert(&Key::new(prefix, a.octets()), 1, 0),
+                }
+                .map_err(bpf(format!("adding {cidr}")))?;
+            }
         }
+        self.sync_list_flags()
     }
 
-    /// Adds a CIDR to a list.
-    pub fn add(&mut self, list: List, cidr: Cidr) -> Result<(), FilterError> {
-        let (v4, v6) = self.tries(list);
+    /// Blocks a CIDR for `ttl` from now, or for good if `None`. The program
+    /// stops blocking at the expiry by itself; the entry stays listed
+    /// (inactive) until [`Rules::purge_expired`]. Blocking a CIDR already
+    /// listed sets its expiry anew: a permanent block can be made
+    /// temporary, and the other way round.
+    pub fn block_for(&mut self, cidr: Cidr, ttl: Option<Duration>) -> Result<(), FilterError> {
+        if ttl == Some(Duration::ZERO) {
+            return Err(FilterError::BadTtl(format!("a block of {cidr} for no time: give a duration above 0")));
+        }
+        let expires = expiry_ns(monotonic_ns()?, ttl, cidr.prefix);
         let prefix = u32::from(cidr.prefix);
         match cidr.addr {
-            IpAddr::V4(a) => v4.insert(&Key::new(prefix, a.octets()), 1, 0),
-            IpAddr::V6(a) => v6.insert(&Key::new(prefix, a.octets()), 1, 0),
+            IpAddr::V4(a) => self.block_v4.insert(&Key::new(prefix, a.octets()), expires, 0),
+            IpAddr::V6(a) => self.block_v6.insert(&Key::new(prefix, a.octets()), expires, 0),
         }
-        .map_err(bpf(format!("adding {cidr}")))?;
+        .map_err(bpf(format!("blocking {cidr}")))?;
         self.sync_list_flags()
     }
 
@@ -378,13 +589,14 @@ impl Rules {
     fn sync_list_flags(&mut self) -> Result<(), FilterError> {
         use portcullis_common::lists;
         let mut bits = 0;
-        for (trie, bit) in [(&self.block_v4, lists::BLOCK_V4), (&self.allow_v4, lists::ALLOW_V4)] {
-            if trie.keys().next().is_some() {
-                bits |= bit;
-            }
-        }
-        for (trie, bit) in [(&self.block_v6, lists::BLOCK_V6), (&self.allow_v6, lists::ALLOW_V6)] {
-            if trie.keys().next().is_some() {
+        let nonempty = [
+            (self.block_v4.keys().next().is_some(), lists::BLOCK_V4),
+            (self.block_v6.keys().next().is_some(), lists::BLOCK_V6),
+            (self.allow_v4.keys().next().is_some(), lists::ALLOW_V4),
+            (self.allow_v6.keys().next().is_some(), lists::ALLOW_V6),
+        ];
+        for (nonempty, bit) in nonempty {
+            if nonempty {
                 bits |= bit;
             }
         }
@@ -393,36 +605,88 @@ impl Rules {
         self.config.set(0, cfg, 0).map_err(bpf("updating the list flags"))
     }
 
-    /// Removes a CIDR from a list; `Ok(false)` if it was not there.
+    /// Removes a CIDR from a list (a block whether or not it has expired);
+    /// `Ok(false)` if it was not there.
     pub fn remove(&mut self, list: List, cidr: Cidr) -> Result<bool, FilterError> {
-        let (v4, v6) = self.tries(list);
         let prefix = u32::from(cidr.prefix);
-        let r = match cidr.addr {
-            IpAddr::V4(a) => v4.remove(&Key::new(prefix, a.octets())),
-            IpAddr::V6(a) => v6.remove(&Key::new(prefix, a.octets())),
-        };
-        let removed = match r {
-            Ok(()) => true,
-            Err(aya::maps::MapError::KeyNotFound) => false,
-            Err(e) => return Err(bpf(format!("removing {cidr}"))(e)),
+        let removed = match (list, cidr.addr) {
+            (List::Block, _) => self.remove_block(cidr)?,
+            (List::Allow, IpAddr::V4(a)) => remove_key(&mut self.allow_v4, &Key::new(prefix, a.octets()), cidr)?,
+            (List::Allow, IpAddr::V6(a)) => remove_key(&mut self.allow_v6, &Key::new(prefix, a.octets()), cidr)?,
         };
         self.sync_list_flags()?;
         Ok(removed)
     }
 
-    /// The CIDRs of a list.
-    pub fn list(&mut self, list: List) -> Result<Vec<Cidr>, FilterError> {
-        let (v4, v6) = self.tries(list);
-        let mut out = Vec::new();
-        for k in v4.keys() {
-            let k = k.map_err(bpf("listing"))?;
-            out.push(Cidr { addr: IpAddr::V4(Ipv4Addr::from(k.data())), prefix: k.prefix_len() as u8 });
+    /// The CIDRs of a list; for the blocklist, those that still block (see
+    /// [`Rules::blocked`] for their expiries).
+    pub fn list(&self, list: List) -> Result<Vec<Cidr>, FilterError> {
+        if list == List::Block {
+            return Ok(self.blocked()?.into_iter().map(|e| e.cidr).collect());
         }
-        for k in v6.keys() {
-            let k = k.map_err(bpf("listing"))?;
-            out.push(Cidr { addr: IpAddr::V6(Ipv6Addr::from(k.data())), prefix: k.prefix_len() as u8 });
+        let mut out = Vec::new();
+        for k in self.allow_v4.keys() {
+            out.push(v4_cidr(&k.map_err(bpf("listing"))?));
+        }
+        for k in self.allow_v6.keys() {
+            out.push(v6_cidr(&k.map_err(bpf("listing"))?));
         }
         Ok(out)
+    }
+
+    /// The blocklist entries that still block, IPv4 first, with the time
+    /// each has left. Expired entries are left out (and left in the maps:
+    /// see [`Rules::purge_expired`]).
+    pub fn blocked(&self) -> Result<Vec<Entry>, FilterError> {
+        let now = monotonic_ns()?;
+        let mut out = Vec::new();
+        for (cidr, expires) in self.block_entries()? {
+            if let Some(expires_in) = remaining(expires, now) {
+                out.push(Entry { cidr, expires_in });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every blocklist entry with its raw expiry, IPv4 first.
+    fn block_entries(&self) -> Result<Vec<(Cidr, u64)>, FilterError> {
+        let mut out = Vec::new();
+        for kv in self.block_v4.iter() {
+            let (k, expires) = kv.map_err(bpf("listing the blocklist"))?;
+            out.push((v4_cidr(&k), expires));
+        }
+        for kv in self.block_v6.iter() {
+            let (k, expires) = kv.map_err(bpf("listing the blocklist"))?;
+            out.push((v6_cidr(&k), expires));
+        }
+        Ok(out)
+    }
+
+    /// Removes the blocklist entries that have expired (they no longer
+    /// block, but take room and a lookup) and updates the list flags;
+    /// returns how many went. An entry blocked again by another process
+    /// between the read and the removal can be lost with them.
+    pub fn purge_expired(&mut self) -> Result<usize, FilterError> {
+        let now = monotonic_ns()?;
+        let mut purged = 0;
+        for (cidr, expires) in self.block_entries()? {
+            if remaining(expires, now).is_none() && self.remove_block(cidr)? {
+                purged += 1;
+            }
+        }
+        if purged > 0 {
+            self.sync_list_flags()?;
+        }
+        Ok(purged)
+    }
+
+    /// Removes a blocklist entry, leaving the list flags to the caller.
+    fn remove_block(&mut self, cidr: Cidr) -> Result<bool, FilterError> {
+        let prefix = u32::from(cidr.prefix);
+        match cidr.addr {
+            IpAddr::V4(a) => remove_key(&mut self.block_v4, &Key::new(prefix, a.octets()), cidr),
+            IpAddr::V6(a) => remove_key(&mut self.block_v6, &Key::new(prefix, a.octets()), cidr),
+        }
     }
 
     /// Sets the per-source rates (packets/s, 0: unlimited) and bursts
@@ -504,5 +768,37 @@ impl Rules {
         v.sort_by(|a, b| b.dropped.cmp(&a.dropped).then(a.addr.cmp(&b.addr)));
         v.truncate(n);
         Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_are_now_plus_the_ttl_and_zero_for_good() {
+        assert_eq!(expiry_ns(5_000, None, 32), BLOCK_PERMANENT);
+        // 7 000 ns rounded up to 256 ns, with the prefix length in the low byte.
+        assert_eq!(expiry_ns(5_000, Some(Duration::from_micros(2)), 24), 7_168 | 24);
+        assert!(expiry_ns(5_000, Some(Duration::MAX), 128) > u64::MAX - 256, "saturates: blocks for good");
+    }
+
+    #[test]
+    fn remaining_time_counts_down_to_nothing() {
+        assert_eq!(remaining(BLOCK_PERMANENT, 123), Some(None));
+        assert_eq!(remaining(10_000, 4_000), Some(Some(Duration::from_nanos(6_000))));
+        assert_eq!(remaining(10_000, 10_000), None, "over at its expiry, as the program judges");
+        assert_eq!(remaining(10_000, 20_000), None);
+    }
+
+    #[test]
+    fn a_size_mismatch_says_what_to_do() {
+        let e = typed(
+            Path::new("/sys/fs/bpf/portcullis/maps/BLOCK_V4"),
+            MapError::InvalidValueSize { size: 8, expected: 1 },
+        );
+        let text = e.to_string();
+        assert!(matches!(e, FilterError::StaleMap { found: 1, needed: 8, .. }), "{e:?}");
+        assert!(text.contains("BLOCK_V4") && text.contains("1-byte values") && text.contains("filter purge"), "{text}");
     }
 }

@@ -69,9 +69,14 @@ pub mod maps {
     pub const CONFIG: &str = "CONFIG";
     /// `Array<u8>` indexed by [`crate::port_index`]: the gateway ports.
     pub const PORTS: &str = "PORTS";
-    /// `LpmTrie<[u8; 4], u8>`: blocked IPv4 sources.
+    /// `LpmTrie<[u8; 4], u64>`: blocked IPv4 sources. The value is when the
+    /// block ends, in `bpf_ktime_get_ns` time (CLOCK_MONOTONIC, ns), or
+    /// [`BLOCK_PERMANENT`](crate::BLOCK_PERMANENT); see
+    /// [`block_active`](crate::block_active). The low byte of an expiry is
+    /// the entry's prefix length ([`block_value`](crate::block_value)).
     pub const BLOCK_V4: &str = "BLOCK_V4";
-    /// `LpmTrie<[u8; 16], u8>`: blocked IPv6 sources.
+    /// `LpmTrie<[u8; 16], u64>`: blocked IPv6 sources, valued as
+    /// [`BLOCK_V4`].
     pub const BLOCK_V6: &str = "BLOCK_V6";
     /// `LpmTrie<[u8; 4], u8>`: IPv4 sources that bypass rate limits.
     pub const ALLOW_V4: &str = "ALLOW_V4";
@@ -84,6 +89,37 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `XskMap`: the AF_XDP socket of each receive queue.
     pub const XSKS: &str = "XSKS";
+}
+
+/// The value of a blocklist entry that never expires.
+pub const BLOCK_PERMANENT: u64 = 0;
+
+/// Whether a blocklist entry whose value is `expires_ns` (see
+/// [`maps::BLOCK_V4`]) still blocks at `now_ns` (CLOCK_MONOTONIC, ns): it is
+/// permanent, or its end is still ahead. An entry that no longer blocks is
+/// as if it were not listed, until userspace removes it. Shared by the XDP
+/// program and the loader so both judge expiry alike.
+#[inline(always)]
+pub const fn block_active(expires_ns: u64, now_ns: u64) -> bool {
+    expires_ns == BLOCK_PERMANENT || now_ns < expires_ns
+}
+
+/// The blocklist value of an entry of `prefix_len` bits whose block ends
+/// at `end_ns` (CLOCK_MONOTONIC): the time rounded up to a multiple of
+/// 256 ns (and never 0, which is [`BLOCK_PERMANENT`]), with the prefix
+/// length in its low byte. Once the entry has expired, the program looks up
+/// the broader entries around it just under that length, in one lookup
+/// instead of one per bit.
+#[inline(always)]
+pub const fn block_value(end_ns: u64, prefix_len: u8) -> u64 {
+    let rounded = end_ns.saturating_add(0xff) & !0xff;
+    (if rounded == 0 { 0x100 } else { rounded }) | prefix_len as u64
+}
+
+/// The prefix length a blocklist value carries (see [`block_value`]).
+#[inline(always)]
+pub const fn block_prefix_len(value: u64) -> u32 {
+    (value & 0xff) as u32
 }
 
 /// Index of a gateway port in the ports array: UDP ports first, then TCP.
@@ -241,6 +277,20 @@ mod tests {
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i);
         }
+    }
+
+    #[test]
+    fn a_block_ends_at_its_expiry() {
+        assert!(block_active(BLOCK_PERMANENT, u64::MAX), "permanent");
+        assert!(block_active(1_000, 999));
+        assert!(!block_active(1_000, 1_000), "over at its expiry");
+        assert!(!block_active(1_000, 5_000));
+        let v = block_value(1_000, 24);
+        assert_eq!((v, block_prefix_len(v)), (1_024 | 24, 24), "rounded up, the length in the low byte");
+        assert!(block_active(v, 1_000) && !block_active(v, 1_024 + 24));
+        assert_eq!(block_value(512, 128), 512 | 128, "an aligned time stays");
+        assert_eq!(block_prefix_len(block_value(u64::MAX, 32)), 32);
+        assert_ne!(block_value(0, 0), BLOCK_PERMANENT, "a time is never taken for permanent");
     }
 
     #[test]

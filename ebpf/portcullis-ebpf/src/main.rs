@@ -6,7 +6,9 @@
 //!    headers are dropped; fragments after the first pay the source's UDP
 //!    bucket;
 //! 2. drop sources in the blocklists (LPM tries, IPv4 and IPv6; blocked
-//!    sources are counted per reason, not per source);
+//!    sources are counted per reason, not per source). An entry may carry
+//!    an expiry, enforced here with no userspace running: an expired entry
+//!    neither blocks nor hides the broader entries it sits in;
 //! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
 //! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket (per
 //!    IPv4 address, per IPv6 /64; direct-mapped into an array by a keyed
@@ -27,14 +29,14 @@
 use core::mem::size_of;
 
 use aya_ebpf::bindings::xdp_action;
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use aya_ebpf::macros::{map, xdp};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::{
-    bucket_kind, bucket_slot, ip_proto, lists, port_index, v4_mapped, Bucket, BucketKey, FilterConfig, Verdict,
-    BUCKET_SLOTS, MICRO,
+    block_active, block_prefix_len, bucket_kind, bucket_slot, ip_proto, lists, port_index, v4_mapped, Bucket,
+    BucketKey, FilterConfig, Verdict, BLOCK_PERMANENT, BUCKET_SLOTS, MICRO,
 };
 
 #[map]
@@ -44,10 +46,12 @@ static CONFIG: Array<FilterConfig> = Array::pinned(1, 0);
 /// a hash lookup on every packet.
 #[map]
 static PORTS: Array<u8> = Array::pinned(2 * 65_536, 0);
+/// Blocked sources; the value is when the block ends (`bpf_ktime_get_ns`),
+/// 0 for never.
 #[map]
-static BLOCK_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(65_536, 0);
+static BLOCK_V4: LpmTrie<[u8; 4], u64> = LpmTrie::pinned(65_536, 0);
 #[map]
-static BLOCK_V6: LpmTrie<[u8; 16], u8> = LpmTrie::pinned(65_536, 0);
+static BLOCK_V6: LpmTrie<[u8; 16], u64> = LpmTrie::pinned(65_536, 0);
 #[map]
 static ALLOW_V4: LpmTrie<[u8; 4], u8> = LpmTrie::pinned(4_096, 0);
 #[map]
@@ -264,9 +268,47 @@ fn later_fragment(p: &Packet) -> Verdict {
 #[inline(always)]
 fn blocked(p: &Packet, lists: u32) -> bool {
     match p.v4 {
-        Some(a) => lists & lists::BLOCK_V4 != 0 && BLOCK_V4.get(Key::new(32, a)).is_some(),
-        None => lists & lists::BLOCK_V6 != 0 && BLOCK_V6.get(Key::new(128, p.src)).is_some(),
+        Some(a) => lists & lists::BLOCK_V4 != 0 && block_in(&BLOCK_V4, a),
+        None => lists & lists::BLOCK_V6 != 0 && block_in(&BLOCK_V6, p.src),
     }
+}
+
+/// Whether an entry of `trie` that has not expired covers `addr`.
+///
+/// The lookup returns the longest matching entry only. When that one has
+/// expired, the broader entries around it (a permanent /24 around an
+/// expired /32) still apply: the lookup just under the expired entry's
+/// prefix length, which its value carries ([`block_prefix_len`]), returns
+/// the next one out. One more lookup per expired entry passed, and only for
+/// sources of an expired entry, until userspace purges it.
+#[inline(always)]
+fn block_in<const N: usize>(trie: &LpmTrie<[u8; N], u64>, addr: [u8; N]) -> bool {
+    let bits = (N * 8) as u32;
+    let Some(&value) = trie.get(Key::new(bits, addr)) else { return false };
+    if value == BLOCK_PERMANENT {
+        return true;
+    }
+    // SAFETY: a read of CLOCK_MONOTONIC, the clock userspace computes
+    // expiries with (the coarse one lags by up to a tick).
+    let now = unsafe { bpf_ktime_get_ns() };
+    if block_active(value, now) {
+        return true;
+    }
+    // Lookups at lengths under `below` skip the expired entries passed. A
+    // value without its length (written by another tool) costs a step per
+    // bit instead, never a missed entry, thanks to the `min`.
+    let mut below = block_prefix_len(value).min(bits);
+    for _ in 0..bits {
+        if below == 0 {
+            return false;
+        }
+        let Some(&value) = trie.get(Key::new(below - 1, addr)) else { return false };
+        if block_active(value, now) {
+            return true;
+        }
+        below = block_prefix_len(value).min(below - 1);
+    }
+    false
 }
 
 /// Whether the source is allowlisted; empty lists are not looked up.

@@ -138,7 +138,10 @@ mod tests {
         log.push(ev(EventKind::Kick));
         assert_eq!(log.last_seq(), EVENT_CAPACITY as u64 + 11);
         let tail = log.after(EVENT_CAPACITY as u64 + 9, 10);
-        assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), [EVENT_CAPACITY as u64 + 10, EVENT_CAPACITY as u64 + 11]);
+        assert_eq!(
+            tail.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [EVENT_CAPACITY as u64 + 10, EVENT_CAPACITY as u64 + 11]
+        );
         assert_eq!(tail[1].kind, EventKind::Kick);
         let all = log.after(0, usize::MAX);
         assert_eq!(all.len(), EVENT_CAPACITY);

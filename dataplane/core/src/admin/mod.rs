@@ -170,7 +170,9 @@ impl Gateway {
     /// Carries out an operator command and answers it.
     pub(crate) fn on_admin(&mut self, op: AdminOp, reply: AdminReply) {
         let answer = match op {
-            AdminOp::ListSessions { filter, after, limit } => AdminAnswer::Sessions(self.list_sessions(&filter, after, limit)),
+            AdminOp::ListSessions { filter, after, limit } => {
+                AdminAnswer::Sessions(self.list_sessions(&filter, after, limit))
+            }
             AdminOp::Kick { target, reason, reconnect } => {
                 let targets = match target {
                     KickTarget::Session(id) => vec![id],

@@ -631,7 +631,10 @@ impl Config {
         keys.dedup();
         let (mut live, mut restart) = (Vec::new(), Vec::new());
         for key in keys.into_iter().filter(|k| old.get(*k) != new.get(*k)) {
-            if RESTART_KEYS.iter().any(|r| key == r || key.starts_with(&format!("{r}.")) || key.starts_with(&format!("{r}["))) {
+            if RESTART_KEYS
+                .iter()
+                .any(|r| key == r || key.starts_with(&format!("{r}.")) || key.starts_with(&format!("{r}[")))
+            {
                 restart.push(key.clone());
             } else {
                 live.push(key.clone());
@@ -658,25 +661,28 @@ impl Config {
 
     /// A copy with keys of `[limits]` set from TOML values (`"50"`,
     /// `"true"`…); the result is validated, and an error names the key.
-    pub fn with_limits<'a>(&self, changes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Config, ConfigError> {
-        let mut value = toml::Value::try_from(self).map_err(|e| invalid("limits", e.to_string()))?;
-        let limits = value
-            .get_mut("limits")
-            .and_then(toml::Value::as_table_mut)
-            .ok_or_else(|| invalid("limits", "the running config has no [limits]"))?;
+    pub fn with_limits<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Config, ConfigError> {
+        let mut limits = toml::Table::try_from(&self.limits).map_err(|e| invalid("limits", e.to_string()))?;
         for (key, text) in changes {
             let key_path = format!("limits.{key}");
             if !limits.contains_key(key) {
                 return Err(invalid(key_path, "no such limit"));
             }
-            let v: toml::Value = toml::from_str::<toml::Table>(&format!("v = {text}"))
+            let v = toml::from_str::<toml::Table>(&format!("v = {text}"))
                 .ok()
                 .and_then(|mut t| t.remove("v"))
                 .ok_or_else(|| invalid(key_path.clone(), format!("{text:?} is not a TOML value")))?;
             limits.insert(key.to_string(), v);
+            // Each key on its own, so that an error names it.
+            LimitsConfig::deserialize(toml::Value::Table(limits.clone()))
+                .map_err(|e| invalid(key_path, e.message().to_string()))?;
         }
-        let config: Config =
-            value.try_into().map_err(|e: toml::de::Error| ConfigError::Parse { path: "limits".into(), message: e.to_string() })?;
+        let mut config = self.clone();
+        config.limits =
+            LimitsConfig::deserialize(toml::Value::Table(limits)).map_err(|e| invalid("limits", e.to_string()))?;
         config.validate()?;
         Ok(config)
     }

@@ -9,11 +9,11 @@ use portcullis_proto::pb::link::{link_frame, Hello, Ping, SessionClosed};
 use portcullis_proto::{cmd, flags, Envelope, Framing};
 
 use super::Gateway;
+use crate::admin::EventKind;
 use crate::backend::{InFlight, LinkState, Pending, MAX_LINK_FRAME};
 use crate::conn::ConnId;
 use crate::route::{LinkId, PickKey};
 use crate::session::SessionId;
-use crate::admin::EventKind;
 use crate::shard::CrossMsg;
 
 /// Where an answer from a game server goes.
@@ -347,7 +347,10 @@ impl Gateway {
                         if draining { "draining" } else { "taking new sessions" }
                     );
                     l.draining = draining;
-                    let (addr, kind) = (l.addr.to_string(), if draining { EventKind::BackendDrain } else { EventKind::BackendUndrain });
+                    let (addr, kind) = (
+                        l.addr.to_string(),
+                        if draining { EventKind::BackendDrain } else { EventKind::BackendUndrain },
+                    );
                     self.event(kind, 0, "", &addr, "announced by the game server");
                 }
             }

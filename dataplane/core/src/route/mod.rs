@@ -134,8 +134,11 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let servers: Vec<_> =
-                    s.servers.iter().map(|srv| (link_of(i, srv.addr()), srv.addr().to_string(), srv.weight())).collect();
+                let servers: Vec<_> = s
+                    .servers
+                    .iter()
+                    .map(|srv| (link_of(i, srv.addr()), srv.addr().to_string(), srv.weight()))
+                    .collect();
                 Service::new(&s.name, s.balance, s.sticky, &servers)
             })
             .collect();

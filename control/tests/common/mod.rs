@@ -1,0 +1,156 @@
+//! A managed gateway for the control-plane tests: a test stack (gateway
+//! workers and sample game servers, on loopback or on the AF_XDP harness as
+//! `PORTCULLIS_E2E_IO` says) with its agent API on a Unix socket, and the
+//! real `portcullis-control` process managing it.
+#![allow(dead_code)]
+
+pub mod dashboard;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use portcullis_control::client;
+pub use portcullis_control::client::Client;
+use portcullis_dataplane::agent::{AgentHandle, AgentState};
+use portcullis_proto::pb::admin as pb;
+use portcullis_tests::{Stack, StackOptions};
+
+/// The admin token of test control planes.
+pub const ADMIN: &str = "admin-token-0123456789abcdef";
+/// The read-only token.
+pub const READ: &str = "read-token-0123456789abcdef";
+
+/// A port the OS just had free on loopback.
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A gateway with its agent, and control.
+pub struct Managed {
+    pub stack: Stack,
+    pub dir: PathBuf,
+    pub api: SocketAddr,
+    pub metrics: SocketAddr,
+    pub control: Option<Child>,
+    agent: Option<AgentHandle>,
+}
+
+impl Managed {
+    /// Starts a stack (see [`StackOptions`]), its agent and control.
+    pub async fn start(name: &str, opts: StackOptions) -> Managed {
+        let dir = std::env::temp_dir().join(format!("portcullis-control-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stack = Stack::start_with(opts).await;
+        let socket = dir.join("agent.sock");
+        let state = AgentState::new(
+            &stack.config,
+            None,
+            "test",
+            stack.gateway.shared().clone(),
+            stack.gateway.status_reports(),
+        );
+        let agent = state.serve(&socket).expect("agent API");
+        let (api, metrics) = (free_port(), free_port());
+        std::fs::write(
+            dir.join("control.toml"),
+            format!(
+                "[api]\nlisten = \"{api}\"\n\
+                 [[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
+                 [[api.tokens]]\nname = \"dashboard\"\ntoken = \"{READ}\"\nrole = \"read\"\n\
+                 [metrics]\nlisten = \"{metrics}\"\n\
+                 [[dataplanes]]\nname = \"{}\"\nsocket = \"{}\"\n",
+                stack.config.gateway.name,
+                socket.display()
+            ),
+        )
+        .unwrap();
+        let mut m = Managed { stack, dir, api, metrics, control: None, agent: Some(agent) };
+        m.start_control().await;
+        m
+    }
+
+    /// Starts (or restarts) the control process and waits until it answers.
+    pub async fn start_control(&mut self) {
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis-control"))
+            .arg("--config")
+            .arg(self.dir.join("control.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start portcullis-control");
+        self.control = Some(child);
+        for _ in 0..200 {
+            if let Ok(mut c) = self.client(Some(ADMIN)).await {
+                if c.status(pb::StatusRequest::default()).await.is_ok_and(|s| s.get_ref().unreachable.is_empty()) {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("portcullis-control never answered with its dataplane reachable");
+    }
+
+    /// Kills the control process (SIGKILL, as a crash).
+    pub fn kill_control(&mut self) {
+        if let Some(mut c) = self.control.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A client of the admin API with `token`.
+    pub async fn client(&self, token: Option<&str>) -> anyhow::Result<Client> {
+        client::connect(&format!("http://{}", self.api), token, None).await
+    }
+
+    /// An admin client.
+    pub async fn admin(&self) -> Client {
+        self.client(Some(ADMIN)).await.expect("admin client")
+    }
+
+    /// Runs portcullisctl with the admin token; its stdout (it must succeed).
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.ctl_as(ADMIN, args);
+        assert!(ok, "portcullisctl {args:?} failed: {err}");
+        out
+    }
+
+    /// Runs portcullisctl with `token`: success, stdout, stderr.
+    pub fn ctl_as(&self, token: &str, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullisctl"))
+            .arg("--control")
+            .arg(format!("http://{}", self.api))
+            .args(args)
+            .env("PORTCULLIS_TOKEN", token)
+            .output()
+            .expect("run portcullisctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The text of `/metrics`.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.metrics).await.expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+        body.to_string()
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill_control();
+        self.agent.take();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
