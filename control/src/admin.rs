@@ -177,7 +177,7 @@ impl pb::admin_server::Admin for AdminService {
     async fn get_session(&self, req: Request<pb::SessionRef>) -> Result<Response<pb::SessionInfo>, Status> {
         guarded!(self, req, "GetSession", Role::Read, {
             for n in &self.nodes {
-                match n.client.clone().get_session(req.get_ref().clone()).await {
+                match n.client.clone().get_session(*req.get_ref()).await {
                     Ok(s) => return Ok(s.into_inner()),
                     Err(e) if e.code() == tonic::Code::NotFound => {}
                     Err(e) => return Err(node_error(n, e)),
@@ -352,10 +352,8 @@ impl pb::admin_server::Admin for AdminService {
                         }
                         Err(broadcast::error::RecvError::Closed) => return,
                     };
-                    if kinds.is_empty() || kinds.iter().any(|k| *k == e.kind) {
-                        if tx.send(Ok(e)).await.is_err() {
-                            return;
-                        }
+                    if (kinds.is_empty() || kinds.contains(&e.kind)) && tx.send(Ok(e)).await.is_err() {
+                        return;
                     }
                 }
             });

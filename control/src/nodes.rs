@@ -64,14 +64,9 @@ impl Node {
                         reported = false;
                     }
                     let mut stream = stream.into_inner();
-                    loop {
-                        match stream.message().await {
-                            Ok(Some(e)) => {
-                                after = e.seq;
-                                let _ = tx.send(e);
-                            }
-                            Ok(None) | Err(_) => break,
-                        }
+                    while let Ok(Some(e)) = stream.message().await {
+                        after = e.seq;
+                        let _ = tx.send(e);
                     }
                 }
                 Err(e) if !reported => {

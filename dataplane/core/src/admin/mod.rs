@@ -251,7 +251,7 @@ impl Gateway {
         })
     }
 
-    fn link_views(&self) -> Vec<LinkView> {
+    pub(crate) fn link_views(&self) -> Vec<LinkView> {
         self.links
             .iter()
             .enumerate()

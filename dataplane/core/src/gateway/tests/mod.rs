@@ -742,5 +742,6 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
     assert!(h.closed.contains(&late));
 }
 
+mod admin;
 mod hostile;
 mod resilience;
