@@ -468,3 +468,95 @@ fn a_blocklist_pinned_by_an_older_build_is_refused_clearly_then_converted_by_att
     assert!(drain(&rx).is_empty());
     assert_eq!(s.counter(Verdict::DropBlocklisted) - before, 100);
 }
+
+/// `portcullis-control` with only the filter of `s` (no dataplane); killed
+/// on drop.
+struct ControlProcess {
+    child: std::process::Child,
+    api: String,
+    dir: PathBuf,
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const ADMIN_TOKEN: &str = "filter-admin-token-0123456789";
+const READ_TOKEN: &str = "filter-read-token-0123456789";
+
+impl Setup {
+    fn control(&self) -> ControlProcess {
+        let dir = std::env::temp_dir().join(format!("portcullis-filter-control-{}", self.pin.display()).replace('/', "_"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = |_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let (api, metrics) = (port(0), port(1));
+        let config = dir.join("control.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[api]\nlisten = \"{api}\"\n[[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN_TOKEN}\"\nrole = \"admin\"\n\
+                 [[api.tokens]]\nname = \"viewer\"\ntoken = \"{READ_TOKEN}\"\nrole = \"read\"\n\
+                 [metrics]\nlisten = \"{metrics}\"\n[filter]\npin_dir = \"{}\"\n",
+                self.pin.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_portcullis-control"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("start portcullis-control");
+        let c = ControlProcess { child, api: format!("http://{api}"), dir };
+        let ready = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(api).is_err() {
+            assert!(Instant::now() < ready, "control never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// `portcullisctl --control … filter args` with `token`.
+    fn ctl_via(&self, c: &ControlProcess, token: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_portcullisctl"))
+            .args(["--control", &c.api, "filter"])
+            .args(args)
+            .env("PORTCULLIS_TOKEN", token)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    }
+}
+
+#[test]
+fn the_filter_through_the_control_plane_blocks_with_an_expiry_and_refuses_readers() {
+    let Some(s) = setup("filter_via_control", (0, 0)) else { return };
+    let c = s.control();
+    let rx = s.receiver(GATEWAY_V4.into());
+    let (ok, text) = s.ctl_via(&c, READ_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "2s"]);
+    assert!(!ok && text.contains("PermissionDenied"), "{text}");
+    let started = Instant::now();
+    let (ok, text) = s.ctl_via(&c, ADMIN_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "2s"]);
+    assert!(ok && text.contains("10.77.0.23/32 (expires in"), "{text}");
+    s.send_from(v4(23), 100);
+    assert!(drain(&rx).is_empty(), "blocked at the NIC while the block lasts");
+    let (ok, status) = s.ctl_via(&c, READ_TOKEN, &["status"]);
+    assert!(ok && status.contains("drop_blocklisted 100") && status.contains("udp:7000"), "{status}");
+    let (ok, json) = s.ctl_via(&c, READ_TOKEN, &["--json", "status"]);
+    assert!(ok, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["blocked"][0]["expires_in_ms"].as_u64().unwrap() <= 2000);
+    // Rates and ports change through control too.
+    let (ok, text) = s.ctl_via(&c, ADMIN_TOKEN, &["rate", "--udp", "50/100"]);
+    assert!(ok && text.contains("udp 50/s burst 100"), "{text}");
+    sleep_past(started + Duration::from_secs(2));
+    s.send_from(v4(23), 10);
+    assert_eq!(drain(&rx).get(&v4(23)).copied(), Some(10), "the block ended by itself");
+    let (_, status) = s.ctl_via(&c, READ_TOKEN, &["status"]);
+    assert!(!status.contains("10.77.0.23"), "expired entries are purged: {status}");
+}
