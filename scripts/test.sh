@@ -19,6 +19,8 @@ cargo test --workspace --locked
 if [ "$(id -u)" -eq 0 ]; then
     echo "== the AF_XDP and DPDK backends (features $features), and the end-to-end suite again on AF_XDP (veth harness, TCP in userspace)"
     PORTCULLIS_E2E_IO=afxdp cargo test --locked --features "$features" -p portcullis-dataplane -p portcullis-tests
+    echo "== the control plane against a gateway on AF_XDP (veth harness)"
+    PORTCULLIS_E2E_IO=afxdp cargo test --locked --features "$features" -p portcullis-control --test control_api
 else
     echo "== the AF_XDP and DPDK backends (features $features); their tests on the veth harness skip: they need root"
     cargo test --locked --features "$features" -p portcullis-dataplane

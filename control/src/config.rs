@@ -162,3 +162,43 @@ impl TokenConfig {
         Ok(token.into_bytes())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "a-token-of-at-least-16-bytes";
+
+    fn api(tokens: &str) -> String {
+        format!("[api]\nlisten = \"127.0.0.1:0\"\n{tokens}\n")
+    }
+
+    #[test]
+    fn the_shipped_control_config_is_valid() {
+        std::env::set_var("PORTCULLIS_ADMIN_TOKEN", TOKEN);
+        let c = ControlConfig::parse(include_str!("../../config/control.toml"), "config/control.toml").unwrap();
+        assert_eq!(c.dataplanes[0].name, "portcullis-1");
+        assert_eq!(c.api.tokens[0].role, Role::Admin);
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_configs_are_refused_naming_the_key() {
+        let err = |text: &str| ControlConfig::parse(text, "test").unwrap_err().to_string();
+        assert!(err(&api("tokens = []")).contains("api.tokens"));
+        let short = api("[[api.tokens]]\nname = \"x\"\ntoken = \"short\"\nrole = \"read\"");
+        assert!(err(&short).contains("api.tokens[0]") && err(&short).contains("16 bytes"));
+        let two_sources =
+            api(&format!("[[api.tokens]]\nname = \"x\"\ntoken = \"{TOKEN}\"\ntoken_env = \"X\"\nrole = \"read\""));
+        assert!(err(&two_sources).contains("exactly one"));
+        let bad_role = api(&format!("[[api.tokens]]\nname = \"x\"\ntoken = \"{TOKEN}\"\nrole = \"root\""));
+        assert!(err(&bad_role).contains("role"), "{}", err(&bad_role));
+        let ok = api(&format!("[[api.tokens]]\nname = \"x\"\ntoken = \"{TOKEN}\"\nrole = \"read\""));
+        let dup = format!(
+            "{ok}[[dataplanes]]\nname = \"a\"\nsocket = \"/a\"\n[[dataplanes]]\nname = \"a\"\nsocket = \"/b\"\n"
+        );
+        assert!(err(&dup).contains("used twice"));
+        let half_tls = ok.replace("[api]\n", "[api]\ntls_cert = \"/c.pem\"\n");
+        assert!(err(&half_tls).contains("tls_key"));
+    }
+}

@@ -490,7 +490,8 @@ const READ_TOKEN: &str = "filter-read-token-0123456789";
 
 impl Setup {
     fn control(&self) -> ControlProcess {
-        let dir = std::env::temp_dir().join(format!("portcullis-filter-control-{}", self.pin.display()).replace('/', "_"));
+        let dir =
+            std::env::temp_dir().join(format!("portcullis-filter-control-{}", self.pin.display()).replace('/', "_"));
         std::fs::create_dir_all(&dir).unwrap();
         let port = |_| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let (api, metrics) = (port(0), port(1));

@@ -100,9 +100,15 @@ impl AgentState {
     }
 
     /// Serves the agent API on a Unix socket at `path` (replacing a stale
-    /// one; mode 0600, its directory created 0700 if missing) on a thread of
-    /// its own.
+    /// one, but not one another process still serves; mode 0600, its
+    /// directory created 0700 if missing) on a thread of its own.
     pub fn serve(self, path: &Path) -> std::io::Result<AgentHandle> {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another process serves an agent API at {}", path.display()),
+            ));
+        }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
             std::fs::create_dir_all(dir)?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

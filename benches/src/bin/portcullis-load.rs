@@ -421,9 +421,17 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
         let (seen, counts, stop) = (counts.clone(), counts.clone(), stop.clone());
         let show = i < 3; // print what the first few players see
         let me = format!("player-{i}");
+        // An operator may kick a player (the demo does): it stops playing.
+        let kicked = Arc::new(AtomicBool::new(false));
+        let was_kicked = kicked.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 seen.received.fetch_add(1, Ordering::Relaxed);
+                if let Event::Kicked { reason, .. } = &e {
+                    println!("  {me} was kicked: {reason}");
+                    was_kicked.store(true, Ordering::Relaxed);
+                    return;
+                }
                 if !show {
                     continue;
                 }
@@ -434,6 +442,9 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                     Event::Delivery { from_user_id, group, payload, .. } => {
                         let to = if group.is_empty() { "privately".to_string() } else { format!("in {group}") };
                         println!("  {me} gets from {from_user_id} {to}: {}", String::from_utf8_lossy(&payload))
+                    }
+                    Event::Push { cmd, payload } if cmd != CHAT_MESSAGE => {
+                        println!("  {me} gets a notice ({cmd}): {}", String::from_utf8_lossy(&payload))
                     }
                     Event::Closed => return,
                     other => println!("  {me}: {other:?}"),
@@ -449,7 +460,7 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                 x ^= x << 17;
                 x
             };
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && !kicked.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(400 + next() % 800)).await;
                 let ok = match next() % 5 {
                     0 => c
@@ -470,6 +481,15 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
                 };
                 match ok {
                     Ok(counter) => counter.fetch_add(1, Ordering::Relaxed),
+                    Err(_)
+                        if {
+                            // The KICK may be read just after the close failed a request.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            kicked.load(Ordering::Relaxed)
+                        } =>
+                    {
+                        break
+                    }
                     Err(e) => {
                         eprintln!("  player-{i}: request failed: {e}");
                         counts.failures.fetch_add(1, Ordering::Relaxed)

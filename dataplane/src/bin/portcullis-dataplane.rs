@@ -105,7 +105,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 gateway.shared().clone(),
                 gateway.status_reports(),
             );
-            Some(state.serve(std::path::Path::new(path)).with_context(|| format!("agent.socket = {path}"))?)
+            // Players do not depend on the control plane: without its
+            // socket the dataplane serves on, unmanaged, and says so.
+            match state.serve(std::path::Path::new(path)) {
+                Ok(agent) => Some(agent),
+                Err(e) => {
+                    tracing::error!(
+                        "agent.socket = {path}: {e}; serving without the agent API (portcullis-control cannot manage this dataplane)"
+                    );
+                    None
+                }
+            }
         }
         None => None,
     };

@@ -42,7 +42,9 @@ impl Gateway {
 
     /// Picks the game server of `service` for a session's request: its
     /// sticky server while that is up, else one chosen by the service's
-    /// policy among servers that take new sessions.
+    /// policy among servers that take new sessions — or that this session
+    /// already used: a drained (or draining) server keeps serving the
+    /// sessions it has and gets no new ones.
     pub(crate) fn pick_link(&mut self, session: SessionId, service: usize, route_key: Option<&[u8]>) -> Option<LinkId> {
         let s = self.sessions.get_mut(session)?;
         let (links, max) = (&self.links, self.limits.max_link_outbound);
@@ -55,7 +57,9 @@ impl Gateway {
             }
         }
         let key = PickKey { user_id: s.user_id().unwrap_or_default(), route_key };
-        let link = svc.pick(key, |l| links[l].accepts_new(max), |l| links[l].inflight.len())?;
+        let used = s.links_used;
+        let usable = |l: LinkId| links[l].accepts_new(max) || (links[l].accepts(max) && used & (1 << (l % 64)) != 0);
+        let link = svc.pick(key, usable, |l| links[l].inflight.len())?;
         if svc.sticky {
             s.sticky.retain(|(sv, _)| usize::from(*sv) != service);
             s.sticky.push((service as u16, link as u16));

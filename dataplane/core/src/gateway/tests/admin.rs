@@ -163,3 +163,35 @@ fn config_changes_say_what_applies_live_and_limit_errors_name_the_key() {
     let err = old.with_limits([("ip_rate", "ten")]).unwrap_err().to_string();
     assert!(err.contains("limits.ip_rate"), "{err}");
 }
+
+#[test]
+fn a_drained_server_keeps_the_sessions_it_has_and_gets_no_new_ones() {
+    let mut h = Harness::new("");
+    h.links_up();
+    let old = h.connect(Codec::Protobuf);
+    h.login(old, "old");
+    for seq in 10..12 {
+        h.send(old, &Envelope::new(1000, seq, 0, b"x")); // round robin: one request to each server
+    }
+    let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    ask_all(&mut h, || AdminOp::Drain { addr, drained: true });
+    h.link_sent.clear();
+    let new = h.connect(Codec::Protobuf);
+    h.login(new, "new");
+    for seq in 10..16 {
+        h.send(new, &Envelope::new(1000, seq, 0, b"x"));
+        h.send(old, &Envelope::new(1000, seq + 10, 0, b"x"));
+    }
+    let to_drained: Vec<u64> = h
+        .link_frames(0)
+        .into_iter()
+        .filter_map(|k| if let Kind::Request(r) = k { Some(r.session_id) } else { None })
+        .collect();
+    let old_id = h.cores[0].session_of(old).unwrap();
+    assert!(!to_drained.is_empty() && to_drained.iter().all(|s| *s == old_id), "{to_drained:?}");
+    assert!(h.cores[0].link_views()[0].drained);
+    ask_all(&mut h, || AdminOp::Drain { addr, drained: false });
+    assert!(!h.cores[0].link_views()[0].drained);
+    let drains: Vec<EventKind> = h.cores[0].shared().events().after(0, 100).iter().map(|e| e.kind).collect();
+    assert!(drains.contains(&EventKind::BackendDrain) && drains.contains(&EventKind::BackendUndrain));
+}
