@@ -4,13 +4,14 @@
 # one worker, no per-player rate limits, its agent socket in a temp dir) and
 # `portcullis-control`, release builds.
 #
-# 1. Admin API cost under load: ROUNDS (default 3) pairs of closed-loop echo
+# 1. Admin API cost under load: ROUNDS (default 5) pairs of closed-loop echo
 #    runs of CLIENTS (default 200) players for DURATION (default 8) s each,
 #    one with nothing watching, one with /metrics scraped every second and a
 #    Watch open (portcullis-control-bench observe); the gateway's messages
 #    per CPU second of each (portcullis-load --cpu-pid) and their ratio.
 #    Target: within 2 %.
-# 2. ListSessions of SESSIONS (default 50 000) sessions: logged in by
+# 2. ListSessions of SESSIONS (default 50 000) sessions (and those the
+#    echo runs left waiting for a RESUME): logged in by
 #    batches of 12 500 idle players whose connections then close (the
 #    sessions wait for a RESUME, resume_window_ms = 600000, so no batch holds
 #    more descriptors than this machine allows), then listed in pages of
@@ -19,7 +20,7 @@
 # Everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 CLIENTS="${CLIENTS:-200}"
 DURATION="${DURATION:-8}"
 SESSIONS="${SESSIONS:-50000}"
@@ -86,6 +87,7 @@ per_cpu() { # a load line: round trips / dataplane CPU s
     sed -n 's/.*(\([0-9]*\) round trips.*cpu \([0-9.]*\) machine.*/\1 \2/p' <<<"$1" | awk '{ printf "%.0f", $1 / $2 }'
 }
 ratios=()
+[ "${SKIP_COST:-0}" = 1 ] && ROUNDS=0
 for r in $(seq "$ROUNDS"); do
     quiet=$(load)
     "$bin/portcullis-control-bench" observe --seconds $((DURATION + 2)) >"$tmp/observe.log" &
@@ -97,8 +99,21 @@ for r in $(seq "$ROUNDS"); do
     printf 'round %d: nothing watching %s msg/dataplane-CPU-s | scraped every 1 s + Watch open %s msg/dataplane-CPU-s | ratio %s (%s)\n' \
         "$r" "$q" "$w" "${ratios[-1]}" "$(cat "$tmp/observe.log")"
 done
+[ "$ROUNDS" -gt 0 ] && {
 median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
-echo "median ratio (watched / quiet): $median  (target >= 0.98)"
+echo "median ratio (watched / quiet): $median  (target >= 0.98; single runs scatter by about ±10 % on this machine)"
+# The same cost measured directly: the dataplane's CPU seconds while idle,
+# over IDLE_SECS (default 20) with and without a scrape every second.
+idle=${IDLE_SECS:-20}
+# Nanoseconds on CPU of every thread of the dataplane (schedstat).
+cpu() { cat /proc/"$gateway"/task/*/schedstat | awk '{ t += $1 } END { printf "%.0f", t }'; }
+c0=$(cpu); sleep "$idle"; c1=$(cpu)
+"$bin/portcullis-control-bench" observe --seconds "$idle" >/dev/null
+c2=$(cpu)
+awk -v q=$((c1 - c0)) -v w=$((c2 - c1)) -v n="$idle" 'BEGIN {
+    printf "idle dataplane: %.1f ms CPU in %d s alone, %.1f ms with a scrape every second and a Watch open: %.0f µs of dataplane CPU per scrape\n",
+        q / 1e6, n, w / 1e6, (w - q) / 1e3 / n }'
+}
 
 echo "== ListSessions of $SESSIONS sessions"
 batch=12500
@@ -109,4 +124,4 @@ for ((first = 0; first < SESSIONS; first += batch)); do
         { cat "$tmp/idle.log" >&2; exit 1; }
     echo "logged in players $first..$((first + n - 1)) (their connections closed: the sessions wait for a RESUME)"
 done
-"$bin/portcullis-control-bench" list --expect "$SESSIONS" --dataplane-pid "$gateway" --control-pid "$control"
+"$bin/portcullis-control-bench" list --at-least "$SESSIONS" --dataplane-pid "$gateway" --control-pid "$control"

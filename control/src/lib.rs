@@ -70,7 +70,10 @@ pub async fn run(config: config::ControlConfig) -> anyhow::Result<()> {
         listener.local_addr()?,
         if config.api.tls_cert.is_some() { " (TLS)" } else { "" }
     );
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Answers leave at once (no Nagle delay behind the client's delayed ACK).
+    let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+        s.and_then(|s| s.set_nodelay(true).map(|()| s))
+    });
     server
         .add_service(pb::admin_server::AdminServer::new(admin::AdminService(control)))
         .add_service(health)

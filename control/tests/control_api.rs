@@ -355,6 +355,11 @@ async fn a_reload_changes_routes_and_limits_live_and_a_bad_one_is_refused_naming
     let reply = api.reload(pb::ReloadRequest { config_toml: new, ..Default::default() }).await.unwrap().into_inner();
     assert_eq!(reply.applied, ["routes[0].commands"], "{reply:?}");
     assert_eq!(reply.needs_restart, ["gateway.max_frame_bytes"], "{reply:?}");
+    let view = api.get_config(pb::ConfigRequest::default()).await.unwrap().into_inner();
+    assert_eq!(view.routes, [pb::RouteInfo { first: 1000, last: 2999, service: "game".into() }]);
+    assert!(view.toml.contains("<hidden>") && !view.toml.contains(portcullis_tests::SECRET), "secrets are not shown");
+    let max = m.stack.config.gateway.max_frame_bytes.to_string();
+    assert!(view.toml.contains(&format!("max_frame_bytes = {max}")), "the running value stays until a restart");
     let answer = player.call(2500, b"x").await;
     assert!(!format!("{answer:?}").contains("UnknownCommand"), "routed now: {answer:?}");
     player.call(ECHO, b"still here").await.expect("the connection survived the reload");
@@ -364,6 +369,15 @@ async fn a_reload_changes_routes_and_limits_live_and_a_bad_one_is_refused_naming
     assert!(out.contains("limits.session_rate") && out.contains("limits.session_burst"), "{out}");
     let shown = m.ctl(&["limits", "show"]);
     assert!(shown.contains("session_rate") && shown.contains("77"), "{shown}");
+    let reply = api
+        .set_limits(pb::SetLimitsRequest {
+            limits: [("max_recipients".into(), "32".into())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.applied, ["limits.max_recipients"]);
     let (ok, _, stderr) = m.ctl_as(ADMIN, &["limits", "set", "session_rate=-1"]);
     assert!(!ok && stderr.contains("session_rate"), "{stderr}");
     let routes = m.ctl(&["routes"]);
@@ -500,4 +514,52 @@ async fn generic_grpc_tools_find_the_services_by_reflection_and_health() {
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"portcullis.admin.v1.Admin".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_control_manages_several_dataplanes() {
+    let named = |n: &str| StackOptions { config: format!("name = \"{n}\"\n"), ..Default::default() };
+    let planes = Managed::start_many("several", vec![named("nic-a"), named("nic-b")]).await;
+    let mut api = planes[0].admin().await;
+    let mut players = Vec::new();
+    for (i, p) in planes.iter().enumerate() {
+        for j in 0..3 {
+            players.push(p.stack.player(&format!("n{i}-p{j}")).await);
+        }
+    }
+    let status = status_when(&mut api, |s| {
+        s.nodes.len() == 2 && s.nodes.iter().all(|n| n.workers.iter().map(|w| w.sessions).sum::<u64>() == 3)
+    })
+    .await;
+    let mut names: Vec<_> = status.nodes.iter().map(|n| n.node.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["nic-a", "nic-b"]);
+    // Pages of two run across both dataplanes.
+    let (mut seen, mut token) = (Vec::new(), String::new());
+    loop {
+        let page = api
+            .list_sessions(pb::ListSessionsRequest { page_size: 2, page_token: token, ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.sessions.into_iter().map(|s| (s.node, s.user_id)));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    seen.sort();
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert!(seen.contains(&("nic-b".into(), "n1-p2".into())));
+    // A kick finds the user wherever it is; one node's status on its own.
+    let n = api.kick(pb::KickRequest { user_id: "n1-p0".into(), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(n.count, 1);
+    let only_b = api.status(pb::StatusRequest { node: "nic-b".into() }).await.unwrap().into_inner();
+    assert_eq!(only_b.nodes.len(), 1);
+    assert_eq!(api.status(pb::StatusRequest { node: "nic-z".into() }).await.unwrap_err().code(), Code::NotFound);
+    // Calls about one dataplane's config must name it.
+    let err = api.list_backends(pb::BackendsRequest::default()).await.unwrap_err();
+    assert!(err.code() == Code::InvalidArgument && err.message().contains("name a dataplane"), "{err:?}");
+    let b = api.list_backends(pb::BackendsRequest { node: "nic-a".into() }).await.unwrap().into_inner();
+    assert_eq!(b.services[0].name, "game");
 }

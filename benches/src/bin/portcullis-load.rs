@@ -596,10 +596,13 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
     let mut socks = Vec::with_capacity(n);
     let started = Instant::now();
     for i in 0..n {
-        // 127.0.0.x: a new source address every 20 000 connections, so the
-        // ephemeral ports of one address do not run out (or the harness's).
+        // 127.0.0.x: a new source address every 10 000 clients (numbered
+        // from --first, so that drivers run one after another do not meet
+        // each other's closed ports), so the ephemeral ports of one address
+        // do not run out (or the harness's).
         let source = SocketAddr::new(
-            args.source(i).unwrap_or(std::net::Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8).into()),
+            args.source(i)
+                .unwrap_or(std::net::Ipv4Addr::new(127, 0, 0, 1 + ((args.first + i) / 10_000 % 250) as u8).into()),
             0,
         );
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -622,7 +625,10 @@ fn idle_sockets(args: &Args, addr: SocketAddr, pid: u32) -> anyhow::Result<()> {
             anyhow::ensure!(k > 0, "session {i} was closed instead of logged in");
             got += k;
         }
-        let env = Codec::Protobuf.decode(&buf[4..got]).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let len = u32::from_be_bytes(buf[..4].try_into()?) as usize;
+        let env = Codec::Protobuf
+            .decode(&buf[4..4 + len])
+            .map_err(|e| anyhow::anyhow!("login answer of session {i}: {e}"))?;
         anyhow::ensure!(env.cmd == cmd::LOGIN, "session {i} got command {} instead of a LOGIN answer", env.cmd);
     }
     if args.hold > 0 {

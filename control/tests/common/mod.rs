@@ -40,36 +40,49 @@ pub struct Managed {
 impl Managed {
     /// Starts a stack (see [`StackOptions`]), its agent and control.
     pub async fn start(name: &str, opts: StackOptions) -> Managed {
+        Self::start_many(name, vec![opts]).await.remove(0)
+    }
+
+    /// Starts one stack per options (each its own dataplane, named by its
+    /// `gateway.name`), each with its agent, and one control managing them
+    /// all; the first `Managed` runs control, the others only their stack.
+    pub async fn start_many(name: &str, opts: Vec<StackOptions>) -> Vec<Managed> {
         let dir = std::env::temp_dir().join(format!("portcullis-control-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let stack = Stack::start_with(opts).await;
-        let socket = dir.join("agent.sock");
-        let state = AgentState::new(
-            &stack.config,
-            None,
-            "test",
-            stack.gateway.shared().clone(),
-            stack.gateway.status_reports(),
-        );
-        let agent = state.serve(&socket).expect("agent API");
         let (api, metrics) = (free_port(), free_port());
+        let mut planes = Vec::new();
+        let mut dataplanes = String::new();
+        for (i, o) in opts.into_iter().enumerate() {
+            let stack = Stack::start_with(o).await;
+            let socket = dir.join(format!("agent-{i}.sock"));
+            let state = AgentState::new(
+                &stack.config,
+                None,
+                "test",
+                stack.gateway.shared().clone(),
+                stack.gateway.status_reports(),
+            );
+            let agent = state.serve(&socket).expect("agent API");
+            dataplanes += &format!(
+                "[[dataplanes]]\nname = \"{}\"\nsocket = \"{}\"\n",
+                stack.config.gateway.name,
+                socket.display()
+            );
+            planes.push(Managed { stack, dir: dir.clone(), api, metrics, control: None, agent: Some(agent) });
+        }
         std::fs::write(
             dir.join("control.toml"),
             format!(
                 "[api]\nlisten = \"{api}\"\n\
                  [[api.tokens]]\nname = \"ops\"\ntoken = \"{ADMIN}\"\nrole = \"admin\"\n\
                  [[api.tokens]]\nname = \"dashboard\"\ntoken = \"{READ}\"\nrole = \"read\"\n\
-                 [metrics]\nlisten = \"{metrics}\"\n\
-                 [[dataplanes]]\nname = \"{}\"\nsocket = \"{}\"\n",
-                stack.config.gateway.name,
-                socket.display()
+                 [metrics]\nlisten = \"{metrics}\"\n{dataplanes}"
             ),
         )
         .unwrap();
-        let mut m = Managed { stack, dir, api, metrics, control: None, agent: Some(agent) };
-        m.start_control().await;
-        m
+        planes[0].start_control().await;
+        planes
     }
 
     /// Starts (or restarts) the control process and waits until it answers.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::backend::LinkState;
 use crate::config::Config;
 use crate::gateway::Gateway;
-use crate::session::SessionId;
+use crate::session::{Session, SessionId};
 pub use events::{Event, EventKind, EventLog};
 
 /// Which sessions a listing includes (every filter set must match).
@@ -218,16 +218,19 @@ impl Gateway {
     }
 
     fn list_sessions(&self, filter: &SessionFilter, after: SessionId, limit: usize) -> Vec<SessionView> {
-        let matches = |id: &SessionId| {
-            let Some(s) = self.sessions.get(*id) else { return false };
-            *id > after
+        let matches = |s: &&Session| {
+            s.id > after
+                && filter.user.as_ref().is_none_or(|u| s.user_id() == Some(u.as_str()))
                 && filter.group.as_ref().is_none_or(|g| s.groups.iter().any(|x| **x == **g))
                 && filter.address.is_none_or(|a| s.conn.and_then(|c| self.conns.get(&c)).is_some_and(|c| c.ip == a))
         };
-        let mut ids: Vec<SessionId> = match &filter.user {
-            Some(user) => self.sessions.of_user(user).iter().copied().filter(matches).collect(),
-            None => self.sessions.iter().map(|s| s.id).filter(matches).collect(),
+        // The smallest candidate set the indexes give.
+        let candidates: Box<dyn Iterator<Item = &Session>> = match (&filter.user, &filter.group) {
+            (Some(user), _) => Box::new(self.sessions.of_user(user).iter().filter_map(|id| self.sessions.get(*id))),
+            (None, Some(group)) => Box::new(self.sessions.members(group).filter_map(|id| self.sessions.get(id))),
+            (None, None) => Box::new(self.sessions.iter()),
         };
+        let mut ids: Vec<SessionId> = candidates.filter(matches).map(|s| s.id).collect();
         // Only the page is sorted, whatever the number of sessions.
         if ids.len() > limit {
             ids.select_nth_unstable(limit);
