@@ -82,11 +82,11 @@ scrape() {
 }
 
 # What an operator does while the players play.
-operate() { # game-server-addr
+operate() { # game-server-addr second-game-server-addr
     ctl() { "$bin/portcullisctl" "$@" | sed -u 's/^/  [ctl] /'; }
     "$bin/portcullisctl" watch --kind kick --kind backend_drain --kind backend_undrain --kind filter_block \
         | sed -u 's/^/  [watch] /' &
-    watcher=$!
+    pids+=($!) # until the end: it shows the block below too
     say "portcullisctl status"
     ctl status
     say "portcullisctl sessions list --page-size 4"
@@ -95,13 +95,15 @@ operate() { # game-server-addr
     ctl kick --user player-8 --reason "cheating (demo)"
     say "portcullisctl push --all --cmd 1500 --payload 'maintenance in 10 minutes'"
     ctl push --all --cmd 1500 --payload "maintenance in 10 minutes"
-    say "portcullisctl backends drain game $1 (its players stay, new ones would get no session there)"
+    say "portcullisctl backends add game $2 (a second game server, live)"
+    ctl backends add game "$2"
+    sleep 1
+    say "portcullisctl backends drain game $1 (players who used it stay; the others go to $2)"
     ctl backends drain game "$1"
     sleep 2
     ctl backends undrain game "$1"
     say "metrics: $(scrape | grep -c '^portcullis_') samples on http://127.0.0.1:9464/metrics, e.g."
     scrape | grep -E '^portcullis_(sessions|users|logins_total)' | sed 's/^/  [metrics] /'
-    kill "$watcher" 2>/dev/null || true
 }
 
 wait_port() { # ns host port
@@ -135,8 +137,10 @@ if "$bin/portcullis-harness" status >/dev/null 2>&1; then
         --clients "$PLAYERS" --duration "$DURATION" &
     play=$!
     start_control /run/portcullis/portcullis-harness.sock portcullis-harness "$pin"
+    ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9001 >/dev/null 2>&1 &
+    pids+=($!)
     sleep 2
-    operate 127.0.0.1:9000
+    operate 127.0.0.1:9000 127.0.0.1:9001
     say "a UDP flood from 10.77.0.40 and a SYN flood from 64 spoofed sources hit the gateway ports"
     "$bin/portcullis-harness" flood --name "$harness" --source 10.77.0.40 --count 300000 --rate 100000
     "$bin/portcullis-harness" flood --name "$harness" --kind syn --source 198.51.100.1 --sources 64 --count 100000 --rate 50000
@@ -163,8 +167,10 @@ else
     "$bin/portcullis-load" --scenario demo --gateway 127.0.0.1:7000 --clients "$PLAYERS" --duration "$DURATION" &
     play=$!
     start_control "$ctl_dir/agent.sock" portcullis-1 /sys/fs/bpf/portcullis-demo-none
+    "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9001 >/dev/null 2>&1 &
+    pids+=($!)
     sleep 2
-    operate 127.0.0.1:9000
+    operate 127.0.0.1:9000 127.0.0.1:9001
     wait "$play"
     say "a short load run through the same gateway:"
     "$bin/portcullis-load" --gateway 127.0.0.1:7000 --clients 100 --duration 3 --warmup 1

@@ -1,6 +1,7 @@
 //! `portcullisctl`'s commands that go through the control plane's admin
 //! API: one per admin call, human tables by default, `--json` for scripts.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::Subcommand;
@@ -358,12 +359,13 @@ pub async fn run(cmd: AdminCommand, mut api: Client, json: bool) -> anyhow::Resu
         AdminCommand::Watch { kinds, count } => {
             let mut stream = api.watch(pb::WatchRequest { after_seq: 0, kinds }).await.map_err(status)?.into_inner();
             let mut seen = 0;
+            let mut out = std::io::stdout();
             while count.is_none_or(|c| seen < c) {
                 let Some(e) = stream.message().await.map_err(status)? else { break };
-                if json {
-                    println!("{}", serde_json::to_string(&e)?);
-                } else {
-                    println!("{}", client::show_event(&e));
+                let line = if json { serde_json::to_string(&e)? } else { client::show_event(&e) };
+                // Whoever reads the events may stop (`| head`): that ends the watch.
+                if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+                    break;
                 }
                 seen += 1;
             }

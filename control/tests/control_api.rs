@@ -271,7 +271,7 @@ async fn callers_without_a_token_or_with_the_read_role_are_refused_and_counted()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drained_server_gets_no_new_sessions_and_servers_change_without_a_restart() {
     let opts = StackOptions { game_servers: 2, service: "sticky = true\n".into(), ..Default::default() };
-    let m = Managed::start("backends", opts).await;
+    let mut m = Managed::start("backends", opts).await;
     let mut api = m.admin().await;
     let (a, b) = (m.stack.games[0].addr.to_string(), m.stack.games[1].addr.to_string());
     let list = api.list_backends(pb::BackendsRequest::default()).await.unwrap().into_inner();
@@ -319,6 +319,19 @@ async fn a_drained_server_gets_no_new_sessions_and_servers_change_without_a_rest
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(up, "the re-added server's links come up");
+    // A server the gateway has never seen.
+    let c = m.stack.add_game_server().await.to_string();
+    api.update_server(update(Op::Add, &c, 1)).await.unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        let list = api.list_backends(pb::BackendsRequest::default()).await.unwrap().into_inner();
+        if list.services[0].servers.iter().any(|s| s.addr == c && s.health == "up") {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the new server's links come up");
     let err = api.update_server(update(Op::Add, "not an address", 1)).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.message().contains("addr"), "{err:?}");
     let err =

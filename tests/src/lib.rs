@@ -137,6 +137,8 @@ pub struct Stack {
     pub udp_echo: Option<SocketAddr>,
     /// The gateway's configuration.
     pub config: Config,
+    /// Where game servers listen (the gateway side's namespace on the harness).
+    game_ns: Option<String>,
     /// Dropped last: the harness goes once the gateway has stopped.
     net: Net,
 }
@@ -215,18 +217,28 @@ impl Stack {
             Net::Harness(h) => h.config(text),
         };
         let config = Config::parse(&text, "test stack").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let started = config.clone();
+        let (started, game_ns_kept) = (config.clone(), game_ns.clone());
         let gateway = match &net {
             Net::Loopback => tokio::task::spawn_blocking(move || RunningGateway::start(&started)).await.expect("start"),
             #[cfg(feature = "afxdp")]
             Net::Harness(h) => h.start(&config),
         }
         .expect("gateway starts");
-        let stack = Stack { gateway, games, udp_echo, config, net };
+        let stack = Stack { gateway, games, udp_echo, config, game_ns: game_ns_kept, net };
         if opts.auth.is_none() {
             stack.wait_for_game_servers().await;
         }
         stack
+    }
+
+    /// Starts one more sample game server where the gateway reaches game
+    /// servers (not in the gateway's config: add it through the admin API);
+    /// its address.
+    pub async fn add_game_server(&mut self) -> SocketAddr {
+        let g = GameServer::start("127.0.0.1:0".parse().expect("addr"), self.game_ns.clone()).await;
+        let addr = g.addr;
+        self.games.push(g);
+        addr
     }
 
     /// Address of the listener with this codec.

@@ -64,7 +64,7 @@ impl LinkSockets {
 
     fn read(&mut self, core: &mut Gateway, link: LinkId, now: Instant) {
         loop {
-            let Some(l) = self.sockets[link].as_mut() else { return };
+            let Some(l) = self.sockets.get_mut(link).and_then(Option::as_mut) else { return };
             match l.stream.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => core.handle_link_data(now, link, &self.buf[..n]),
@@ -95,13 +95,17 @@ impl LinkSockets {
                     self.registry.register(&mut stream, Source::Link(link).token(), interest)?;
                     Ok(stream)
                 });
+                if self.sockets.len() <= link {
+                    // A game server added to a running gateway.
+                    self.sockets.resize_with(link + 1, || None);
+                }
                 match registered {
                     Ok(stream) => self.sockets[link] = Some(LinkSocket { stream, connected: false }),
                     Err(_) => core.handle_link_closed(now, link),
                 }
             }
             Output::TransmitLink(link) => {
-                let Some(l) = self.sockets[link].as_mut().filter(|l| l.connected) else { return };
+                let Some(l) = self.sockets.get_mut(link).and_then(Option::as_mut).filter(|l| l.connected) else { return };
                 match write_some(&mut l.stream, core.link_outbound(link)) {
                     Ok(n) => core.consume_link(link, n),
                     Err(_) => {
