@@ -209,6 +209,18 @@ async fn sessions_groups_pushes_and_kicks_through_the_api_and_the_cli() {
     assert!(out.status.success() && text.contains("kick") && text.contains("watched"), "{text}");
 }
 
+/// Waits (bounded) until every worker's link to game server `addr` is up.
+async fn wait_until_up(api: &mut common::Client, addr: &str) {
+    for _ in 0..100 {
+        let list = api.list_backends(pb::BackendsRequest::default()).await.unwrap().into_inner();
+        if list.services[0].servers.iter().any(|s| s.addr == addr && s.health == "up") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the links to {addr} never came up");
+}
+
 /// The status once `ready` holds (bounded).
 async fn status_when(api: &mut common::Client, ready: impl Fn(&pb::ClusterStatus) -> bool) -> pb::ClusterStatus {
     for _ in 0..100 {
@@ -309,29 +321,11 @@ async fn a_drained_server_gets_no_new_sessions_and_servers_change_without_a_rest
     assert_eq!(list.services[0].servers.len(), 1);
     let out = m.ctl(&["backends", "add", "game", &a, "--weight", "2"]);
     assert!(out.contains(&a), "{out}");
-    let mut up = false;
-    for _ in 0..100 {
-        let list = api.list_backends(pb::BackendsRequest::default()).await.unwrap().into_inner();
-        if list.services[0].servers.iter().any(|s| s.addr == a && s.health == "up") {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the re-added server's links come up");
+    wait_until_up(&mut api, &a).await;
     // A server the gateway has never seen.
     let c = m.stack.add_game_server().await.to_string();
     api.update_server(update(Op::Add, &c, 1)).await.unwrap();
-    let mut up = false;
-    for _ in 0..100 {
-        let list = api.list_backends(pb::BackendsRequest::default()).await.unwrap().into_inner();
-        if list.services[0].servers.iter().any(|s| s.addr == c && s.health == "up") {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the new server's links come up");
+    wait_until_up(&mut api, &c).await;
     let err = api.update_server(update(Op::Add, "not an address", 1)).await.unwrap_err();
     assert!(err.code() == Code::InvalidArgument && err.message().contains("addr"), "{err:?}");
     let err =

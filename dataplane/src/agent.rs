@@ -539,13 +539,15 @@ impl Agent for AgentService {
         let r = r.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let (state, node) = (Arc::clone(&self.0), self.node.clone());
-        let log_last = state.shared.events().last_seq();
-        // A sequence number from before a restart of this dataplane: replay
-        // what is held.
-        let mut after = if r.after_seq > log_last { 0 } else { r.after_seq };
-        if r.after_seq == 0 {
-            after = log_last;
-        }
+        let last = state.shared.events().last_seq();
+        let mut after = match r.after_seq {
+            // Only what happens from now on.
+            0 => last,
+            // A sequence number from before this dataplane restarted: all
+            // that is held.
+            n if n > last => 0,
+            n => n,
+        };
         tokio::spawn(async move {
             loop {
                 let notified = state.events.notified();

@@ -105,7 +105,9 @@ impl LinkSockets {
                 }
             }
             Output::TransmitLink(link) => {
-                let Some(l) = self.sockets.get_mut(link).and_then(Option::as_mut).filter(|l| l.connected) else { return };
+                let Some(l) = self.sockets.get_mut(link).and_then(Option::as_mut).filter(|l| l.connected) else {
+                    return;
+                };
                 match write_some(&mut l.stream, core.link_outbound(link)) {
                     Ok(n) => core.consume_link(link, n),
                     Err(_) => {
