@@ -96,7 +96,10 @@ fn setup() -> Bench {
     while core.poll_output().is_some() {}
     core.handle_link_connected(now, 0);
     core.handle_connect(now, CONN, 0, SocketAddr::from(([127, 0, 0, 1], 5555)));
-    let token = sign(SECRET.as_bytes(), &Claims { uid: "player-1".into(), dev: "pc".into(), exp: u64::MAX });
+    let token = sign(
+        SECRET.as_bytes(),
+        &Claims { uid: "player-1".into(), dev: "pc".into(), exp: u64::MAX, role: String::new() },
+    );
     let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
     let mut frame = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);

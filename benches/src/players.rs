@@ -20,7 +20,7 @@ pub fn token(secret: &str, user: &str) -> String {
 /// A login token for `user` on device type `device`, valid for a day.
 pub fn device_token(secret: &str, user: &str, device: &str) -> String {
     let exp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) + 24 * 3600;
-    sign(secret.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp })
+    sign(secret.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp, role: String::new() })
 }
 
 /// An unconnected TCP socket bound to `source` (in blocking mode). On IPv4

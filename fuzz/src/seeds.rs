@@ -19,7 +19,7 @@ use crate::targets::{RESUME_KEY, TOKEN_SECRET};
 pub type Seed = (&'static str, String, Vec<u8>);
 
 fn login_token(secret: &[u8], user: &str) -> String {
-    token::sign(secret, &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX })
+    token::sign(secret, &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX, role: String::new() })
 }
 
 /// A client's first frames: LOGIN as `alice` (the netstack/link config's
@@ -155,7 +155,7 @@ fn link_seeds(out: &mut Vec<Seed>) {
 }
 
 fn token_seeds(out: &mut Vec<Seed>) {
-    let valid = Claims { uid: "alice".into(), dev: "ios".into(), exp: u64::MAX };
+    let valid = Claims { uid: "alice".into(), dev: "ios".into(), exp: u64::MAX, role: String::new() };
     let mut t = vec![0];
     t.extend_from_slice(token::sign(TOKEN_SECRET, &valid).as_bytes());
     out.push(("tokens", "login-valid".into(), t));

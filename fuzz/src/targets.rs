@@ -273,6 +273,7 @@ pub fn tokens(data: &[u8]) {
                 uid: String::from_utf8_lossy(uid).into_owned(),
                 dev: String::from_utf8_lossy(dev).into_owned(),
                 exp,
+                role: String::new(),
             };
             let t = token::sign(TOKEN_SECRET, &claims);
             let expected = if claims.uid.is_empty() {

@@ -64,6 +64,9 @@ pub mod flags {
     pub const RESPONSE: u32 = Flag::Response as u32;
     /// The frame was pushed, unsolicited.
     pub const PUSH: u32 = Flag::Push as u32;
+    /// The flags a client may set; the gateway refuses a frame with any
+    /// other (protocol compliance).
+    pub const CLIENT: u32 = 0;
 }
 
 /// A decoded envelope. Binary codecs borrow `payload` and `route_key` from

@@ -3,7 +3,8 @@
 //! A token is `T "." base64url(HMAC-SHA256(secret, T))` with `T =
 //! base64url(claims)` (the MAC covers the base64url text, no padding)
 //! where `claims` is the JSON `{"uid":"alice","dev":"ios","exp":1700000000}`
-//! (`exp` in Unix seconds). Auth services mint them with [`sign`]; the gateway
+//! (`exp` in Unix seconds; an optional `"role"` names the user's role for
+//! the command whitelist). Auth services mint them with [`sign`]; the gateway
 //! checks them with [`verify`] (constant-time MAC comparison).
 
 use base64::Engine as _;
@@ -23,6 +24,10 @@ pub struct Claims {
     pub dev: String,
     /// Expiry, Unix seconds.
     pub exp: u64,
+    /// Role for the gateway's command whitelist (`admin`, `moderator`…);
+    /// absent: the gateway's default role.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 /// Why a token was refused.
@@ -80,7 +85,7 @@ mod tests {
     use super::*;
 
     fn claims() -> Claims {
-        Claims { uid: "alice".into(), dev: "ios".into(), exp: 1000 }
+        Claims { uid: "alice".into(), dev: "ios".into(), exp: 1000, role: String::new() }
     }
 
     #[test]

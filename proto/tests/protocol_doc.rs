@@ -74,7 +74,7 @@ fn the_token_worked_example_is_what_sign_produces_and_verify_accepts() {
     assert_eq!(format!("{body}.{mac_b64}"), token);
 
     let claims: Claims = serde_json::from_str(claims_json).unwrap();
-    assert_eq!(claims, Claims { uid: "alice".into(), dev: "ios".into(), exp: 4_102_444_800 });
+    assert_eq!(claims, Claims { uid: "alice".into(), dev: "ios".into(), exp: 4_102_444_800, role: String::new() });
     assert_eq!(sign(secret.as_bytes(), &claims), token, "the library mints exactly the documented token");
     assert_eq!(verify(secret.as_bytes(), token, claims.exp - 1), Ok(claims.clone()));
     assert_eq!(verify(secret.as_bytes(), token, claims.exp), Err(TokenError::Expired(claims.exp)), "exp <= now");
@@ -110,7 +110,7 @@ fn the_mac_covers_the_base64url_text_so_the_json_spelling_is_free() {
     let body = URL_SAFE_NO_PAD.encode(r#"{ "exp": 4102444800, "uid": "bob", "role": "x" }"#);
     let mac = URL_SAFE_NO_PAD.encode(hmac_sha256(secret, body.as_bytes()));
     let claims = verify(secret, &format!("{body}.{mac}"), 0).unwrap();
-    assert_eq!(claims, Claims { uid: "bob".into(), dev: String::new(), exp: 4_102_444_800 });
+    assert_eq!(claims, Claims { uid: "bob".into(), dev: String::new(), exp: 4_102_444_800, role: String::new() });
 }
 
 #[test]

@@ -424,7 +424,7 @@ pub fn token(user: &str) -> String {
 /// A valid token for `user` on `device`, valid for an hour.
 pub fn token_for(user: &str, device: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: now + 3600 })
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: now + 3600, role: String::new() })
 }
 
 /// Receives the next event, failing the test after `secs` seconds.

@@ -94,7 +94,8 @@ async fn the_worked_example_token_logs_in_on_a_gateway_with_the_documented_secre
     raw.request(cmd::LOGIN, 1, &LoginRequest { token: format!("{body}.{mac}=") }).await;
     raw.expect_error(ErrorCode::AuthFailed).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let expired = sign(secret.as_bytes(), &Claims { uid: "alice".into(), dev: "ios".into(), exp: now });
+    let expired =
+        sign(secret.as_bytes(), &Claims { uid: "alice".into(), dev: "ios".into(), exp: now, role: String::new() });
     raw.request(cmd::LOGIN, 2, &LoginRequest { token: expired }).await;
     let (env, e) = raw.expect_error(ErrorCode::AuthFailed).await;
     assert_eq!((env.seq, e.cmd), (2, cmd::LOGIN));

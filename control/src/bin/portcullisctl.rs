@@ -66,6 +66,10 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Role for the command whitelist (`[security.whitelist]`); none:
+        /// the gateway's `security.default_role`.
+        #[arg(long, default_value = "")]
+        role: String,
     },
     /// Validate a configuration file.
     CheckConfig {
@@ -311,11 +315,11 @@ fn run(mut args: Args) -> anyhow::Result<()> {
         command => args.command = command,
     }
     match args.command {
-        Command::Token { config, user, device, ttl } => {
+        Command::Token { config, user, device, ttl, role } => {
             let config = Config::load(&config)?;
             anyhow::ensure!(!user.is_empty(), "--user must not be empty");
             let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + ttl;
-            println!("{}", sign(&config.auth.token_secret()?, &Claims { uid: user, dev: device, exp }));
+            println!("{}", sign(&config.auth.token_secret()?, &Claims { uid: user, dev: device, exp, role }));
         }
         Command::CheckConfig { path } => {
             let c = Config::load(&path)?;

@@ -22,9 +22,19 @@ pub const ADMIN: &str = "admin-token-0123456789abcdef";
 /// The read-only token.
 pub const READ: &str = "read-token-0123456789abcdef";
 
-/// A port the OS just had free on loopback.
+/// A port free on loopback, below the ephemeral range (32768–60999 on
+/// Linux): a port the OS hands out as free for a listener is also a source
+/// port it may give to any test's client connection before control binds
+/// it. Tests of one process draw from a counter, processes from their pid.
 pub fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2_000;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
 }
 
 /// A gateway with its agent, and control.

@@ -99,6 +99,25 @@ crate::counters! {
     /// Dropped: direct messages from one user to another past their pair's
     /// rate (`limits.pair_rate`).
     drop_pair_rate,
+    /// Refused: envelopes that break the protocol (client flags, server
+    /// fields, route key size).
+    drop_bad_envelope,
+    /// Refused: commands over their class's rate (`[[security.classes]]`).
+    drop_command_rate,
+    /// Refused: business frames of a source or user past its behaviour
+    /// score's `throttle`.
+    drop_suspicious,
+    /// Refused: frames and connections of a source or user past `kick`
+    /// or blocked.
+    drop_banned,
+    /// Refused: commands the whitelist does not allow.
+    drop_not_allowed,
+    /// Behaviour scores that crossed `throttle`.
+    escalated_throttles,
+    /// Behaviour scores that crossed `kick` (connections kicked).
+    escalated_kicks,
+    /// Sources blocked for their behaviour score.
+    escalated_blocks,
     /// Connections closed as floods (refused by a rate limit more often
     /// than `limits.max_refusals_per_sec`).
     closed_flooding,

@@ -82,7 +82,8 @@ fn log_in(mut s: TcpStream, secret: &str, user: &str) -> (TcpStream, Vec<u8>) {
     // Generous: a login may wait for TCP retransmissions through a flood.
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut buf = Vec::new();
-    let token = sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX });
+    let token =
+        sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX, role: String::new() });
     let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
     send(&mut s, &Envelope::new(cmd::LOGIN, 1, 0, &login));
     let reply = recv(&mut s, &mut buf);

@@ -96,7 +96,18 @@ impl Response {
 
     /// The answer of an auth service accepting a [`LOGIN`].
     pub fn authenticated(user_id: impl Into<String>, device: impl Into<String>) -> Response {
-        Response::reply(AuthResult { user_id: user_id.into(), device: device.into() }.encode_to_vec())
+        Response::authenticated_as(user_id, device, "")
+    }
+
+    /// The answer of an auth service accepting a [`LOGIN`] with a role for
+    /// the gateway's command whitelist.
+    pub fn authenticated_as(
+        user_id: impl Into<String>,
+        device: impl Into<String>,
+        role: impl Into<String>,
+    ) -> Response {
+        let result = AuthResult { user_id: user_id.into(), device: device.into(), role: role.into() };
+        Response::reply(result.encode_to_vec())
     }
 }
 

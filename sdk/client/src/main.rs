@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
         (Some(t), _, _) => t.clone(),
         (None, Some(user), Some(secret)) => {
             let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 24 * 3600;
-            sign(secret.as_bytes(), &Claims { uid: user.clone(), dev: args.device.clone(), exp })
+            sign(secret.as_bytes(), &Claims { uid: user.clone(), dev: args.device.clone(), exp, role: String::new() })
         }
         _ => anyhow::bail!("give --token, or --user and --secret to mint one"),
     };

@@ -29,6 +29,9 @@ pub enum EventKind {
     BackendUndrain,
     /// The configuration changed.
     ConfigReload,
+    /// A source was blocked (at the NIC when the XDP filter is there) for
+    /// its behaviour.
+    FilterBlock,
 }
 
 impl EventKind {
@@ -43,6 +46,7 @@ impl EventKind {
             EventKind::BackendDrain => "backend_drain",
             EventKind::BackendUndrain => "backend_undrain",
             EventKind::ConfigReload => "config_reload",
+            EventKind::FilterBlock => "filter_block",
         }
     }
 }

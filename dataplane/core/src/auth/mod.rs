@@ -60,7 +60,7 @@ impl Authenticator for TokenAuthenticator {
     fn authenticate(&mut self, request: &LoginRequest, now_unix: u64) -> AuthStart {
         AuthStart::Done(
             token::verify(&self.secret, &request.token, now_unix)
-                .map(|c| UserBinding { user_id: c.uid.into(), device: c.dev.into() })
+                .map(|c| UserBinding { user_id: c.uid.into(), device: c.dev.into(), role: c.role.into() })
                 .map_err(|e| AuthError(e.to_string())),
         )
     }
@@ -92,7 +92,7 @@ impl Authenticator for DelegateAuthenticator {
         if r.user_id.is_empty() {
             return Err(AuthError("the auth service returned no user id".into()));
         }
-        Ok(UserBinding { user_id: r.user_id.into(), device: r.device.into() })
+        Ok(UserBinding { user_id: r.user_id.into(), device: r.device.into(), role: r.role.into() })
     }
 }
 
@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn token_authenticator_binds_claims() {
         let mut a = TokenAuthenticator::new(b"0123456789abcdef".to_vec());
-        let t = token::sign(b"0123456789abcdef", &token::Claims { uid: "u1".into(), dev: "ios".into(), exp: 100 });
+        let t = token::sign(
+            b"0123456789abcdef",
+            &token::Claims { uid: "u1".into(), dev: "ios".into(), exp: 100, role: String::new() },
+        );
         let AuthStart::Done(Ok(b)) = a.authenticate(&LoginRequest { token: t.clone() }, 50) else { panic!() };
         assert_eq!((&*b.user_id, &*b.device), ("u1", "ios"));
         let AuthStart::Done(Err(e)) = a.authenticate(&LoginRequest { token: t }, 100) else { panic!() };
@@ -124,7 +127,7 @@ mod tests {
     fn delegate_authenticator_reads_the_auth_result() {
         let mut a = DelegateAuthenticator::new("auth".into(), Duration::from_secs(1));
         assert!(matches!(a.authenticate(&LoginRequest::default(), 0), AuthStart::Delegate { .. }));
-        let ok = AuthResult { user_id: "bob".into(), device: "pc".into() }.encode_to_vec();
+        let ok = AuthResult { user_id: "bob".into(), device: "pc".into(), role: String::new() }.encode_to_vec();
         assert_eq!(&*a.complete(&ok).unwrap().user_id, "bob");
         assert!(a.complete(&AuthResult::default().encode_to_vec()).is_err());
         assert!(a.complete(&[0xff]).is_err());

@@ -11,6 +11,9 @@ use std::path::Path;
 use portcullis_proto::{cmd, Codec};
 use serde::{Deserialize, Serialize};
 
+pub mod security;
+pub use security::SecurityConfig;
+
 /// A configuration error, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -80,6 +83,10 @@ pub struct Config {
     /// Route table: command ranges to services.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The check stage: chains, behaviour scores, rate classes, command
+    /// whitelist, threat feeds.
+    #[serde(default)]
+    pub security: SecurityConfig,
 }
 
 /// Gateway-wide settings.
@@ -550,6 +557,9 @@ const RESTART_KEYS: &[&str] = &[
     "dpdk",
     "userspace_tcp",
     "agent",
+    "security.xdp_pin_dir",
+    "security.feeds",
+    "security.feed_poll_ms",
 ];
 
 /// Flattens a TOML value into dotted keys (`limits.ip_rate`,
@@ -657,6 +667,9 @@ impl Config {
         self.dpdk.clone_from(&running.dpdk);
         self.userspace_tcp.clone_from(&running.userspace_tcp);
         self.agent.clone_from(&running.agent);
+        self.security.xdp_pin_dir.clone_from(&running.security.xdp_pin_dir);
+        self.security.feeds.clone_from(&running.security.feeds);
+        self.security.feed_poll_ms = running.security.feed_poll_ms;
     }
 
     /// A copy with keys of `[limits]` set from TOML values (`"50"`,
@@ -803,6 +816,8 @@ impl Config {
                 return Err(invalid("auth.timeout_ms", "must be greater than zero"));
             }
         }
+        let binds: Vec<SocketAddr> = self.listeners.iter().map(|l| l.bind).collect();
+        self.security.validate(&binds)?;
         let u = &self.userspace_tcp;
         for (key, value) in
             [("userspace_tcp.rx_buffer_bytes", u.rx_buffer_bytes), ("userspace_tcp.tx_buffer_bytes", u.tx_buffer_bytes)]

@@ -11,6 +11,7 @@ use crate::backend::Pending;
 use crate::conn::ConnId;
 use crate::gateway::{Gateway, Waiting};
 use crate::route::PickKey;
+use crate::security::behaviour::Event;
 use crate::session::policy::Decision;
 use crate::session::{SessionId, UserBinding};
 use crate::shard::CrossMsg;
@@ -84,7 +85,8 @@ impl Gateway {
         c.waiting = Waiting::Nothing;
         self.stats.drop_auth_failed += 1;
         self.send_error(conn, cmd::LOGIN, seq, ErrorCode::AuthFailed, message);
-        self.count_bad_frame(conn)
+        self.score_conn(conn, Event::FailedLogin);
+        self.count_bad_frame(conn) && self.takes_input(conn)
     }
 
     /// Binds an authenticated user under the multi-login policy and answers.
@@ -127,12 +129,15 @@ impl Gateway {
         };
         let ip = self.conns.get(&conn).map(|c| c.ip.to_string()).unwrap_or_default();
         self.event(crate::admin::EventKind::Login, session, &user.user_id, &ip, &user.device);
+        let role_bits = self.security.whitelist.role_bits(&user.role);
         self.sessions.bind_user(session, user);
         if let Some(s) = self.sessions.get_mut(session) {
             s.logged_in_at = Some(self.now);
+            s.role_bits = role_bits;
         }
         self.logged_in(conn);
         self.stats.logins += 1;
         self.send_payload(conn, Envelope::new(cmd::LOGIN, seq, flags::RESPONSE, &[]), &reply, false);
+        self.score_conn(conn, Event::Login);
     }
 }

@@ -28,6 +28,7 @@ impl Gateway {
         let Some(req) = self.payload::<ResumeRequest>(conn, codec, env) else {
             return self.count_bad_frame(conn);
         };
+
         let Some((target, generation)) = verify_resume_token(self.shared.resume_key(), &req.resume_token) else {
             self.resume_refused(conn, env.seq, "invalid resume token");
             return self.count_bad_frame(conn);
@@ -124,6 +125,7 @@ impl Gateway {
         self.stats.resumes += 1;
         self.stats.replayed += u64::from(reply.replayed);
         self.handle_writable(conn);
+        self.score_conn(conn, crate::security::behaviour::Event::Resume);
     }
 
     /// Keeps a session that no connection is waiting for, detached.

@@ -37,8 +37,9 @@ use crate::backend::{Link, LinkState};
 use crate::config::Config;
 use crate::conn::ConnId;
 use crate::route::{LinkId, Router};
+use crate::security::behaviour::Scores;
 use crate::security::rate_limit::TokenBucket;
-use crate::security::{Frame, Reason, Verdict};
+use crate::security::{Frame, Reason, Security, Verdict};
 use crate::session::policy::Policy;
 use crate::session::{Session, SessionId, SessionTable};
 use crate::shard::Shared;
@@ -85,6 +86,8 @@ pub(crate) struct Conn {
     pub(crate) session: SessionId,
     pub(crate) codec: Codec,
     max_frame: usize,
+    /// Its listener, by index in the config.
+    listener: usize,
     pub(crate) ip: IpAddr,
     admitted: bool,
     /// Logged in or resumed: the limits of players apply, not those of
@@ -204,6 +207,10 @@ pub struct Gateway {
     pub(crate) router: Router,
     pub(crate) links: Vec<Link>,
     pub(crate) auth: Box<dyn Authenticator>,
+    /// `[security]`, compiled.
+    pub(crate) security: Security,
+    /// Behaviour scores of sources and users.
+    pub(crate) scores: Scores,
     /// Per source IP: rate bucket (frames before login) and connections on
     /// this worker.
     pub(crate) ip_buckets: HashMap<IpAddr, (TokenBucket, u32)>,
@@ -271,6 +278,8 @@ impl Gateway {
             router,
             links,
             auth,
+            security: Security::new(config),
+            scores: Scores::default(),
             ip_buckets: HashMap::new(),
             user_buckets: FxHashMap::default(),
             pair_buckets: FxHashMap::default(),
@@ -386,7 +395,15 @@ impl Gateway {
         let spec = self.listeners[listener];
         let ip = peer.ip();
         let l = &self.limits;
-        let admitted = self.shared.admit(ip, l.max_connections, l.max_per_ip, l.max_prelogin_per_ip);
+        // A source that is blocked, or past its behaviour score's `kick`, is
+        // refused before it costs anything more.
+        let banned = self.shared.is_blocked(ip, now)
+            || self.scores.of_ip(ip, now, self.security.behaviour.decay_per_sec) >= self.security.behaviour.kick;
+        let admitted = if banned {
+            Err(Reason::Banned.message())
+        } else {
+            self.shared.admit(ip, l.max_connections, l.max_per_ip, l.max_prelogin_per_ip)
+        };
         let session = self.shared.session_base(self.worker) | self.next_session;
         self.next_session += 1;
         self.sessions.insert(Session::new(session, conn, spec.codec, now, l.session_rate.1, l.peer_rate.1));
@@ -396,6 +413,7 @@ impl Gateway {
                 session,
                 codec: spec.codec,
                 max_frame: spec.max_frame,
+                listener,
                 ip,
                 admitted: admitted.is_ok(),
                 logged_in: false,
@@ -413,8 +431,13 @@ impl Gateway {
         );
         self.stats.connections += 1;
         if let Err(why) = admitted {
-            self.stats.drop_connection_limit += 1;
-            self.send_error(conn, 0, 0, ErrorCode::Throttled, why);
+            if banned {
+                Reason::Banned.count(&mut self.stats);
+                self.send_error(conn, 0, 0, Reason::Banned.code(), why);
+            } else {
+                self.stats.drop_connection_limit += 1;
+                self.send_error(conn, 0, 0, ErrorCode::Throttled, why);
+            }
             return self.close(conn, End::Session);
         }
         let burst = self.limits.ip_rate.1;
@@ -530,6 +553,7 @@ impl Gateway {
         self.user_buckets.retain(|_, b| !b.is_full(now, rate, burst));
         let (rate, burst) = self.limits.pair_rate;
         self.pair_buckets.retain(|_, b| !b.is_full(now, rate, burst));
+        self.scores.sweep(now, self.security.behaviour.decay_per_sec);
         self.handed_over.retain(|_, (_, at)| now.saturating_duration_since(*at) < Duration::from_secs(10));
         let (heartbeat, window) = (self.limits.heartbeat_timeout, self.limits.resume_window);
         let mut idle = std::mem::take(&mut self.targets);
@@ -616,6 +640,12 @@ impl Gateway {
     /// Client connections are untouched.
     pub fn apply_config(&mut self, config: &Config) {
         self.limits = Limits::new(config);
+        self.security = Security::new(config);
+        let whitelist = &self.security.whitelist;
+        for s in self.sessions.iter_mut() {
+            s.role_bits = s.user.as_ref().map_or(0, |u| whitelist.role_bits(&u.role));
+            s.class_buckets.clear();
+        }
         let s = &config.sessions;
         self.policy = Policy { multi_login: s.multi_login, max_devices: s.max_devices, on_conflict: s.on_conflict };
         match crate::auth::from_config(config) {
@@ -732,6 +762,7 @@ impl Gateway {
         // A stranger's frames are a LOGIN or a RESUME at most: small.
         let max = if c.logged_in { c.max_frame } else { c.max_frame.min(self.limits.max_frame_before_login) };
         let (session, codec, ip) = (c.session, c.codec, c.ip);
+        let chain = self.security.chains[c.listener];
         if let Some(s) = self.sessions.get_mut(session) {
             s.last_seen = self.now;
         }
@@ -745,7 +776,7 @@ impl Gateway {
                     scanned = 0;
                     // Any frame may close the connection (a kick, a slow
                     // consumer, a replay overflow): nothing after it counts.
-                    if !self.on_frame(conn, session, codec, ip, frame)
+                    if !self.on_frame(conn, (session, codec, ip, chain), frame)
                         || self.conns.get(&conn).is_none_or(|c| c.closing)
                     {
                         return None;
@@ -763,7 +794,12 @@ impl Gateway {
 
     /// One frame through decode → the check stage → framework or route.
     /// Returns whether the connection is still open.
-    fn on_frame(&mut self, conn: ConnId, session: SessionId, codec: Codec, ip: IpAddr, frame: &[u8]) -> bool {
+    fn on_frame(
+        &mut self,
+        conn: ConnId,
+        (session, codec, ip, chain): (SessionId, Codec, IpAddr, crate::security::Chain),
+        frame: &[u8],
+    ) -> bool {
         let env = match codec.decode(frame) {
             Ok(env) => env,
             Err(e) => {
@@ -772,15 +808,21 @@ impl Gateway {
             }
         };
         self.stats.frames_in += 1;
-        let verdict = self.check_frame(&Frame { conn, session, ip, env: &env });
+        let verdict = self.check_frame(chain, &Frame { conn, session, ip, env: &env });
         if verdict != Verdict::Respond(Reason::Throttled) && env.ack != 0 {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.replay.ack(env.ack.min(s.replay.last_seq()));
             }
         }
-        if verdict != Verdict::Pass {
-            self.apply_verdict(conn, (env.cmd, env.seq), verdict, None);
-            return !matches!(verdict, Verdict::Close(_));
+        match verdict {
+            Verdict::Pass => {}
+            Verdict::Respond(Reason::BadEnvelope) => {
+                return self.bad_frame(conn, (env.cmd, env.seq), Reason::BadEnvelope, &Reason::BadEnvelope.message());
+            }
+            _ => {
+                self.apply_verdict(conn, (env.cmd, env.seq), verdict, None);
+                return !matches!(verdict, Verdict::Close(_) | Verdict::Escalate(_));
+            }
         }
         if cmd::is_framework(env.cmd) {
             return self.on_framework(conn, session, codec, &env);

@@ -1,27 +1,31 @@
 //! The check stage: every decoded client frame gets a [`Verdict`] before
-//! the gateway handles it, from an ordered chain of links. The security
-//! chain of `DESIGN.md` grows here: each new check is one more link.
+//! the gateway handles it, from an ordered chain of links, configured per
+//! listener (`[security] chain`, `[[security.listeners]]`). The first
+//! refusal wins; every refusal is counted under its [`Reason`], and each
+//! reason belongs to one link ([`Reason::link`]).
 //!
-//! The chain, in order (the first refusal wins):
-//!
-//! 1. **compliance** — a length prefix over the listener's maximum closes
-//!    the connection (FRAME_TOO_LARGE: the stream cannot be resynchronised);
-//!    a frame that does not decode is answered with BAD_FRAME and counted
-//!    against the connection, which is closed at `gateway.max_bad_frames`.
-//!    Frames the framework commands refuse later (bad payloads, failed
-//!    logins, unknown commands) count the same way, and before login so
-//!    does every ERROR the connection is sent;
-//! 2. **rate** — before login, the source address's token bucket (shared by
-//!    the strangers behind one address; a connection's first LOGIN or RESUME
-//!    is not charged to it); after it, the session's and the
-//!    user's, so that junk from a shared address cannot throttle the players
-//!    behind it: THROTTLED; a connection refused more often than
-//!    `limits.max_refusals_per_sec` (burst `max_refusals_burst`) is closed
-//!    as a flood, ending its session;
-//! 3. **shutdown** — business commands while the gateway shuts down:
-//!    SHUTTING_DOWN;
-//! 4. **login** — commands other than HEARTBEAT, LOGIN, LOGOUT, RESUME and
-//!    ACK need a logged-in session: NOT_LOGGED_IN.
+//! 1. **compliance** ([`compliance`], always first) — the rules of
+//!    `proto/PROTOCOL.md`: a length prefix over the listener's maximum
+//!    closes the connection (FRAME_TOO_LARGE); a frame that does not decode
+//!    is answered BAD_FRAME; flags a client may not set, a `server_seq`
+//!    from a client, a route key over `gateway.max_name_bytes`: BAD_FRAME;
+//!    commands other than HEARTBEAT, LOGIN, LOGOUT, RESUME and ACK before
+//!    login: NOT_LOGGED_IN. Refused frames count against the connection,
+//!    which is closed at `gateway.max_bad_frames`;
+//! 2. **shutdown** (always) — business commands while the gateway shuts
+//!    down: SHUTTING_DOWN;
+//! 3. **rate** ([`rate`]) — before login the source address's token bucket,
+//!    after it the session's and the user's, and per session a bucket for
+//!    each command class (`[[security.classes]]`, e.g. chat 5/s):
+//!    THROTTLED; a connection refused too often is closed as a flood;
+//! 4. **behaviour** ([`behaviour`]) — scores per source address and per
+//!    user that rise on refusals, bad frames, failed logins, logins and
+//!    resumes and decay over time; past `throttle` business frames are
+//!    refused THROTTLED, past `kick` the connections are kicked, past
+//!    `block` the source is blocked at the NIC (XDP) for a while. Allowlisted
+//!    sources are never scored;
+//! 5. **whitelist** ([`whitelist`]) — which business commands each role may
+//!    send in each session state: COMMAND_NOT_ALLOWED.
 //!
 //! A frame refused by the rate link is not looked at further; any other
 //! frame's piggy-backed acknowledgement counts even when a later link
@@ -32,20 +36,24 @@
 //! buffer is half full, or — sent to its user, not to a group — past its
 //! inbound rate (`limits.peer_inbound_rate`), so that no player can flood
 //! another or end its session.
-//!
-//! Every refusal is counted under its [`Reason`].
 
+pub mod behaviour;
+pub mod compliance;
+pub mod rate;
 pub mod rate_limit;
+pub mod whitelist;
 
 use std::fmt::Display;
 use std::net::IpAddr;
 
 use portcullis_proto::pb::client::ErrorCode;
-use portcullis_proto::{cmd, Envelope};
+use portcullis_proto::Envelope;
 
+use crate::cidr::Cidr;
+use crate::config::security::{BehaviourConfig, ChainLink};
+use crate::config::Config;
 use crate::conn::ConnId;
 use crate::gateway::{End, Gateway};
-use crate::security::rate_limit::TokenBucket;
 use crate::session::SessionId;
 use crate::stats::Stats;
 
@@ -59,12 +67,28 @@ pub enum Reason {
     BadFrame,
     /// The frame's framework payload did not decode or was invalid.
     BadPayload,
-    /// Over the session's or the source address's frame rate.
-    Throttled,
-    /// A business command while the gateway shuts down.
-    ShuttingDown,
+    /// The envelope breaks a rule of the protocol: a flag clients may not
+    /// set, a `server_seq` from a client, a route key over the limit.
+    BadEnvelope,
     /// A command that needs a logged-in session, before login.
     NotLoggedIn,
+    /// A business command while the gateway shuts down.
+    ShuttingDown,
+    /// Over the session's or the source address's frame rate.
+    Throttled,
+    /// Over the session's rate for the command's class.
+    CommandRate,
+    /// A connection refused by a rate limit more often than
+    /// `limits.max_refusals_per_sec` allows: it is closed.
+    Flooding,
+    /// The source's or user's behaviour score is past `throttle`.
+    Suspicious,
+    /// The source's or user's behaviour score is past `kick` or `block`:
+    /// its connections are closed, new ones refused.
+    Banned,
+    /// The whitelist does not allow the command for the session's role
+    /// and state.
+    NotAllowed,
     /// A message from another player to a session whose replay buffer is
     /// half full.
     RecipientBacklog,
@@ -72,9 +96,6 @@ pub enum Reason {
     RecipientRate,
     /// A direct message from a user to another past their pair's rate.
     PairRate,
-    /// A connection refused by a rate limit more often than
-    /// `limits.max_refusals_per_sec` allows: it is closed.
-    Flooding,
 }
 
 impl Reason {
@@ -82,14 +103,19 @@ impl Reason {
     pub fn code(self) -> ErrorCode {
         match self {
             Reason::FrameTooLarge => ErrorCode::FrameTooLarge,
-            Reason::BadFrame => ErrorCode::BadFrame,
+            Reason::BadFrame | Reason::BadEnvelope => ErrorCode::BadFrame,
             Reason::BadPayload => ErrorCode::BadPayload,
-            Reason::Throttled => ErrorCode::Throttled,
             Reason::ShuttingDown => ErrorCode::ShuttingDown,
             Reason::NotLoggedIn => ErrorCode::NotLoggedIn,
-            Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate | Reason::Flooding => {
-                ErrorCode::Throttled
-            }
+            Reason::NotAllowed => ErrorCode::CommandNotAllowed,
+            Reason::Banned => ErrorCode::Blocked,
+            Reason::Throttled
+            | Reason::CommandRate
+            | Reason::Suspicious
+            | Reason::RecipientBacklog
+            | Reason::RecipientRate
+            | Reason::PairRate
+            | Reason::Flooding => ErrorCode::Throttled,
         }
     }
 
@@ -99,14 +125,41 @@ impl Reason {
             Reason::FrameTooLarge => "frame too large",
             Reason::BadFrame => "undecodable frame",
             Reason::BadPayload => "bad payload",
+            Reason::BadEnvelope => "envelope breaks the protocol",
             Reason::Throttled => "rate limit exceeded: slow down",
+            Reason::CommandRate => "too many commands of this kind: slow down",
             Reason::ShuttingDown => "gateway shutting down: reconnect to another gateway",
             Reason::NotLoggedIn => "log in first",
+            Reason::Suspicious => "too many refused frames or failed logins: slow down",
+            Reason::Banned => "blocked for abusive behaviour",
+            Reason::NotAllowed => "command not allowed",
             Reason::RecipientBacklog => "the recipient is not keeping up",
             Reason::RecipientRate => "the recipient gets too many messages",
             Reason::PairRate => "too many messages to this user",
             Reason::Flooding => "flooding: far over the rate limit for too long; closed",
         }
+    }
+
+    /// The link of the chain (or the delivery check) that gives it.
+    pub fn link(self) -> &'static str {
+        match self {
+            Reason::FrameTooLarge
+            | Reason::BadFrame
+            | Reason::BadPayload
+            | Reason::BadEnvelope
+            | Reason::NotLoggedIn => ChainLink::Compliance.name(),
+            Reason::ShuttingDown => "shutdown",
+            Reason::Throttled | Reason::CommandRate | Reason::Flooding => ChainLink::Rate.name(),
+            Reason::Suspicious | Reason::Banned => ChainLink::Behaviour.name(),
+            Reason::NotAllowed => ChainLink::Whitelist.name(),
+            Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate => "delivery",
+        }
+    }
+
+    /// Whether the frame broke the protocol (scored as a bad frame by the
+    /// behaviour link, not as a mere refusal).
+    fn is_protocol_violation(self) -> bool {
+        matches!(self, Reason::FrameTooLarge | Reason::BadFrame | Reason::BadPayload | Reason::BadEnvelope)
     }
 
     /// Counts one refusal.
@@ -115,15 +168,44 @@ impl Reason {
             Reason::FrameTooLarge => &mut stats.drop_frame_too_large,
             Reason::BadFrame => &mut stats.drop_bad_frame,
             Reason::BadPayload => &mut stats.drop_bad_payload,
+            Reason::BadEnvelope => &mut stats.drop_bad_envelope,
             Reason::Throttled => &mut stats.drop_throttled,
+            Reason::CommandRate => &mut stats.drop_command_rate,
             Reason::ShuttingDown => &mut stats.drop_shutting_down,
             Reason::NotLoggedIn => &mut stats.drop_not_logged_in,
+            Reason::Suspicious => &mut stats.drop_suspicious,
+            Reason::Banned => &mut stats.drop_banned,
+            Reason::NotAllowed => &mut stats.drop_not_allowed,
             Reason::RecipientBacklog => &mut stats.drop_recipient_backlog,
             Reason::RecipientRate => &mut stats.drop_recipient_rate,
             Reason::PairRate => &mut stats.drop_pair_rate,
             Reason::Flooding => &mut stats.closed_flooding,
         } += 1;
     }
+}
+
+/// The chain link a core counter (`drop_*`, `closed_flooding`) belongs to,
+/// for metrics labels; `None` for counters that are not refusals.
+pub fn link_of_counter(name: &str) -> Option<&'static str> {
+    let reason = match name {
+        "drop_frame_too_large" => Reason::FrameTooLarge,
+        "drop_bad_frame" => Reason::BadFrame,
+        "drop_bad_payload" => Reason::BadPayload,
+        "drop_bad_envelope" => Reason::BadEnvelope,
+        "drop_not_logged_in" => Reason::NotLoggedIn,
+        "drop_shutting_down" => Reason::ShuttingDown,
+        "drop_throttled" => Reason::Throttled,
+        "drop_command_rate" => Reason::CommandRate,
+        "closed_flooding" => Reason::Flooding,
+        "drop_suspicious" => Reason::Suspicious,
+        "drop_banned" => Reason::Banned,
+        "drop_not_allowed" => Reason::NotAllowed,
+        "drop_recipient_backlog" => Reason::RecipientBacklog,
+        "drop_recipient_rate" => Reason::RecipientRate,
+        "drop_pair_rate" => Reason::PairRate,
+        _ => return None,
+    };
+    Some(reason.link())
 }
 
 /// What a check decided.
@@ -139,6 +221,11 @@ pub enum Verdict {
     /// Refuse with an ERROR frame, then close the connection and end its
     /// session.
     Close(Reason),
+    /// Refuse with an ERROR frame and escalate against the source: every
+    /// connection of the source address on this worker is closed and the
+    /// address blocked (at the NIC when the XDP filter is configured) for
+    /// `security.behaviour.block_secs`.
+    Escalate(Reason),
 }
 
 /// One decoded frame as the chain sees it.
@@ -157,29 +244,74 @@ pub struct Frame<'a, 'e> {
 /// A link of the chain.
 type Link = fn(&mut Gateway, &Frame<'_, '_>) -> Verdict;
 
-/// The chain after compliance (decoding), in order.
-const CHAIN: [Link; 3] = [Gateway::check_rate, Gateway::check_shutdown, Gateway::check_login];
+/// The configured links, as a bit set of [`ChainLink`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chain(u8);
 
-/// Commands a session may send before it logs in.
-fn allowed_before_login(command: u32) -> bool {
-    matches!(command, cmd::HEARTBEAT | cmd::LOGIN | cmd::LOGOUT | cmd::RESUME | cmd::ACK)
+impl Chain {
+    fn of(links: &[ChainLink]) -> Chain {
+        Chain(links.iter().fold(0, |bits, l| bits | 1 << *l as u8))
+    }
+
+    fn has(self, link: ChainLink) -> bool {
+        self.0 & 1 << link as u8 != 0
+    }
+}
+
+/// The security settings of one worker, compiled from `[security]`.
+#[derive(Debug, Clone)]
+pub(crate) struct Security {
+    /// The chain of each listener, by index.
+    pub(crate) chains: Vec<Chain>,
+    pub(crate) allowlist: Vec<Cidr>,
+    pub(crate) behaviour: BehaviourConfig,
+    pub(crate) classes: rate::Classes,
+    pub(crate) whitelist: whitelist::Whitelist,
+}
+
+impl Security {
+    pub(crate) fn new(config: &Config) -> Security {
+        let s = &config.security;
+        Security {
+            chains: config.listeners.iter().map(|l| Chain::of(&s.chain_of(l.bind))).collect(),
+            allowlist: s.allowlist(),
+            behaviour: s.behaviour.clone(),
+            classes: rate::Classes::new(&s.classes),
+            whitelist: whitelist::Whitelist::new(&s.whitelist, &s.default_role),
+        }
+    }
+
+    /// Whether `ip` is on the allowlist: never scored nor escalated.
+    pub(crate) fn allowlisted(&self, ip: IpAddr) -> bool {
+        self.allowlist.iter().any(|c| c.contains(ip))
+    }
 }
 
 impl Gateway {
-    /// Runs a decoded frame through the chain; the first refusal wins.
-    pub(crate) fn check_frame(&mut self, frame: &Frame<'_, '_>) -> Verdict {
-        for link in CHAIN {
-            let verdict = link(self, frame);
-            if verdict != Verdict::Pass {
-                return verdict;
+    /// Runs a decoded frame through the chain of its connection's listener;
+    /// the first refusal wins.
+    pub(crate) fn check_frame(&mut self, chain: Chain, frame: &Frame<'_, '_>) -> Verdict {
+        const LINKS: [(Option<ChainLink>, Link); 5] = [
+            (None, Gateway::check_compliance),
+            (None, Gateway::check_shutdown),
+            (Some(ChainLink::Rate), Gateway::check_rate),
+            (Some(ChainLink::Behaviour), Gateway::check_behaviour),
+            (Some(ChainLink::Whitelist), Gateway::check_whitelist),
+        ];
+        for (link, check) in LINKS {
+            if link.is_none_or(|l| chain.has(l)) {
+                let verdict = check(self, frame);
+                if verdict != Verdict::Pass {
+                    return verdict;
+                }
             }
         }
         Verdict::Pass
     }
 
-    /// Carries out a refusal of a frame of `conn` (answering `cmd`/`seq`)
-    /// and counts it; `detail` replaces the reason's standard message.
-    /// `Pass` does nothing.
+    /// Carries out a refusal of a frame of `conn` (answering `cmd`/`seq`),
+    /// counts it and scores it against the source and the user; `detail`
+    /// replaces the reason's standard message. `Pass` does nothing.
     pub(crate) fn apply_verdict(
         &mut self,
         conn: ConnId,
@@ -187,19 +319,33 @@ impl Gateway {
         verdict: Verdict,
         detail: Option<&dyn Display>,
     ) {
-        let (reason, close) = match verdict {
+        let (reason, end) = match verdict {
             Verdict::Pass => return,
             Verdict::Drop(reason) => return reason.count(&mut self.stats),
-            Verdict::Respond(reason) => (reason, false),
-            Verdict::Close(reason) => (reason, true),
+            Verdict::Respond(reason) => (reason, None),
+            Verdict::Close(reason) => (reason, Some(false)),
+            Verdict::Escalate(reason) => (reason, Some(true)),
         };
         reason.count(&mut self.stats);
         match detail {
             Some(d) => self.send_error(conn, cmd, seq, reason.code(), &d.to_string()),
             None => self.send_error(conn, cmd, seq, reason.code(), reason.message()),
         }
-        if close {
-            self.close(conn, End::Session);
+        match end {
+            None => {}
+            Some(false) => self.close(conn, End::Session),
+            Some(true) => {
+                if let Some(ip) = self.conns.get(&conn).map(|c| c.ip) {
+                    self.block_source(ip, reason.message());
+                }
+                self.close(conn, End::Session);
+            }
+        }
+        // Refusals that are the behaviour link's own are not scored again.
+        if !matches!(reason, Reason::Suspicious | Reason::Banned) {
+            let event =
+                if reason.is_protocol_violation() { behaviour::Event::BadFrame } else { behaviour::Event::Refusal };
+            self.score_conn(conn, event);
         }
     }
 
@@ -246,93 +392,10 @@ impl Gateway {
         }
     }
 
-    /// Rate: before login the source address's token bucket; after it the
-    /// session's and the user's.
-    fn check_rate(&mut self, f: &Frame<'_, '_>) -> Verdict {
-        let now = self.now;
-        let allowed = match self.sessions.get_mut(f.session) {
-            Some(s) if s.user.is_some() => {
-                let (rate, burst) = self.limits.session_rate;
-                let user = s.user.as_ref().map(|u| &u.user_id).expect("logged in");
-                s.rate.allow(now, rate, burst) && {
-                    let (rate, burst) = self.limits.user_rate;
-                    match self.user_buckets.get_mut(user) {
-                        Some(b) => b.allow(now, rate, burst),
-                        None => {
-                            let mut b = TokenBucket::full(burst, now);
-                            let allowed = b.allow(now, rate, burst);
-                            self.user_buckets.insert(user.clone(), b);
-                            allowed
-                        }
-                    }
-                }
-            }
-            _ => {
-                // A connection's first LOGIN or RESUME is not charged to its
-                // address: strangers sharing it cannot keep a player out.
-                let first_try = matches!(f.env.cmd, cmd::LOGIN | cmd::RESUME)
-                    && self.conns.get_mut(&f.conn).is_some_and(|c| !std::mem::replace(&mut c.tried_login, true));
-                let (rate, burst) = self.limits.ip_rate;
-                first_try || self.ip_buckets.get_mut(&f.ip).is_none_or(|(b, _)| b.allow(now, rate, burst))
-            }
-        };
-        let (rate, burst) = self.limits.refusals;
-        if allowed {
-            Verdict::Pass
-        } else if self.conns.get_mut(&f.conn).is_none_or(|c| c.refusals.allow(now, rate, burst)) {
-            Verdict::Respond(Reason::Throttled)
-        } else {
-            // Far over its rate for long: a flood, not a burst.
-            Verdict::Close(Reason::Flooding)
-        }
-    }
-
     /// Shutdown: no new business requests.
     fn check_shutdown(&mut self, f: &Frame<'_, '_>) -> Verdict {
-        if self.is_shutting_down() && !cmd::is_framework(f.env.cmd) {
+        if self.is_shutting_down() && !portcullis_proto::cmd::is_framework(f.env.cmd) {
             Verdict::Respond(Reason::ShuttingDown)
-        } else {
-            Verdict::Pass
-        }
-    }
-
-    /// Login: only a few commands before it.
-    fn check_login(&mut self, f: &Frame<'_, '_>) -> Verdict {
-        let logged_in = self.sessions.get(f.session).is_some_and(|s| s.user.is_some());
-        if logged_in || allowed_before_login(f.env.cmd) {
-            Verdict::Pass
-        } else {
-            Verdict::Respond(Reason::NotLoggedIn)
-        }
-    }
-
-    /// Recipients protected, sender side: whether `sender` may send one more
-    /// direct message to `recipient` (the pair's bucket, so that no sender
-    /// uses up a recipient's whole inbound rate).
-    pub(crate) fn check_pair(&mut self, sender: &str, recipient: &str) -> Verdict {
-        let key = std::hash::BuildHasher::hash_one(&self.pair_hasher, (sender, recipient));
-        let (rate, burst) = self.limits.pair_rate;
-        let now = self.now;
-        let bucket = self.pair_buckets.entry(key).or_insert_with(|| TokenBucket::full(burst, now));
-        if bucket.allow(now, rate, burst) {
-            Verdict::Pass
-        } else {
-            Verdict::Drop(Reason::PairRate)
-        }
-    }
-
-    /// Recipients protected: a message from another player is dropped for
-    /// a logged-in session whose replay buffer is half full (in messages or
-    /// bytes), or, if it was sent to the session's user (SEND_TO_USER(S),
-    /// not a group the session chose to join), past its inbound rate.
-    pub(crate) fn check_peer_delivery(&mut self, session: SessionId, cmd: u32, payload_len: usize) -> Verdict {
-        let (messages, bytes) = (self.limits.replay_messages, self.limits.replay_bytes);
-        let (rate, burst) = self.limits.peer_rate;
-        let Some(s) = self.sessions.get_mut(session).filter(|s| s.user.is_some()) else { return Verdict::Pass };
-        if s.replay.len() >= messages / 2 || s.replay.len_bytes() + payload_len >= bytes / 2 {
-            Verdict::Drop(Reason::RecipientBacklog)
-        } else if cmd != cmd::SEND_TO_GROUP && !s.peer_in.allow(self.now, rate, burst) {
-            Verdict::Drop(Reason::RecipientRate)
         } else {
             Verdict::Pass
         }

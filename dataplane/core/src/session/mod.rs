@@ -27,6 +27,9 @@ pub struct UserBinding {
     pub user_id: Box<str>,
     /// Device type from the authenticator.
     pub device: Box<str>,
+    /// Role from the authenticator (the token's `role` claim, the auth
+    /// service's answer); empty: the default role.
+    pub role: Box<str>,
 }
 
 /// One player session. It lives on one worker; RESUME may move it whole to
@@ -62,6 +65,10 @@ pub struct Session {
     pub resume_generation: u32,
     /// When it logged in.
     pub logged_in_at: Option<Instant>,
+    /// Its role for the command whitelist, as the whitelist's role bits.
+    pub role_bits: u64,
+    /// Rate buckets of the command classes it used, by class.
+    pub class_buckets: Vec<TokenBucket>,
 }
 
 impl Session {
@@ -82,6 +89,8 @@ impl Session {
             peer_in: TokenBucket::full(peer_burst, now),
             resume_generation: 0,
             logged_in_at: None,
+            role_bits: 0,
+            class_buckets: Vec::new(),
         }
     }
 
@@ -146,6 +155,11 @@ impl SessionTable {
     /// Every session.
     pub fn iter(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()
+    }
+
+    /// Every session, to change what the indexes do not cover.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Session> {
+        self.sessions.values_mut()
     }
 
     /// Binds a logged-in user to a session and indexes it.
@@ -237,7 +251,7 @@ mod tests {
     }
 
     fn user(id: &str) -> UserBinding {
-        UserBinding { user_id: id.into(), device: "pc".into() }
+        UserBinding { user_id: id.into(), device: "pc".into(), role: "".into() }
     }
 
     #[test]

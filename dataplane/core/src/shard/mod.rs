@@ -182,7 +182,15 @@ pub struct Shared {
     login_order: AtomicU64,
     resume_key: [u8; 32],
     events: crate::admin::EventLog,
+    /// Sources blocked by the behaviour link, until when.
+    blocked: DashMap<IpAddr, std::time::Instant>,
+    /// Where blocks go beyond the gateway (the XDP filter), if anywhere.
+    block_sink: OnceLock<BlockSink>,
 }
+
+/// Called with each new block (source, duration) — by the worker that
+/// decided it, so it must not wait long: hand it to another thread.
+pub type BlockSink = Box<dyn Fn(IpAddr, std::time::Duration) + Send + Sync>;
 
 impl Shared {
     /// Shared state for `workers` workers. `resume_key` signs resume tokens;
@@ -206,6 +214,8 @@ impl Shared {
             login_order: AtomicU64::new(1),
             resume_key,
             events: crate::admin::EventLog::default(),
+            blocked: DashMap::new(),
+            block_sink: OnceLock::new(),
         })
     }
 
@@ -229,6 +239,54 @@ impl Shared {
     pub fn session_base(&self, worker: usize) -> u64 {
         let process = u64::from(u16::from_le_bytes([self.resume_key[30], self.resume_key[31]]));
         (process << PROCESS_SHIFT) | ((worker as u64) << WORKER_SHIFT)
+    }
+
+    // ----- blocked sources -------------------------------------------------
+
+    /// Installs where blocks go beyond the gateway (once).
+    pub fn set_block_sink(&self, sink: impl Fn(IpAddr, std::time::Duration) + Send + Sync + 'static) {
+        let _ = self.block_sink.set(Box::new(sink));
+    }
+
+    /// Blocks `ip` from `now` for `ttl` on every worker and hands it to the
+    /// block sink; false if it was blocked already.
+    pub fn block(&self, ip: IpAddr, now: std::time::Instant, ttl: std::time::Duration) -> bool {
+        let until = now + ttl;
+        let fresh = match self.blocked.entry(ip) {
+            dashmap::Entry::Occupied(mut e) if *e.get() > now => {
+                let longer = until > *e.get();
+                if longer {
+                    e.insert(until);
+                }
+                false
+            }
+            dashmap::Entry::Occupied(mut e) => {
+                e.insert(until);
+                true
+            }
+            dashmap::Entry::Vacant(e) => {
+                e.insert(until);
+                true
+            }
+        };
+        if fresh {
+            if let Some(sink) = self.block_sink.get() {
+                sink(ip, ttl);
+            }
+            // Forget expired blocks now and then (blocks are rare).
+            self.blocked.retain(|_, t| *t > now);
+        }
+        fresh
+    }
+
+    /// Whether `ip` is blocked at `now`.
+    pub fn is_blocked(&self, ip: IpAddr, now: std::time::Instant) -> bool {
+        !self.blocked.is_empty() && self.blocked.get(&ip).is_some_and(|t| *t > now)
+    }
+
+    /// Sources blocked at `now`, with the time left.
+    pub fn blocked(&self, now: std::time::Instant) -> Vec<(IpAddr, std::time::Duration)> {
+        self.blocked.iter().filter(|e| *e.value() > now).map(|e| (*e.key(), *e.value() - now)).collect()
     }
 
     // ----- inboxes -------------------------------------------------------

@@ -321,7 +321,10 @@ fn an_expired_token_is_refused_to_the_millisecond() {
     assert_eq!(core.unix_time(later), UNIX_START + 1);
     let conn = ConnId::new(Transport::KernelTcp, 1);
     core.handle_connect(later, conn, 0, SocketAddr::from(([127, 0, 0, 1], 1)));
-    let token = sign(SECRET.as_bytes(), &Claims { uid: "al".into(), dev: "pc".into(), exp: UNIX_START + 1 });
+    let token = sign(
+        SECRET.as_bytes(),
+        &Claims { uid: "al".into(), dev: "pc".into(), exp: UNIX_START + 1, role: String::new() },
+    );
     let mut frame = Vec::new();
     let body = PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token });
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &body), &mut frame);
@@ -338,7 +341,7 @@ fn an_expired_token_is_refused_to_the_millisecond() {
 fn a_long_text_line_in_one_byte_pieces_is_one_frame() {
     let mut h = Harness::new("");
     let c = h.connect(Codec::Text);
-    let line = format!("{} 1 0 {}\n", cmd::HEARTBEAT, "x".repeat(900));
+    let line = format!("{} 1 0 - {}\n", cmd::HEARTBEAT, "x".repeat(900));
     for b in line.as_bytes() {
         h.raw(c, std::slice::from_ref(b));
     }

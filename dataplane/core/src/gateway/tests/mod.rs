@@ -60,7 +60,10 @@ fn token(user: &str) -> String {
 }
 
 fn token_for(user: &str, device: &str) -> String {
-    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: UNIX_START + 3600 })
+    sign(
+        SECRET.as_bytes(),
+        &Claims { uid: user.into(), dev: device.into(), exp: UNIX_START + 3600, role: String::new() },
+    )
 }
 
 /// Cores (one per worker) plus a perfect network: every transmit is
@@ -371,10 +374,16 @@ fn login_refusals() {
     let c = h.connect(Codec::Protobuf);
     h.send_msg(c, cmd::LOGIN, 1, &LoginRequest { token: "not-a-token".into() });
     h.expect_error(c, ErrorCode::AuthFailed);
-    let forged = sign(b"wrong-secret-wrong-secret", &Claims { uid: "eve".into(), dev: String::new(), exp: u64::MAX });
+    let forged = sign(
+        b"wrong-secret-wrong-secret",
+        &Claims { uid: "eve".into(), dev: String::new(), exp: u64::MAX, role: String::new() },
+    );
     h.send_msg(c, cmd::LOGIN, 2, &LoginRequest { token: forged });
     assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("signature"));
-    let expired = sign(SECRET.as_bytes(), &Claims { uid: "bob".into(), dev: String::new(), exp: UNIX_START - 1 });
+    let expired = sign(
+        SECRET.as_bytes(),
+        &Claims { uid: "bob".into(), dev: String::new(), exp: UNIX_START - 1, role: String::new() },
+    );
     h.send_msg(c, cmd::LOGIN, 3, &LoginRequest { token: expired });
     assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("expired"));
     h.send(c, &Envelope::new(cmd::LOGIN, 4, 0, &[0xff, 0xff]));

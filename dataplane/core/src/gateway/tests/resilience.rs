@@ -344,7 +344,7 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
     assert_eq!(req.cmd, cmd::LOGIN);
     let forwarded = LoginRequest::decode(&req.payload[..]).unwrap();
     assert_eq!(forwarded.token, "user=carol;pw=x", "normalised to protobuf");
-    let result = AuthResult { user_id: "carol".into(), device: "web".into() };
+    let result = AuthResult { user_id: "carol".into(), device: "web".into(), role: "moderator".into() };
     h.server_sends(
         link,
         Kind::Reply(pbl::Reply {
@@ -577,25 +577,29 @@ fn a_game_server_hears_of_sessions_that_ended_while_its_link_was_down() {
 
 #[test]
 fn the_check_stage_refuses_in_chain_order_and_counts_each_reason() {
-    let mut h = Harness::new("max_bad_frames = 4\n[limits]\nip_rate = 1\nip_burst = 3");
+    let mut h = Harness::new("max_bad_frames = 5\n[limits]\nip_rate = 1\nip_burst = 1");
     let c = h.connect(Codec::Protobuf);
-    // login: a framework command and a business command before LOGIN.
+    // compliance, handshake state: a framework command and a business
+    // command before LOGIN (refused before the rate link charges them).
     h.send_msg(c, cmd::JOIN_GROUP, 1, &GroupRequest { group: "g".into() });
     h.expect_error(c, ErrorCode::NotLoggedIn);
     h.send(c, &Envelope::new(1000, 2, 0, b"x"));
     h.expect_error(c, ErrorCode::NotLoggedIn);
     h.send(c, &Envelope::new(cmd::HEARTBEAT, 3, 0, b""));
     assert_eq!(h.take(c)[0].cmd, cmd::HEARTBEAT);
-    // rate comes before login: the address's bucket is empty, so THROTTLED,
-    // not NOT_LOGGED_IN.
-    h.send(c, &Envelope::new(1000, 4, 0, b"x"));
+    // rate: the heartbeat took the address's only token.
+    h.send(c, &Envelope::new(cmd::HEARTBEAT, 4, 0, b""));
     h.expect_error(c, ErrorCode::Throttled);
+    // compliance, envelope: a flag only the gateway sets.
+    h.send(c, &Envelope::new(cmd::HEARTBEAT, 5, flags::RESPONSE, b""));
+    h.expect_error(c, ErrorCode::BadFrame);
     assert!(!h.closed.contains(&c));
-    // compliance comes first of all and is not rate-limited; before login
-    // every ERROR counted: the fourth (max_bad_frames) closes the connection.
+    // compliance, codec: not rate-limited; before login every ERROR counted:
+    // the fifth (max_bad_frames) closes the connection.
     h.raw(c, &[0, 0, 0, 2, 0xff, 0xff]);
     h.expect_error(c, ErrorCode::BadFrame);
     assert!(h.closed.contains(&c));
     let s = h.cores[0].stats();
-    assert_eq!((s.drop_not_logged_in, s.drop_throttled, s.drop_bad_frame, s.frames_in), (2, 1, 1, 4));
+    let counts = (s.drop_not_logged_in, s.drop_throttled, s.drop_bad_envelope, s.drop_bad_frame, s.frames_in);
+    assert_eq!(counts, (2, 1, 1, 1, 5));
 }
