@@ -432,8 +432,11 @@ impl Gateway {
         self.stats.connections += 1;
         if let Err(why) = admitted {
             if banned {
+                // A source that keeps coming back while banned climbs on,
+                // to a block at the NIC.
                 Reason::Banned.count(&mut self.stats);
                 self.send_error(conn, 0, 0, Reason::Banned.code(), why);
+                self.score(ip, session, crate::security::behaviour::Event::Refusal);
             } else {
                 self.stats.drop_connection_limit += 1;
                 self.send_error(conn, 0, 0, ErrorCode::Throttled, why);

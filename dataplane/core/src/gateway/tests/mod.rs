@@ -754,3 +754,4 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
 mod admin;
 mod hostile;
 mod resilience;
+mod security;
