@@ -5,7 +5,7 @@
 //!
 //! Names: `portcullis_` prefix, `_total` counters, base units (seconds,
 //! bytes). Refusals and drops of the core are one family,
-//! `portcullis_refusals_total{reason}`.
+//! `portcullis_refusals_total{link, reason}`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -137,10 +137,11 @@ pub async fn render(control: &Control) -> String {
             }
             for c in &w.counters {
                 if let Some(reason) = c.name.strip_prefix("drop_") {
-                    let l = [("node", node), ("worker", worker.as_str()), ("reason", reason)];
+                    let link = portcullis_core::security::link_of_counter(&c.name).unwrap_or("gateway");
+                    let l = [("node", node), ("worker", worker.as_str()), ("link", link), ("reason", reason)];
                     f.add(
                         "portcullis_refusals_total",
-                        "Frames, connections and messages refused or dropped, by reason",
+                        "Frames, connections and messages refused or dropped, by the check (link) and reason",
                         &l,
                         Value::Counter(c.value),
                     );

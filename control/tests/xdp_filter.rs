@@ -561,3 +561,114 @@ fn the_filter_through_the_control_plane_blocks_with_an_expiry_and_refuses_reader
     let (_, status) = s.ctl_via(&c, READ_TOKEN, &["status"]);
     assert!(!status.contains("10.77.0.23"), "expired entries are purged: {status}");
 }
+
+/// A TCP connection from `src` on the players' side to the gateway's port.
+fn connect_from(h: &Harness, src: IpAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    h.in_players(|| {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&SocketAddr::new(src, 0).into())?;
+        sock.connect_timeout(&SocketAddr::new(GATEWAY_V4.into(), PORT).into(), timeout)?;
+        let stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        Ok(stream)
+    })
+}
+
+/// The ERROR codes the gateway sent on `stream` until it closed it.
+fn errors_until_closed(mut stream: TcpStream) -> Vec<i32> {
+    use portcullis_proto::framework::PayloadForm;
+    use portcullis_proto::pb::client::Error as ErrorMsg;
+    let mut buf = Vec::new();
+    let _ = stream.read_to_end(&mut buf);
+    let mut codes = Vec::new();
+    let mut pos = 0;
+    while let Ok(Some((range, used))) = portcullis_proto::Codec::Protobuf.framing().next_frame(&buf[pos..], usize::MAX)
+    {
+        let env = portcullis_proto::Codec::Protobuf.decode(&buf[pos + range.start..pos + range.end]).unwrap();
+        if env.cmd == portcullis_proto::cmd::ERROR {
+            codes.push(PayloadForm::Protobuf.decode::<ErrorMsg>(&env.payload).unwrap().code);
+        }
+        pos += used;
+    }
+    codes
+}
+
+#[test]
+fn a_source_whose_behaviour_passes_block_is_dropped_at_the_nic_until_the_block_expires() {
+    use portcullis_proto::pb::client::ErrorCode;
+    let Some(s) = setup("behaviour_block", (100_000, 100_000)) else { return };
+    // 5 points per bad frame or refused connection, 5 points of decay a
+    // second: kicked at 20 (and refused for 2 s), blocked at 30 for 3 s.
+    let config = portcullis_core::Config::parse(
+        &format!(
+            "[gateway]\nworkers = 1\nmax_bad_frames = 100\n\
+             [security]\nxdp_pin_dir = \"{}\"\n\
+             [security.behaviour]\nthrottle = 10\nkick = 20\nblock = 30\nbad_frame = 5\nrefusal = 5\n\
+             block_secs = 3\ndecay_per_sec = 5\nban_secs = 2\n\
+             [[listeners]]\nbind = \"{GATEWAY_V4}:{PORT}\"\ncodec = \"protobuf\"\n\
+             [auth]\nkind = \"token\"\nsecret = \"0123456789abcdef0123\"\n",
+            s.pin.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    let gateway = s.h.in_gateway(|| portcullis_dataplane::RunningGateway::start(&config)).unwrap();
+    let (attacker, bystander) = (v4(20), v4(21));
+    // Garbage: four undecodable frames, 20 points: kicked.
+    let mut c = connect_from(&s.h, attacker, Duration::from_secs(2)).unwrap();
+    c.write_all(&[0, 0, 0, 2, 0xff, 0xff].repeat(4)).unwrap();
+    let codes = errors_until_closed(c);
+    assert_eq!(codes.last(), Some(&(ErrorCode::BadFrame as i32)), "{codes:?}");
+    // Back again while kicked: refused (BLOCKED), 5 points each, until it
+    // passes 30 and the source goes to the XDP blocklist.
+    for _ in 0..2 {
+        let c = connect_from(&s.h, attacker, Duration::from_secs(2)).unwrap();
+        assert_eq!(errors_until_closed(c).first(), Some(&(ErrorCode::Blocked as i32)));
+    }
+    for _ in 0..5 {
+        let Ok(c) = connect_from(&s.h, attacker, Duration::from_millis(300)) else { break };
+        // Refused, or — the block landing in the middle of the handshake —
+        // never accepted.
+        let codes = errors_until_closed(c);
+        assert!(codes.is_empty() || codes[0] == ErrorCode::Blocked as i32, "{codes:?}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let entry = loop {
+        let blocked = s.filter.rules().unwrap().blocked().unwrap();
+        if let Some(e) = blocked.into_iter().find(|e| e.cidr.contains(attacker)) {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the block never reached the XDP filter");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(entry.expires_in.is_some_and(|left| left <= Duration::from_secs(3)), "{entry:?}");
+    assert!(s.ctl(&["status"]).contains(&attacker.to_string()), "portcullisctl filter status lists it");
+    // Now its SYNs never reach the gateway: dropped at the NIC.
+    let dropped = s.counter(Verdict::DropBlocklisted);
+    assert!(connect_from(&s.h, attacker, Duration::from_millis(500)).is_err());
+    assert!(s.counter(Verdict::DropBlocklisted) > dropped, "XDP counted the dropped SYNs");
+    // Another source plays on.
+    let mut b = connect_from(&s.h, bystander, Duration::from_secs(2)).unwrap();
+    let mut heartbeat = Vec::new();
+    portcullis_proto::Codec::Protobuf
+        .encode(&portcullis_proto::Envelope::new(portcullis_proto::cmd::HEARTBEAT, 1, 0, b""), &mut heartbeat);
+    b.write_all(&heartbeat).unwrap();
+    let mut answer = [0u8; 4];
+    b.read_exact(&mut answer).unwrap();
+    // The block expires in the XDP program itself, the score decays: the
+    // source is served again.
+    std::thread::sleep(entry.expires_in.unwrap() + Duration::from_secs(1));
+    let mut c = connect_from(&s.h, attacker, Duration::from_secs(2)).expect("the block expired");
+    c.write_all(&heartbeat).unwrap();
+    c.read_exact(&mut answer).expect("served again");
+    let stats = gateway.status().into_iter().fold(portcullis_core::Stats::default(), |mut t, w| {
+        t += &w.stats;
+        t
+    });
+    // Kicked once at least (the decaying score may cross `kick` again on
+    // its way to `block`), blocked once.
+    assert!(stats.escalated_kicks >= 1, "{stats:?}");
+    assert_eq!(stats.escalated_blocks, 1);
+    assert_eq!(gateway.nic_counters().unwrap().blocks_applied.load(Ordering::Relaxed), 1);
+    gateway.stop().unwrap();
+}

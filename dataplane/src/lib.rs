@@ -6,6 +6,7 @@
 //! |---|---|
 //! | worker threads, shared state, status, signals | [`runtime`] |
 //! | the agent API the control plane talks to | [`agent`] |
+//! | blocks by the security chain into the XDP filter | [`nic`] |
 //! | IO backends (kernel sockets, AF_XDP, DPDK), game-server link sockets, the output dispatcher | [`io`] |
 //! | the userspace TCP/IP stack of the kernel-bypass backends | [`netstack`] |
 //!
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod io;
 pub mod netstack;
+pub mod nic;
 pub mod runtime;
 
 pub use runtime::{RunningGateway, WorkerStatus};

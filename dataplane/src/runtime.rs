@@ -104,6 +104,8 @@ pub struct RunningGateway {
     status: Arc<Mutex<Vec<WorkerStatus>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<io::Result<()>>>,
+    /// Blocks into the XDP filter, if configured.
+    nic: Option<crate::nic::NicGuard>,
 }
 
 /// 32 bytes from the OS's CSPRNG.
@@ -186,6 +188,7 @@ impl RunningGateway {
     ) -> io::Result<RunningGateway> {
         let workers = ios.len();
         let shared = Shared::new(workers, random_key()?);
+        let nic = crate::nic::NicGuard::start(config, &shared)?;
         let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(vec![WorkerStatus::default(); workers]));
@@ -217,7 +220,7 @@ impl RunningGateway {
                 })
             })?);
         }
-        Ok(RunningGateway { addrs, shared, status, stop, threads })
+        Ok(RunningGateway { addrs, shared, status, stop, threads, nic })
     }
 
     /// What each worker last reported (about every 100 ms).
@@ -233,6 +236,12 @@ impl RunningGateway {
     /// State shared by the workers.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
+    }
+
+    /// Counters of the thread that writes blocks into the XDP filter, if
+    /// `security.xdp_pin_dir` is set.
+    pub fn nic_counters(&self) -> Option<&crate::nic::NicCounters> {
+        self.nic.as_ref().map(|n| &*n.counters)
     }
 
     /// Whether every worker thread is still running.

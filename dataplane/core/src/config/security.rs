@@ -113,8 +113,11 @@ pub struct BehaviourConfig {
     /// THROTTLED (framework commands still pass, so it can log out).
     pub throttle: f32,
     /// From this score on, the source's or user's connections are kicked
-    /// (no reconnect) and new ones refused while it stays above.
+    /// (no reconnect); a kicked source's new connections are refused for
+    /// `ban_secs` (each refusal scores as one).
     pub kick: f32,
+    /// How long a kicked source is refused.
+    pub ban_secs: u64,
     /// From this score on, the source is blocked at the NIC (XDP blocklist)
     /// for `block_secs`. A user past it has its current source blocked.
     pub block: f32,
@@ -139,6 +142,7 @@ impl Default for BehaviourConfig {
             decay_per_sec: 1.0,
             throttle: 50.0,
             kick: 100.0,
+            ban_secs: 60,
             block: 200.0,
             block_secs: 600,
             refusal: 0.5,

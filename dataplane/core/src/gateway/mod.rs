@@ -395,10 +395,9 @@ impl Gateway {
         let spec = self.listeners[listener];
         let ip = peer.ip();
         let l = &self.limits;
-        // A source that is blocked, or past its behaviour score's `kick`, is
+        // A source that is blocked, or was kicked for its behaviour, is
         // refused before it costs anything more.
-        let banned = self.shared.is_blocked(ip, now)
-            || self.scores.of_ip(ip, now, self.security.behaviour.decay_per_sec) >= self.security.behaviour.kick;
+        let banned = self.shared.is_blocked(ip, now) || self.scores.is_banned(ip, now);
         let admitted = if banned {
             Err(Reason::Banned.message())
         } else {

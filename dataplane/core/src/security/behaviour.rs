@@ -10,8 +10,9 @@
 //! - `throttle`: business frames of the source or user are refused
 //!   THROTTLED (framework commands pass, so that it can log out);
 //! - `kick`: every connection of the source (or session of the user) on
-//!   this worker gets a KICK without reconnect; new connections from the
-//!   source are refused BLOCKED while the score stays above;
+//!   this worker gets a KICK without reconnect; new connections from a
+//!   kicked source are refused BLOCKED for `ban_secs`, and each refusal
+//!   scores, so that a source that keeps coming back climbs to `block`;
 //! - `block`: the source is blocked for `block_secs` — the gateway refuses
 //!   it on every worker ([`crate::shard::Shared::block`]) and, when the XDP
 //!   filter is configured, the dataplane puts it in the filter's blocklist
@@ -64,6 +65,8 @@ impl Score {
 pub(crate) struct Scores {
     pub(crate) by_ip: rustc_hash::FxHashMap<IpAddr, Score>,
     pub(crate) by_user: rustc_hash::FxHashMap<Box<str>, Score>,
+    /// Kicked sources, refused until then.
+    banned: rustc_hash::FxHashMap<IpAddr, Instant>,
     /// Until when some score may be over `throttle`: before it, frames look
     /// their scores up; after it, no lookup is needed.
     hot_until: Option<Instant>,
@@ -74,6 +77,7 @@ impl Scores {
     pub(crate) fn sweep(&mut self, now: Instant, decay: f32) {
         self.by_ip.retain(|_, s| s.value(now, decay) > 0.0);
         self.by_user.retain(|_, s| s.value(now, decay) > 0.0);
+        self.banned.retain(|_, until| *until > now);
         if self.hot_until.is_some_and(|t| t <= now) {
             self.hot_until = None;
         }
@@ -82,6 +86,11 @@ impl Scores {
     /// The score of `ip` at `now`.
     pub(crate) fn of_ip(&self, ip: IpAddr, now: Instant, decay: f32) -> f32 {
         self.by_ip.get(&ip).map_or(0.0, |s| s.value(now, decay))
+    }
+
+    /// Whether `ip` was kicked less than `ban_secs` ago.
+    pub(crate) fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        !self.banned.is_empty() && self.banned.get(&ip).is_some_and(|until| *until > now)
     }
 
     /// Adds `points` to a score; returns the old and the new value.
@@ -201,6 +210,8 @@ impl Gateway {
             Crossed::Throttle => self.stats.escalated_throttles += 1,
             Crossed::Kick => {
                 self.stats.escalated_kicks += 1;
+                let until = self.now + Duration::from_secs(self.security.behaviour.ban_secs);
+                self.scores.banned.insert(ip, until);
                 self.kick_source(ip, &format!("{detail}: kicked"));
             }
             Crossed::Block => self.block_source(ip, &detail),

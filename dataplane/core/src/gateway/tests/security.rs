@@ -6,10 +6,7 @@ use std::sync::{Arc, Mutex};
 use super::*;
 
 fn token_with_role(user: &str, role: &str) -> String {
-    sign(
-        SECRET.as_bytes(),
-        &Claims { uid: user.into(), dev: "pc".into(), exp: UNIX_START + 3600, role: role.into() },
-    )
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: UNIX_START + 3600, role: role.into() })
 }
 
 impl Harness {
@@ -80,9 +77,8 @@ fn compliance_refuses_gateway_flags_server_fields_and_long_route_keys_as_bad_fra
 
 #[test]
 fn a_command_class_has_its_own_rate_per_session() {
-    let mut h = Harness::new(
-        "[[security.classes]]\nname = \"chat\"\ncommands = [1101, [1110, 1119]]\nrate = 5\nburst = 5",
-    );
+    let mut h =
+        Harness::new("[[security.classes]]\nname = \"chat\"\ncommands = [1101, [1110, 1119]]\nrate = 5\nburst = 5");
     h.links_up();
     let (a, b) = (h.connect(Codec::Protobuf), h.connect(Codec::Json));
     h.login(a, "alice");
@@ -203,9 +199,7 @@ fn a_source_sending_garbage_climbs_to_a_block_that_expires() {
 
 #[test]
 fn failed_logins_climb_to_a_block_and_an_allowlisted_source_never_does() {
-    let mut h = Harness::new(&format!(
-        "max_bad_frames = 100\n[security]\nallowlist = [\"10.1.0.0/16\"]\n{BEHAVIOUR}"
-    ));
+    let mut h = Harness::new(&format!("max_bad_frames = 100\n[security]\nallowlist = [\"10.1.0.0/16\"]\n{BEHAVIOUR}"));
     let blocks = h.record_blocks();
     for (ip, blocked) in [([198, 51, 100, 8], true), ([10, 1, 2, 3], false)] {
         let mut refused = 0;
