@@ -423,8 +423,14 @@ pub fn token(user: &str) -> String {
 
 /// A valid token for `user` on `device`, valid for an hour.
 pub fn token_for(user: &str, device: &str) -> String {
+    token_with_role(user, device, "")
+}
+
+/// A valid token for `user` on `device` with a `role` claim (the command
+/// whitelist's), valid for an hour.
+pub fn token_with_role(user: &str, device: &str, role: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: now + 3600, role: String::new() })
+    sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: device.into(), exp: now + 3600, role: role.into() })
 }
 
 /// Receives the next event, failing the test after `secs` seconds.

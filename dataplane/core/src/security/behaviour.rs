@@ -212,7 +212,7 @@ impl Gateway {
                 self.stats.escalated_kicks += 1;
                 let until = self.now + Duration::from_secs(self.security.behaviour.ban_secs);
                 self.scores.banned.insert(ip, until);
-                self.kick_source(ip, &format!("{detail}: kicked"));
+                self.kick_source(ip, &format!("{detail}: kicked"), false);
             }
             Crossed::Block => self.block_source(ip, &detail),
         }
@@ -233,10 +233,16 @@ impl Gateway {
         }
     }
 
-    /// Closes every connection of `ip` on this worker with a KICK.
-    fn kick_source(&mut self, ip: IpAddr, reason: &str) {
-        let conns: Vec<(ConnId, SessionId)> =
-            self.conns.iter().filter(|(_, c)| c.ip == ip && !c.closing).map(|(id, c)| (*id, c.session)).collect();
+    /// Closes the connections of `ip` on this worker with a KICK: those not
+    /// logged in, or all with `players` (players are scored as users: a
+    /// stranger's garbage must not get the players behind its NAT kicked).
+    fn kick_source(&mut self, ip: IpAddr, reason: &str, players: bool) {
+        let conns: Vec<(ConnId, SessionId)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.ip == ip && !c.closing && (players || !c.logged_in))
+            .map(|(id, c)| (*id, c.session))
+            .collect();
         for (conn, session) in conns {
             if self.sessions.get(session).is_some_and(|s| s.user.is_some()) {
                 self.kick_session(session, reason);
@@ -257,12 +263,12 @@ impl Gateway {
         let ttl = Duration::from_secs(self.security.behaviour.block_secs);
         if !self.shared.block(ip, self.now, ttl) {
             // Blocked already (by another link or worker): just close.
-            return self.kick_source(ip, Reason::Banned.message());
+            return self.kick_source(ip, Reason::Banned.message(), true);
         }
         self.stats.escalated_blocks += 1;
         let detail = format!("{detail}: blocked for {} s", ttl.as_secs());
         tracing::warn!("{detail}");
         self.event(EventKind::FilterBlock, 0, "", &ip.to_string(), &detail);
-        self.kick_source(ip, Reason::Banned.message());
+        self.kick_source(ip, Reason::Banned.message(), true);
     }
 }
