@@ -5,6 +5,12 @@
 //! - `reply`: link frame → in-flight lookup → session → sequenced, kept for
 //!   replay → client frame
 //!
+//! Each twice: with the security chain reduced to compliance (`chain =
+//! []`), and with every link on — rate with a command class for the
+//! command, behaviour with a score being looked up on every frame, and a
+//! whitelist rule by role — so that the difference is the chain's cost per
+//! message.
+//!
 //! Before criterion runs, the same paths are run 100 000 times under a
 //! counting allocator and the allocations the core makes per message are
 //! printed.
@@ -79,10 +85,19 @@ fn drain(core: &mut Gateway) -> usize {
     bytes
 }
 
-fn setup() -> Bench {
+/// The security chain reduced to compliance.
+const CHAIN_OFF: &str = "[security]\nchain = []\n";
+/// Every link, each with work to do for the benchmark's command.
+const CHAIN_ON: &str = "[gateway]\nmax_bad_frames = 100\n\
+    [security]\nchain = [\"rate\", \"behaviour\", \"whitelist\"]\n\
+    [security.behaviour]\ndecay_per_sec = 0.001\n\
+    [[security.classes]]\nname = \"moves\"\ncommands = [[1000, 1099]]\nrate = 4000000\nburst = 1000\n\
+    [[security.whitelist]]\ncommands = [[1000, 1999]]\nroles = [\"player\", \"moderator\"]\n";
+
+fn setup(security: &str) -> Bench {
     let config = Config::parse(
         &format!(
-            "[limits]\nsession_rate = 4000000\nsession_burst = 1000\n\
+            "{security}[limits]\nsession_rate = 4000000\nsession_burst = 1000\nuser_rate = 4000000\nuser_burst = 1000\nip_rate = 4000000\nip_burst = 1000\n\
              [[listeners]]\nbind = \"127.0.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
              [[services]]\nname = \"game\"\nservers = [\"127.0.0.1:9000\"]\n\
              [[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
@@ -106,6 +121,17 @@ fn setup() -> Bench {
     core.handle_data(now, CONN, &frame);
     drain(&mut core);
     let session = core.session_of(CONN).expect("session");
+    if security == CHAIN_ON {
+        // A stranger elsewhere past `throttle` (11 bad frames, 55 points):
+        // from now on every frame's score is looked up.
+        let stranger = ConnId::new(Transport::KernelTcp, 2);
+        core.handle_connect(now, stranger, 0, SocketAddr::from(([192, 0, 2, 9], 5555)));
+        for _ in 0..11 {
+            core.handle_data(now, stranger, &[0, 0, 0, 2, 0xff, 0xff]);
+        }
+        assert_eq!(core.stats().escalated_throttles, 1);
+        drain(&mut core);
+    }
     let payload = [0x5a; 64];
     let mut request = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(1000, 7, 0, &payload), &mut request);
@@ -182,12 +208,19 @@ fn allocations_per_message(b: &mut Bench) {
 }
 
 fn main() {
-    let mut b = setup();
-    allocations_per_message(&mut b);
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group("core_path_64B");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("round trip: request + reply through the core", |bench| bench.iter(|| round_trip(&mut b)));
+    for (name, security) in [("chain off", CHAIN_OFF), ("chain on", CHAIN_ON)] {
+        let mut b = setup(security);
+        print!("{name}: ");
+        allocations_per_message(&mut b);
+        let s = b.core.stats();
+        assert_eq!((s.drop_suspicious, s.drop_not_allowed, s.drop_command_rate), (0, 0, 0), "{name}");
+        g.bench_function(format!("round trip: request + reply through the core, {name}"), |bench| {
+            bench.iter(|| round_trip(&mut b))
+        });
+    }
     g.finish();
     c.final_summary();
 }

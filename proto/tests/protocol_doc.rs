@@ -107,7 +107,7 @@ fn the_mac_covers_the_base64url_text_so_the_json_spelling_is_free() {
     let over_json = URL_SAFE_NO_PAD.encode(hmac_sha256(secret, block("token-claims").as_bytes()));
     assert_eq!(verify(secret, &format!("{body}.{over_json}"), 0), Err(TokenError::Signature));
     // Other key order, spacing, no `dev`, an unknown claim: accepted as signed.
-    let body = URL_SAFE_NO_PAD.encode(r#"{ "exp": 4102444800, "uid": "bob", "role": "x" }"#);
+    let body = URL_SAFE_NO_PAD.encode(r#"{ "exp": 4102444800, "uid": "bob", "team": "x" }"#);
     let mac = URL_SAFE_NO_PAD.encode(hmac_sha256(secret, body.as_bytes()));
     let claims = verify(secret, &format!("{body}.{mac}"), 0).unwrap();
     assert_eq!(claims, Claims { uid: "bob".into(), dev: String::new(), exp: 4_102_444_800, role: String::new() });

@@ -124,7 +124,7 @@ fn the_whitelist_allows_commands_by_role_and_state() {
     assert!(!h.closed.contains(&player), "a refused command is not a bad frame");
     assert_eq!(h.cores[0].stats().drop_not_allowed, 3);
     // A live reload changes the rules, and a session's role stays.
-    let mut c = config("[[security.whitelist]]\ncommands = [1700]\nroles = [\"moderator\"]");
+    let c = config("[[security.whitelist]]\ncommands = [1700]\nroles = [\"moderator\"]");
     c.validate().unwrap();
     h.cores[0].apply_config(&c);
     assert_eq!(h.business(moderator, 1700, 8), Ok(()));
