@@ -24,7 +24,7 @@
 pub mod admin;
 pub mod auth;
 pub mod backend;
-pub mod cidr;
+pub use portcullis_common::cidr;
 pub mod config;
 pub mod conn;
 pub mod framework;

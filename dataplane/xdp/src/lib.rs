@@ -18,7 +18,7 @@
 //! Expiries are CLOCK_MONOTONIC times, the clock of `bpf_ktime_get_ns`: a
 //! process in another time namespace must not write them.
 
-mod cidr;
+use portcullis_common::cidr;
 pub mod netns;
 pub mod testrun;
 

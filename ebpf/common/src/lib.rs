@@ -4,7 +4,10 @@
 //! Every type is `#[repr(C)]` with explicit padding so that both sides agree
 //! on the layout of map keys and values byte for byte. With the `user`
 //! feature they implement `aya::Pod`.
-#![no_std]
+#![cfg_attr(not(feature = "std"), no_std)]
+
+#[cfg(feature = "std")]
+pub mod cidr;
 
 /// What the XDP program did with a packet. Each has its own per-CPU
 /// counter in [`maps::COUNTERS`], indexed by the discriminant.
