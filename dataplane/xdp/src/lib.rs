@@ -206,6 +206,11 @@ impl Filter {
         Filter { dir: dir.into() }
     }
 
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     fn maps_dir(&self) -> PathBuf {
         self.dir.join("maps")
     }
