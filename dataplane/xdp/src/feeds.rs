@@ -225,6 +225,8 @@ struct Watched {
     content: Option<u64>,
     /// Whether the last attempt failed (logs once per failure streak).
     failing: bool,
+    /// The last sync, so that a reload costs what changed.
+    cache: Option<crate::FeedCache>,
 }
 
 fn content_hash(bytes: &[u8]) -> u64 {
@@ -279,7 +281,7 @@ fn poll_one(filter: &Filter, w: &mut Watched) {
         w.failing = true;
         return;
     }
-    match filter.rules().and_then(|mut r| r.sync_feed(name, &parsed.entries)) {
+    match filter.rules().and_then(|mut r| r.sync_feed_cached(name, &parsed.entries, &mut w.cache)) {
         Ok(report) => {
             w.content = Some(hash);
             w.failing = false;
@@ -345,7 +347,7 @@ pub fn spawn_feed_watcher(
     let filter = Filter::at(pin_dir);
     let stop2 = stop.clone();
     let mut watched: Vec<Watched> =
-        specs.into_iter().map(|spec| Watched { spec, stamp: None, content: None, failing: false }).collect();
+        specs.into_iter().map(|spec| Watched { spec, stamp: None, content: None, failing: false, cache: None }).collect();
     let thread = std::thread::Builder::new().name("portcullis-feeds".into()).spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
             for w in &mut watched {

@@ -569,38 +569,68 @@ pub struct Rules {
     feed_drops: PerCpuArray<MapData, u64>,
 }
 
+/// The value of `entry` in `trie`: from `values` (the whole trie, read
+/// once) or by one lookup.
+fn feed_bits<K: aya::Pod + Eq + std::hash::Hash>(
+    trie: &LpmTrie<MapData, K, FeedValue>,
+    values: Option<&StdHashMap<(K, u8), u64>>,
+    entry: &(K, u8),
+    family: &str,
+) -> Result<u64, FilterError> {
+    if let Some(values) = values {
+        return Ok(values.get(entry).copied().unwrap_or(0));
+    }
+    match trie.get(&Key::new(u32::from(entry.1), entry.0), 0) {
+        Ok(v) => Ok(v.feeds),
+        Err(MapError::KeyNotFound) => Ok(0),
+        Err(e) => Err(bpf(format!("reading the {family} feed trie"))(e)),
+    }
+}
+
 /// Makes `trie` list exactly `want` for feed bit `bit`: adds first, then
-/// removes, so a range listed before and after never stops blocking.
-fn sync_trie<K: aya::Pod + Eq + std::hash::Hash>(
+/// removes, so a range listed before and after never stops blocking. The
+/// feed's current entries are `known` (a cache of the last sync), or read
+/// from the whole trie.
+fn sync_trie<K: aya::Pod + Eq + std::hash::Hash + Ord>(
     trie: &mut LpmTrie<MapData, K, FeedValue>,
     want: &[(K, u8)],
+    known: Option<&[(K, u8)]>,
     bit: u64,
     family: &str,
 ) -> Result<SyncReport, FilterError> {
-    let mut current: StdHashMap<(K, u8), u64> = StdHashMap::new();
-    for kv in trie.iter() {
-        let (k, v) = kv.map_err(bpf(format!("reading the {family} feed trie")))?;
-        current.insert((k.data(), k.prefix_len() as u8), v.feeds);
-    }
+    let (mine, values) = match known {
+        Some(known) => (known.to_vec(), None),
+        None => {
+            let mut values: StdHashMap<(K, u8), u64> = StdHashMap::new();
+            for kv in trie.iter() {
+                let (k, v) = kv.map_err(bpf(format!("reading the {family} feed trie")))?;
+                values.insert((k.data(), k.prefix_len() as u8), v.feeds);
+            }
+            let mine = values.iter().filter(|(_, f)| **f & bit != 0).map(|(e, _)| *e).collect();
+            (mine, Some(values))
+        }
+    };
     let mut report = SyncReport { entries: want.len(), ..SyncReport::default() };
     let wanted: std::collections::HashSet<&(K, u8)> = want.iter().collect();
+    let listed: std::collections::HashSet<&(K, u8)> = mine.iter().collect();
     for entry in want {
-        let feeds = current.get(entry).copied().unwrap_or(0);
-        if feeds & bit == 0 {
-            trie.insert(&Key::new(u32::from(entry.1), entry.0), FeedValue::of(feeds | bit), 0).map_err(|e| {
-                let full = matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC));
-                let why = if full { " (the feed trie is full)" } else { "" };
-                bpf(format!("adding a {family} feed range{why}"))(e)
-            })?;
-            report.added += 1;
+        if listed.contains(entry) {
+            continue;
         }
+        let feeds = feed_bits(trie, values.as_ref(), entry, family)?;
+        trie.insert(&Key::new(u32::from(entry.1), entry.0), FeedValue::of(feeds | bit), 0).map_err(|e| {
+            let full = matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC));
+            let why = if full { " (the feed trie is full)" } else { "" };
+            bpf(format!("adding a {family} feed range{why}"))(e)
+        })?;
+        report.added += 1;
     }
-    for (entry, feeds) in &current {
-        if feeds & bit == 0 || wanted.contains(entry) {
+    for entry in &mine {
+        if wanted.contains(entry) {
             continue;
         }
         let key = Key::new(u32::from(entry.1), entry.0);
-        let rest = feeds & !bit;
+        let rest = feed_bits(trie, values.as_ref(), entry, family)? & !bit;
         if rest == 0 {
             match trie.remove(&key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -612,6 +642,23 @@ fn sync_trie<K: aya::Pod + Eq + std::hash::Hash>(
         report.removed += 1;
     }
     Ok(report)
+}
+
+/// What a process that syncs a feed repeatedly (the feed watcher) knows of
+/// it since its last sync, so that the next sync costs lookups for the
+/// changed ranges only instead of a read of the whole trie. It is used only
+/// while the feed's registry slot still carries the stamp of that sync: a
+/// change by another process (the CLI) makes the next sync read the trie.
+#[derive(Debug, Clone, Default)]
+pub struct FeedCache {
+    id: u32,
+    stamp: u64,
+    v4: Vec<([u8; 4], u8)>,
+    v6: Vec<([u8; 16], u8)>,
+}
+
+fn info_entries(info: &FeedInfo) -> usize {
+    info.entries_v4 as usize + info.entries_v6 as usize
 }
 
 fn feed_name(info: &FeedInfo) -> Option<String> {
@@ -841,6 +888,18 @@ impl Rules {
     /// `entries` is refused (see [`Rules::remove_feed`]): a broken feed file
     /// must not silently wipe a feed.
     pub fn sync_feed(&mut self, name: &str, entries: &[Cidr]) -> Result<SyncReport, FilterError> {
+        self.sync_feed_cached(name, entries, &mut None)
+    }
+
+    /// [`Rules::sync_feed`] for a process that syncs the same feed again
+    /// and again: `cache` (start with `None`) remembers the last sync, so
+    /// that a reload costs in proportion to what changed.
+    pub fn sync_feed_cached(
+        &mut self,
+        name: &str,
+        entries: &[Cidr],
+        cache: &mut Option<FeedCache>,
+    ) -> Result<SyncReport, FilterError> {
         if !feeds::valid_name(name) {
             return Err(FilterError::Feed(FeedError::BadName(name.into()).to_string()));
         }
@@ -849,10 +908,15 @@ impl Rules {
                 "feed {name}: no entries; remove the feed instead (portcullisctl filter feed remove {name})"
             )));
         }
-        self.sync_feed_inner(name, entries)
+        self.sync_feed_inner(name, entries, cache)
     }
 
-    fn sync_feed_inner(&mut self, name: &str, entries: &[Cidr]) -> Result<SyncReport, FilterError> {
+    fn sync_feed_inner(
+        &mut self,
+        name: &str,
+        entries: &[Cidr],
+        cache: &mut Option<FeedCache>,
+    ) -> Result<SyncReport, FilterError> {
         let id = match self.feed_slot(name)? {
             Some(id) => id,
             None => {
@@ -878,21 +942,31 @@ impl Rules {
         };
         let bit = 1u64 << id;
         let (v4, v6) = feeds::split(entries);
-        let r4 = sync_trie(&mut self.feed_v4, &v4, bit, "IPv4");
-        let r6 = r4.as_ref().ok().map(|_| sync_trie(&mut self.feed_v6, &v6, bit, "IPv6"));
+        let previous = self.feed_names.get(&id, 0).map_err(bpf("reading the feed registry"))?;
+        // The cache holds only if nobody synced this feed since it was made.
+        let known = cache.take().filter(|c| c.id == id && c.stamp == previous.loaded_unix_ms && c.stamp != 0);
+        let r4 = sync_trie(&mut self.feed_v4, &v4, known.as_ref().map(|c| c.v4.as_slice()), bit, "IPv4");
+        let r6 = r4
+            .as_ref()
+            .ok()
+            .map(|_| sync_trie(&mut self.feed_v6, &v6, known.as_ref().map(|c| c.v6.as_slice()), bit, "IPv6"));
         self.sync_list_flags()?;
         let (r4, r6) = (r4?, r6.expect("ran when IPv4 did")?);
         let mut info = FeedInfo::default();
         info.name[..name.len()].copy_from_slice(name.as_bytes());
         info.entries_v4 = v4.len() as u32;
         info.entries_v6 = v6.len() as u32;
-        info.loaded_unix_ms =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // Strictly increasing: the stamp tells syncs apart (see FeedCache).
+        info.loaded_unix_ms = (now.as_millis() as u64).max(previous.loaded_unix_ms + 1);
         if entries.is_empty() {
             info = FeedInfo::default();
         }
         self.feed_names.set(id, info, 0).map_err(bpf("updating the feed registry"))?;
-        Ok(SyncReport { added: r4.added + r6.added, removed: r4.removed + r6.removed, entries: v4.len() + v6.len() })
+        if !entries.is_empty() {
+            *cache = Some(FeedCache { id, stamp: info.loaded_unix_ms, v4, v6 });
+        }
+        Ok(SyncReport { added: r4.added + r6.added, removed: r4.removed + r6.removed, entries: info_entries(&info) })
     }
 
     /// Unloads feed `name`: its ranges go (unless another feed lists them)
@@ -901,7 +975,7 @@ impl Rules {
         if self.feed_slot(name)?.is_none() {
             return Ok(None);
         }
-        self.sync_feed_inner(name, &[]).map(Some)
+        self.sync_feed_inner(name, &[], &mut None).map(Some)
     }
 
     /// The loaded feeds, by slot.
