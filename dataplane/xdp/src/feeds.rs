@@ -346,8 +346,10 @@ pub fn spawn_feed_watcher(
     let stop = stop.unwrap_or_default();
     let filter = Filter::at(pin_dir);
     let stop2 = stop.clone();
-    let mut watched: Vec<Watched> =
-        specs.into_iter().map(|spec| Watched { spec, stamp: None, content: None, failing: false, cache: None }).collect();
+    let mut watched: Vec<Watched> = specs
+        .into_iter()
+        .map(|spec| Watched { spec, stamp: None, content: None, failing: false, cache: None })
+        .collect();
     let thread = std::thread::Builder::new().name("portcullis-feeds".into()).spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
             for w in &mut watched {
@@ -366,8 +368,11 @@ pub fn spawn_feed_watcher(
     Ok(FeedWatcher { stop, thread: Some(thread) })
 }
 
+/// Trie entries of one family: address and prefix length.
+pub(crate) type Entries<const N: usize> = Vec<([u8; N], u8)>;
+
 /// IPv4 entries first, then IPv6, each sorted: the order syncs apply in.
-pub(crate) fn split(entries: &[Cidr]) -> (Vec<([u8; 4], u8)>, Vec<([u8; 16], u8)>) {
+pub(crate) fn split(entries: &[Cidr]) -> (Entries<4>, Entries<16>) {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for c in entries {

@@ -223,3 +223,26 @@ fn the_watcher_reloads_changed_files_and_keeps_the_last_good_feed() {
     assert_eq!(s.feed_drops_of(ip("203.0.113.1")), u64::from(FRAMES));
     drop(watcher);
 }
+
+/// A sync from the watcher's cache is exact, and a change by another
+/// process in between (the CLI) makes it read the trie instead.
+#[test]
+fn a_cached_sync_notices_changes_made_by_another_process() {
+    let Some(s) = setup("a_cached_sync_notices_changes_made_by_another_process") else { return };
+    let c = |list: &[&str]| -> Vec<Cidr> { list.iter().map(|x| x.parse().unwrap()).collect() };
+    let mut cache = None;
+    let mut watcher = s.filter.rules().unwrap();
+    let r = watcher.sync_feed_cached("c", &c(&["10.20.0.0/16", "10.21.0.0/16"]), &mut cache).unwrap();
+    assert_eq!((r.added, r.removed), (2, 0));
+    let r = watcher.sync_feed_cached("c", &c(&["10.20.0.0/16", "10.23.0.0/16"]), &mut cache).unwrap();
+    assert_eq!((r.added, r.removed), (1, 1), "from the cache: only the change");
+    assert_eq!(s.feed_drops_of(ip("10.21.0.1")), 0);
+    assert_eq!(s.feed_drops_of(ip("10.23.0.1")), u64::from(FRAMES));
+    // Another process replaces the feed.
+    s.filter.rules().unwrap().sync_feed("c", &c(&["10.22.0.0/16"])).unwrap();
+    let r = watcher.sync_feed_cached("c", &c(&["10.20.0.0/16"]), &mut cache).unwrap();
+    assert_eq!((r.added, r.removed), (1, 1), "read from the trie: 10.22 goes, 10.20 comes back");
+    assert_eq!(s.feed_drops_of(ip("10.22.0.1")), 0);
+    assert_eq!(s.feed_drops_of(ip("10.20.0.1")), u64::from(FRAMES));
+    assert_eq!(s.feed_drops_of(ip("10.23.0.1")), 0);
+}
