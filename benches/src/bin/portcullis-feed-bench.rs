@@ -499,7 +499,29 @@ fn live(netns: &str, pin_dir: &Path, feed: &Path, frames: u32, runs: usize, cpu:
     anyhow::ensure!(dropped >= u64::from(frames) * runs as u64, "the feed case dropped {dropped} frames only");
     nft_flush()?;
     filter.detach("bgw")?;
+    // The program alone (plain BPF_PROG_TEST_RUN, no veth): the same maps,
+    // with the blocklist entry and the feed loaded.
+    let loaded = filter.load_detached()?;
+    let mut alone = Vec::new();
+    for (name, sources) in [("blocklist drop", &blocked), ("feed drop", &listed), ("pass, unlisted", &unlisted)] {
+        let mut ns = Vec::new();
+        for run in 0..runs {
+            let f = udp4_frame(GEN_MAC, GW_MAC, sources[run % sources.len()], GW_IP, 9);
+            ns.push(f64::from(loaded.test_run(&f, frames)?.ns_per_run));
+        }
+        alone.push((name, median_spread(ns)));
+    }
+    filter.rules()?.remove_feed("bench")?;
+    let f = udp4_frame(GEN_MAC, GW_MAC, UNLISTED, GW_IP, 9);
+    let ns: Vec<f64> =
+        (0..runs).map(|_| loaded.test_run(&f, frames).map(|r| f64::from(r.ns_per_run))).collect::<Result<_, _>>()?;
+    alone.push(("pass, unlisted, no feed", median_spread(ns)));
     print_rows(&rows, frames, runs);
+    println!();
+    println!("the Portcullis program alone (BPF_PROG_TEST_RUN, {frames} repeats × {runs} runs; median [min–max] ns):");
+    for (name, (m, lo, hi)) in alone {
+        println!("  {name:<30} {m:>6.0} [{lo:.0}–{hi:.0}]");
+    }
     println!(
         "loading the {} ranges: XDP feed sync {:.0} ms, nft set (nft -f) {:.0} ms",
         cidrs.len(),
