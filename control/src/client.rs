@@ -160,6 +160,14 @@ pub fn show_filter(f: &pb::FilterState) -> String {
         blocked.join(", "),
         f.allowed.join(", "),
     );
+    if !f.feeds.is_empty() {
+        let feeds: Vec<String> = f
+            .feeds
+            .iter()
+            .map(|x| format!("{} ({} entries, {} dropped)", x.name, x.entries_v4 + x.entries_v6, x.drops))
+            .collect();
+        out += &format!("  threat feeds: {}\n", feeds.join(", "));
+    }
     if !f.top_sources.is_empty() {
         let top: Vec<String> = f.top_sources.iter().map(|s| format!("{} {}", s.name, s.value)).collect();
         out += &format!("  top rate-limited sources: {}\n", top.join(", "));

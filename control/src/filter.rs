@@ -76,6 +76,18 @@ fn read(pin_dir: &Path, top: usize) -> Result<pb::FilterState, Status> {
             .into_iter()
             .map(|s| counter(&s.addr.to_string(), s.dropped))
             .collect(),
+        feeds: rules
+            .feeds()
+            .map_err(failed)?
+            .into_iter()
+            .map(|f| pb::FeedState {
+                name: f.name,
+                entries_v4: f.entries_v4,
+                entries_v6: f.entries_v6,
+                drops: f.drops,
+                loaded_unix_ms: f.loaded.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+            })
+            .collect(),
     })
 }
 

@@ -672,3 +672,67 @@ fn a_source_whose_behaviour_passes_block_is_dropped_at_the_nic_until_the_block_e
     assert_eq!(gateway.nic_counters().unwrap().blocks_applied.load(Ordering::Relaxed), 1);
     gateway.stop().unwrap();
 }
+
+/// A dataplane configured with `[[security.feeds]]` loads them into the
+/// filter and reloads a feed when its file changes; the CLI lists, loads
+/// and removes feeds.
+#[test]
+fn a_dataplane_with_feeds_drops_listed_sources_at_the_nic_and_follows_the_file() {
+    let Some(s) = setup("dataplane_feeds", (100_000, 100_000)) else { return };
+    let dir = std::env::temp_dir().join(format!("portcullis-feeds-{}", s.pin.file_name().unwrap().to_string_lossy()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let feed = dir.join("drop.txt");
+    std::fs::write(&feed, format!("; Spamhaus-style\n{} ; SBL1\n", v4(30))).unwrap();
+    let config = portcullis_core::Config::parse(
+        &format!(
+            "[gateway]\nworkers = 1\n\
+             [security]\nxdp_pin_dir = \"{}\"\nfeed_poll_ms = 50\n\
+             [[security.feeds]]\nname = \"drop\"\npath = \"{}\"\n\
+             [[listeners]]\nbind = \"{GATEWAY_V4}:{PORT}\"\ncodec = \"protobuf\"\n\
+             [auth]\nkind = \"token\"\nsecret = \"0123456789abcdef0123\"\n",
+            s.pin.display(),
+            feed.display()
+        ),
+        "test",
+    )
+    .unwrap();
+    let gateway = s.h.in_gateway(|| portcullis_dataplane::RunningGateway::start(&config)).unwrap();
+    let entries = || s.filter.rules().unwrap().feeds().unwrap().into_iter().find(|f| f.name == "drop");
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the feed loads at start", &|| entries().is_some_and(|f| f.entries_v4 == 1));
+    let dropped = s.counter(Verdict::DropThreatFeed);
+    assert!(connect_from(&s.h, v4(30), Duration::from_millis(500)).is_err(), "listed: dropped at the NIC");
+    assert!(s.counter(Verdict::DropThreatFeed) > dropped);
+    connect_from(&s.h, v4(31), Duration::from_secs(2)).expect("unlisted connects");
+    // The file changes: 30 leaves the feed, 31 joins it.
+    std::fs::write(&feed, format!("{}\n", v4(31))).unwrap();
+    wait("the reload", &|| connect_from(&s.h, v4(31), Duration::from_millis(200)).is_err());
+    connect_from(&s.h, v4(30), Duration::from_secs(2)).expect("removed from the feed: connects again");
+    // The CLI.
+    let table = s.ctl(&["feeds"]);
+    assert!(table.contains("drop") && table.contains("DROPPED"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&s.ctl(&["--json", "feeds"])).unwrap();
+    assert_eq!(json[0]["name"], "drop");
+    assert_eq!(json[0]["entries_v4"], 1);
+    assert!(json[0]["drops"].as_u64().unwrap() > 0, "{json}");
+    let other = dir.join("level1.netset");
+    std::fs::write(&other, "# FireHOL\n198.51.100.0/24\nnot-an-address\n2001:db8::/32\n").unwrap();
+    let out = s.ctl(&["feed", "load", "level1", other.to_str().unwrap()]);
+    assert!(out.contains("2 entries") && out.contains("level1.netset:3"), "{out}");
+    assert!(s.ctl(&["status"]).contains("threat feeds: drop (1 entries"), "status shows feeds");
+    let out = s.ctl(&["feed", "remove", "level1"]);
+    assert!(out.contains("removed"), "{out}");
+    let (ok, out) = s.try_ctl(&["feed", "remove", "level1"]);
+    assert!(!ok && out.contains("no feed named"), "{out}");
+    std::fs::write(&other, "<html>\n").unwrap();
+    let (ok, out) = s.try_ctl(&["feed", "load", "level1", other.to_str().unwrap()]);
+    assert!(!ok && out.contains("no address"), "{out}");
+    gateway.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

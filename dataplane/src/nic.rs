@@ -4,6 +4,11 @@
 //! on them. Runs on a thread of its own when `security.xdp_pin_dir` is
 //! set; workers hand it blocks through [`Shared::set_block_sink`] and never
 //! wait for the maps.
+//!
+//! Beside it, when `[[security.feeds]]` are configured, a feed watcher
+//! keeps the threat feeds loaded in the filter's feed tries, reloading a
+//! file when it changes (every `security.feed_poll_ms`); both stop with the
+//! gateway.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use portcullis_core::shard::Shared;
 use portcullis_core::Config;
-use portcullis_xdp::{Cidr, Filter};
+use portcullis_xdp::{spawn_feed_watcher, Cidr, FeedSpec, FeedWatcher, Filter};
 
 /// Counters of the NIC thread.
 #[derive(Debug, Default)]
@@ -30,15 +35,41 @@ pub struct NicCounters {
 pub struct NicGuard {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    feeds: Option<FeedWatcher>,
     /// Its counters.
     pub counters: Arc<NicCounters>,
 }
 
 impl NicGuard {
     /// Starts the thread if `security.xdp_pin_dir` is set and makes it the
-    /// block sink of `shared`.
+    /// block sink of `shared`; starts the feed watcher if feeds are
+    /// configured.
     pub fn start(config: &Config, shared: &Shared) -> std::io::Result<Option<NicGuard>> {
-        let Some(pin_dir) = config.security.xdp_pin_dir.clone() else { return Ok(None) };
+        let Some(pin_dir) = config.security.xdp_pin_dir.clone() else {
+            if !config.security.feeds.is_empty() {
+                // Config validation refuses this; say so if it ever gets here.
+                return Err(std::io::Error::other(
+                    "security.feeds are configured but security.xdp_pin_dir is not: feeds go to the XDP filter",
+                ));
+            }
+            return Ok(None);
+        };
+        let feeds = if config.security.feeds.is_empty() {
+            None
+        } else {
+            let specs: Vec<FeedSpec> = config
+                .security
+                .feeds
+                .iter()
+                .map(|f| FeedSpec { name: f.name.clone(), path: f.path.clone().into() })
+                .collect();
+            tracing::info!(
+                "threat feeds {} into the XDP filter at {pin_dir}, checked every {} ms",
+                specs.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "),
+                config.security.feed_poll_ms
+            );
+            Some(spawn_feed_watcher(&pin_dir, specs, Duration::from_millis(config.security.feed_poll_ms), None)?)
+        };
         let (tx, rx) = mpsc::channel::<(IpAddr, Duration)>();
         shared.set_block_sink(move |ip, ttl| {
             let _ = tx.send((ip, ttl));
@@ -71,13 +102,16 @@ impl NicGuard {
                 }
             }
         })?;
-        Ok(Some(NicGuard { stop, thread: Some(thread), counters }))
+        Ok(Some(NicGuard { stop, thread: Some(thread), feeds, counters }))
     }
 }
 
 impl Drop for NicGuard {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        if let Some(f) = self.feeds.take() {
+            f.stop();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

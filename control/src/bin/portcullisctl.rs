@@ -7,7 +7,7 @@
 //! - `portcullisctl filter …` manages the XDP flood filter: attach/detach,
 //!   counters and top sources, blocklist (with optional expiries, which the
 //!   XDP program enforces by itself) and allowlist CIDRs, rates, gateway
-//!   ports. With `--control` (or `PORTCULLIS_CONTROL`) status and rules go
+//!   ports, threat feeds (`filter feed load|remove`, `filter feeds`). With `--control` (or `PORTCULLIS_CONTROL`) status and rules go
 //!   through the control plane, which authorizes, counts and reports them;
 //!   without it, portcullisctl opens the pinned maps itself (root, on the
 //!   host: the way in when control is down).
@@ -152,6 +152,34 @@ enum FilterCommand {
     },
     /// Remove every attachment and pinned map (rules and counters are lost).
     Purge,
+    /// Load or remove a threat-intelligence feed (plain CIDR lists, FireHOL
+    /// .netset/.ipset, Spamhaus DROP/EDROP; IPv4 and IPv6).
+    Feed {
+        #[command(subcommand)]
+        op: FeedOp,
+    },
+    /// The loaded threat feeds: entries, drops, when each was loaded.
+    Feeds,
+}
+
+#[derive(Subcommand)]
+enum FeedOp {
+    /// Load a feed file under a name, or reload it: the filter then lists
+    /// exactly the file's ranges for that feed (changed by difference, so
+    /// ranges gone from the file are unblocked). Bad lines are skipped and
+    /// reported; a file with no address is refused and the feed kept.
+    Load {
+        /// Name of the feed (letters, digits, '-', '_', '.').
+        name: String,
+        /// The file.
+        file: PathBuf,
+    },
+    /// Unload a feed: its ranges are no longer dropped (unless another
+    /// feed lists them).
+    Remove {
+        /// Name of the feed.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -331,7 +359,7 @@ fn run(mut args: Args) -> anyhow::Result<()> {
                 c.routes.len()
             );
         }
-        Command::Filter { pin_dir, command } => filter(Filter::at(pin_dir), command)?,
+        Command::Filter { pin_dir, command } => filter(Filter::at(pin_dir), command, args.json)?,
         Command::Admin(_) | Command::Secret => unreachable!("handled above"),
     }
     Ok(())
@@ -340,7 +368,15 @@ fn run(mut args: Args) -> anyhow::Result<()> {
 impl FilterCommand {
     /// Commands that work on this host's interfaces and pins only.
     fn is_local_only(&self) -> bool {
-        matches!(self, FilterCommand::Attach { .. } | FilterCommand::Detach { .. } | FilterCommand::Purge)
+        // Feeds are files on this host, loaded into this host's pins.
+        matches!(
+            self,
+            FilterCommand::Attach { .. }
+                | FilterCommand::Detach { .. }
+                | FilterCommand::Purge
+                | FilterCommand::Feed { .. }
+                | FilterCommand::Feeds
+        )
     }
 }
 
@@ -384,7 +420,11 @@ async fn filter_via_control(
             ports: ports.iter().map(|(p, n)| format!("{}:{n}", if *p == Proto::Udp { "udp" } else { "tcp" })).collect(),
             ..change(if matches!(op, PortOp::Add) { Op::AddPort } else { Op::RemovePort })
         },
-        FilterCommand::Attach { .. } | FilterCommand::Detach { .. } | FilterCommand::Purge => {
+        FilterCommand::Attach { .. }
+        | FilterCommand::Detach { .. }
+        | FilterCommand::Purge
+        | FilterCommand::Feed { .. }
+        | FilterCommand::Feeds => {
             unreachable!("local only")
         }
     };
@@ -401,7 +441,7 @@ fn show(json: bool, s: &portcullis_proto::pb::admin::FilterState) -> anyhow::Res
     Ok(())
 }
 
-fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
+fn filter(f: Filter, command: FilterCommand, json: bool) -> anyhow::Result<()> {
     match command {
         FilterCommand::Attach { iface, netns, native } => {
             if let Some(ns) = &netns {
@@ -448,6 +488,12 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
             println!("blocked: {}", blocked.join(", "));
             let allowed: Vec<String> = rules.list(List::Allow)?.iter().map(|c| c.to_string()).collect();
             println!("allowed: {}", allowed.join(" "));
+            let feeds = rules.feeds()?;
+            let shown: Vec<String> = feeds
+                .iter()
+                .map(|f| format!("{} ({} entries, {} dropped)", f.name, f.entries_v4 + f.entries_v6, f.drops))
+                .collect();
+            println!("threat feeds: {}", shown.join(", "));
             println!("top sources over their rate (packets dropped):");
             for s in rules.top_sources(top)? {
                 println!("  {:<40} {:>12}", s.addr, s.dropped);
@@ -483,6 +529,66 @@ fn filter(f: Filter, command: FilterCommand) -> anyhow::Result<()> {
         FilterCommand::Purge => {
             f.purge()?;
             println!("purged");
+        }
+        FilterCommand::Feed { op: FeedOp::Load { name, file } } => {
+            let started = std::time::Instant::now();
+            let parsed = portcullis_xdp::feeds::load_file(&file)?;
+            if parsed.bad_lines > 0 {
+                eprintln!(
+                    "warning: {} bad line(s) skipped:\n{}",
+                    parsed.bad_lines,
+                    parsed.describe_bad(&file.display().to_string())
+                );
+            }
+            let parsed_in = started.elapsed();
+            let report = f.rules()?.sync_feed(&name, &parsed.entries)?;
+            let (v4, v6) = parsed.counts();
+            println!(
+                "feed {name}: {} entries ({v4} IPv4, {v6} IPv6) from {}: +{} −{}; parsed in {} ms, loaded in {} ms",
+                report.entries,
+                file.display(),
+                report.added,
+                report.removed,
+                parsed_in.as_millis(),
+                (started.elapsed() - parsed_in).as_millis()
+            );
+        }
+        FilterCommand::Feed { op: FeedOp::Remove { name } } => match f.rules()?.remove_feed(&name)? {
+            Some(r) => println!("feed {name} removed ({} entries)", r.removed),
+            None => anyhow::bail!("no feed named {name:?} is loaded (see portcullisctl filter feeds)"),
+        },
+        FilterCommand::Feeds => {
+            let feeds = f.rules()?.feeds()?;
+            let now = SystemTime::now();
+            if json {
+                let list: Vec<serde_json::Value> = feeds
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "name": f.name,
+                            "id": f.id,
+                            "entries_v4": f.entries_v4,
+                            "entries_v6": f.entries_v6,
+                            "drops": f.drops,
+                            "loaded_unix_ms": f.loaded.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:>9} {:>9} {:>14}  LOADED", "FEED", "IPv4", "IPv6", "DROPPED");
+                for f in feeds {
+                    let ago = now.duration_since(f.loaded).unwrap_or_default();
+                    println!(
+                        "{:<24} {:>9} {:>9} {:>14}  {} ago",
+                        f.name,
+                        f.entries_v4,
+                        f.entries_v6,
+                        f.drops,
+                        show_duration(ago.max(Duration::from_secs(1)))
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -19,6 +19,7 @@
 //! process in another time namespace must not write them.
 
 use portcullis_common::cidr;
+pub mod feeds;
 pub mod netns;
 pub mod testrun;
 
@@ -33,7 +34,11 @@ use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::EbpfLoader;
 pub use cidr::{Cidr, CidrError};
-use portcullis_common::{block_value, ip_proto, maps, port_index, Bucket, FilterConfig, Verdict, BLOCK_PERMANENT};
+pub use feeds::{spawn_feed_watcher, FeedError, FeedSpec, FeedStatus, FeedWatcher, Parsed, SyncReport};
+use portcullis_common::{
+    block_value, ip_proto, maps, port_index, Bucket, FeedInfo, FeedValue, FilterConfig, Verdict, BLOCK_PERMANENT,
+    MAX_FEEDS,
+};
 
 /// Largest rate or burst: keeps the bucket arithmetic (elapsed ns × rate,
 /// burst × 10⁶) inside 64 bits.
@@ -94,6 +99,9 @@ pub enum FilterError {
         /// Its size in this build.
         needed: usize,
     },
+    /// A threat feed that cannot be loaded (see [`feeds`]).
+    #[error("{0}")]
+    Feed(String),
     /// A kernel or aya error, with what was being done.
     #[error("{what}: {source}")]
     Bpf {
@@ -196,6 +204,11 @@ impl Filter {
     /// The filter pinned under `dir` (default [`PIN_DIR`]).
     pub fn at(dir: impl Into<PathBuf>) -> Filter {
         Filter { dir: dir.into() }
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn maps_dir(&self) -> PathBuf {
@@ -417,6 +430,10 @@ impl Filter {
             allow_v6: map!(maps::ALLOW_V6),
             buckets: map!(maps::BUCKETS),
             counters: map!(maps::COUNTERS),
+            feed_v4: map!(maps::FEED_V4),
+            feed_v6: map!(maps::FEED_V6),
+            feed_names: map!(maps::FEED_NAMES),
+            feed_drops: map!(maps::FEED_DROPS),
         })
     }
 }
@@ -546,6 +563,107 @@ pub struct Rules {
     allow_v6: Trie6,
     buckets: Array<MapData, Bucket>,
     counters: PerCpuArray<MapData, u64>,
+    feed_v4: LpmTrie<MapData, [u8; 4], FeedValue>,
+    feed_v6: LpmTrie<MapData, [u8; 16], FeedValue>,
+    feed_names: Array<MapData, FeedInfo>,
+    feed_drops: PerCpuArray<MapData, u64>,
+}
+
+/// The value of `entry` in `trie`: from `values` (the whole trie, read
+/// once) or by one lookup.
+fn feed_bits<K: aya::Pod + Eq + std::hash::Hash>(
+    trie: &LpmTrie<MapData, K, FeedValue>,
+    values: Option<&StdHashMap<(K, u8), u64>>,
+    entry: &(K, u8),
+    family: &str,
+) -> Result<u64, FilterError> {
+    if let Some(values) = values {
+        return Ok(values.get(entry).copied().unwrap_or(0));
+    }
+    match trie.get(&Key::new(u32::from(entry.1), entry.0), 0) {
+        Ok(v) => Ok(v.feeds),
+        Err(MapError::KeyNotFound) => Ok(0),
+        Err(e) => Err(bpf(format!("reading the {family} feed trie"))(e)),
+    }
+}
+
+/// Makes `trie` list exactly `want` for feed bit `bit`: adds first, then
+/// removes, so a range listed before and after never stops blocking. The
+/// feed's current entries are `known` (a cache of the last sync), or read
+/// from the whole trie.
+fn sync_trie<K: aya::Pod + Eq + std::hash::Hash + Ord>(
+    trie: &mut LpmTrie<MapData, K, FeedValue>,
+    want: &[(K, u8)],
+    known: Option<&[(K, u8)]>,
+    bit: u64,
+    family: &str,
+) -> Result<SyncReport, FilterError> {
+    let (mine, values) = match known {
+        Some(known) => (known.to_vec(), None),
+        None => {
+            let mut values: StdHashMap<(K, u8), u64> = StdHashMap::new();
+            for kv in trie.iter() {
+                let (k, v) = kv.map_err(bpf(format!("reading the {family} feed trie")))?;
+                values.insert((k.data(), k.prefix_len() as u8), v.feeds);
+            }
+            let mine = values.iter().filter(|(_, f)| **f & bit != 0).map(|(e, _)| *e).collect();
+            (mine, Some(values))
+        }
+    };
+    let mut report = SyncReport { entries: want.len(), ..SyncReport::default() };
+    let wanted: std::collections::HashSet<&(K, u8)> = want.iter().collect();
+    let listed: std::collections::HashSet<&(K, u8)> = mine.iter().collect();
+    for entry in want {
+        if listed.contains(entry) {
+            continue;
+        }
+        let feeds = feed_bits(trie, values.as_ref(), entry, family)?;
+        trie.insert(&Key::new(u32::from(entry.1), entry.0), FeedValue::of(feeds | bit), 0).map_err(|e| {
+            let full = matches!(&e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOSPC));
+            let why = if full { " (the feed trie is full)" } else { "" };
+            bpf(format!("adding a {family} feed range{why}"))(e)
+        })?;
+        report.added += 1;
+    }
+    for entry in &mine {
+        if wanted.contains(entry) {
+            continue;
+        }
+        let key = Key::new(u32::from(entry.1), entry.0);
+        let rest = feed_bits(trie, values.as_ref(), entry, family)? & !bit;
+        if rest == 0 {
+            match trie.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(bpf(format!("removing a {family} feed range"))(e)),
+            }
+        } else {
+            trie.insert(&key, FeedValue::of(rest), 0).map_err(bpf(format!("updating a {family} feed range")))?;
+        }
+        report.removed += 1;
+    }
+    Ok(report)
+}
+
+/// What a process that syncs a feed repeatedly (the feed watcher) knows of
+/// it since its last sync, so that the next sync costs lookups for the
+/// changed ranges only instead of a read of the whole trie. It is used only
+/// while the feed's registry slot still carries the stamp of that sync: a
+/// change by another process (the CLI) makes the next sync read the trie.
+#[derive(Debug, Clone, Default)]
+pub struct FeedCache {
+    id: u32,
+    stamp: u64,
+    v4: Vec<([u8; 4], u8)>,
+    v6: Vec<([u8; 16], u8)>,
+}
+
+fn info_entries(info: &FeedInfo) -> usize {
+    info.entries_v4 as usize + info.entries_v6 as usize
+}
+
+fn feed_name(info: &FeedInfo) -> Option<String> {
+    let len = info.name.iter().position(|b| *b == 0).unwrap_or(info.name.len());
+    (len > 0).then(|| String::from_utf8_lossy(&info.name[..len]).into_owned())
 }
 
 impl Rules {
@@ -594,6 +712,8 @@ impl Rules {
             (self.block_v6.keys().next().is_some(), lists::BLOCK_V6),
             (self.allow_v4.keys().next().is_some(), lists::ALLOW_V4),
             (self.allow_v6.keys().next().is_some(), lists::ALLOW_V6),
+            (self.feed_v4.keys().next().is_some(), lists::FEED_V4),
+            (self.feed_v6.keys().next().is_some(), lists::FEED_V6),
         ];
         for (nonempty, bit) in nonempty {
             if nonempty {
@@ -736,15 +856,145 @@ impl Rules {
         Ok(out)
     }
 
-    /// Every counter, summed over CPUs.
+    /// Every counter, summed over CPUs. A counter the pinned map has no
+    /// room for (pinned by a build with fewer verdicts) reads 0.
     pub fn counters(&self) -> Result<Vec<(Verdict, u64)>, FilterError> {
         Verdict::ALL
             .iter()
-            .map(|v| {
-                let values: PerCpuValues<u64> = self.counters.get(&(*v as u32), 0).map_err(bpf("reading counters"))?;
-                Ok((*v, values.iter().sum()))
+            .map(|v| match self.counters.get(&(*v as u32), 0) {
+                Ok(values) => Ok((*v, values.iter().sum())),
+                Err(MapError::OutOfBounds { .. }) => Ok((*v, 0)),
+                Err(e) => Err(bpf("reading counters")(e)),
             })
             .collect()
+    }
+
+    /// The slot of feed `name`, if it is loaded.
+    fn feed_slot(&self, name: &str) -> Result<Option<u32>, FilterError> {
+        for id in 0..MAX_FEEDS {
+            let info = self.feed_names.get(&id, 0).map_err(bpf("reading the feed registry"))?;
+            if feed_name(&info).as_deref() == Some(name) {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the feed tries list exactly `entries` for feed `name` (loading
+    /// it if new): ranges new to the feed are added, then ranges it no
+    /// longer lists are removed, so a reload never leaves a listed range
+    /// unblocked and removes what the feed dropped. Ranges listed by other
+    /// feeds too stay until every feed listing them drops them. An empty
+    /// `entries` is refused (see [`Rules::remove_feed`]): a broken feed file
+    /// must not silently wipe a feed.
+    pub fn sync_feed(&mut self, name: &str, entries: &[Cidr]) -> Result<SyncReport, FilterError> {
+        self.sync_feed_cached(name, entries, &mut None)
+    }
+
+    /// [`Rules::sync_feed`] for a process that syncs the same feed again
+    /// and again: `cache` (start with `None`) remembers the last sync, so
+    /// that a reload costs in proportion to what changed.
+    pub fn sync_feed_cached(
+        &mut self,
+        name: &str,
+        entries: &[Cidr],
+        cache: &mut Option<FeedCache>,
+    ) -> Result<SyncReport, FilterError> {
+        if !feeds::valid_name(name) {
+            return Err(FilterError::Feed(FeedError::BadName(name.into()).to_string()));
+        }
+        if entries.is_empty() {
+            return Err(FilterError::Feed(format!(
+                "feed {name}: no entries; remove the feed instead (portcullisctl filter feed remove {name})"
+            )));
+        }
+        self.sync_feed_inner(name, entries, cache)
+    }
+
+    fn sync_feed_inner(
+        &mut self,
+        name: &str,
+        entries: &[Cidr],
+        cache: &mut Option<FeedCache>,
+    ) -> Result<SyncReport, FilterError> {
+        let id = match self.feed_slot(name)? {
+            Some(id) => id,
+            None => {
+                let mut free = None;
+                for id in 0..MAX_FEEDS {
+                    let info = self.feed_names.get(&id, 0).map_err(bpf("reading the feed registry"))?;
+                    if feed_name(&info).is_none() {
+                        free = Some(id);
+                        break;
+                    }
+                }
+                let id = free.ok_or_else(|| FilterError::Feed(FeedError::TooMany(MAX_FEEDS).to_string()))?;
+                // A fresh slot counts its own drops from zero.
+                let zero =
+                    PerCpuValues::try_from(vec![0u64; aya::util::nr_cpus().map_err(|(_, e)| bpf("counting CPUs")(e))?])
+                        .map_err(bpf("zeroing the feed's drop counter"))?;
+                self.feed_drops.set(id, zero, 0).map_err(bpf("zeroing the feed's drop counter"))?;
+                let mut info = FeedInfo::default();
+                info.name[..name.len()].copy_from_slice(name.as_bytes());
+                self.feed_names.set(id, info, 0).map_err(bpf("registering the feed"))?;
+                id
+            }
+        };
+        let bit = 1u64 << id;
+        let (v4, v6) = feeds::split(entries);
+        let previous = self.feed_names.get(&id, 0).map_err(bpf("reading the feed registry"))?;
+        // The cache holds only if nobody synced this feed since it was made.
+        let known = cache.take().filter(|c| c.id == id && c.stamp == previous.loaded_unix_ms && c.stamp != 0);
+        let r4 = sync_trie(&mut self.feed_v4, &v4, known.as_ref().map(|c| c.v4.as_slice()), bit, "IPv4");
+        let r6 = r4
+            .as_ref()
+            .ok()
+            .map(|_| sync_trie(&mut self.feed_v6, &v6, known.as_ref().map(|c| c.v6.as_slice()), bit, "IPv6"));
+        self.sync_list_flags()?;
+        let (r4, r6) = (r4?, r6.expect("ran when IPv4 did")?);
+        let mut info = FeedInfo::default();
+        info.name[..name.len()].copy_from_slice(name.as_bytes());
+        info.entries_v4 = v4.len() as u32;
+        info.entries_v6 = v6.len() as u32;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        // Strictly increasing: the stamp tells syncs apart (see FeedCache).
+        info.loaded_unix_ms = (now.as_millis() as u64).max(previous.loaded_unix_ms + 1);
+        if entries.is_empty() {
+            info = FeedInfo::default();
+        }
+        self.feed_names.set(id, info, 0).map_err(bpf("updating the feed registry"))?;
+        if !entries.is_empty() {
+            *cache = Some(FeedCache { id, stamp: info.loaded_unix_ms, v4, v6 });
+        }
+        Ok(SyncReport { added: r4.added + r6.added, removed: r4.removed + r6.removed, entries: info_entries(&info) })
+    }
+
+    /// Unloads feed `name`: its ranges go (unless another feed lists them)
+    /// and its slot is freed. `Ok(None)` if it was not loaded.
+    pub fn remove_feed(&mut self, name: &str) -> Result<Option<SyncReport>, FilterError> {
+        if self.feed_slot(name)?.is_none() {
+            return Ok(None);
+        }
+        self.sync_feed_inner(name, &[], &mut None).map(Some)
+    }
+
+    /// The loaded feeds, by slot.
+    pub fn feeds(&self) -> Result<Vec<FeedStatus>, FilterError> {
+        let mut out = Vec::new();
+        for id in 0..MAX_FEEDS {
+            let info = self.feed_names.get(&id, 0).map_err(bpf("reading the feed registry"))?;
+            let Some(name) = feed_name(&info) else { continue };
+            let drops: PerCpuValues<u64> = self.feed_drops.get(&id, 0).map_err(bpf("reading feed drops"))?;
+            out.push(FeedStatus {
+                name,
+                id,
+                entries_v4: info.entries_v4,
+                entries_v6: info.entries_v6,
+                loaded: std::time::UNIX_EPOCH + Duration::from_millis(info.loaded_unix_ms),
+                drops: drops.iter().sum(),
+            });
+        }
+        Ok(out)
     }
 
     /// The `n` sources with the most packets over their rate.

@@ -26,11 +26,14 @@ pub enum Verdict {
     DropBlocklisted = 4,
     /// Dropped: the source exceeded its UDP or SYN rate.
     DropRateLimited = 5,
+    /// Dropped: the source is listed by a threat-intelligence feed (and
+    /// not allowlisted).
+    DropThreatFeed = 6,
 }
 
 impl Verdict {
     /// Number of verdicts, the length of the counter array.
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
 
     /// Every verdict, in discriminant order.
     pub const ALL: [Verdict; Self::COUNT as usize] = [
@@ -40,6 +43,7 @@ impl Verdict {
         Verdict::DropMalformed,
         Verdict::DropBlocklisted,
         Verdict::DropRateLimited,
+        Verdict::DropThreatFeed,
     ];
 
     /// The counter name used in metrics and the CLI (`drop_rate_limited`…).
@@ -51,6 +55,7 @@ impl Verdict {
             Verdict::DropMalformed => "drop_malformed",
             Verdict::DropBlocklisted => "drop_blocklisted",
             Verdict::DropRateLimited => "drop_rate_limited",
+            Verdict::DropThreatFeed => "drop_threat_feed",
         }
     }
 }
@@ -92,6 +97,73 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     /// `XskMap`: the AF_XDP socket of each receive queue.
     pub const XSKS: &str = "XSKS";
+    /// `LpmTrie<[u8; 4], FeedValue>`: IPv4 ranges listed by threat feeds
+    /// ([`crate::FeedValue`]: which feeds list each).
+    pub const FEED_V4: &str = "FEED_V4";
+    /// `LpmTrie<[u8; 16], FeedValue>`: IPv6 ranges listed by threat feeds.
+    pub const FEED_V6: &str = "FEED_V6";
+    /// `Array<FeedInfo>` of [`crate::MAX_FEEDS`]: the registry of feeds by
+    /// id (name, entries, last load), kept by userspace.
+    pub const FEED_NAMES: &str = "FEED_NAMES";
+    /// `PerCpuArray<u64>` of [`crate::MAX_FEEDS`]: packets dropped per feed
+    /// (counted for the lowest-numbered feed listing the source).
+    pub const FEED_DROPS: &str = "FEED_DROPS";
+}
+
+/// Most threat feeds loaded at once (a feed is a bit of [`FeedValue::feeds`]).
+pub const MAX_FEEDS: u32 = 64;
+
+/// Capacity of [`maps::FEED_V4`]: room for the large public lists
+/// (FireHOL level 1–3, Spamhaus DROP) together.
+pub const FEED_V4_ENTRIES: u32 = 262_144;
+
+/// Capacity of [`maps::FEED_V6`].
+pub const FEED_V6_ENTRIES: u32 = 65_536;
+
+/// The value of a threat-feed trie entry: every feed that lists the range,
+/// so that feeds listing the same range can be loaded and removed
+/// independently.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeedValue {
+    /// Bit `i` set: feed `i` lists this range.
+    pub feeds: u64,
+    /// The lowest set bit of `feeds` (the feed a drop is counted for),
+    /// kept by userspace so the program needs no bit scan.
+    pub first: u32,
+    /// Explicit padding, always zero.
+    pub _pad: u32,
+}
+
+impl FeedValue {
+    /// The value listing `feeds` (a bitmask, not 0).
+    pub const fn of(feeds: u64) -> FeedValue {
+        FeedValue { feeds, first: feeds.trailing_zeros(), _pad: 0 }
+    }
+}
+
+/// Longest feed name, in bytes.
+pub const FEED_NAME_LEN: usize = 48;
+
+/// A slot of the feed registry ([`maps::FEED_NAMES`]); an all-zero slot is
+/// free.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedInfo {
+    /// The name, UTF-8, zero-padded.
+    pub name: [u8; FEED_NAME_LEN],
+    /// IPv4 entries in the trie for this feed.
+    pub entries_v4: u32,
+    /// IPv6 entries in the trie for this feed.
+    pub entries_v6: u32,
+    /// When it was last synced, Unix time in milliseconds.
+    pub loaded_unix_ms: u64,
+}
+
+impl Default for FeedInfo {
+    fn default() -> Self {
+        FeedInfo { name: [0; FEED_NAME_LEN], entries_v4: 0, entries_v6: 0, loaded_unix_ms: 0 }
+    }
 }
 
 /// The value of a blocklist entry that never expires.
@@ -146,6 +218,10 @@ pub mod lists {
     pub const ALLOW_V4: u32 = 4;
     /// `ALLOW_V6` is not empty.
     pub const ALLOW_V6: u32 = 8;
+    /// `FEED_V4` is not empty.
+    pub const FEED_V4: u32 = 16;
+    /// `FEED_V6` is not empty.
+    pub const FEED_V6: u32 = 32;
 }
 
 /// Rates of the per-source token buckets, packets per second; a rate of 0
@@ -264,6 +340,10 @@ mod pod {
     unsafe impl aya::Pod for super::BucketKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FeedValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FeedInfo {}
 }
 
 #[cfg(test)]
@@ -277,6 +357,10 @@ mod tests {
         assert_eq!(core::mem::size_of::<FilterConfig>(), 24);
         assert_eq!(core::mem::size_of::<BucketKey>(), 20);
         assert_eq!(core::mem::size_of::<Bucket>(), 48);
+        assert_eq!(core::mem::size_of::<FeedValue>(), 16);
+        assert_eq!(core::mem::size_of::<FeedInfo>(), 64);
+        assert_eq!(FeedValue::of(0b1100).first, 2);
+        assert_eq!(Verdict::DropThreatFeed as u32, 6, "appended: earlier counters keep their index");
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i);
         }

@@ -9,8 +9,11 @@
 //!    sources are counted per reason, not per source). An entry may carry
 //!    an expiry, enforced here with no userspace running: an expired entry
 //!    neither blocks nor hides the broader entries it sits in;
-//! 3. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
-//! 4. UDP and TCP SYNs to gateway ports pay a per-source token bucket (per
+//! 3. drop sources listed by a threat-intelligence feed (LPM tries fed
+//!    from feed files, counted per feed) unless they are allowlisted: the
+//!    operator's blocklist wins over the allowlist, the allowlist over feeds;
+//! 4. traffic not for a gateway port (SSH, the control plane, ARP…) passes;
+//! 5. UDP and TCP SYNs to gateway ports pay a per-source token bucket (per
 //!    IPv4 address, per IPv6 /64; direct-mapped into an array by a keyed
 //!    hash: a source that lands on a taken slot takes it over, as an LRU
 //!    would evict),
@@ -19,7 +22,7 @@
 //!    updating one source's bucket at the same instant may lose an update
 //!    (BPF has no atomic compare-and-swap here), which can let a packet or
 //!    two extra through, never block one wrongly;
-//! 5. the rest goes to the AF_XDP socket of the receiving queue, or to the
+//! 6. the rest goes to the AF_XDP socket of the receiving queue, or to the
 //!    kernel if none is registered there.
 //!
 //! Every outcome counts in a per-CPU counter named after it.
@@ -36,7 +39,8 @@ use aya_ebpf::maps::{Array, LpmTrie, PerCpuArray, XskMap};
 use aya_ebpf::programs::XdpContext;
 use portcullis_common::{
     block_active, block_prefix_len, bucket_kind, bucket_slot, ip_proto, lists, port_index, v4_mapped, Bucket,
-    BucketKey, FilterConfig, Verdict, BLOCK_PERMANENT, BUCKET_SLOTS, MICRO,
+    BucketKey, FeedInfo, FeedValue, FilterConfig, Verdict, BLOCK_PERMANENT, BUCKET_SLOTS, FEED_V4_ENTRIES,
+    FEED_V6_ENTRIES, MAX_FEEDS, MICRO,
 };
 
 #[map]
@@ -62,6 +66,18 @@ static BUCKETS: Array<Bucket> = Array::pinned(BUCKET_SLOTS, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Verdict::COUNT, 0);
 #[map]
 static XSKS: XskMap = XskMap::pinned(64, 0);
+/// Ranges listed by threat feeds; the value says which feeds.
+#[map]
+static FEED_V4: LpmTrie<[u8; 4], FeedValue> = LpmTrie::pinned(FEED_V4_ENTRIES, 0);
+#[map]
+static FEED_V6: LpmTrie<[u8; 16], FeedValue> = LpmTrie::pinned(FEED_V6_ENTRIES, 0);
+/// The feed registry (names, sizes), kept by userspace; declared here so
+/// that it is created and pinned with the other maps.
+#[map]
+static FEED_NAMES: Array<FeedInfo> = Array::pinned(MAX_FEEDS, 0);
+/// Drops per feed.
+#[map]
+static FEED_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(MAX_FEEDS, 0);
 
 const ETH_LEN: usize = 14;
 const VLAN_LEN: usize = 4;
@@ -88,7 +104,9 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     }
     match verdict {
         Verdict::Redirected => XSKS.redirect(ctx.rx_queue_index(), 0).unwrap_or(xdp_action::XDP_PASS),
-        Verdict::DropMalformed | Verdict::DropBlocklisted | Verdict::DropRateLimited => xdp_action::XDP_DROP,
+        Verdict::DropMalformed | Verdict::DropBlocklisted | Verdict::DropRateLimited | Verdict::DropThreatFeed => {
+            xdp_action::XDP_DROP
+        }
         Verdict::PassOther | Verdict::PassGateway => xdp_action::XDP_PASS,
     }
 }
@@ -150,6 +168,9 @@ fn filter(ctx: &XdpContext) -> Verdict {
     let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
     if blocked(&packet, lists) {
         return Verdict::DropBlocklisted;
+    }
+    if feed_drop(&packet, lists) {
+        return Verdict::DropThreatFeed;
     }
     let (port, kind) = match packet.proto {
         ip_proto::UDP => {
@@ -257,6 +278,8 @@ fn later_fragment(p: &Packet) -> Verdict {
     let lists = CONFIG.get(0).map_or(u32::MAX, |c| c.lists);
     if blocked(p, lists) {
         Verdict::DropBlocklisted
+    } else if feed_drop(p, lists) {
+        Verdict::DropThreatFeed
     } else if !take_token(&p.src, bucket_kind::UDP) && !allowed(p, lists) {
         Verdict::DropRateLimited
     } else {
@@ -309,6 +332,32 @@ fn block_in<const N: usize>(trie: &LpmTrie<[u8; N], u64>, addr: [u8; N]) -> bool
         below = block_prefix_len(value).min(below - 1);
     }
     false
+}
+
+/// The first feed listing the source, if any.
+#[inline(always)]
+fn feed_of(p: &Packet, lists: u32) -> Option<u32> {
+    let value = match p.v4 {
+        Some(a) if lists & lists::FEED_V4 != 0 => FEED_V4.get(Key::new(32, a)),
+        None if lists & lists::FEED_V6 != 0 => FEED_V6.get(Key::new(128, p.src)),
+        _ => None,
+    };
+    value.map(|v| v.first)
+}
+
+/// Whether a threat feed lists the source and it is not allowlisted; the
+/// drop is counted for the first feed listing it.
+#[inline(always)]
+fn feed_drop(p: &Packet, lists: u32) -> bool {
+    let Some(feed) = feed_of(p, lists) else { return false };
+    if allowed(p, lists) {
+        return false;
+    }
+    if let Some(c) = FEED_DROPS.get_ptr_mut(feed) {
+        // SAFETY: a per-CPU slot, written only by this CPU.
+        unsafe { *c += 1 };
+    }
+    true
 }
 
 /// Whether the source is allowlisted; empty lists are not looked up.
