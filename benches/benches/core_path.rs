@@ -115,7 +115,7 @@ fn setup(security: &str) -> Bench {
         SECRET.as_bytes(),
         &Claims { uid: "player-1".into(), dev: "pc".into(), exp: u64::MAX, role: String::new() },
     );
-    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
+    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token, ..Default::default() });
     let mut frame = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);
     core.handle_data(now, CONN, &frame);

@@ -579,7 +579,7 @@ impl Raw {
 
     /// Logs in with `token`; the answer must be a LOGIN response.
     pub async fn login_with(&mut self, token: &str) -> LoginReply {
-        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into() }).await;
+        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into(), ..Default::default() }).await;
         let env = self.recv().await.expect("a LOGIN answer");
         assert_eq!((env.cmd, env.seq, env.server_seq), (cmd::LOGIN, 1, 0), "{env:?}");
         self.decode(&env)
@@ -592,7 +592,7 @@ impl Raw {
 
     /// Sends RESUME with `resume_token`; returns the answer.
     pub async fn resume(&mut self, seq: u32, resume_token: &str) -> Envelope<'static> {
-        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0 };
+        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0, ..Default::default() };
         self.request(cmd::RESUME, seq, &req).await;
         self.recv().await.expect("a RESUME answer")
     }

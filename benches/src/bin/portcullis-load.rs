@@ -529,7 +529,7 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
 fn login_frame(secret: &str, user: &str) -> Vec<u8> {
     use portcullis_proto::pb::client::LoginRequest;
     use portcullis_proto::{cmd, Codec, Envelope};
-    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token: token(secret, user) });
+    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token: token(secret, user), ..Default::default() });
     let mut frame = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);
     frame

@@ -337,7 +337,7 @@ impl Client {
     /// Logs in; starts background heartbeats (at the interval the gateway
     /// asks for) and acknowledgements.
     pub async fn login(&self, token: &str) -> Result<LoginReply, ClientError> {
-        let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into() }).await?;
+        let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into(), ..Default::default() }).await?;
         *self.inner.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
         self.inner.logged_in.store(true, Ordering::Release);
         self.start_background(reply.heartbeat_interval_ms);
@@ -393,7 +393,7 @@ impl Client {
         }
         let last_server_seq = i.last_seen.load(Ordering::Acquire);
         let reply: ResumeReply =
-            self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
+            self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq, ..Default::default() }).await?;
         i.last_acked.store(last_server_seq, Ordering::Release);
         // Each token resumes once: keep the next one.
         *i.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
