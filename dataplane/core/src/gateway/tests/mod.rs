@@ -89,7 +89,10 @@ impl Harness {
     }
 
     fn with_workers(extra: &str, workers: usize) -> Harness {
-        let c = config(extra);
+        Self::with_config(config(extra), workers)
+    }
+
+    fn with_config(c: Config, workers: usize) -> Harness {
         let now = Instant::now();
         let shared = Shared::new(workers, [7; 32]);
         let cores = (0..workers)
@@ -757,6 +760,7 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
 }
 
 mod admin;
+mod encryption;
 mod hostile;
 mod resilience;
 mod security;
