@@ -119,11 +119,20 @@ pub struct StackOptions {
     pub auth: Option<String>,
     /// Run the gateway's UDP echo service ([`Stack::udp_echo`]).
     pub udp_echo: bool,
+    /// Lines spliced into every `[[listeners]]` table (e.g. `encryption`).
+    pub listener: String,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { config: String::new(), game_servers: 1, service: String::new(), auth: None, udp_echo: false }
+        StackOptions {
+            config: String::new(),
+            game_servers: 1,
+            service: String::new(),
+            auth: None,
+            udp_echo: false,
+            listener: String::new(),
+        }
     }
 }
 
@@ -404,7 +413,7 @@ pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr], ip: &str) -
     let listeners: String = Codec::ALL
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n", port(i)))
+        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n{}\n", port(i), opts.listener))
         .collect();
     let auth = opts.auth.clone().unwrap_or_else(|| format!("kind = \"token\"\nsecret = \"{SECRET}\""));
     format!(
