@@ -91,7 +91,7 @@ async fn the_worked_example_token_logs_in_on_a_gateway_with_the_documented_secre
     // Padded, and expired by the gateway's clock: refused.
     let mut raw = Raw::connect(&stack, Codec::Text).await;
     let (body, mac) = block("token").split_once('.').unwrap();
-    raw.request(cmd::LOGIN, 1, &LoginRequest { token: format!("{body}.{mac}=") }).await;
+    raw.request(cmd::LOGIN, 1, &LoginRequest { token: format!("{body}.{mac}="), ..Default::default() }).await;
     raw.expect_error(ErrorCode::AuthFailed).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let expired =
@@ -264,7 +264,7 @@ async fn a_failed_login_counts_as_a_bad_frame_and_the_eighth_closes() {
     let stack = Stack::start("").await;
     let mut raw = Raw::connect(&stack, Codec::Text).await;
     for seq in 1..=8 {
-        raw.request(cmd::LOGIN, seq, &LoginRequest { token: format!("guess-{seq}") }).await;
+        raw.request(cmd::LOGIN, seq, &LoginRequest { token: format!("guess-{seq}"), ..Default::default() }).await;
         let (env, _) = raw.expect_error(ErrorCode::AuthFailed).await;
         assert_eq!(env.seq, seq);
     }
