@@ -6,10 +6,11 @@
 use std::time::{Duration, Instant};
 
 use portcullis_client::{Client, ClientError, Encryption, ErrorCode, Event};
-use portcullis_proto::crypto::Cipher;
-use portcullis_proto::Codec;
+use portcullis_proto::crypto::{Cipher, KeyShare, SessionSecret};
+use portcullis_proto::pb::client::{Error as ErrorMsg, LoginReply, LoginRequest};
+use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::{ECHO, STREAM, STREAM_ITEM};
-use portcullis_tests::{next_event, token, CuttingProxy, Stack, StackOptions};
+use portcullis_tests::{next_event, token, CuttingProxy, Raw, Stack, StackOptions};
 
 async fn client(stack: &Stack, codec: Codec, encryption: Encryption) -> (Client, tokio::sync::mpsc::Receiver<Event>) {
     let (c, events) =
@@ -123,4 +124,44 @@ async fn a_client_that_requires_encryption_refuses_a_clear_listener() {
     let (c, _e) = client(&stack, Codec::Protobuf, Encryption::Preferred).await;
     c.login(&token("easy")).await.unwrap();
     assert_eq!((c.cipher(), c.call(ECHO, b"y").await.unwrap()), (None, b"y".to_vec()));
+}
+
+/// A client written by hand from PROTOCOL.md §14, on the JSON listener (the
+/// sealed payloads travel as `payload_b64`): a sealed echo, then a frame
+/// altered on the way, which ends the connection.
+#[tokio::test]
+async fn a_hand_written_client_seals_by_the_book_and_a_tampered_frame_closes() {
+    let stack = Stack::start("").await;
+    let mut raw = Raw::connect(&stack, Codec::Json).await;
+    let share = KeyShare::generate().unwrap();
+    let ck = share.public_key().to_vec();
+    raw.request(cmd::LOGIN, 1, &LoginRequest { token: token("by-hand"), client_key: ck.clone() }).await;
+    let answer = raw.recv().await.expect("the LOGIN answer");
+    assert_eq!((answer.cmd, answer.flags), (cmd::LOGIN, flags::RESPONSE), "the answer is clear");
+    let reply: LoginReply = raw.decode(&answer);
+    let cipher = Cipher::from_name(&reply.cipher).unwrap();
+    let secret = SessionSecret::derive(&share.agree(&reply.server_key).unwrap(), &ck, &reply.server_key);
+    let mut keys = secret.connection_keys(cipher, &ck, &reply.server_key);
+
+    let env = Envelope::new(ECHO, 2, flags::ENCRYPTED, b"");
+    let mut sealed = b"by the book".to_vec();
+    keys.client_to_server.seal(&env, &mut sealed).unwrap();
+    raw.send(&Envelope { payload: sealed.into(), ..env }).await;
+    let back = raw.recv().await.expect("the echo");
+    assert_eq!(back.flags, flags::RESPONSE | flags::ENCRYPTED);
+    let mut payload = back.payload.to_vec();
+    assert_eq!(keys.server_to_client.open(&back, &mut payload).unwrap(), b"by the book");
+
+    let env = Envelope::new(ECHO, 3, flags::ENCRYPTED, b"");
+    let mut sealed = b"pay 10 gold".to_vec();
+    keys.client_to_server.seal(&env, &mut sealed).unwrap();
+    sealed[4] ^= 0x01;
+    raw.send(&Envelope { payload: sealed.into(), ..env }).await;
+    let err = raw.recv().await.expect("an ERROR");
+    assert_eq!(err.cmd, cmd::ERROR);
+    let mut payload = err.payload.to_vec();
+    let plain = keys.server_to_client.open(&err, &mut payload).expect("the ERROR is sealed too").to_vec();
+    let e: ErrorMsg = raw.decode(&Envelope { payload: plain.into(), ..err });
+    assert_eq!(e.code, ErrorCode::DecryptFailed as i32, "{e:?}");
+    raw.expect_eof().await;
 }
