@@ -101,7 +101,7 @@ impl Gateway {
             return false;
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.client_key = if mode == Encryption::Off { None } else { client_key.try_into().ok() };
+            c.handshake = if mode == Encryption::Off { None } else { client_key.try_into().ok().map(Box::new) };
         }
         true
     }
@@ -129,9 +129,9 @@ impl Gateway {
             self.login_failed(conn, seq, "user id too long");
             return;
         }
-        let client_key = self.conns.get_mut(&conn).and_then(|c| c.client_key.take());
+        let client_key = self.conns.get_mut(&conn).and_then(|c| c.handshake.take());
         let (_, cipher) = self.encryption_of(conn);
-        let handshake = match client_key.map(|key| handshake(&key, cipher)).transpose() {
+        let handshake = match client_key.map(|key| handshake(&key[..], cipher)).transpose() {
             Ok(h) => h,
             Err(e) => {
                 self.login_failed(conn, seq, &format!("client_key: {e}"));
@@ -181,7 +181,7 @@ impl Gateway {
         if let Some(h) = handshake {
             self.stats.encrypted_logins += 1;
             if let Some(s) = self.sessions.get_mut(session) {
-                s.crypto = Some(h.session);
+                s.crypto = Some(Box::new(h.session));
             }
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.keys = Some(Box::new(h.keys));

@@ -39,7 +39,7 @@ impl Gateway {
             return self.count_bad_frame(conn);
         }
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.resume_nonce = req.client_nonce.as_slice().try_into().ok();
+            c.handshake = req.client_nonce.as_slice().try_into().ok().map(Box::new);
         }
 
         let Some((target, generation)) = verify_resume_token(self.shared.resume_key(), &req.resume_token) else {
@@ -108,7 +108,7 @@ impl Gateway {
             // The client gave up meanwhile: the session waits for another try.
             return self.adopt_detached(s);
         };
-        let client_nonce = c.resume_nonce.take();
+        let client_nonce = c.handshake.take();
         let (mode, _) = self.encryption_of(conn);
         // An encrypted session stays encrypted, with keys from fresh nonces;
         // a clear one cannot resume where encryption is required.
@@ -130,7 +130,7 @@ impl Gateway {
             (None, _) => None,
             (Some(crypto), Some(client_nonce)) => match resume_nonce() {
                 Ok(server_nonce) => {
-                    let keys = crypto.secret.connection_keys(crypto.cipher, &client_nonce, &server_nonce);
+                    let keys = crypto.secret.connection_keys(crypto.cipher, &client_nonce[..], &server_nonce);
                     Some((server_nonce, keys))
                 }
                 Err(e) => {
@@ -222,7 +222,7 @@ impl Gateway {
     fn resume_refused_with(&mut self, conn: ConnId, seq: u32, code: ErrorCode, reason: &str) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.waiting = Waiting::Nothing;
-            c.resume_nonce = None;
+            c.handshake = None;
         }
         self.stats.drop_resume_failed += 1;
         self.send_error(conn, cmd::RESUME, seq, code, reason);

@@ -114,10 +114,10 @@ pub(crate) struct Conn {
     /// The keys of an encrypted connection, from the answer to its LOGIN
     /// or RESUME on.
     pub(crate) keys: Option<Box<ConnectionKeys>>,
-    /// The public key of a LOGIN being decided (a delegated one).
-    pub(crate) client_key: Option<[u8; 32]>,
-    /// The client's nonce of a RESUME being decided.
-    pub(crate) resume_nonce: Option<[u8; 32]>,
+    /// The client's part of a handshake being decided: the public key of
+    /// a LOGIN (a delegated one waits), the nonce of a RESUME (one on
+    /// another worker waits). Boxed: most connections never hold one.
+    pub(crate) handshake: Option<Box<[u8; 32]>>,
 }
 
 /// Limits copied out of the config.
@@ -451,8 +451,7 @@ impl Gateway {
                 bad_frames: 0,
                 waiting: Waiting::Nothing,
                 keys: None,
-                client_key: None,
-                resume_nonce: None,
+                handshake: None,
             },
         );
         self.stats.connections += 1;

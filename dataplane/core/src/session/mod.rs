@@ -70,7 +70,7 @@ pub struct Session {
     /// Rate buckets of the command classes it used, by class.
     pub class_buckets: Vec<TokenBucket>,
     /// Set if it is encrypted: what its connections' keys come from.
-    pub crypto: Option<crate::gateway::crypto::SessionCrypto>,
+    pub crypto: Option<Box<crate::gateway::crypto::SessionCrypto>>,
 }
 
 impl Session {
