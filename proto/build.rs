@@ -6,10 +6,10 @@ use std::io::Result;
 /// Framework payloads that also have a JSON form (used by the JSON and text
 /// listeners), and their byte fields, which travel as text in that form.
 const JSON_MESSAGES: &[(&str, &[&str])] = &[
-    ("LoginRequest", &[]),
-    ("LoginReply", &[]),
-    ("ResumeRequest", &[]),
-    ("ResumeReply", &[]),
+    ("LoginRequest", &["client_key"]),
+    ("LoginReply", &["server_key"]),
+    ("ResumeRequest", &["client_nonce"]),
+    ("ResumeReply", &["server_nonce"]),
     ("GroupRequest", &[]),
     ("SendToUser", &["payload"]),
     ("SendToUsers", &["payload"]),
@@ -30,6 +30,22 @@ fn main() -> Result<()> {
         for field in *byte_fields {
             config.field_attribute(format!("{path}.{field}"), "#[serde(with = \"crate::framework::text_bytes\")]");
         }
+    }
+    // The encryption fields are left out of the JSON form when empty, so a
+    // clear session's answers read as they always did.
+    for field in
+        ["LoginRequest.client_key", "LoginReply.server_key", "ResumeRequest.client_nonce", "ResumeReply.server_nonce"]
+    {
+        config.field_attribute(
+            format!(".portcullis.client.v1.{field}"),
+            "#[serde(skip_serializing_if = \"Vec::is_empty\")]",
+        );
+    }
+    for field in ["LoginReply.cipher", "ResumeReply.cipher"] {
+        config.field_attribute(
+            format!(".portcullis.client.v1.{field}"),
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        );
     }
     config.compile_protos(&["schema/client.proto", "schema/link.proto"], &["schema"])?;
     // The admin and agent gRPC services, for the control plane and the

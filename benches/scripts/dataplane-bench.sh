@@ -19,10 +19,13 @@
 #
 # Everything it starts is removed on exit. DURATION (s, default 6),
 # CLIENTS (default "50 1000 10000") and BACKENDS (default "afxdp kernel dpdk
-# haproxy") can be set from the environment.
+# haproxy") can be set from the environment; ENCRYPT=1 adds a row "tcp IO
+# enc" per gateway backend with encrypted sessions (portcullis-load
+# --encrypt: X25519 at login, AES-128-GCM on every frame both ways).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DURATION="${DURATION:-6}"
+ENCRYPT="${ENCRYPT:-0}"
 CLIENTS="${CLIENTS:-50 1000 10000}"
 BACKENDS="${BACKENDS:-afxdp kernel dpdk haproxy}"
 command -v haproxy >/dev/null ||
@@ -85,6 +88,8 @@ for io in $BACKENDS; do
     gateway=$!
     sleep 1
     measure "tcp $io" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me
+    [ "$ENCRYPT" = 1 ] &&
+        measure "tcp $io enc" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me --encrypt
     [ "$clients" -le 1000 ] && measure "udp $io" "$gateway" --scenario udp-echo --gateway 10.77.0.1:7100
     kill -TERM "$gateway"
     wait "$gateway" 2>/dev/null || true

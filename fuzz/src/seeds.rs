@@ -27,7 +27,8 @@ fn login_token(secret: &[u8], user: &str) -> String {
 /// the core forwards to the game server as request 1.
 pub fn client_session() -> Vec<Envelope<'static>> {
     let form = PayloadForm::Protobuf;
-    let login = form.encode_to_vec(&LoginRequest { token: login_token(ns::SECRET.as_bytes(), "alice") });
+    let login =
+        form.encode_to_vec(&LoginRequest { token: login_token(ns::SECRET.as_bytes(), "alice"), ..Default::default() });
     let join = form.encode_to_vec(&GroupRequest { group: "room".into() });
     vec![
         Envelope::new(cmd::LOGIN, 1, 0, &[]).with_payload(login),
@@ -50,8 +51,12 @@ impl WithPayload for Envelope<'static> {
 /// Every framework payload of a session, in `form`.
 fn framework_envelopes(form: PayloadForm) -> Vec<Envelope<'static>> {
     let mut v = vec![
-        Envelope::new(cmd::LOGIN, 1, 0, &[])
-            .with_payload(form.encode_to_vec(&LoginRequest { token: login_token(ns::SECRET.as_bytes(), "alice") })),
+        Envelope::new(cmd::LOGIN, 1, 0, &[]).with_payload(
+            form.encode_to_vec(&LoginRequest {
+                token: login_token(ns::SECRET.as_bytes(), "alice"),
+                ..Default::default()
+            }),
+        ),
         Envelope::new(cmd::JOIN_GROUP, 2, 0, &[])
             .with_payload(form.encode_to_vec(&GroupRequest { group: "room".into() })),
         Envelope::new(cmd::SEND_TO_USER, 3, 0, &[])
@@ -64,12 +69,11 @@ fn framework_envelopes(form: PayloadForm) -> Vec<Envelope<'static>> {
             payload: b"base64:not really".to_vec(),
             include_self: true,
         })),
-        Envelope::new(cmd::RESUME, 6, 0, &[]).with_payload(
-            form.encode_to_vec(&ResumeRequest {
-                resume_token: token::resume_token(&[3; 32], 1, 0),
-                last_server_seq: 4,
-            }),
-        ),
+        Envelope::new(cmd::RESUME, 6, 0, &[]).with_payload(form.encode_to_vec(&ResumeRequest {
+            resume_token: token::resume_token(&[3; 32], 1, 0),
+            last_server_seq: 4,
+            ..Default::default()
+        })),
     ];
     v.push(Envelope { ack: 9, ..Envelope::new(cmd::ACK, 7, 0, b"") });
     v

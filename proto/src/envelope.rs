@@ -64,9 +64,12 @@ pub mod flags {
     pub const RESPONSE: u32 = Flag::Response as u32;
     /// The frame was pushed, unsolicited.
     pub const PUSH: u32 = Flag::Push as u32;
+    /// The payload is sealed with the session's keys (see
+    /// [`crate::crypto`]); set by both sides on encrypted sessions.
+    pub const ENCRYPTED: u32 = Flag::Encrypted as u32;
     /// The flags a client may set; the gateway refuses a frame with any
     /// other (protocol compliance).
-    pub const CLIENT: u32 = 0;
+    pub const CLIENT: u32 = ENCRYPTED;
 }
 
 /// A decoded envelope. Binary codecs borrow `payload` and `route_key` from
@@ -123,6 +126,11 @@ impl<'a> Envelope<'a> {
     /// Whether the RESPONSE flag is set.
     pub fn is_response(&self) -> bool {
         self.flags & flags::RESPONSE != 0
+    }
+
+    /// Whether the ENCRYPTED flag is set.
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & flags::ENCRYPTED != 0
     }
 
     /// Whether the PUSH flag is set.

@@ -6,6 +6,7 @@
 //! - [`framework`]: payloads of the framework commands (LOGIN, JOIN_GROUP…).
 //! - [`link`]: frames of the backend link between gateway and game servers.
 //! - [`token`]: the signed login tokens of the built-in authenticator.
+//! - [`crypto`]: session encryption (X25519, HKDF-SHA256, AES-GCM).
 //! - [`pb`]: the prost types generated from `schema/*.proto`.
 //!
 //! Every decoder here takes untrusted bytes and returns an error, never
@@ -13,6 +14,7 @@
 //! binary codecs.
 
 pub mod codec;
+pub mod crypto;
 pub mod envelope;
 pub mod framework;
 pub mod framing;

@@ -119,11 +119,20 @@ pub struct StackOptions {
     pub auth: Option<String>,
     /// Run the gateway's UDP echo service ([`Stack::udp_echo`]).
     pub udp_echo: bool,
+    /// Lines spliced into every `[[listeners]]` table (e.g. `encryption`).
+    pub listener: String,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { config: String::new(), game_servers: 1, service: String::new(), auth: None, udp_echo: false }
+        StackOptions {
+            config: String::new(),
+            game_servers: 1,
+            service: String::new(),
+            auth: None,
+            udp_echo: false,
+            listener: String::new(),
+        }
     }
 }
 
@@ -404,7 +413,7 @@ pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr], ip: &str) -
     let listeners: String = Codec::ALL
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n", port(i)))
+        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n{}\n", port(i), opts.listener))
         .collect();
     let auth = opts.auth.clone().unwrap_or_else(|| format!("kind = \"token\"\nsecret = \"{SECRET}\""));
     format!(
@@ -579,7 +588,7 @@ impl Raw {
 
     /// Logs in with `token`; the answer must be a LOGIN response.
     pub async fn login_with(&mut self, token: &str) -> LoginReply {
-        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into() }).await;
+        self.request(cmd::LOGIN, 1, &LoginRequest { token: token.into(), ..Default::default() }).await;
         let env = self.recv().await.expect("a LOGIN answer");
         assert_eq!((env.cmd, env.seq, env.server_seq), (cmd::LOGIN, 1, 0), "{env:?}");
         self.decode(&env)
@@ -592,7 +601,7 @@ impl Raw {
 
     /// Sends RESUME with `resume_token`; returns the answer.
     pub async fn resume(&mut self, seq: u32, resume_token: &str) -> Envelope<'static> {
-        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0 };
+        let req = ResumeRequest { resume_token: resume_token.into(), last_server_seq: 0, ..Default::default() };
         self.request(cmd::RESUME, seq, &req).await;
         self.recv().await.expect("a RESUME answer")
     }

@@ -30,7 +30,7 @@ async fn malformed_unknown_and_unauthenticated_frames_get_error_frames() {
     raw.expect_error(ErrorCode::NotLoggedIn).await;
     // Bad tokens.
     for bad in ["", "garbage", &token("x")[..20], &format!("{}A", token("mallory"))] {
-        let body = raw.codec.payload_form().encode_to_vec(&LoginRequest { token: bad.into() });
+        let body = raw.codec.payload_form().encode_to_vec(&LoginRequest { token: bad.into(), ..Default::default() });
         raw.send(&Envelope::new(cmd::LOGIN, 4, 0, &body)).await;
         raw.expect_error(ErrorCode::AuthFailed).await;
     }

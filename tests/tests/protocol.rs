@@ -91,12 +91,12 @@ async fn the_worked_example_token_logs_in_on_a_gateway_with_the_documented_secre
     // Padded, and expired by the gateway's clock: refused.
     let mut raw = Raw::connect(&stack, Codec::Text).await;
     let (body, mac) = block("token").split_once('.').unwrap();
-    raw.request(cmd::LOGIN, 1, &LoginRequest { token: format!("{body}.{mac}=") }).await;
+    raw.request(cmd::LOGIN, 1, &LoginRequest { token: format!("{body}.{mac}="), ..Default::default() }).await;
     raw.expect_error(ErrorCode::AuthFailed).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let expired =
         sign(secret.as_bytes(), &Claims { uid: "alice".into(), dev: "ios".into(), exp: now, role: String::new() });
-    raw.request(cmd::LOGIN, 2, &LoginRequest { token: expired }).await;
+    raw.request(cmd::LOGIN, 2, &LoginRequest { token: expired, ..Default::default() }).await;
     let (env, e) = raw.expect_error(ErrorCode::AuthFailed).await;
     assert_eq!((env.seq, e.cmd), (2, cmd::LOGIN));
     assert!(e.message.contains("token expired at"), "{e:?}");
@@ -264,7 +264,7 @@ async fn a_failed_login_counts_as_a_bad_frame_and_the_eighth_closes() {
     let stack = Stack::start("").await;
     let mut raw = Raw::connect(&stack, Codec::Text).await;
     for seq in 1..=8 {
-        raw.request(cmd::LOGIN, seq, &LoginRequest { token: format!("guess-{seq}") }).await;
+        raw.request(cmd::LOGIN, seq, &LoginRequest { token: format!("guess-{seq}"), ..Default::default() }).await;
         let (env, _) = raw.expect_error(ErrorCode::AuthFailed).await;
         assert_eq!(env.seq, seq);
     }
@@ -285,7 +285,7 @@ async fn every_error_before_login_counts_and_the_count_restarts_at_login() {
     for seq in 3..5 {
         assert_eq!(raw.resume(seq, "no-such-token").await.cmd, cmd::ERROR);
     }
-    raw.request(cmd::LOGIN, 5, &LoginRequest { token: "nope".into() }).await;
+    raw.request(cmd::LOGIN, 5, &LoginRequest { token: "nope".into(), ..Default::default() }).await;
     raw.expect_error(ErrorCode::AuthFailed).await;
     raw.send(&Envelope::new(cmd::SEND_TO_USER, 6, 0, b"")).await;
     raw.expect_error(ErrorCode::NotLoggedIn).await;

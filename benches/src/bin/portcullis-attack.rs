@@ -690,6 +690,8 @@ fn error_kind(e: &ClientError) -> String {
         ClientError::Io(_) => "io error".into(),
         ClientError::Decode(_) => "undecodable answer".into(),
         ClientError::NoSession => "no session".into(),
+        ClientError::NotEncrypted => "not encrypted".into(),
+        ClientError::Crypto(_) => "encryption".into(),
     }
 }
 

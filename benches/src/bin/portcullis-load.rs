@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use portcullis_benches::players::{connector_from, latency_histogram, token, wait_for_game_server, Pacer};
 use portcullis_benches::procfs;
-use portcullis_client::{Client, Event};
+use portcullis_client::{Client, Encryption, Event};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::{Codec, Envelope};
@@ -100,6 +100,11 @@ struct Args {
     /// whole machine over the measured seconds only.
     #[arg(long)]
     cpu_pid: Option<u32>,
+    /// Encrypt the sessions (X25519 at login, then AES-GCM on every frame;
+    /// the login fails if the gateway does not encrypt). Default: clear
+    /// sessions, as before encryption existed.
+    #[arg(long)]
+    encrypt: bool,
 }
 
 impl Args {
@@ -194,6 +199,7 @@ async fn connect_all(
             None => Client::connect(addr).await,
         };
         let (c, events) = connected.with_context(|| format!("connecting client {i} to {addr}"))?;
+        c.set_encryption(if args.encrypt { Encryption::Required } else { Encryption::Off });
         if (i + 1) % 2_000 == 0 {
             eprintln!("  {} clients logged in", i + 1);
         }
@@ -222,10 +228,11 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
         }
     }
     let label = format!(
-        "echo {} clients depth {} payload {} B{}",
+        "echo {} clients depth {} payload {} B{}{}",
         args.clients,
         args.depth,
         args.payload,
+        if args.encrypt { " encrypted" } else { "" },
         if args.gateway.is_none() { format!(" workers {}", args.workers) } else { String::new() }
     );
     no_failures(closed_loop(args, &label, loops).await?)
@@ -529,7 +536,9 @@ async fn demo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
 fn login_frame(secret: &str, user: &str) -> Vec<u8> {
     use portcullis_proto::pb::client::LoginRequest;
     use portcullis_proto::{cmd, Codec, Envelope};
-    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token: token(secret, user) });
+    let login = Codec::Protobuf
+        .payload_form()
+        .encode_to_vec(&LoginRequest { token: token(secret, user), ..Default::default() });
     let mut frame = Vec::new();
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login), &mut frame);
     frame

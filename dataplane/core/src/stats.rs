@@ -102,6 +102,15 @@ crate::counters! {
     /// Refused: envelopes that break the protocol (client flags, server
     /// fields, route key size).
     drop_bad_envelope,
+    /// Refused (connection closed): sealed frames that did not decrypt
+    /// (tampered, replayed, reordered) or sealed frames on sessions that
+    /// are not encrypted.
+    drop_decrypt_failed,
+    /// Refused: clear frames on encrypted sessions (connection closed) and
+    /// LOGINs without a key on listeners that require encryption.
+    drop_not_encrypted,
+    /// Sessions encrypted at login.
+    encrypted_logins,
     /// Refused: commands over their class's rate (`[[security.classes]]`).
     drop_command_rate,
     /// Refused: business frames of a source or user past its behaviour

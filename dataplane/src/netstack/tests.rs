@@ -136,7 +136,7 @@ impl Wire {
 fn login_frame(user: &str) -> Vec<u8> {
     let token =
         sign(SECRET.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX, role: String::new() });
-    Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token })
+    Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token, ..Default::default() })
 }
 
 #[test]

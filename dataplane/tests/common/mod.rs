@@ -84,7 +84,7 @@ fn log_in(mut s: TcpStream, secret: &str, user: &str) -> (TcpStream, Vec<u8>) {
     let mut buf = Vec::new();
     let token =
         sign(secret.as_bytes(), &Claims { uid: user.into(), dev: "pc".into(), exp: u64::MAX, role: String::new() });
-    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token });
+    let login = Codec::Protobuf.payload_form().encode_to_vec(&LoginRequest { token, ..Default::default() });
     send(&mut s, &Envelope::new(cmd::LOGIN, 1, 0, &login));
     let reply = recv(&mut s, &mut buf);
     assert_eq!((reply.cmd, reply.flags), (cmd::LOGIN, flags::RESPONSE));

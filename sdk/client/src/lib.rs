@@ -8,6 +8,13 @@
 //! [`Client::resume`] gets the same session back on a new connection, with
 //! everything the gateway sent meanwhile replayed in order.
 //!
+//! Sessions are encrypted by default ([`Encryption::Preferred`]): LOGIN
+//! offers an X25519 key and, if the gateway's listener agrees, every frame
+//! after the answer is sealed with AES-GCM both ways; RESUME derives fresh
+//! keys from the session's secret (`proto/PROTOCOL.md` §14). Between
+//! [`Client::login`] (or [`Client::resume`]) and its answer, send nothing
+//! else: the keys change with the answer.
+//!
 //! Events are backpressure: the reader holds up to 4096 of them and then
 //! waits for the application, so the gateway (and its slow-consumer limit)
 //! sees a client that does not keep up. An application must drain its
@@ -37,13 +44,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use portcullis_proto::crypto::{resume_nonce, Cipher, FrameCipher, KeyShare, SessionSecret};
 use portcullis_proto::framework::Payload;
 pub use portcullis_proto::pb::client::ErrorCode;
 use portcullis_proto::pb::client::{
     Delivery, Error as ErrorMsg, GroupRequest, Kick, LoginReply, LoginRequest, ResumeReply, ResumeRequest, SendResult,
     SendToGroup, SendToUser, SendToUsers,
 };
-use portcullis_proto::{cmd, Codec, Envelope};
+use portcullis_proto::{cmd, flags, Codec, Envelope};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
@@ -73,6 +81,20 @@ const EVENT_QUEUE: usize = 4096;
 
 /// Unacknowledged messages after which an ACK is sent at once.
 const ACK_BATCH: u64 = 64;
+
+/// Whether the client encrypts its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// Never: no key is offered.
+    Off,
+    /// Offer a key; a gateway whose listener does not encrypt gets a clear
+    /// session.
+    #[default]
+    Preferred,
+    /// Offer a key; a LOGIN or RESUME answered without one fails with
+    /// [`ClientError::NotEncrypted`] and the connection is closed.
+    Required,
+}
 
 /// Something the gateway sent without being asked, or a change of the
 /// connection.
@@ -144,13 +166,41 @@ pub enum ClientError {
     /// `resume` without a session to resume.
     #[error("no session to resume: log in first")]
     NoSession,
+    /// [`Encryption::Required`] and the gateway did not encrypt the session.
+    #[error("the gateway did not encrypt the session and encryption is required")]
+    NotEncrypted,
+    /// A cryptographic step failed (no randomness, a bad key from the
+    /// gateway).
+    #[error("encryption: {0}")]
+    Crypto(#[from] portcullis_proto::crypto::CryptoError),
 }
 
 type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Envelope<'static>>>>>;
 
+/// The secret of an encrypted session and its cipher, kept for RESUME.
+type SessionKeys = Arc<Mutex<Option<(SessionSecret, Cipher)>>>;
+
+/// A handshake waiting for the LOGIN or RESUME answer.
+enum Handshake {
+    /// LOGIN offered this key.
+    Login(KeyShare),
+    /// RESUME of an encrypted session sent this nonce.
+    Resume([u8; 32]),
+}
+
+/// The encryption state of one connection, shared by its reader (which
+/// installs the keys when the answer arrives) and its writer (which seals).
+#[derive(Default)]
+struct LinkCrypto {
+    pending: Mutex<Option<Handshake>>,
+    /// Seals frames to the gateway, from the answer on.
+    seal: Mutex<Option<FrameCipher>>,
+}
+
 /// The state of the current connection.
 struct Link {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Envelope<'static>>,
+    crypto: Arc<LinkCrypto>,
     tasks: Vec<JoinHandle<()>>,
     /// Set by the reader when the connection ends.
     down: Arc<AtomicBool>,
@@ -174,6 +224,9 @@ struct Inner {
     closing: Arc<AtomicBool>,
     /// A session exists that a dropped connection could resume.
     logged_in: Arc<AtomicBool>,
+    encryption: Mutex<Encryption>,
+    /// Set once a login was encrypted.
+    session_keys: SessionKeys,
 }
 
 impl Drop for Inner {
@@ -221,8 +274,9 @@ impl Client {
         let last_seen = Arc::new(AtomicU64::new(0));
         let closing = Arc::new(AtomicBool::new(false));
         let logged_in = Arc::new(AtomicBool::new(false));
+        let session_keys = SessionKeys::default();
         let stream = connector(addr).await?;
-        let link = open(stream, codec, &pending, &events_tx, &last_seen, &closing, &logged_in).await?;
+        let link = open(stream, codec, &pending, &events_tx, &last_seen, &closing, &logged_in, &session_keys).await?;
         let inner = Inner {
             addr,
             connector,
@@ -238,6 +292,8 @@ impl Client {
             background: Mutex::new(Vec::new()),
             closing,
             logged_in,
+            encryption: Mutex::new(Encryption::default()),
+            session_keys,
         };
         Ok((Client { inner: Arc::new(inner) }, events))
     }
@@ -245,6 +301,17 @@ impl Client {
     /// The codec in use.
     pub fn codec(&self) -> Codec {
         self.inner.codec
+    }
+
+    /// Chooses whether the next [`Client::login`] encrypts the session
+    /// (default [`Encryption::Preferred`]).
+    pub fn set_encryption(&self, encryption: Encryption) {
+        *self.inner.encryption.lock().expect("encryption lock") = encryption;
+    }
+
+    /// The cipher of the session, if it is encrypted.
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.inner.session_keys.lock().expect("keys lock").as_ref().map(|(_, c)| *c)
     }
 
     /// The highest server sequence number delivered so far.
@@ -264,8 +331,7 @@ impl Client {
     /// Sends a frame, piggy-backing the acknowledgement.
     async fn send_frame(&self, mut env: Envelope<'_>) -> Result<(), ClientError> {
         env.ack = self.inner.last_seen.load(Ordering::Acquire);
-        let mut frame = Vec::with_capacity(env.payload.len() + 40);
-        self.inner.codec.encode(&env, &mut frame);
+        let frame = env.clone().into_owned();
         let (tx, down) = {
             let link = self.inner.link.lock().expect("link lock");
             (link.tx.clone(), link.down.clone())
@@ -337,7 +403,19 @@ impl Client {
     /// Logs in; starts background heartbeats (at the interval the gateway
     /// asks for) and acknowledgements.
     pub async fn login(&self, token: &str) -> Result<LoginReply, ClientError> {
-        let reply: LoginReply = self.framework(cmd::LOGIN, &LoginRequest { token: token.into() }).await?;
+        let encryption = *self.inner.encryption.lock().expect("encryption lock");
+        let mut req = LoginRequest { token: token.into(), ..Default::default() };
+        let crypto = self.inner.link.lock().expect("link lock").crypto.clone();
+        if encryption != Encryption::Off {
+            let share = KeyShare::generate()?;
+            req.client_key = share.public_key().to_vec();
+            *crypto.pending.lock().expect("crypto lock") = Some(Handshake::Login(share));
+        }
+        let reply: LoginReply = self.framework(cmd::LOGIN, &req).await?;
+        if reply.server_key.is_empty() && encryption == Encryption::Required {
+            self.close_link();
+            return Err(ClientError::NotEncrypted);
+        }
         *self.inner.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
         self.inner.logged_in.store(true, Ordering::Release);
         self.start_background(reply.heartbeat_interval_ms);
@@ -386,18 +464,42 @@ impl Client {
         let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
         let i = &self.inner;
         let stream = (i.connector)(i.addr).await?;
-        let link = open(stream, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in).await?;
+        let link =
+            open(stream, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in, &i.session_keys)
+                .await?;
+        let encrypted = i.session_keys.lock().expect("keys lock").is_some();
+        let mut req = ResumeRequest { resume_token: token, ..Default::default() };
+        if encrypted {
+            let nonce = resume_nonce()?;
+            req.client_nonce = nonce.to_vec();
+            *link.crypto.pending.lock().expect("crypto lock") = Some(Handshake::Resume(nonce));
+        }
         let old = std::mem::replace(&mut *i.link.lock().expect("link lock"), link);
         for t in old.tasks {
             t.abort();
         }
         let last_server_seq = i.last_seen.load(Ordering::Acquire);
-        let reply: ResumeReply =
-            self.framework(cmd::RESUME, &ResumeRequest { resume_token: token, last_server_seq }).await?;
+        req.last_server_seq = last_server_seq;
+        let reply: ResumeReply = self.framework(cmd::RESUME, &req).await?;
+        if encrypted && reply.server_nonce.is_empty() {
+            self.close_link();
+            return Err(ClientError::NotEncrypted);
+        }
         i.last_acked.store(last_server_seq, Ordering::Release);
         // Each token resumes once: keep the next one.
         *i.resume_token.lock().expect("token lock") = Some(reply.resume_token.clone());
         Ok(reply)
+    }
+
+    /// Ends the current connection without a word (a handshake that did not
+    /// give the encryption asked for).
+    fn close_link(&self) {
+        self.inner.closing.store(true, Ordering::Release);
+        let link = self.inner.link.lock().expect("link lock");
+        link.down.store(true, Ordering::Release);
+        for t in &link.tasks {
+            t.abort();
+        }
     }
 
     /// Sends one heartbeat and waits for its answer.
@@ -446,6 +548,7 @@ impl Client {
 }
 
 /// Starts the reader and writer of a new connection.
+#[allow(clippy::too_many_arguments)]
 async fn open(
     stream: TcpStream,
     codec: Codec,
@@ -454,16 +557,36 @@ async fn open(
     last_seen: &Arc<AtomicU64>,
     closing: &Arc<AtomicBool>,
     logged_in: &Arc<AtomicBool>,
+    session_keys: &SessionKeys,
 ) -> Result<Link, ClientError> {
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+    let (tx, mut rx) = mpsc::channel::<Envelope<'static>>(1024);
+    let crypto = Arc::new(LinkCrypto::default());
+    let sealer = crypto.clone();
+    // Frames are sealed here, in the order they are written: the gateway
+    // expects the frame counter in wire order.
     let writer = tokio::spawn(async move {
         let mut batch = Vec::new();
+        let mut sealed = Vec::new();
+        let mut put = |env: Envelope<'static>, batch: &mut Vec<u8>| {
+            let mut seal = sealer.seal.lock().expect("crypto lock");
+            match seal.as_mut() {
+                None => codec.encode(&env, batch),
+                Some(keys) => {
+                    let mut env = env;
+                    env.flags |= flags::ENCRYPTED;
+                    sealed.clear();
+                    sealed.extend_from_slice(&env.payload);
+                    keys.seal(&env, &mut sealed).expect("2^64 frames cannot be sent on one connection");
+                    codec.encode(&Envelope { payload: sealed.as_slice().into(), ..env }, batch);
+                }
+            }
+        };
         while let Some(frame) = rx.recv().await {
-            batch.extend_from_slice(&frame);
+            put(frame, &mut batch);
             while let Ok(f) = rx.try_recv() {
-                batch.extend_from_slice(&f);
+                put(f, &mut batch);
             }
             if write.write_all(&batch).await.is_err() {
                 return;
@@ -481,9 +604,11 @@ async fn open(
         last_seen: last_seen.clone(),
         closing: closing.clone(),
         tx: tx.clone(),
+        crypto: crypto.clone(),
+        session_keys: session_keys.clone(),
     };
     let reader = tokio::spawn(reader.run(read));
-    Ok(Link { tx, tasks: vec![writer, reader], down })
+    Ok(Link { tx, crypto, tasks: vec![writer, reader], down })
 }
 
 /// Reads one connection: answers to their waiting request, the rest to the
@@ -496,7 +621,9 @@ struct Reader {
     events: mpsc::Sender<Event>,
     last_seen: Arc<AtomicU64>,
     closing: Arc<AtomicBool>,
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Envelope<'static>>,
+    crypto: Arc<LinkCrypto>,
+    session_keys: SessionKeys,
 }
 
 impl Reader {
@@ -504,6 +631,8 @@ impl Reader {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut chunk = vec![0u8; 64 * 1024];
         let (mut kicked, mut unacked) = (false, 0u64);
+        // Opens frames from the gateway once the handshake's answer arrived.
+        let mut open: Option<FrameCipher> = None;
         'read: loop {
             let n = match read.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
@@ -515,6 +644,30 @@ impl Reader {
                 let frame = &buf[pos + range.start..pos + range.end];
                 pos += used;
                 let Ok(env) = self.codec.decode(frame) else { break 'read };
+                let env = match open.as_mut() {
+                    // A clear or forged frame on an encrypted connection:
+                    // drop the connection (the session may be resumed).
+                    Some(keys) => {
+                        if !env.is_encrypted() {
+                            break 'read;
+                        }
+                        let mut plain = env.payload.to_vec();
+                        let Ok(p) = keys.open(&env, &mut plain) else { break 'read };
+                        let len = p.len();
+                        plain.truncate(len);
+                        Envelope { payload: plain.into(), ..env }
+                    }
+                    None if env.is_encrypted() => break 'read,
+                    None => {
+                        if env.is_response() && (env.cmd == cmd::LOGIN || env.cmd == cmd::RESUME) {
+                            match self.handshake_answered(&env) {
+                                Ok(keys) => open = keys,
+                                Err(()) => break 'read,
+                            }
+                        }
+                        env
+                    }
+                };
                 kicked |= env.cmd == cmd::KICK;
                 if env.server_seq != 0 {
                     if self.last_seen.fetch_max(env.server_seq, Ordering::AcqRel) >= env.server_seq {
@@ -527,11 +680,9 @@ impl Reader {
             buf.drain(..pos);
             if unacked >= ACK_BATCH {
                 unacked = 0;
-                let mut ack = Vec::new();
                 let env =
                     Envelope { ack: self.last_seen.load(Ordering::Acquire), ..Envelope::new(cmd::ACK, 0, 0, &[]) };
-                self.codec.encode(&env, &mut ack);
-                let _ = self.tx.try_send(ack);
+                let _ = self.tx.try_send(env);
             }
         }
         // Requests waiting keep waiting through a resume (their answers are
@@ -542,6 +693,42 @@ impl Reader {
             self.pending.lock().expect("pending lock").clear();
         }
         let _ = self.events.send(if resumable { Event::Disconnected } else { Event::Closed }).await;
+    }
+
+    /// The answer to a LOGIN or RESUME that offered a key or a nonce:
+    /// derives the connection's keys, installs the sealing half for the
+    /// writer and returns the opening half. `Err` if the gateway's key is
+    /// unusable.
+    fn handshake_answered(&self, env: &Envelope<'_>) -> Result<Option<FrameCipher>, ()> {
+        let Some(handshake) = self.crypto.pending.lock().expect("crypto lock").take() else { return Ok(None) };
+        let form = self.codec.payload_form();
+        let (secret, cipher, client_part, server_part) = match handshake {
+            Handshake::Login(share) => {
+                let reply: LoginReply = form.decode(&env.payload).map_err(drop)?;
+                if reply.server_key.is_empty() {
+                    return Ok(None);
+                }
+                let cipher = Cipher::from_name(&reply.cipher).ok_or(())?;
+                let client_key = share.public_key().to_vec();
+                let dh = share.agree(&reply.server_key).map_err(drop)?;
+                let secret = SessionSecret::derive(&dh, &client_key, &reply.server_key);
+                *self.session_keys.lock().expect("keys lock") = Some((secret.clone(), cipher));
+                (secret, cipher, client_key, reply.server_key)
+            }
+            Handshake::Resume(nonce) => {
+                let reply: ResumeReply = form.decode(&env.payload).map_err(drop)?;
+                if reply.server_nonce.is_empty() {
+                    return Ok(None);
+                }
+                let Some((secret, cipher)) = self.session_keys.lock().expect("keys lock").clone() else {
+                    return Err(());
+                };
+                (secret, cipher, nonce.to_vec(), reply.server_nonce)
+            }
+        };
+        let keys = secret.connection_keys(cipher, &client_part, &server_part);
+        *self.crypto.seal.lock().expect("crypto lock") = Some(keys.client_to_server);
+        Ok(Some(keys.server_to_client))
     }
 
     async fn dispatch(&self, env: Envelope<'static>) {

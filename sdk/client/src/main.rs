@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis_client::{Client, Event};
+use portcullis_client::{Client, Encryption, Event};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::Codec;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -37,6 +37,17 @@ struct Args {
     /// Device type for a minted token.
     #[arg(long, default_value = "pc")]
     device: String,
+    /// Session encryption: offer a key when the listener allows it
+    /// (preferred), insist on it (required), or never (off).
+    #[arg(long, value_enum, default_value = "preferred")]
+    encryption: EncryptionArg,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EncryptionArg {
+    Off,
+    Preferred,
+    Required,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -74,7 +85,16 @@ async fn main() -> anyhow::Result<()> {
     let (client, mut events) = Client::connect_with(&args.addr, codec, Duration::from_secs(10))
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
+    client.set_encryption(match args.encryption {
+        EncryptionArg::Off => Encryption::Off,
+        EncryptionArg::Preferred => Encryption::Preferred,
+        EncryptionArg::Required => Encryption::Required,
+    });
     let me = client.login(&token).await.context("login failed")?;
+    match client.cipher() {
+        Some(cipher) => println!("* session encrypted ({cipher})"),
+        None => println!("* session not encrypted"),
+    }
     println!("logged in as {} (session {}); /help for commands", me.user_id, me.session_id);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {

@@ -117,9 +117,14 @@ mod tests {
             b"0123456789abcdef",
             &token::Claims { uid: "u1".into(), dev: "ios".into(), exp: 100, role: String::new() },
         );
-        let AuthStart::Done(Ok(b)) = a.authenticate(&LoginRequest { token: t.clone() }, 50) else { panic!() };
+        let AuthStart::Done(Ok(b)) = a.authenticate(&LoginRequest { token: t.clone(), ..Default::default() }, 50)
+        else {
+            panic!()
+        };
         assert_eq!((&*b.user_id, &*b.device), ("u1", "ios"));
-        let AuthStart::Done(Err(e)) = a.authenticate(&LoginRequest { token: t }, 100) else { panic!() };
+        let AuthStart::Done(Err(e)) = a.authenticate(&LoginRequest { token: t, ..Default::default() }, 100) else {
+            panic!()
+        };
         assert!(e.0.contains("expired"));
     }
 

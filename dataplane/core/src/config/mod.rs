@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 
+pub use portcullis_proto::crypto::Cipher;
 use portcullis_proto::{cmd, Codec};
 use serde::{Deserialize, Serialize};
 
@@ -423,6 +424,28 @@ pub struct ListenerConfig {
     pub codec: Codec,
     /// Maximum frame size; defaults to `gateway.max_frame_bytes`.
     pub max_frame_bytes: Option<usize>,
+    /// Session encryption (X25519 in LOGIN, AES-GCM per frame):
+    /// `"optional"` (the default: sessions whose client offers a key are
+    /// encrypted), `"required"` (a LOGIN without a key is refused
+    /// ENCRYPTION_REQUIRED) or `"off"` (keys offered are ignored).
+    #[serde(default)]
+    pub encryption: Encryption,
+    /// The AEAD of sessions encrypted here: `"aes-128-gcm"` (the default)
+    /// or `"aes-256-gcm"`.
+    pub cipher: Option<Cipher>,
+}
+
+/// Session encryption on a listener (`encryption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// Every session must be encrypted.
+    Required,
+    /// Sessions are encrypted when the client offers a key.
+    #[default]
+    Optional,
+    /// No encryption: keys offered are ignored.
+    Off,
 }
 
 /// How LOGIN is authenticated.
@@ -767,6 +790,12 @@ impl Config {
             if l.max_frame_bytes == Some(0) || l.max_frame_bytes.is_some_and(|m| m > u32::MAX as usize) {
                 return Err(invalid(format!("listeners[{i}].max_frame_bytes"), "must be 1..=4294967295"));
             }
+            if l.encryption == Encryption::Off && l.cipher.is_some() {
+                return Err(invalid(
+                    format!("listeners[{i}].cipher"),
+                    "has no effect with encryption = \"off\": remove it or set encryption = \"optional\" or \"required\"",
+                ));
+            }
         }
         if let AuthConfig::Token { .. } = self.auth {
             self.auth.token_secret()?;
@@ -926,6 +955,22 @@ mod tests {
             .replace("codec", "x")
             .replace("bind = \"127.0.0.1:7000\"", "bind = \"127.0.0.1:7000\"\ncodec = \"xml\""));
         assert!(e.contains("xml") && e.contains("protobuf"), "{e}");
+    }
+
+    #[test]
+    fn encryption_keys_are_checked() {
+        let listener =
+            |extra: &str| GOOD.replace("bind = \"127.0.0.1:7000\"", &format!("bind = \"127.0.0.1:7000\"\n{extra}"));
+        let c = Config::parse(GOOD, "t").unwrap();
+        assert_eq!((c.listeners[0].encryption, c.listeners[0].cipher), (Encryption::Optional, None));
+        let c = Config::parse(&listener("encryption = \"required\"\ncipher = \"aes-256-gcm\""), "t").unwrap();
+        assert_eq!((c.listeners[0].encryption, c.listeners[0].cipher), (Encryption::Required, Some(Cipher::Aes256Gcm)));
+        let e = err(&listener("encryption = \"always\""));
+        assert!(e.contains("always") && e.contains("required") && e.contains("optional") && e.contains("off"), "{e}");
+        let e = err(&listener("cipher = \"aes-192-gcm\""));
+        assert!(e.contains("aes-192-gcm") && e.contains("aes-128-gcm") && e.contains("aes-256-gcm"), "{e}");
+        let e = err(&listener("encryption = \"off\"\ncipher = \"aes-256-gcm\""));
+        assert!(e.contains("listeners[0].cipher") && e.contains("no effect"), "{e}");
     }
 
     #[test]

@@ -6,12 +6,17 @@ use portcullis_proto::token::resume_token;
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use prost::Message;
 
+use portcullis_proto::crypto::KEY_LEN;
+
 use crate::auth::AuthStart;
 use crate::backend::Pending;
+use crate::config::Encryption;
 use crate::conn::ConnId;
+use crate::gateway::crypto::handshake;
 use crate::gateway::{Gateway, Waiting};
 use crate::route::PickKey;
 use crate::security::behaviour::Event;
+use crate::security::{Reason, Verdict};
 use crate::session::policy::Decision;
 use crate::session::{SessionId, UserBinding};
 use crate::shard::CrossMsg;
@@ -29,6 +34,9 @@ impl Gateway {
         let Some(req) = self.payload::<LoginRequest>(conn, codec, env) else {
             return self.count_bad_frame(conn);
         };
+        if !self.offer_key(conn, env, &req.client_key) {
+            return self.takes_input(conn);
+        }
         match self.auth.authenticate(&req, self.unix_time(self.now)) {
             AuthStart::Done(Ok(user)) => self.finish_login(conn, env.seq, user),
             AuthStart::Done(Err(e)) => return self.login_failed(conn, env.seq, &e.to_string()),
@@ -78,6 +86,26 @@ impl Gateway {
         }
     }
 
+    /// Checks the key a LOGIN offers against the listener's `encryption`
+    /// and keeps it for the answer. False (answered) if the LOGIN is refused.
+    fn offer_key(&mut self, conn: ConnId, env: &Envelope<'_>, client_key: &[u8]) -> bool {
+        let (mode, _) = self.encryption_of(conn);
+        if !client_key.is_empty() && client_key.len() != KEY_LEN {
+            let detail = format_args!("client_key must be {KEY_LEN} bytes (an X25519 public key)");
+            self.apply_verdict(conn, (env.cmd, env.seq), Verdict::Respond(Reason::BadPayload), Some(&detail));
+            return false;
+        }
+        if client_key.is_empty() && mode == Encryption::Required {
+            let detail = "this listener requires encryption: send client_key in LOGIN";
+            self.apply_verdict(conn, (env.cmd, env.seq), Verdict::Respond(Reason::NotEncrypted), Some(&detail));
+            return false;
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.handshake = if mode == Encryption::Off { None } else { client_key.try_into().ok().map(Box::new) };
+        }
+        true
+    }
+
     /// Refuses a login with AUTH_FAILED. Returns whether the connection is
     /// still open.
     pub(crate) fn login_failed(&mut self, conn: ConnId, seq: u32, message: &str) -> bool {
@@ -101,6 +129,15 @@ impl Gateway {
             self.login_failed(conn, seq, "user id too long");
             return;
         }
+        let client_key = self.conns.get_mut(&conn).and_then(|c| c.handshake.take());
+        let (_, cipher) = self.encryption_of(conn);
+        let handshake = match client_key.map(|key| handshake(&key[..], cipher)).transpose() {
+            Ok(h) => h,
+            Err(e) => {
+                self.login_failed(conn, seq, &format!("client_key: {e}"));
+                return;
+            }
+        };
         match self.shared.login(&self.policy, &user.user_id, &user.device, self.worker, session) {
             Decision::Reject(why) => {
                 self.stats.drop_login_conflict += 1;
@@ -126,6 +163,8 @@ impl Gateway {
             heartbeat_interval_ms: (self.limits.heartbeat_timeout.as_millis() / 3) as u32,
             resume_token: resume_token(self.shared.resume_key(), session, 0),
             resume_window_ms: self.limits.resume_window.as_millis() as u32,
+            server_key: handshake.as_ref().map(|h| h.server_key.to_vec()).unwrap_or_default(),
+            cipher: handshake.as_ref().map(|h| h.session.cipher.name().to_string()).unwrap_or_default(),
         };
         let ip = self.conns.get(&conn).map(|c| c.ip.to_string()).unwrap_or_default();
         self.event(crate::admin::EventKind::Login, session, &user.user_id, &ip, &user.device);
@@ -138,6 +177,16 @@ impl Gateway {
         self.logged_in(conn);
         self.stats.logins += 1;
         self.send_payload(conn, Envelope::new(cmd::LOGIN, seq, flags::RESPONSE, &[]), &reply, false);
+        // Everything after the answer, both ways, is sealed.
+        if let Some(h) = handshake {
+            self.stats.encrypted_logins += 1;
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.crypto = Some(Box::new(h.session));
+            }
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.keys = Some(Box::new(h.keys));
+            }
+        }
         self.score_conn(conn, Event::Login);
     }
 }

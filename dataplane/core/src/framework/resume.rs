@@ -9,8 +9,13 @@ use portcullis_proto::pb::client::{ErrorCode, ResumeReply, ResumeRequest};
 use portcullis_proto::token::{resume_token, verify_resume_token};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
+use portcullis_proto::crypto::{resume_nonce, RESUME_NONCE_LEN};
+
+use crate::config::Encryption;
 use crate::conn::ConnId;
+use crate::gateway::crypto::encode_frame;
 use crate::gateway::{End, Gateway, Waiting};
+use crate::security::{Reason, Verdict};
 use crate::session::{Session, SessionId};
 use crate::shard::CrossMsg;
 
@@ -28,6 +33,14 @@ impl Gateway {
         let Some(req) = self.payload::<ResumeRequest>(conn, codec, env) else {
             return self.count_bad_frame(conn);
         };
+        if !req.client_nonce.is_empty() && req.client_nonce.len() != RESUME_NONCE_LEN {
+            let detail = format_args!("client_nonce must be {RESUME_NONCE_LEN} bytes");
+            self.apply_verdict(conn, (env.cmd, env.seq), Verdict::Respond(Reason::BadPayload), Some(&detail));
+            return self.count_bad_frame(conn);
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.handshake = req.client_nonce.as_slice().try_into().ok().map(Box::new);
+        }
 
         let Some((target, generation)) = verify_resume_token(self.shared.resume_key(), &req.resume_token) else {
             self.resume_refused(conn, env.seq, "invalid resume token");
@@ -95,6 +108,38 @@ impl Gateway {
             // The client gave up meanwhile: the session waits for another try.
             return self.adopt_detached(s);
         };
+        let client_nonce = c.handshake.take();
+        let (mode, _) = self.encryption_of(conn);
+        // An encrypted session stays encrypted, with keys from fresh nonces;
+        // a clear one cannot resume where encryption is required.
+        let keys = match (&s.crypto, client_nonce) {
+            (Some(_), None) => {
+                self.adopt_detached(s);
+                return self.resume_refused(conn, seq, "this session is encrypted: send client_nonce in RESUME");
+            }
+            (None, _) if mode == Encryption::Required => {
+                self.adopt_detached(s);
+                self.resume_refused_with(
+                    conn,
+                    seq,
+                    ErrorCode::EncryptionRequired,
+                    "this listener requires encryption and the session is not encrypted: log in",
+                );
+                return;
+            }
+            (None, _) => None,
+            (Some(crypto), Some(client_nonce)) => match resume_nonce() {
+                Ok(server_nonce) => {
+                    let keys = crypto.secret.connection_keys(crypto.cipher, &client_nonce[..], &server_nonce);
+                    Some((server_nonce, keys))
+                }
+                Err(e) => {
+                    self.adopt_detached(s);
+                    return self.resume_refused(conn, seq, &format!("the gateway cannot draw a nonce: {e}"));
+                }
+            },
+        };
+        let Some(c) = self.conns.get_mut(&conn) else { return };
         c.waiting = Waiting::Nothing;
         let anonymous = std::mem::replace(&mut c.session, s.id);
         self.end_session(anonymous);
@@ -111,6 +156,8 @@ impl Gateway {
             heartbeat_interval_ms: (self.limits.heartbeat_timeout.as_millis() / 3) as u32,
             replayed: s.replay.len() as u32,
             resume_token: resume_token(self.shared.resume_key(), s.id, s.resume_generation),
+            server_nonce: keys.as_ref().map(|(n, _)| n.to_vec()).unwrap_or_default(),
+            cipher: s.crypto.as_ref().map(|c| c.cipher.name().to_string()).unwrap_or_default(),
         };
         self.notify_links(&s, false);
         let id = s.id;
@@ -119,7 +166,26 @@ impl Gateway {
         self.send_payload(conn, Envelope::new(cmd::RESUME, seq, flags::RESPONSE, &[]), &reply, false);
         let Some(s) = self.sessions.get(id) else { return };
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.out.extend_from_slice(s.replay.frames());
+            match keys {
+                None => c.out.extend_from_slice(s.replay.frames()),
+                // The replay buffer holds clear frames: seal each again
+                // with the new connection's keys.
+                Some((_, keys)) => {
+                    let keys = c.keys.insert(Box::new(keys));
+                    let framing = c.codec.framing();
+                    for frame in s.replay.iter() {
+                        let env = framing
+                            .next_frame(frame, usize::MAX)
+                            .ok()
+                            .flatten()
+                            .and_then(|(range, _)| c.codec.decode(&frame[range]).ok());
+                        match env {
+                            Some(env) => encode_frame(c.codec, Some(&mut **keys), &env, &mut c.out, &mut self.sealing),
+                            None => debug_assert!(false, "the replay buffer holds frames the gateway encoded"),
+                        }
+                    }
+                }
+            }
         }
         self.account(conn);
         self.stats.resumes += 1;
@@ -149,10 +215,16 @@ impl Gateway {
 
     /// Refuses a RESUME.
     pub(crate) fn resume_refused(&mut self, conn: ConnId, seq: u32, reason: &str) {
+        self.resume_refused_with(conn, seq, ErrorCode::ResumeFailed, reason);
+    }
+
+    /// Refuses a RESUME with an error code.
+    fn resume_refused_with(&mut self, conn: ConnId, seq: u32, code: ErrorCode, reason: &str) {
         if let Some(c) = self.conns.get_mut(&conn) {
             c.waiting = Waiting::Nothing;
+            c.handshake = None;
         }
         self.stats.drop_resume_failed += 1;
-        self.send_error(conn, cmd::RESUME, seq, ErrorCode::ResumeFailed, reason);
+        self.send_error(conn, cmd::RESUME, seq, code, reason);
     }
 }

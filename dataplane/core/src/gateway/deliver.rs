@@ -15,6 +15,7 @@ use portcullis_proto::pb::client::{Delivery, ErrorCode, Kick};
 use portcullis_proto::pb::link::{link_frame, SessionClosed, SessionResumed};
 use portcullis_proto::{cmd, flags, Envelope};
 
+use super::crypto::encode_frame;
 use super::{Conn, End, Gateway};
 use crate::backend::{LinkState, MAX_CLOSED_WHILE_DOWN};
 use crate::conn::ConnId;
@@ -31,10 +32,13 @@ impl Gateway {
             return;
         }
         let mark = c.out.len();
-        c.codec.encode(env, &mut c.out);
+        encode_frame(c.codec, c.keys.as_deref_mut(), env, &mut c.out, &mut self.sealing);
         let len = c.out.len() - mark;
         if len > c.max_frame + c.codec.framing().overhead() {
             c.out.truncate(mark);
+            if let Some(keys) = c.keys.as_deref_mut() {
+                keys.server_to_client.unseal_last();
+            }
             return self.oversized(conn, env, len);
         }
         self.after_append(conn);
@@ -102,7 +106,24 @@ impl Gateway {
         match s.replay.push(seq, bounds, |out| codec.encode(env, out)) {
             Ok(frame) => {
                 if let Some(c) = conn.and_then(|c| conns.get_mut(&c)).filter(|c| !c.closing) {
-                    c.out.extend_from_slice(frame);
+                    match c.keys.as_deref_mut() {
+                        // The replay buffer keeps the clear frame; the
+                        // connection gets it sealed with its own keys.
+                        Some(keys) => {
+                            let mark = c.out.len();
+                            encode_frame(codec, Some(&mut *keys), env, &mut c.out, &mut self.sealing);
+                            let len = c.out.len() - mark;
+                            if len > max_frame {
+                                c.out.truncate(mark);
+                                keys.server_to_client.unseal_last();
+                                s.replay.pop_last();
+                                env.server_seq = 0;
+                                self.oversized(conn.expect("has a connection"), env, len);
+                                return false;
+                            }
+                        }
+                        None => c.out.extend_from_slice(frame),
+                    }
                     self.after_append(conn.expect("has a connection"));
                 }
                 true

@@ -19,6 +19,7 @@
 //! through the [`Shared`] state's rings, never touched directly.
 
 mod cross;
+pub mod crypto;
 mod deliver;
 mod links;
 
@@ -28,13 +29,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_proto::crypto::ConnectionKeys;
 use portcullis_proto::pb::client::ErrorCode;
-use portcullis_proto::{cmd, Codec, FrameError};
+use portcullis_proto::{cmd, Codec, Envelope, FrameError};
 use rustc_hash::FxHashMap;
 
 use crate::auth::Authenticator;
 use crate::backend::{Link, LinkState};
-use crate::config::Config;
+use crate::config::{Cipher, Config, Encryption};
 use crate::conn::ConnId;
 use crate::route::{LinkId, Router};
 use crate::security::behaviour::Scores;
@@ -67,6 +69,8 @@ pub enum Output {
 struct ListenerSpec {
     codec: Codec,
     max_frame: usize,
+    encryption: Encryption,
+    cipher: Cipher,
 }
 
 /// An operation a connection is waiting for.
@@ -107,6 +111,13 @@ pub(crate) struct Conn {
     pub(crate) closing: bool,
     pub(crate) bad_frames: u32,
     pub(crate) waiting: Waiting,
+    /// The keys of an encrypted connection, from the answer to its LOGIN
+    /// or RESUME on.
+    pub(crate) keys: Option<Box<ConnectionKeys>>,
+    /// The client's part of a handshake being decided: the public key of
+    /// a LOGIN (a delegated one waits), the nonce of a RESUME (one on
+    /// another worker waits). Boxed: most connections never hold one.
+    pub(crate) handshake: Option<Box<[u8; 32]>>,
 }
 
 /// Limits copied out of the config.
@@ -236,6 +247,9 @@ pub struct Gateway {
     shutdown: Option<Shutdown>,
     /// Reused buffers.
     pub(crate) scratch: Vec<u8>,
+    /// Payloads being sealed for, and opened from, encrypted connections.
+    pub(crate) sealing: Vec<u8>,
+    opening: Vec<u8>,
     pub(crate) targets: Vec<SessionId>,
     /// Sessions this worker handed to another on RESUME, and when: messages
     /// that were already on their way here are forwarded there.
@@ -262,7 +276,15 @@ impl Gateway {
             .flat_map(|(i, s)| s.servers.iter().map(move |srv| Link::new(srv.addr(), i, now)))
             .collect();
         let listeners = (0..config.listeners.len())
-            .map(|i| ListenerSpec { codec: config.listeners[i].codec, max_frame: config.max_frame(i) })
+            .map(|i| {
+                let l = &config.listeners[i];
+                ListenerSpec {
+                    codec: l.codec,
+                    max_frame: config.max_frame(i),
+                    encryption: l.encryption,
+                    cipher: l.cipher.unwrap_or_default(),
+                }
+            })
             .collect();
         let s = &config.sessions;
         let mut core = Gateway {
@@ -298,6 +320,8 @@ impl Gateway {
             next_sweep: now,
             shutdown: None,
             scratch: Vec::new(),
+            sealing: Vec::new(),
+            opening: Vec::new(),
             targets: Vec::new(),
             handed_over: FxHashMap::default(),
         };
@@ -426,6 +450,8 @@ impl Gateway {
                 closing: false,
                 bad_frames: 0,
                 waiting: Waiting::Nothing,
+                keys: None,
+                handshake: None,
             },
         );
         self.stats.connections += 1;
@@ -794,14 +820,15 @@ impl Gateway {
         }
     }
 
-    /// One frame through decode → the check stage → framework or route.
-    /// Returns whether the connection is still open.
+    /// One frame through decode → decryption → the check stage →
+    /// framework or route. Returns whether the connection is still open.
     fn on_frame(
         &mut self,
         conn: ConnId,
-        (session, codec, ip, chain): (SessionId, Codec, IpAddr, crate::security::Chain),
+        ctx: (SessionId, Codec, IpAddr, crate::security::Chain),
         frame: &[u8],
     ) -> bool {
+        let codec = ctx.1;
         let env = match codec.decode(frame) {
             Ok(env) => env,
             Err(e) => {
@@ -810,7 +837,33 @@ impl Gateway {
             }
         };
         self.stats.frames_in += 1;
-        let verdict = self.check_frame(chain, &Frame { conn, session, ip, env: &env });
+        if !env.is_encrypted() && !self.is_encrypted(conn) {
+            return self.on_envelope(conn, ctx, &env);
+        }
+        let mut plain = std::mem::take(&mut self.opening);
+        let open = match self.open_frame(conn, &env, &mut plain) {
+            Ok(()) => {
+                let env = Envelope { payload: std::borrow::Cow::Borrowed(&plain[..]), ..env };
+                self.on_envelope(conn, ctx, &env)
+            }
+            Err((reason, detail)) => {
+                self.apply_verdict(conn, (env.cmd, env.seq), Verdict::Close(reason), Some(&detail));
+                false
+            }
+        };
+        self.opening = plain;
+        open
+    }
+
+    /// A decoded (and opened) frame through the check stage, then the
+    /// framework or the route. Returns whether the connection is still open.
+    fn on_envelope(
+        &mut self,
+        conn: ConnId,
+        (session, codec, ip, chain): (SessionId, Codec, IpAddr, crate::security::Chain),
+        env: &Envelope<'_>,
+    ) -> bool {
+        let verdict = self.check_frame(chain, &Frame { conn, session, ip, env });
         if verdict != Verdict::Respond(Reason::Throttled) && env.ack != 0 {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.replay.ack(env.ack.min(s.replay.last_seq()));
@@ -827,9 +880,9 @@ impl Gateway {
             }
         }
         if cmd::is_framework(env.cmd) {
-            return self.on_framework(conn, session, codec, &env);
+            return self.on_framework(conn, session, codec, env);
         }
-        self.on_business(conn, session, &env);
+        self.on_business(conn, session, env);
         true
     }
 
@@ -914,6 +967,14 @@ impl Gateway {
             l.queued = true;
             self.outputs.push_back(Output::TransmitLink(link));
         }
+    }
+
+    /// The encryption settings of `conn`'s listener.
+    pub(crate) fn encryption_of(&self, conn: ConnId) -> (Encryption, Cipher) {
+        self.conns.get(&conn).map_or((Encryption::Off, Cipher::default()), |c| {
+            let spec = &self.listeners[c.listener];
+            (spec.encryption, spec.cipher)
+        })
     }
 
     pub(crate) fn push_output(&mut self, out: Output) {

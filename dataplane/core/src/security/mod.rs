@@ -27,6 +27,11 @@
 //! 5. **whitelist** ([`whitelist`]) — which business commands each role may
 //!    send in each session state: COMMAND_NOT_ALLOWED.
 //!
+//! Before the chain, frames of encrypted sessions are opened
+//! (`gateway::crypto`): a frame that does not decrypt is refused
+//! DECRYPT_FAILED, a clear one ENCRYPTION_REQUIRED, and the connection is
+//! closed (counted under the link `encryption`).
+//!
 //! A frame refused by the rate link is not looked at further; any other
 //! frame's piggy-backed acknowledgement counts even when a later link
 //! refuses the frame.
@@ -96,6 +101,13 @@ pub enum Reason {
     RecipientRate,
     /// A direct message from a user to another past their pair's rate.
     PairRate,
+    /// A sealed frame that does not authenticate (tampered, replayed,
+    /// reordered), or a sealed frame on a session that is not encrypted:
+    /// the connection is closed.
+    DecryptFailed,
+    /// A clear frame on an encrypted session (closed), or a LOGIN without a
+    /// key on a listener that requires encryption.
+    NotEncrypted,
 }
 
 impl Reason {
@@ -109,6 +121,8 @@ impl Reason {
             Reason::NotLoggedIn => ErrorCode::NotLoggedIn,
             Reason::NotAllowed => ErrorCode::CommandNotAllowed,
             Reason::Banned => ErrorCode::Blocked,
+            Reason::DecryptFailed => ErrorCode::DecryptFailed,
+            Reason::NotEncrypted => ErrorCode::EncryptionRequired,
             Reason::Throttled
             | Reason::CommandRate
             | Reason::Suspicious
@@ -137,6 +151,8 @@ impl Reason {
             Reason::RecipientRate => "the recipient gets too many messages",
             Reason::PairRate => "too many messages to this user",
             Reason::Flooding => "flooding: far over the rate limit for too long; closed",
+            Reason::DecryptFailed => "the frame does not decrypt",
+            Reason::NotEncrypted => "this listener requires encryption",
         }
     }
 
@@ -153,13 +169,17 @@ impl Reason {
             Reason::Suspicious | Reason::Banned => ChainLink::Behaviour.name(),
             Reason::NotAllowed => ChainLink::Whitelist.name(),
             Reason::RecipientBacklog | Reason::RecipientRate | Reason::PairRate => "delivery",
+            Reason::DecryptFailed | Reason::NotEncrypted => "encryption",
         }
     }
 
     /// Whether the frame broke the protocol (scored as a bad frame by the
     /// behaviour link, not as a mere refusal).
     fn is_protocol_violation(self) -> bool {
-        matches!(self, Reason::FrameTooLarge | Reason::BadFrame | Reason::BadPayload | Reason::BadEnvelope)
+        matches!(
+            self,
+            Reason::FrameTooLarge | Reason::BadFrame | Reason::BadPayload | Reason::BadEnvelope | Reason::DecryptFailed
+        )
     }
 
     /// Counts one refusal.
@@ -180,6 +200,8 @@ impl Reason {
             Reason::RecipientRate => &mut stats.drop_recipient_rate,
             Reason::PairRate => &mut stats.drop_pair_rate,
             Reason::Flooding => &mut stats.closed_flooding,
+            Reason::DecryptFailed => &mut stats.drop_decrypt_failed,
+            Reason::NotEncrypted => &mut stats.drop_not_encrypted,
         } += 1;
     }
 }
@@ -203,6 +225,8 @@ pub fn link_of_counter(name: &str) -> Option<&'static str> {
         "drop_recipient_backlog" => Reason::RecipientBacklog,
         "drop_recipient_rate" => Reason::RecipientRate,
         "drop_pair_rate" => Reason::PairRate,
+        "drop_decrypt_failed" => Reason::DecryptFailed,
+        "drop_not_encrypted" => Reason::NotEncrypted,
         _ => return None,
     };
     Some(reason.link())

@@ -69,6 +69,8 @@ pub struct Session {
     pub role_bits: u64,
     /// Rate buckets of the command classes it used, by class.
     pub class_buckets: Vec<TokenBucket>,
+    /// Set if it is encrypted: what its connections' keys come from.
+    pub crypto: Option<Box<crate::gateway::crypto::SessionCrypto>>,
 }
 
 impl Session {
@@ -91,6 +93,7 @@ impl Session {
             logged_in_at: None,
             role_bits: 0,
             class_buckets: Vec::new(),
+            crypto: None,
         }
     }
 

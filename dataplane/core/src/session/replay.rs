@@ -95,6 +95,27 @@ impl ReplayBuffer {
         Ok(&self.bytes[mark..])
     }
 
+    /// Takes back the frame just pushed (a frame that came out too long
+    /// once sealed for its connection), and its number.
+    pub fn pop_last(&mut self) {
+        if let Some((seq, len)) = self.index.pop_back() {
+            self.bytes.truncate(self.bytes.len() - len as usize);
+            if seq == self.last_seq {
+                self.last_seq -= 1;
+            }
+        }
+    }
+
+    /// Each unacknowledged frame, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut at = self.start;
+        self.index.iter().map(move |&(_, len)| {
+            let frame = &self.bytes[at..at + len as usize];
+            at += len as usize;
+            frame
+        })
+    }
+
     /// Drops every message up to and including `seq`.
     pub fn ack(&mut self, seq: u64) {
         while let Some(&(s, len)) = self.index.front() {

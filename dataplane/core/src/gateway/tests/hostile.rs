@@ -209,7 +209,12 @@ fn a_resume_token_works_once_and_the_answer_carries_the_next() {
     // Resumed on the other worker: a new token comes back.
     let second = h.connect_on(1, Codec::Protobuf);
     let resume = |h: &mut Harness, c: ConnId, token: &str| {
-        h.send_msg(c, cmd::RESUME, 7, &ResumeRequest { resume_token: token.into(), last_server_seq: 0 });
+        h.send_msg(
+            c,
+            cmd::RESUME,
+            7,
+            &ResumeRequest { resume_token: token.into(), last_server_seq: 0, ..Default::default() },
+        );
         h.take(c)
     };
     let frames = resume(&mut h, second, &login.resume_token);
@@ -326,7 +331,7 @@ fn an_expired_token_is_refused_to_the_millisecond() {
         &Claims { uid: "al".into(), dev: "pc".into(), exp: UNIX_START + 1, role: String::new() },
     );
     let mut frame = Vec::new();
-    let body = PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token });
+    let body = PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token, ..Default::default() });
     Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &body), &mut frame);
     core.handle_data(later, conn, &frame);
     let out = core.outbound(conn).to_vec();

@@ -89,7 +89,10 @@ impl Harness {
     }
 
     fn with_workers(extra: &str, workers: usize) -> Harness {
-        let c = config(extra);
+        Self::with_config(config(extra), workers)
+    }
+
+    fn with_config(c: Config, workers: usize) -> Harness {
         let now = Instant::now();
         let shared = Shared::new(workers, [7; 32]);
         let cores = (0..workers)
@@ -268,7 +271,7 @@ impl Harness {
     }
 
     fn login_as(&mut self, conn: ConnId, user: &str, device: &str) -> LoginReply {
-        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token: token_for(user, device) });
+        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token: token_for(user, device), ..Default::default() });
         let frames = self.take(conn);
         assert_eq!(frames.len(), 1, "{frames:?}");
         assert_eq!((frames[0].cmd, frames[0].seq, frames[0].flags), (cmd::LOGIN, 1, flags::RESPONSE), "{frames:?}");
@@ -372,24 +375,24 @@ fn login_logout_and_the_reply_fields() {
 fn login_refusals() {
     let mut h = Harness::new("");
     let c = h.connect(Codec::Protobuf);
-    h.send_msg(c, cmd::LOGIN, 1, &LoginRequest { token: "not-a-token".into() });
+    h.send_msg(c, cmd::LOGIN, 1, &LoginRequest { token: "not-a-token".into(), ..Default::default() });
     h.expect_error(c, ErrorCode::AuthFailed);
     let forged = sign(
         b"wrong-secret-wrong-secret",
         &Claims { uid: "eve".into(), dev: String::new(), exp: u64::MAX, role: String::new() },
     );
-    h.send_msg(c, cmd::LOGIN, 2, &LoginRequest { token: forged });
+    h.send_msg(c, cmd::LOGIN, 2, &LoginRequest { token: forged, ..Default::default() });
     assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("signature"));
     let expired = sign(
         SECRET.as_bytes(),
         &Claims { uid: "bob".into(), dev: String::new(), exp: UNIX_START - 1, role: String::new() },
     );
-    h.send_msg(c, cmd::LOGIN, 3, &LoginRequest { token: expired });
+    h.send_msg(c, cmd::LOGIN, 3, &LoginRequest { token: expired, ..Default::default() });
     assert!(h.expect_error(c, ErrorCode::AuthFailed).message.contains("expired"));
     h.send(c, &Envelope::new(cmd::LOGIN, 4, 0, &[0xff, 0xff]));
     h.expect_error(c, ErrorCode::BadPayload);
     h.login(c, "bob");
-    h.send_msg(c, cmd::LOGIN, 5, &LoginRequest { token: token("bob") });
+    h.send_msg(c, cmd::LOGIN, 5, &LoginRequest { token: token("bob"), ..Default::default() });
     h.expect_error(c, ErrorCode::AlreadyLoggedIn);
     assert_eq!(h.cores[0].stats().drop_auth_failed, 3);
 }
@@ -625,7 +628,12 @@ fn framing_split_frames_and_several_frames_per_read() {
     let c = h.connect(Codec::Protobuf);
     let login = h.frame(
         c,
-        &Envelope::new(cmd::LOGIN, 1, 0, &PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token: token("al") })),
+        &Envelope::new(
+            cmd::LOGIN,
+            1,
+            0,
+            &PayloadForm::Protobuf.encode_to_vec(&LoginRequest { token: token("al"), ..Default::default() }),
+        ),
     );
     // One byte at a time.
     for byte in &login {
@@ -752,6 +760,7 @@ fn shutdown_kicks_everyone_with_a_reconnect_notice() {
 }
 
 mod admin;
+mod encryption;
 mod hostile;
 mod resilience;
 mod security;

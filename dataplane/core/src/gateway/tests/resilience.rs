@@ -6,7 +6,12 @@ use super::*;
 use portcullis_proto::pb::client::{ResumeReply, ResumeRequest};
 
 fn resume(h: &mut Harness, conn: ConnId, token: &str, last: u64) -> Vec<Envelope<'static>> {
-    h.send_msg(conn, cmd::RESUME, 5, &ResumeRequest { resume_token: token.into(), last_server_seq: last });
+    h.send_msg(
+        conn,
+        cmd::RESUME,
+        5,
+        &ResumeRequest { resume_token: token.into(), last_server_seq: last, ..Default::default() },
+    );
     h.take(conn)
 }
 
@@ -43,7 +48,7 @@ fn reject_new_refuses_the_second_login_with_a_reason() {
     let a = h.connect(Codec::Protobuf);
     h.login(a, "al");
     let b = h.connect(Codec::Protobuf);
-    h.send_msg(b, cmd::LOGIN, 1, &LoginRequest { token: token("al") });
+    h.send_msg(b, cmd::LOGIN, 1, &LoginRequest { token: token("al"), ..Default::default() });
     assert!(h.expect_error(b, ErrorCode::LoginConflict).message.contains("another device"));
     assert!(!h.closed.contains(&a));
     assert!(h.take(a).is_empty());
@@ -138,7 +143,12 @@ fn sessions_not_resumed_in_time_are_cleaned_up_and_leave_their_groups() {
     resume(&mut h, c2, &login.resume_token, 0);
     h.received.insert(c2, Vec::new());
     let c3 = h.connect(Codec::Protobuf);
-    h.send_msg(c3, cmd::RESUME, 5, &ResumeRequest { resume_token: login.resume_token.clone(), last_server_seq: 0 });
+    h.send_msg(
+        c3,
+        cmd::RESUME,
+        5,
+        &ResumeRequest { resume_token: login.resume_token.clone(), last_server_seq: 0, ..Default::default() },
+    );
     assert!(h.expect_error(c3, ErrorCode::ResumeFailed).message.contains("ended"));
 }
 
@@ -149,10 +159,20 @@ fn resume_refusals_are_explained() {
     let login = h.login(c, "al");
     h.drop_conn(c);
     let t = h.connect(Codec::Text);
-    h.send_msg(t, cmd::RESUME, 1, &ResumeRequest { resume_token: login.resume_token.clone(), last_server_seq: 0 });
+    h.send_msg(
+        t,
+        cmd::RESUME,
+        1,
+        &ResumeRequest { resume_token: login.resume_token.clone(), last_server_seq: 0, ..Default::default() },
+    );
     assert!(h.expect_error(t, ErrorCode::ResumeFailed).message.contains("protobuf"));
     let p = h.connect(Codec::Protobuf);
-    h.send_msg(p, cmd::RESUME, 1, &ResumeRequest { resume_token: "forged".into(), last_server_seq: 0 });
+    h.send_msg(
+        p,
+        cmd::RESUME,
+        1,
+        &ResumeRequest { resume_token: "forged".into(), last_server_seq: 0, ..Default::default() },
+    );
     assert!(h.expect_error(p, ErrorCode::ResumeFailed).message.contains("invalid"));
     // The refusals did not harm the session: it still resumes.
     let frames = resume(&mut h, p, &login.resume_token, 0);
@@ -361,7 +381,7 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
     assert_eq!((reply.user_id.as_str(), reply.device.as_str()), ("carol", "web"));
     // Refused by the service, then a service that never answers.
     let d = h.connect(Codec::Protobuf);
-    h.send_msg(d, cmd::LOGIN, 1, &LoginRequest { token: "bad".into() });
+    h.send_msg(d, cmd::LOGIN, 1, &LoginRequest { token: "bad".into(), ..Default::default() });
     let (link, req) = h.first_request().unwrap();
     h.server_sends(
         link,
@@ -374,7 +394,7 @@ fn delegate_authentication_binds_the_user_the_auth_service_returns() {
         }),
     );
     assert!(h.expect_error(d, ErrorCode::AuthFailed).message.contains("wrong password"));
-    h.send_msg(d, cmd::LOGIN, 2, &LoginRequest { token: "slow".into() });
+    h.send_msg(d, cmd::LOGIN, 2, &LoginRequest { token: "slow".into(), ..Default::default() });
     h.advance(Duration::from_millis(1_100));
     assert!(h.expect_error(d, ErrorCode::AuthFailed).message.contains("in time"));
 }

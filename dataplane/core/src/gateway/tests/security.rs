@@ -11,7 +11,7 @@ fn token_with_role(user: &str, role: &str) -> String {
 
 impl Harness {
     fn login_with(&mut self, conn: ConnId, token: String) {
-        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token });
+        self.send_msg(conn, cmd::LOGIN, 1, &LoginRequest { token, ..Default::default() });
         let frames = self.take(conn);
         assert_eq!((frames.len(), frames[0].cmd, frames[0].flags), (1, cmd::LOGIN, flags::RESPONSE), "{frames:?}");
     }
@@ -211,7 +211,7 @@ fn failed_logins_climb_to_a_block_and_an_allowlisted_source_never_does() {
                 refused += 1;
                 continue;
             }
-            h.send_msg(c, cmd::LOGIN, i, &LoginRequest { token: "forged.token".into() });
+            h.send_msg(c, cmd::LOGIN, i, &LoginRequest { token: "forged.token".into(), ..Default::default() });
             h.take(c);
         }
         let ip: IpAddr = ip.into();
