@@ -597,8 +597,8 @@ fn errors_until_closed(mut stream: TcpStream) -> Vec<i32> {
 fn a_source_whose_behaviour_passes_block_is_dropped_at_the_nic_until_the_block_expires() {
     use portcullis_proto::pb::client::ErrorCode;
     let Some(s) = setup("behaviour_block", (100_000, 100_000)) else { return };
-    // 5 points per bad frame or refused connection, 5 points of decay a
-    // second: kicked at 20 (and refused for 2 s), blocked at 30 for 3 s.
+    // 5 points per bad frame or refusal, 5 points of decay a second:
+    // kicked at 20 (and on probation for 2 s), blocked at 30 for 3 s.
     let config = portcullis_core::Config::parse(
         &format!(
             "[gateway]\nworkers = 1\nmax_bad_frames = 100\n\
@@ -619,14 +619,17 @@ fn a_source_whose_behaviour_passes_block_is_dropped_at_the_nic_until_the_block_e
     c.write_all(&[0, 0, 0, 2, 0xff, 0xff].repeat(4)).unwrap();
     let codes = errors_until_closed(c);
     assert_eq!(codes.last(), Some(&(ErrorCode::BadFrame as i32)), "{codes:?}");
-    // Back again while kicked: refused (BLOCKED), 5 points each, until it
-    // passes 30 and the source goes to the XDP blocklist.
+    // Back again while kicked, on probation: garbage before a login is
+    // closed at once (BLOCKED), 5 points each, until it passes 30 and the
+    // source goes to the XDP blocklist.
     for _ in 0..2 {
-        let c = connect_from(&s.h, attacker, Duration::from_secs(2)).unwrap();
+        let mut c = connect_from(&s.h, attacker, Duration::from_secs(2)).unwrap();
+        c.write_all(&[0, 0, 0, 2, 0xff, 0xff]).unwrap();
         assert_eq!(errors_until_closed(c).first(), Some(&(ErrorCode::Blocked as i32)));
     }
     for _ in 0..5 {
-        let Ok(c) = connect_from(&s.h, attacker, Duration::from_millis(300)) else { break };
+        let Ok(mut c) = connect_from(&s.h, attacker, Duration::from_millis(300)) else { break };
+        let _ = c.write_all(&[0, 0, 0, 2, 0xff, 0xff]);
         // Refused, or — the block landing in the middle of the handshake —
         // never accepted.
         let codes = errors_until_closed(c);

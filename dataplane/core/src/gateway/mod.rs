@@ -419,9 +419,9 @@ impl Gateway {
         let spec = self.listeners[listener];
         let ip = peer.ip();
         let l = &self.limits;
-        // A source that is blocked, or was kicked for its behaviour, is
-        // refused before it costs anything more.
-        let banned = self.shared.is_blocked(ip, now) || self.scores.is_banned(ip, now);
+        // A blocked source is refused before it costs anything more (one
+        // that was kicked is on probation: `check_behaviour`).
+        let banned = self.shared.is_blocked(ip, now);
         let admitted = if banned {
             Err(Reason::Banned.message())
         } else {
@@ -457,8 +457,8 @@ impl Gateway {
         self.stats.connections += 1;
         if let Err(why) = admitted {
             if banned {
-                // A source that keeps coming back while banned climbs on,
-                // to a block at the NIC.
+                // A blocked source that keeps coming back scores on, so that
+                // its block is renewed.
                 Reason::Banned.count(&mut self.stats);
                 self.send_error(conn, 0, 0, Reason::Banned.code(), why);
                 self.score(ip, session, crate::security::behaviour::Event::Refusal);

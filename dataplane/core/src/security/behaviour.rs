@@ -10,15 +10,18 @@
 //! - `throttle`: business frames of the source or user are refused
 //!   THROTTLED (framework commands pass, so that it can log out);
 //! - `kick`: every connection of the source (or session of the user) on
-//!   this worker gets a KICK without reconnect; new connections from a
-//!   kicked source are refused BLOCKED for `ban_secs`, and each refusal
-//!   scores, so that a source that keeps coming back climbs to `block`;
+//!   this worker gets a KICK without reconnect; for `ban_secs` a kicked
+//!   source is on probation: a new connection from it that sends anything
+//!   but LOGIN or RESUME first is closed BLOCKED, and each such close
+//!   scores, so that a source that keeps coming back climbs to `block`
+//!   while a player behind the same address still logs in;
 //! - `block`: the source is blocked for `block_secs` — the gateway refuses
 //!   it on every worker ([`crate::shard::Shared::block`]) and, when the XDP
 //!   filter is configured, the dataplane puts it in the filter's blocklist
 //!   with that expiry, so that its packets are dropped at the NIC. A user
-//!   past `block` has the source of the connection that pushed it there
-//!   blocked.
+//!   past `block` is kicked and has the source of the connection that
+//!   pushed it there blocked. An address other players are logged in from
+//!   is never blocked (it is a NAT): it stays on probation instead.
 //!
 //! Allowlisted sources (`security.allowlist`) are never scored, throttled,
 //! kicked or blocked by this link.
@@ -122,6 +125,13 @@ impl Gateway {
     /// source is blocked (again, if its block expired while its score
     /// stayed that high).
     pub(super) fn check_behaviour(&mut self, f: &Frame<'_, '_>) -> Verdict {
+        // A stranger from a kicked source is on probation: it logs in (or
+        // resumes) first, or goes.
+        if !matches!(f.env.cmd, portcullis_proto::cmd::LOGIN | portcullis_proto::cmd::RESUME)
+            && self.on_probation(f.conn, f.ip)
+        {
+            return Verdict::Close(Reason::Banned);
+        }
         let Some(hot) = self.scores.hot_until else { return Verdict::Pass };
         if self.now >= hot || portcullis_proto::cmd::is_framework(f.env.cmd) {
             return Verdict::Pass;
@@ -218,6 +228,20 @@ impl Gateway {
         }
     }
 
+    /// Whether players are logged in from `ip` on any worker, besides those
+    /// this worker is closing (the address is shared, a NAT: blocking it
+    /// would shut them out).
+    fn has_players(&self, ip: IpAddr) -> bool {
+        let closing = self.conns.values().filter(|c| c.ip == ip && c.logged_in && c.closing).count();
+        self.shared.players_from(ip) > closing
+    }
+
+    /// Whether `conn` is a stranger from a kicked source: on probation, it
+    /// logs in (or resumes) first, or goes.
+    pub(crate) fn on_probation(&self, conn: ConnId, ip: IpAddr) -> bool {
+        self.scores.is_banned(ip, self.now) && self.conns.get(&conn).is_some_and(|c| !c.logged_in)
+    }
+
     fn escalate_user(&mut self, user: &str, ip: IpAddr, crossed: Crossed, score: f32) {
         let detail = format!("behaviour score {score:.0} of user {user}");
         match crossed {
@@ -229,7 +253,13 @@ impl Gateway {
                     self.kick_session(s, &format!("{detail}: kicked"));
                 }
             }
-            Crossed::Block => self.block_source(ip, &detail),
+            Crossed::Block => {
+                let sessions: Vec<SessionId> = self.sessions.of_user(user).to_vec();
+                for s in sessions {
+                    self.kick_session(s, &format!("{detail}: kicked"));
+                }
+                self.block_source(ip, &detail);
+            }
         }
     }
 
@@ -255,10 +285,20 @@ impl Gateway {
     /// Blocks `ip` for `security.behaviour.block_secs` (allowlisted sources
     /// never): every worker refuses it, the XDP filter (if configured)
     /// drops its packets, its connections here are kicked, and a
-    /// `filter_block` event tells operators.
+    /// `filter_block` event tells operators. An address other players are
+    /// logged in from (a NAT) is not blocked: its strangers are kicked and
+    /// it stays on probation for `ban_secs`.
     pub(crate) fn block_source(&mut self, ip: IpAddr, detail: &str) {
         if self.security.allowlisted(ip) {
             return;
+        }
+        if !self.shared.is_blocked(ip, self.now) && self.has_players(ip) {
+            let until = self.now + Duration::from_secs(self.security.behaviour.ban_secs);
+            if self.scores.banned.insert(ip, until).is_none() {
+                self.stats.escalated_kicks += 1;
+                tracing::warn!("{detail}: not blocked, players are logged in from it; its strangers are kicked");
+            }
+            return self.kick_source(ip, Reason::Banned.message(), false);
         }
         let ttl = Duration::from_secs(self.security.behaviour.block_secs);
         if !self.shared.block(ip, self.now, ttl) {

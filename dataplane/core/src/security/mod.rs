@@ -365,8 +365,18 @@ impl Gateway {
                 self.close(conn, End::Session);
             }
         }
-        // Refusals that are the behaviour link's own are not scored again.
-        if !matches!(reason, Reason::Suspicious | Reason::Banned) {
+        // Refusals that are the behaviour link's own are not scored again,
+        // except strangers closed on probation: a source that keeps coming
+        // back climbs to a block.
+        let stranger = self.conns.get(&conn).filter(|c| !c.logged_in).map(|c| c.ip);
+        if let (Reason::Banned, Some(ip)) = (reason, stranger) {
+            self.score_conn(conn, behaviour::Event::Refusal);
+            // Past `block` while it had players: blocked once they are gone.
+            let b = &self.security.behaviour;
+            if self.scores.of_ip(ip, self.now, b.decay_per_sec) >= b.block && !self.shared.is_blocked(ip, self.now) {
+                self.block_source(ip, "behaviour score past block");
+            }
+        } else if !matches!(reason, Reason::Suspicious | Reason::Banned) {
             let event =
                 if reason.is_protocol_violation() { behaviour::Event::BadFrame } else { behaviour::Event::Refusal };
             self.score_conn(conn, event);
@@ -384,6 +394,11 @@ impl Gateway {
         reason: Reason,
         detail: &dyn Display,
     ) -> bool {
+        let on_probation = self.conns.get(&conn).is_some_and(|c| self.on_probation(conn, c.ip));
+        if on_probation {
+            self.apply_verdict(conn, (cmd, seq), Verdict::Close(Reason::Banned), None);
+            return false;
+        }
         self.apply_verdict(conn, (cmd, seq), Verdict::Respond(reason), Some(detail));
         self.count_bad_frame(conn)
     }

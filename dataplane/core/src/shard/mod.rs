@@ -477,6 +477,12 @@ impl Shared {
         }
     }
 
+    /// Connections from `ip` that are logged in, on every worker.
+    pub fn players_from(&self, ip: IpAddr) -> usize {
+        let all = self.conns_per_ip.get(&ip).map_or(0, |n| *n);
+        all.saturating_sub(self.prelogin_per_ip.get(&ip).map_or(0, |n| *n))
+    }
+
     /// Admitted connections of the gateway.
     pub fn connections(&self) -> usize {
         self.conns_total.load(Ordering::Acquire)

@@ -169,8 +169,11 @@ fn a_source_sending_garbage_climbs_to_a_block_that_expires() {
     }
     assert!(h.closed.contains(&c), "past kick: kicked");
     assert_eq!(h.cores[0].stats().escalated_kicks, 1);
-    // New connections are refused while it stays past kick…
+    // On probation: a new connection that sends anything but LOGIN or
+    // RESUME first is closed BLOCKED…
     let again = h.connect_from(0, Codec::Protobuf, attacker);
+    assert!(!h.closed.contains(&again));
+    h.send(again, &Envelope::new(cmd::HEARTBEAT, 1, 0, b""));
     assert!(h.closed.contains(&again));
     assert!(h.expect_error(again, ErrorCode::Blocked).message.contains("blocked"));
     // …and it is not blocked at the NIC yet.
@@ -178,9 +181,12 @@ fn a_source_sending_garbage_climbs_to_a_block_that_expires() {
     // Others are not affected.
     let player = h.connect_from(0, Codec::Protobuf, [203, 0, 113, 9]);
     h.login(player, "alice");
-    // Coming back again and again while banned: 1 point each, past block.
-    for _ in 0..19 {
-        h.connect_from(0, Codec::Protobuf, attacker);
+    // Coming back again and again while on probation: 1 point each, past
+    // block.
+    for i in 0..19 {
+        let c = h.connect_from(0, Codec::Protobuf, attacker);
+        h.send(c, &Envelope::new(cmd::ACK, i, 0, b""));
+        assert!(h.closed.contains(&c));
     }
     let ip: IpAddr = attacker.into();
     assert_eq!(*blocks.lock().unwrap(), vec![(ip, Duration::from_secs(30))]);
@@ -203,8 +209,8 @@ fn failed_logins_climb_to_a_block_and_an_allowlisted_source_never_does() {
     let blocks = h.record_blocks();
     for (ip, blocked) in [([198, 51, 100, 8], true), ([10, 1, 2, 3], false)] {
         let mut refused = 0;
-        // 10 points per failed login: kicked at 40, then 1 point per
-        // connection refused, blocked at 60.
+        // 10 points per failed login: kicked at 40 (a LOGIN still passes
+        // probation), blocked at 60; then connections are refused.
         for i in 0..40 {
             let c = h.connect_from(0, Codec::Protobuf, ip);
             if h.closed.contains(&c) {
@@ -218,7 +224,7 @@ fn failed_logins_climb_to_a_block_and_an_allowlisted_source_never_does() {
         assert_eq!(blocks.lock().unwrap().iter().any(|(b, _)| *b == ip), blocked, "{ip}");
         assert_eq!(refused > 0, blocked, "{ip}: {refused} connections refused");
     }
-    assert_eq!(h.cores[0].stats().drop_auth_failed, 4 + 40);
+    assert_eq!(h.cores[0].stats().drop_auth_failed, 6 + 40);
 }
 
 #[test]
@@ -242,6 +248,46 @@ fn a_logged_in_flooder_is_scored_as_a_user_and_players_behind_its_address_keep_p
     // The player behind the same address plays on.
     assert!(!h.closed.contains(&player));
     assert_eq!(h.business(player, 1000, 500), Ok(()));
+}
+
+#[test]
+fn strangers_garbage_from_a_nat_with_players_kicks_the_strangers_and_blocks_nobody() {
+    let mut h = Harness::new(&format!("max_bad_frames = 100\n{BEHAVIOUR}"));
+    let blocks = h.record_blocks();
+    h.links_up();
+    let nat = [100, 64, 0, 2];
+    let player = h.connect_from(0, Codec::Protobuf, nat);
+    h.login(player, "alice");
+    // Strangers behind the NAT send garbage: 5 points per bad frame to
+    // `kick` (40), then 1 per stranger closed on probation, past `block`.
+    let mut strangers = Vec::new();
+    for _ in 0..30 {
+        let c = h.connect_from(0, Codec::Protobuf, nat);
+        for _ in 0..5 {
+            h.raw(c, &[0, 0, 0, 2, 0xff, 0xff]);
+        }
+        strangers.push(c);
+    }
+    assert!(strangers.iter().all(|c| h.closed.contains(c)), "the strangers are kicked");
+    let score = h.cores[0].scores.of_ip(nat.into(), h.now, 1.0);
+    assert!(score >= 60.0, "past block: {score}");
+    assert!(blocks.lock().unwrap().is_empty(), "an address with players is never blocked");
+    assert_eq!(h.cores[0].stats().escalated_blocks, 0);
+    assert!(!h.cores[0].shared().is_blocked(nat.into(), h.now));
+    // The player plays on, and another logs in from the same address.
+    assert_eq!(h.business(player, 1000, 1), Ok(()));
+    let late = h.connect_from(0, Codec::Protobuf, nat);
+    h.login(late, "bob");
+    assert_eq!(h.business(late, 1000, 2), Ok(()));
+    // Once its players are gone, more garbage blocks the address.
+    h.send(player, &Envelope::new(cmd::LOGOUT, 3, 0, b""));
+    h.send(late, &Envelope::new(cmd::LOGOUT, 4, 0, b""));
+    for _ in 0..5 {
+        let c = h.connect_from(0, Codec::Protobuf, nat);
+        h.raw(c, &[0, 0, 0, 2, 0xff, 0xff]);
+    }
+    let ip: IpAddr = nat.into();
+    assert_eq!(blocks.lock().unwrap().first().map(|b| b.0), Some(ip));
 }
 
 #[test]
