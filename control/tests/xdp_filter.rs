@@ -539,10 +539,10 @@ fn the_filter_through_the_control_plane_blocks_with_an_expiry_and_refuses_reader
     let Some(s) = setup("filter_via_control", (0, 0)) else { return };
     let c = s.control();
     let rx = s.receiver(GATEWAY_V4.into());
-    let (ok, text) = s.ctl_via(&c, READ_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "2s"]);
+    let (ok, text) = s.ctl_via(&c, READ_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "5s"]);
     assert!(!ok && text.contains("PermissionDenied"), "{text}");
     let started = Instant::now();
-    let (ok, text) = s.ctl_via(&c, ADMIN_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "2s"]);
+    let (ok, text) = s.ctl_via(&c, ADMIN_TOKEN, &["block", "add", "10.77.0.23/32", "--ttl", "5s"]);
     assert!(ok && text.contains("10.77.0.23/32 (expires in"), "{text}");
     s.send_from(v4(23), 100);
     assert!(drain(&rx).is_empty(), "blocked at the NIC while the block lasts");
@@ -551,11 +551,12 @@ fn the_filter_through_the_control_plane_blocks_with_an_expiry_and_refuses_reader
     let (ok, json) = s.ctl_via(&c, READ_TOKEN, &["--json", "status"]);
     assert!(ok, "{json}");
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert!(v["blocked"][0]["expires_in_ms"].as_u64().unwrap() <= 2000);
+    let left = v["blocked"][0]["expires_in_ms"].as_u64();
+    assert!(left.is_some_and(|ms| ms <= 5000), "{json}");
     // Rates and ports change through control too.
     let (ok, text) = s.ctl_via(&c, ADMIN_TOKEN, &["rate", "--udp", "50/100"]);
     assert!(ok && text.contains("udp 50/s burst 100"), "{text}");
-    sleep_past(started + Duration::from_secs(2));
+    sleep_past(started + Duration::from_secs(5));
     s.send_from(v4(23), 10);
     assert_eq!(drain(&rx).get(&v4(23)).copied(), Some(10), "the block ended by itself");
     let (_, status) = s.ctl_via(&c, READ_TOKEN, &["status"]);
