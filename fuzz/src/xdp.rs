@@ -69,7 +69,10 @@ fn counters(rules: &Rules) -> [u64; Verdict::COUNT as usize] {
 }
 
 fn is_drop(v: usize) -> bool {
-    matches!(Verdict::ALL[v], Verdict::DropMalformed | Verdict::DropBlocklisted | Verdict::DropRateLimited)
+    matches!(
+        Verdict::ALL[v],
+        Verdict::DropMalformed | Verdict::DropBlocklisted | Verdict::DropRateLimited | Verdict::DropThreatFeed
+    )
 }
 
 impl Xdp {
@@ -164,6 +167,7 @@ impl Xdp {
                 Verdict::DropMalformed => std::hint::black_box(3),
                 Verdict::DropBlocklisted => std::hint::black_box(4),
                 Verdict::DropRateLimited => std::hint::black_box(5),
+                Verdict::DropThreatFeed => std::hint::black_box(6),
             };
         }
         self.last = now;
