@@ -244,22 +244,19 @@ impl Gateway {
 
     fn escalate_user(&mut self, user: &str, ip: IpAddr, crossed: Crossed, score: f32) {
         let detail = format!("behaviour score {score:.0} of user {user}");
-        match crossed {
-            Crossed::Throttle => self.stats.escalated_throttles += 1,
-            Crossed::Kick => {
-                self.stats.escalated_kicks += 1;
-                let sessions: Vec<SessionId> = self.sessions.of_user(user).to_vec();
-                for s in sessions {
-                    self.kick_session(s, &format!("{detail}: kicked"));
-                }
-            }
-            Crossed::Block => {
-                let sessions: Vec<SessionId> = self.sessions.of_user(user).to_vec();
-                for s in sessions {
-                    self.kick_session(s, &format!("{detail}: kicked"));
-                }
-                self.block_source(ip, &detail);
-            }
+        if crossed == Crossed::Throttle {
+            self.stats.escalated_throttles += 1;
+            return;
+        }
+        if crossed == Crossed::Kick {
+            self.stats.escalated_kicks += 1;
+        }
+        let sessions: Vec<SessionId> = self.sessions.of_user(user).to_vec();
+        for s in sessions {
+            self.kick_session(s, &format!("{detail}: kicked"));
+        }
+        if crossed == Crossed::Block {
+            self.block_source(ip, &detail);
         }
     }
 
