@@ -24,10 +24,12 @@ use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
 use portcullis_client::{Client, ClientError, Connector, Event};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
-use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode, LoginReply, LoginRequest, ResumeRequest};
+use portcullis_proto::pb::client::{
+    Error as ErrorMsg, ErrorCode, LoginReply, LoginRequest, ResumeReply, ResumeRequest,
+};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
-use portcullis_sample_game_server::SampleGame;
+use portcullis_sample_game_server::{SampleGame, STREAM_ITEM};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -448,6 +450,38 @@ pub async fn next_event(events: &mut mpsc::Receiver<Event>, secs: u64) -> Event 
         .await
         .expect("an event within the time limit")
         .expect("event stream open")
+}
+
+/// Takes the `items` pushes of a STREAM (numbered from 0) through `proxy`,
+/// cutting its connections once as many items as each of `cut_at` have
+/// arrived and resuming after every cut (`on_resume` checks each answer);
+/// returns the items in arrival order and the number of cuts. Fails the
+/// test if the stream stalls for 30 s or anything else arrives.
+pub async fn stream_through_cuts(
+    client: &Client,
+    events: &mut mpsc::Receiver<Event>,
+    proxy: &CuttingProxy,
+    items: u32,
+    cut_at: &[usize],
+    mut on_resume: impl FnMut(ResumeReply),
+) -> (Vec<u32>, usize) {
+    let (mut got, mut cuts) = (Vec::new(), 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < items as usize {
+        assert!(std::time::Instant::now() < deadline, "stream stalled at {} items", got.len());
+        if cut_at.get(cuts) == Some(&got.len()) {
+            proxy.cut_all();
+            cuts += 1;
+        }
+        match next_event(events, 10).await {
+            Event::Push { cmd: STREAM_ITEM, payload } => {
+                got.push(String::from_utf8(payload).unwrap().parse::<u32>().unwrap());
+            }
+            Event::Disconnected => on_resume(client.resume().await.expect("resume")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (got, cuts)
 }
 
 /// Whether a call failed with a gateway ERROR (not a timeout or a close).

@@ -9,8 +9,8 @@ use portcullis_client::{Client, ClientError, Encryption, ErrorCode, Event};
 use portcullis_proto::crypto::{Cipher, KeyShare, SessionSecret};
 use portcullis_proto::pb::client::{Error as ErrorMsg, LoginReply, LoginRequest};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
-use portcullis_sample_game_server::{ECHO, STREAM, STREAM_ITEM};
-use portcullis_tests::{next_event, token, CuttingProxy, Raw, Stack, StackOptions};
+use portcullis_sample_game_server::{ECHO, STREAM};
+use portcullis_tests::{next_event, stream_through_cuts, token, CuttingProxy, Raw, Stack, StackOptions};
 
 async fn client(stack: &Stack, codec: Codec, encryption: Encryption) -> (Client, tokio::sync::mpsc::Receiver<Event>) {
     let (c, events) =
@@ -67,26 +67,11 @@ async fn a_stream_survives_cut_connections_with_fresh_keys_on_every_resume() {
         c.set_encryption(Encryption::Required);
         let login = c.login(&token(&format!("streamer-{codec}"))).await.unwrap();
         assert_eq!(c.call(STREAM, ITEMS.to_string().as_bytes()).await.unwrap(), b"ok");
-        let (mut items, mut cuts) = (Vec::new(), 0);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while items.len() < ITEMS as usize {
-            assert!(Instant::now() < deadline, "{codec}: stream stalled at {} items", items.len());
-            if (items.len() == 150 && cuts == 0) || (items.len() == 400 && cuts == 1) {
-                proxy.cut_all();
-                cuts += 1;
-            }
-            match next_event(&mut events, 10).await {
-                Event::Push { cmd: STREAM_ITEM, payload } => {
-                    items.push(String::from_utf8(payload).unwrap().parse::<u32>().unwrap());
-                }
-                Event::Disconnected => {
-                    let r = c.resume().await.expect("resume");
-                    assert_eq!((r.session_id, r.cipher.as_str()), (login.session_id, "aes-128-gcm"));
-                    assert_eq!(r.server_nonce.len(), 32);
-                }
-                other => panic!("{codec}: unexpected {other:?}"),
-            }
-        }
+        let (items, cuts) = stream_through_cuts(&c, &mut events, &proxy, ITEMS, &[150, 400], |r| {
+            assert_eq!((r.session_id, r.cipher.as_str()), (login.session_id, "aes-128-gcm"));
+            assert_eq!(r.server_nonce.len(), 32);
+        })
+        .await;
         assert_eq!(cuts, 2);
         assert_eq!(items, (0..ITEMS).collect::<Vec<_>>(), "{codec}: every item once, in order");
         assert_eq!(c.call(ECHO, b"after").await.unwrap(), b"after");

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use portcullis_client::{Client, ClientError, ErrorCode, Event};
 use portcullis_proto::{cmd, Codec};
-use portcullis_sample_game_server::{room_group, ECHO, STREAM, STREAM_ITEM};
-use portcullis_tests::{answered_with_error, next_event, token, token_for, CuttingProxy, Stack, StackOptions};
+use portcullis_sample_game_server::{room_group, ECHO, STREAM};
+use portcullis_tests::{
+    answered_with_error, next_event, stream_through_cuts, token, token_for, CuttingProxy, Stack, StackOptions,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cut_mid_stream_resumes_with_nothing_lost_or_duplicated() {
@@ -20,26 +22,10 @@ async fn a_client_cut_mid_stream_resumes_with_nothing_lost_or_duplicated() {
     let (client, mut events) = Client::connect(proxy.addr).await.unwrap();
     let login = client.login(&token("streamer")).await.unwrap();
     assert_eq!(client.call(STREAM, ITEMS.to_string().as_bytes()).await.unwrap(), b"ok");
-    let mut items = Vec::new();
-    let mut cuts = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while items.len() < ITEMS as usize {
-        assert!(Instant::now() < deadline, "stream stalled at {} items", items.len());
-        if (items.len() == 700 && cuts == 0) || (items.len() == 1900 && cuts == 1) {
-            proxy.cut_all();
-            cuts += 1;
-        }
-        match next_event(&mut events, 10).await {
-            Event::Push { cmd: STREAM_ITEM, payload } => {
-                items.push(String::from_utf8(payload).unwrap().parse::<u32>().unwrap());
-            }
-            Event::Disconnected => {
-                let r = client.resume().await.expect("resume");
-                assert_eq!(r.session_id, login.session_id, "the same session");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let (items, cuts) = stream_through_cuts(&client, &mut events, &proxy, ITEMS, &[700, 1900], |r| {
+        assert_eq!(r.session_id, login.session_id, "the same session");
+    })
+    .await;
     assert_eq!(cuts, 2);
     assert_eq!(items, (0..ITEMS).collect::<Vec<_>>(), "every item once, in order");
     // The session is fully usable after resuming.
