@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use portcullis_client::{Client, ClientError, Connector};
+use portcullis_client::transport::BoxFuture;
+use portcullis_client::{Client, ClientError, Connector, Dialer, TransportKind};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_sample_game_server::ECHO;
 
@@ -58,9 +59,23 @@ pub async fn connect_from(socket: socket2::Socket, addr: SocketAddr) -> io::Resu
     tokio::net::TcpSocket::from_std_stream(socket.into()).connect(addr).await
 }
 
-/// A client-SDK connector that opens its sockets from `source`.
-pub fn connector_from(source: IpAddr) -> Connector {
-    Arc::new(move |addr: SocketAddr| Box::pin(async move { connect_from(bound_socket(source)?, addr).await }))
+/// A client-SDK dialer that opens its sockets from `source`.
+pub struct SourceDialer(pub IpAddr);
+
+impl Dialer for SourceDialer {
+    fn tcp(&self, addr: SocketAddr) -> BoxFuture<io::Result<tokio::net::TcpStream>> {
+        let source = self.0;
+        Box::pin(async move { connect_from(bound_socket(source)?, addr).await })
+    }
+
+    fn udp(&self, _addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        std::net::UdpSocket::bind(SocketAddr::new(self.0, 0))
+    }
+}
+
+/// A client-SDK connector over `transport` that opens its sockets from `source`.
+pub fn connector_from(source: IpAddr, transport: TransportKind) -> Connector {
+    portcullis_client::connector(transport, Arc::new(SourceDialer(source)))
 }
 
 /// Waits (up to 3 s) until an ECHO through `probe`'s gateway comes back:

@@ -9,6 +9,7 @@
 //! | blocks by the security chain into the XDP filter | [`nic`] |
 //! | IO backends (kernel sockets, AF_XDP, DPDK), game-server link sockets, the output dispatcher | [`io`] |
 //! | the userspace TCP/IP stack of the kernel-bypass backends | [`netstack`] |
+//! | client transports above IO: QUIC, KCP, WebSocket | [`transport`] |
 //!
 //! The XDP filter's loader and rules are in `portcullis-xdp`.
 
@@ -17,5 +18,6 @@ pub mod io;
 pub mod netstack;
 pub mod nic;
 pub mod runtime;
+pub mod transport;
 
 pub use runtime::{RunningGateway, WorkerStatus};

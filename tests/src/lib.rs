@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
-use portcullis_client::{Client, ClientError, Connector, Event};
+use portcullis_client::{Client, ClientError, Connector, Dialer, DirectDialer, Event, TransportKind};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::pb::client::{
@@ -123,6 +123,17 @@ pub struct StackOptions {
     pub udp_echo: bool,
     /// Lines spliced into every `[[listeners]]` table (e.g. `encryption`).
     pub listener: String,
+    /// Transport of every listener; default: `PORTCULLIS_E2E_TRANSPORT`
+    /// (tcp, websocket, quic, kcp), else TCP.
+    pub transport: TransportKind,
+}
+
+/// The transport the end-to-end tests run over (`PORTCULLIS_E2E_TRANSPORT`).
+pub fn e2e_transport() -> TransportKind {
+    match std::env::var("PORTCULLIS_E2E_TRANSPORT") {
+        Ok(t) => t.parse().unwrap_or_else(|e| panic!("PORTCULLIS_E2E_TRANSPORT: {e}")),
+        Err(_) => TransportKind::Tcp,
+    }
 }
 
 impl Default for StackOptions {
@@ -134,6 +145,7 @@ impl Default for StackOptions {
             auth: None,
             udp_echo: false,
             listener: String::new(),
+            transport: e2e_transport(),
         }
     }
 }
@@ -148,6 +160,8 @@ pub struct Stack {
     pub udp_echo: Option<SocketAddr>,
     /// The gateway's configuration.
     pub config: Config,
+    /// Transport of its listeners.
+    pub transport: TransportKind,
     /// Where game servers listen (the gateway side's namespace on the harness).
     game_ns: Option<String>,
     /// Dropped last: the harness goes once the gateway has stopped.
@@ -235,7 +249,7 @@ impl Stack {
             Net::Harness(h) => h.start(&config),
         }
         .expect("gateway starts");
-        let stack = Stack { gateway, games, udp_echo, config, game_ns: game_ns_kept, net };
+        let stack = Stack { gateway, games, udp_echo, config, transport: opts.transport, game_ns: game_ns_kept, net };
         if opts.auth.is_none() {
             stack.wait_for_game_servers().await;
         }
@@ -261,10 +275,16 @@ impl Stack {
     /// How players reach the gateway: directly on loopback, from the
     /// players' namespace on the harness.
     pub fn connector(&self) -> Connector {
+        portcullis_client::connector(self.transport, self.dialer())
+    }
+
+    /// Opens players' sockets: here on loopback, in the players' namespace
+    /// on the harness.
+    pub fn dialer(&self) -> Arc<dyn Dialer> {
         match &self.net {
-            Net::Loopback => portcullis_client::direct(),
+            Net::Loopback => Arc::new(DirectDialer),
             #[cfg(feature = "afxdp")]
-            Net::Harness(h) => h.connector(),
+            Net::Harness(h) => h.dialer(),
         }
     }
 
@@ -286,7 +306,7 @@ impl Stack {
 
     /// A TCP connection to `addr`, opened the way players open theirs.
     pub async fn tcp(&self, addr: SocketAddr) -> TcpStream {
-        (self.connector())(addr).await.expect("connect to the gateway")
+        self.dialer().tcp(addr).await.expect("connect to the gateway")
     }
 
     /// Connects a client with the protobuf codec to `addr`.
@@ -328,6 +348,7 @@ mod afxdp {
     use portcullis_xdp::Filter;
 
     use super::*;
+    use portcullis_client::transport::BoxFuture;
     use portcullis_harness::{Harness, Options, GATEWAY_IFACE};
 
     pub const GATEWAY_IP: &str = "10.77.0.1";
@@ -378,22 +399,32 @@ mod afxdp {
             self.harness.in_gateway(|| RunningGateway::start_afxdp(config))
         }
 
-        /// Opens each socket in the players' namespace, then connects.
-        pub fn connector(&self) -> Connector {
-            let ns = self.harness.players.clone();
-            Arc::new(move |addr: SocketAddr| {
-                let ns = ns.clone();
-                Box::pin(async move {
-                    let socket = in_netns(Some(&ns), || {
-                        if addr.is_ipv4() {
-                            tokio::net::TcpSocket::new_v4()
-                        } else {
-                            tokio::net::TcpSocket::new_v6()
-                        }
-                    })?;
-                    socket.connect(addr).await
-                })
+        /// Opens each socket in the players' namespace.
+        pub fn dialer(&self) -> Arc<dyn Dialer> {
+            Arc::new(NetnsDialer(self.harness.players.clone()))
+        }
+    }
+
+    /// Opens sockets in a network namespace.
+    struct NetnsDialer(String);
+
+    impl Dialer for NetnsDialer {
+        fn tcp(&self, addr: SocketAddr) -> BoxFuture<std::io::Result<TcpStream>> {
+            let ns = self.0.clone();
+            Box::pin(async move {
+                let socket = in_netns(Some(&ns), || {
+                    if addr.is_ipv4() {
+                        tokio::net::TcpSocket::new_v4()
+                    } else {
+                        tokio::net::TcpSocket::new_v6()
+                    }
+                })?;
+                socket.connect(addr).await
             })
+        }
+
+        fn udp(&self, addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+            in_netns(Some(&self.0), || DirectDialer.udp(addr))
         }
     }
 
@@ -405,6 +436,16 @@ mod afxdp {
     }
 }
 
+/// The `[[listeners]]` lines that choose `transport` (and its certificate).
+pub fn listener_transport(transport: TransportKind) -> String {
+    match transport {
+        TransportKind::Tcp => String::new(),
+        TransportKind::WebSocket => "transport = \"websocket\"".into(),
+        TransportKind::Kcp => "transport = \"kcp\"".into(),
+        TransportKind::Quic => "transport = \"quic\"".into(),
+    }
+}
+
 /// The config of a test stack: four listeners on OS-chosen ports, one
 /// service "game" of the given servers for commands 1000-1999.
 pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr], ip: &str) -> String {
@@ -412,10 +453,13 @@ pub fn config_text(opts: &StackOptions, game_servers: &[SocketAddr], ip: &str) -
     // Port 0 (chosen by the OS) on loopback; fixed ports on a harness of
     // the stack's own.
     let port = |i: usize| if ip == "127.0.0.1" { 0 } else { 7000 + i };
+    let transport = listener_transport(opts.transport);
     let listeners: String = Codec::ALL
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n{}\n", port(i), opts.listener))
+        .map(|(i, c)| {
+            format!("[[listeners]]\nbind = \"{ip}:{}\"\ncodec = \"{c}\"\n{}\n{}\n", port(i), transport, opts.listener)
+        })
         .collect();
     let auth = opts.auth.clone().unwrap_or_else(|| format!("kind = \"token\"\nsecret = \"{SECRET}\""));
     format!(

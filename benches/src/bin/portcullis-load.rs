@@ -32,9 +32,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use portcullis_benches::players::{connector_from, latency_histogram, token, wait_for_game_server, Pacer};
+use portcullis_benches::players::{bound_socket, connect_from, connector_from, latency_histogram, token, wait_for_game_server, Pacer};
 use portcullis_benches::procfs;
-use portcullis_client::{Client, Encryption, Event};
+use portcullis_client::{Client, DirectDialer, Encryption, Event, TransportKind};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::{Codec, Envelope};
@@ -105,6 +105,9 @@ struct Args {
     /// sessions, as before encryption existed.
     #[arg(long)]
     encrypt: bool,
+    /// Transport of the gateway's listener: tcp, websocket, quic or kcp.
+    #[arg(long, default_value = "tcp")]
+    transport: TransportKind,
 }
 
 impl Args {
@@ -192,12 +195,11 @@ async fn connect_all(
 ) -> anyhow::Result<Vec<(Client, tokio::sync::mpsc::Receiver<Event>)>> {
     let mut clients = Vec::with_capacity(args.clients);
     for i in 0..args.clients {
-        let connected = match args.source(i) {
-            Some(source) => {
-                Client::connect_via(addr, Codec::Protobuf, Duration::from_secs(10), connector_from(source)).await
-            }
-            None => Client::connect(addr).await,
+        let connector = match args.source(i) {
+            Some(source) => connector_from(source, args.transport),
+            None => portcullis_client::connector(args.transport, Arc::new(DirectDialer)),
         };
+        let connected = Client::connect_via(addr, Codec::Protobuf, Duration::from_secs(10), connector).await;
         let (c, events) = connected.with_context(|| format!("connecting client {i} to {addr}"))?;
         c.set_encryption(if args.encrypt { Encryption::Required } else { Encryption::Off });
         if (i + 1) % 2_000 == 0 {
@@ -249,7 +251,7 @@ async fn raw_echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     let mut loops = Vec::new();
     for i in 0..args.clients {
         let stream = match args.source(i) {
-            Some(source) => connector_from(source)(addr).await,
+            Some(source) => connect_from(bound_socket(source)?, addr).await,
             None => tokio::net::TcpStream::connect(addr).await,
         }
         .with_context(|| format!("connecting {i} to {addr}"))?;

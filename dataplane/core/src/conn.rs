@@ -1,8 +1,7 @@
 //! Connection ids: which transport owns a client connection, and its
 //! number within that transport.
 //!
-//! Every transport of a worker (kernel TCP, userspace TCP; QUIC and KCP
-//! later) numbers its own connections. A [`ConnId`] carries the owner in its
+//! Every transport of a worker (kernel TCP, userspace TCP, QUIC, KCP) numbers its own connections. A [`ConnId`] carries the owner in its
 //! top byte, so one output dispatcher per worker can send each of the core's
 //! outputs to the transport that owns the connection, and two transports
 //! can never hand the core the same id.
@@ -17,20 +16,27 @@ pub enum Transport {
     KernelTcp = 0,
     /// TCP terminated by the userspace stack (the AF_XDP and DPDK backends).
     UserTcp = 1,
+    /// QUIC (quinn-proto) over UDP, on any backend.
+    Quic = 2,
+    /// KCP over UDP, on any backend.
+    Kcp = 3,
 }
 
 impl Transport {
     /// How many transports there are (for tables indexed by transport).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 4;
 
     /// Every transport, in the order of their numbers.
-    pub const ALL: [Transport; Transport::COUNT] = [Transport::KernelTcp, Transport::UserTcp];
+    pub const ALL: [Transport; Transport::COUNT] =
+        [Transport::KernelTcp, Transport::UserTcp, Transport::Quic, Transport::Kcp];
 
     /// Its name, as in counters and logs.
     pub fn name(self) -> &'static str {
         match self {
             Transport::KernelTcp => "kernel-tcp",
             Transport::UserTcp => "user-tcp",
+            Transport::Quic => "quic",
+            Transport::Kcp => "kcp",
         }
     }
 }
@@ -55,7 +61,9 @@ impl ConnId {
     pub fn transport(self) -> Transport {
         match self.0 >> Self::LOCAL_BITS {
             0 => Transport::KernelTcp,
-            _ => Transport::UserTcp,
+            1 => Transport::UserTcp,
+            2 => Transport::Quic,
+            _ => Transport::Kcp,
         }
     }
 

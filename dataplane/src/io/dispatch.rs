@@ -36,7 +36,7 @@ pub struct Dispatcher<'a> {
 impl<'a> Dispatcher<'a> {
     /// A dispatcher with the worker's link sockets and no client transport yet.
     pub fn new(links: &'a mut LinkSockets) -> Dispatcher<'a> {
-        Dispatcher { owners: [None, None], links, unowned: 0 }
+        Dispatcher { owners: [None, None, None, None], links, unowned: 0 }
     }
 
     /// `owner` owns the connections tagged `transport`.

@@ -37,9 +37,7 @@
 //! ```
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -52,23 +50,13 @@ use portcullis_proto::pb::client::{
     SendToGroup, SendToUser, SendToUsers,
 };
 use portcullis_proto::{cmd, flags, Codec, Envelope};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
+
+pub mod transport;
+pub use transport::{connector, direct, BoxStream, Connector, Dialer, DirectDialer, TransportKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
+use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-
-/// Opens the TCP connections of a client: the first one and those of
-/// [`Client::resume`]. [`Client::connect`] dials the address directly; a
-/// custom connector can open its sockets in another network namespace, bind
-/// a source address or go through a tunnel.
-pub type Connector =
-    Arc<dyn Fn(SocketAddr) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>> + Send + Sync>;
-
-/// The connector that dials the address directly.
-pub fn direct() -> Connector {
-    Arc::new(|addr| Box::pin(TcpStream::connect(addr)))
-}
 
 /// Largest frame the client accepts from the gateway.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -550,7 +538,7 @@ impl Client {
 /// Starts the reader and writer of a new connection.
 #[allow(clippy::too_many_arguments)]
 async fn open(
-    stream: TcpStream,
+    stream: BoxStream,
     codec: Codec,
     pending: &Pending,
     events: &mpsc::Sender<Event>,
@@ -559,8 +547,7 @@ async fn open(
     logged_in: &Arc<AtomicBool>,
     session_keys: &SessionKeys,
 ) -> Result<Link, ClientError> {
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Envelope<'static>>(1024);
     let crypto = Arc::new(LinkCrypto::default());
     let sealer = crypto.clone();
@@ -588,7 +575,7 @@ async fn open(
             while let Ok(f) = rx.try_recv() {
                 put(f, &mut batch);
             }
-            if write.write_all(&batch).await.is_err() {
+            if write.write_all(&batch).await.is_err() || write.flush().await.is_err() {
                 return;
             }
             batch.clear();
@@ -627,7 +614,7 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(self, mut read: OwnedReadHalf) {
+    async fn run(self, mut read: ReadHalf<BoxStream>) {
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut chunk = vec![0u8; 64 * 1024];
         let (mut kicked, mut unacked) = (false, 0u64);

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub mod security;
 pub use security::SecurityConfig;
+pub mod transport;
+pub use transport::{KcpConfig, ListenerTransport};
 
 /// A configuration error, naming the file or key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -433,6 +435,20 @@ pub struct ListenerConfig {
     /// The AEAD of sessions encrypted here: `"aes-128-gcm"` (the default)
     /// or `"aes-256-gcm"`.
     pub cipher: Option<Cipher>,
+    /// How players reach it: `"tcp"` (the default), `"websocket"`,
+    /// `"quic"` or `"kcp"` (the last two on UDP).
+    #[serde(default)]
+    pub transport: ListenerTransport,
+    /// Certificate chain (PEM): needed by QUIC, turns WebSocket into `wss`.
+    pub tls_cert: Option<String>,
+    /// Private key of `tls_cert` (PEM, PKCS#8 or RSA or SEC1).
+    pub tls_key: Option<String>,
+    /// WebSocket: the `Origin` headers accepted (browsers send one);
+    /// empty: any origin, and clients that send none.
+    #[serde(default)]
+    pub websocket_origins: Vec<String>,
+    /// KCP tuning (`transport = "kcp"` only).
+    pub kcp: Option<KcpConfig>,
 }
 
 /// Session encryption on a listener (`encryption`).
@@ -784,12 +800,13 @@ impl Config {
         }
         let mut binds = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            if l.bind.port() != 0 && !binds.insert(l.bind) {
+            if l.bind.port() != 0 && !binds.insert((l.bind, l.transport.is_udp())) {
                 return Err(invalid(format!("listeners[{i}].bind"), format!("{} is bound twice", l.bind)));
             }
             if l.max_frame_bytes == Some(0) || l.max_frame_bytes.is_some_and(|m| m > u32::MAX as usize) {
                 return Err(invalid(format!("listeners[{i}].max_frame_bytes"), "must be 1..=4294967295"));
             }
+            l.validate_transport(i)?;
             if l.encryption == Encryption::Off && l.cipher.is_some() {
                 return Err(invalid(
                     format!("listeners[{i}].cipher"),

@@ -1,0 +1,90 @@
+//! Client transports above the IO backends, sans-IO: each takes `now` and
+//! bytes (datagrams, or a TCP byte stream) and gives the core ordered
+//! frames of the listener's codec, so that everything above the transport
+//! is the same whatever players connect with.
+//!
+//! - [`DatagramTransport`]s run on UDP: QUIC ([`quic`]) and KCP ([`kcp`]).
+//!   A backend owns the UDP sockets (kernel) or the frames (AF_XDP, DPDK)
+//!   and hands every datagram of a UDP listener to the transport, then sends
+//!   what [`DatagramTransport::poll_transmit`] gives back.
+//! - WebSocket ([`websocket`]) rides on a TCP connection of either TCP
+//!   transport (kernel or userspace) and changes its bytes both ways.
+
+pub mod kcp;
+pub mod quic;
+pub mod websocket;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use portcullis_core::config::{Config, ListenerTransport};
+use portcullis_core::Gateway;
+
+use crate::io::dispatch::ClientTransport;
+
+/// A datagram to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Index of the listener (in the config) whose address it leaves from.
+    pub listener: usize,
+    /// Where it goes.
+    pub to: SocketAddr,
+    /// Its length at the start of the buffer handed to
+    /// [`DatagramTransport::poll_transmit`].
+    pub len: usize,
+}
+
+/// Counters of the datagram transports of one worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DatagramStats {
+    /// Datagrams handed to the transport.
+    pub rx_datagrams: u64,
+    /// Datagrams it gave back to send.
+    pub tx_datagrams: u64,
+    /// Connections open (a gauge).
+    pub connections: u64,
+    /// Handshake packets answered without keeping state (QUIC Retry, KCP
+    /// cookie).
+    pub stateless_replies: u64,
+    /// Datagrams dropped: malformed, unknown connection, bad cookie.
+    pub dropped: u64,
+}
+
+/// A transport of client connections over UDP datagrams, sans-IO. Its
+/// connections carry the transport's tag in their [`portcullis_core::ConnId`].
+pub trait DatagramTransport: ClientTransport {
+    /// A datagram that arrived on UDP listener `listener` (an index into the
+    /// config's listeners) from `from`; `local` is the address it was sent
+    /// to.
+    fn handle_datagram(
+        &mut self,
+        now: Instant,
+        core: &mut Gateway,
+        listener: usize,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    );
+
+    /// The next datagram to send, written at the start of `buf` (at least
+    /// 64 KiB); `None` when nothing is waiting.
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit>;
+
+    /// When [`DatagramTransport::handle_timeout`] wants to run next.
+    fn poll_timeout(&self) -> Option<Instant>;
+
+    /// Runs the timers that are due (retransmissions, keep-alive, idle and
+    /// dead-peer detection).
+    fn handle_timeout(&mut self, now: Instant, core: &mut Gateway);
+
+    /// Refuses new connections from now on (shutdown); existing ones go on.
+    fn stop_accepting(&mut self);
+
+    /// Its counters.
+    fn stats(&self) -> DatagramStats;
+}
+
+/// The indices of the config's listeners that run `transport`.
+pub fn listeners_of(config: &Config, transport: ListenerTransport) -> Vec<usize> {
+    config.listeners.iter().enumerate().filter(|(_, l)| l.transport == transport).map(|(i, _)| i).collect()
+}

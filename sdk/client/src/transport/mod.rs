@@ -1,0 +1,112 @@
+//! How a client reaches the gateway: TCP, WebSocket, QUIC or KCP, all as
+//! one ordered byte stream of the codec's frames to the rest of the SDK.
+//!
+//! A [`Dialer`] opens the sockets (directly, from another network
+//! namespace, from a chosen source address); [`connector`] turns a dialer
+//! and a [`TransportKind`] into the [`Connector`] a [`crate::Client`] uses
+//! for its first connection and for every [`crate::Client::resume`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// A bidirectional byte stream to the gateway.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A boxed [`ByteStream`].
+pub type BoxStream = Box<dyn ByteStream>;
+
+/// A boxed future, as dialers and connectors return them.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Opens the connections of a client: the first one and those of
+/// [`crate::Client::resume`].
+pub type Connector = Arc<dyn Fn(SocketAddr) -> BoxFuture<io::Result<BoxStream>> + Send + Sync>;
+
+/// The transports a client can use; the gateway's listener decides which
+/// one it speaks (`transport` in its config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportKind {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// WebSocket on TCP (`ws://`), one envelope per binary message.
+    WebSocket,
+    /// QUIC: one bidirectional stream.
+    Quic,
+    /// KCP on UDP after the cookie handshake.
+    Kcp,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(TransportKind::Tcp),
+            "websocket" | "ws" => Ok(TransportKind::WebSocket),
+            "quic" => Ok(TransportKind::Quic),
+            "kcp" => Ok(TransportKind::Kcp),
+            other => Err(format!("unknown transport {other:?}: tcp, websocket, quic or kcp")),
+        }
+    }
+}
+
+/// Opens sockets toward the gateway. The default ([`DirectDialer`]) opens
+/// them in this process's namespace from any address.
+pub trait Dialer: Send + Sync + 'static {
+    /// A TCP connection to `addr`.
+    fn tcp(&self, addr: SocketAddr) -> BoxFuture<io::Result<TcpStream>>;
+    /// A UDP socket (unconnected, bound) to talk to `addr` from.
+    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket>;
+}
+
+/// Dials from this namespace, any source address.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectDialer;
+
+impl Dialer for DirectDialer {
+    fn tcp(&self, addr: SocketAddr) -> BoxFuture<io::Result<TcpStream>> {
+        Box::pin(TcpStream::connect(addr))
+    }
+
+    fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        std::net::UdpSocket::bind(any)
+    }
+}
+
+/// A tokio UDP socket from a dialer's.
+pub(crate) fn tokio_udp(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// The connector for `kind` over `dialer`.
+pub fn connector(kind: TransportKind, dialer: Arc<dyn Dialer>) -> Connector {
+    match kind {
+        TransportKind::Tcp => Arc::new(move |addr| {
+            let dial = dialer.tcp(addr);
+            Box::pin(async move {
+                let stream = dial.await?;
+                stream.set_nodelay(true)?;
+                Ok(Box::new(stream) as BoxStream)
+            })
+        }),
+        TransportKind::WebSocket | TransportKind::Quic | TransportKind::Kcp => Arc::new(move |_| {
+            Box::pin(async move {
+                Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
+            })
+        }),
+    }
+}
+
+/// The connector that dials TCP directly.
+pub fn direct() -> Connector {
+    connector(TransportKind::Tcp, Arc::new(DirectDialer))
+}
