@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
-use portcullis_client::{Client, ClientError, Connector, Dialer, DirectDialer, Event, TransportKind};
+use portcullis_client::{Client, ClientError, Connector, Dialer, DirectDialer, Event, Tls, TransportKind};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::pb::client::{
@@ -275,7 +275,8 @@ impl Stack {
     /// How players reach the gateway: directly on loopback, from the
     /// players' namespace on the harness.
     pub fn connector(&self) -> Connector {
-        portcullis_client::connector(self.transport, self.dialer())
+        let tls = (self.transport == TransportKind::Quic).then(|| test_cert().tls.clone());
+        portcullis_client::connector_tls(self.transport, self.dialer(), tls)
     }
 
     /// Opens players' sockets: here on loopback, in the players' namespace
@@ -442,8 +443,40 @@ pub fn listener_transport(transport: TransportKind) -> String {
         TransportKind::Tcp => String::new(),
         TransportKind::WebSocket => "transport = \"websocket\"".into(),
         TransportKind::Kcp => "transport = \"kcp\"".into(),
-        TransportKind::Quic => "transport = \"quic\"".into(),
+        TransportKind::Quic => {
+            let cert = test_cert();
+            format!("transport = \"quic\"\ntls_cert = \"{}\"\ntls_key = \"{}\"", cert.cert_path, cert.key_path)
+        }
     }
+}
+
+/// A self-signed certificate for `localhost`, made once per test process
+/// and written to files for the gateway's config.
+pub struct TestCert {
+    /// PEM file of the certificate.
+    pub cert_path: String,
+    /// PEM file of its key.
+    pub key_path: String,
+    /// What a client trusts to reach a gateway with it.
+    pub tls: Tls,
+}
+
+/// The test process's [`TestCert`].
+pub fn test_cert() -> &'static TestCert {
+    static CERT: std::sync::OnceLock<TestCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a self-signed certificate");
+        let dir = std::env::temp_dir().join(format!("portcullis-test-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the test certificate");
+        let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_path, made.cert.pem()).expect("write the test certificate");
+        std::fs::write(&key_path, made.signing_key.serialize_pem()).expect("write the test key");
+        TestCert {
+            cert_path: cert_path.display().to_string(),
+            key_path: key_path.display().to_string(),
+            tls: Tls { roots: vec![made.cert.der().clone()], server_name: "localhost".into() },
+        }
+    })
 }
 
 /// The config of a test stack: four listeners on OS-chosen ports, one

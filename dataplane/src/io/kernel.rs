@@ -20,6 +20,7 @@ use super::dispatch::{ClientTransport, Dispatcher};
 use super::epoll::{Epoll, Ready, Source};
 use super::fds::FdBudget;
 use super::links::LinkSockets;
+use super::udp::KernelUdp;
 use super::{write_some, IoBackend, IoStats};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -56,7 +57,8 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 pub struct KernelTcp {
     registry: Registry,
     fds: Arc<FdBudget>,
-    listeners: Vec<TcpListener>,
+    /// By listener index; `None` for the UDP listeners.
+    listeners: Vec<Option<TcpListener>>,
     clients: Vec<Option<Client>>,
     free: Vec<usize>,
     generation: u32,
@@ -93,11 +95,15 @@ impl KernelTcp {
             unfinished: Vec::new(),
         };
         for (i, l) in config.listeners.iter().enumerate() {
+            if l.transport.is_udp() {
+                tcp.listeners.push(None);
+                continue;
+            }
             let addr = addrs.map_or(l.bind, |a| a[i]);
             let mut listener = listen(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("cannot bind listeners[{i}].bind = {addr}: {e}")))?;
             tcp.registry.register(&mut listener, Source::Listener(i).token(), Interest::READABLE)?;
-            tcp.listeners.push(listener);
+            tcp.listeners.push(Some(listener));
         }
         if let Some(addr) = config.gateway.udp_echo {
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -113,10 +119,6 @@ impl KernelTcp {
         Ok(tcp)
     }
 
-    /// Addresses the listeners are bound to (useful with port 0).
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
-    }
 
     fn slot(id: ConnId) -> usize {
         (id.local() & 0xffff_ffff) as usize
@@ -128,7 +130,7 @@ impl KernelTcp {
 
     fn accept(&mut self, core: &mut Gateway, listener: usize, now: Instant) {
         for _ in 0..ACCEPTS_PER_ROUND {
-            let Some(l) = self.listeners.get(listener) else { return };
+            let Some(Some(l)) = self.listeners.get(listener) else { return };
             match l.accept() {
                 Ok((stream, peer)) => {
                     if !self.fds.take() {
@@ -243,7 +245,7 @@ impl KernelTcp {
     }
 
     fn stop_accepting(&mut self) {
-        for mut l in self.listeners.drain(..) {
+        for mut l in self.listeners.drain(..).flatten() {
             let _ = self.registry.deregister(&mut l);
         }
     }
@@ -278,6 +280,7 @@ impl ClientTransport for KernelTcp {
 pub struct KernelIo {
     epoll: Epoll,
     tcp: KernelTcp,
+    udp: KernelUdp,
     links: LinkSockets,
     /// Events of the last wait, reused.
     ready: Vec<Ready>,
@@ -290,13 +293,18 @@ impl KernelIo {
     pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>, fds: Arc<FdBudget>) -> io::Result<KernelIo> {
         let epoll = Epoll::new()?;
         let tcp = KernelTcp::bind(config, addrs, epoll.registry()?, fds)?;
+        let udp = KernelUdp::bind(config, addrs, &epoll.registry()?, Instant::now())?;
         let links = LinkSockets::new(config, epoll.registry()?);
-        Ok(KernelIo { epoll, tcp, links, ready: Vec::new(), stats: IoStats::default() })
+        Ok(KernelIo { epoll, tcp, udp, links, ready: Vec::new(), stats: IoStats::default() })
     }
 
-    /// Addresses the listeners are bound to (useful with port 0).
+    /// Addresses the listeners are bound to, by listener index (useful
+    /// with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.tcp.local_addrs()
+        let tcp = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
+        (0..self.tcp.listeners.len())
+            .filter_map(|i| tcp(&self.tcp.listeners[i]).or_else(|| self.udp.local_addr(i)))
+            .collect()
     }
 
     /// Wakes this worker from its IO wait (from another thread).
@@ -310,13 +318,21 @@ impl IoBackend for KernelIo {
         // Sockets left with more to read or accept go on without waiting,
         // after what became ready meanwhile.
         let unfinished = std::mem::take(&mut self.tcp.unfinished);
-        let timeout = if unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let udp_unfinished = std::mem::take(&mut self.udp.unfinished);
+        let timeout = if unfinished.is_empty() && udp_unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
+        // The transports' timers (retransmissions) cut the wait short.
+        let timeout = match (timeout, self.udp.poll_timeout()) {
+            (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
+            (None, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
+            (t, None) => t,
+        };
         self.epoll.wait(timeout, &mut self.ready)?;
         let now = Instant::now();
         for r in &self.ready {
             match r.source {
                 Source::Wake => {}
                 Source::UdpEcho => self.tcp.echo_udp(),
+                Source::Listener(i) if self.udp.owns(i) => self.udp.on_readable(core, i, now),
                 Source::Listener(i) => self.tcp.accept(core, i, now),
                 Source::Link(link) => self.links.on_event(core, link, r.readable, r.writable, now),
                 Source::Client(slot) => self.tcp.on_client(core, slot, r.readable, r.writable, now),
@@ -329,23 +345,33 @@ impl IoBackend for KernelIo {
                 _ => {}
             }
         }
+        for i in udp_unfinished {
+            self.udp.on_readable(core, i, now);
+        }
+        self.udp.handle_timeout(Instant::now(), core);
         Ok(())
     }
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
-        let mut dispatch = Dispatcher::new(&mut self.links).with(Transport::KernelTcp, &mut self.tcp);
+        let mut dispatch = Dispatcher::new(&mut self.links)
+            .with(Transport::KernelTcp, &mut self.tcp)
+            .with(Transport::Quic, &mut self.udp.quic);
         dispatch.flush(core);
         self.stats.drop_unowned_output += dispatch.unowned;
+        self.udp.send(Instant::now());
         Ok(())
     }
 
     fn stop_accepting(&mut self) {
         self.tcp.stop_accepting();
+        self.udp.stop_accepting();
     }
 
     fn io_stats(&mut self) -> IoStats {
         let mut stats = self.stats.clone();
         stats += &self.tcp.stats;
+        let (udp, _) = self.udp.io_stats();
+        stats += &udp;
         stats
     }
 }

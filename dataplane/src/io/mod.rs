@@ -22,6 +22,7 @@ pub mod epoll;
 pub mod fds;
 pub mod kernel;
 pub mod links;
+pub mod udp;
 
 use std::io::{self, Write};
 use std::time::Duration;

@@ -52,7 +52,7 @@ use portcullis_proto::pb::client::{
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 pub mod transport;
-pub use transport::{connector, direct, BoxStream, Connector, Dialer, DirectDialer, TransportKind};
+pub use transport::{connector, connector_tls, direct, BoxStream, Connector, Dialer, DirectDialer, Tls, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};

@@ -15,6 +15,10 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod quic;
+
+pub use rustls::pki_types::CertificateDer;
+
 /// A bidirectional byte stream to the gateway.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
@@ -87,8 +91,38 @@ pub(crate) fn tokio_udp(socket: std::net::UdpSocket) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// The connector for `kind` over `dialer`.
+/// What a client trusts of the gateway's TLS (QUIC, `wss`).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// Certificates (roots, or the gateway's own self-signed one) trusted.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The name the gateway's certificate must carry.
+    pub server_name: String,
+}
+
+impl Tls {
+    /// Trusts the certificates of a PEM file, for `server_name`.
+    pub fn from_pem_file(path: &str, server_name: &str) -> io::Result<Tls> {
+        use rustls::pki_types::pem::PemObject;
+        let roots = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: {e}")))?;
+        if roots.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{path}: no certificate in the file")));
+        }
+        Ok(Tls { roots, server_name: server_name.into() })
+    }
+}
+
+/// The connector for `kind` over `dialer`, without TLS (QUIC needs
+/// [`connector_tls`]).
 pub fn connector(kind: TransportKind, dialer: Arc<dyn Dialer>) -> Connector {
+    connector_tls(kind, dialer, None)
+}
+
+/// The connector for `kind` over `dialer`, trusting `tls` for QUIC.
+pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<Tls>) -> Connector {
+    let tls = tls.map(Arc::new);
     match kind {
         TransportKind::Tcp => Arc::new(move |addr| {
             let dial = dialer.tcp(addr);
@@ -98,7 +132,16 @@ pub fn connector(kind: TransportKind, dialer: Arc<dyn Dialer>) -> Connector {
                 Ok(Box::new(stream) as BoxStream)
             })
         }),
-        TransportKind::WebSocket | TransportKind::Quic | TransportKind::Kcp => Arc::new(move |_| {
+        TransportKind::Quic => Arc::new(move |addr| {
+            let (dialer, tls) = (dialer.clone(), tls.clone());
+            Box::pin(async move {
+                let tls = tls.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "QUIC needs the gateway's certificate (connector_tls)")
+                })?;
+                quic::connect_boxed(dialer.as_ref(), addr, &tls).await
+            })
+        }),
+        TransportKind::WebSocket | TransportKind::Kcp => Arc::new(move |_| {
             Box::pin(async move {
                 Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
             })
