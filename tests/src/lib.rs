@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_backend_sdk::{Handler, Pusher, Request, Response};
-use portcullis_client::{Client, ClientError, Connector, Dialer, DirectDialer, Event, Tls, TransportKind};
+use portcullis_client::{BoxStream, Client, ClientError, Connector, Dialer, DirectDialer, Event, Tls, TransportKind};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::pb::client::{
@@ -613,8 +613,8 @@ impl Drop for CuttingProxy {
 /// A raw connection speaking one codec by hand, the way a third-party
 /// client would.
 pub struct Raw {
-    /// The connection.
-    pub stream: TcpStream,
+    /// The connection, over the stack's transport.
+    pub stream: BoxStream,
     /// The listener's codec.
     pub codec: Codec,
     buf: Vec<u8>,
@@ -623,7 +623,8 @@ pub struct Raw {
 impl Raw {
     /// A connection to the stack's listener of `codec`.
     pub async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        Raw { stream: stack.tcp(stack.addr(codec)).await, codec, buf: Vec::new() }
+        let stream = (stack.connector())(stack.addr(codec)).await.expect("connect to the gateway");
+        Raw { stream, codec, buf: Vec::new() }
     }
 
     /// Writes bytes as they are.

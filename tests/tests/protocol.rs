@@ -156,7 +156,6 @@ async fn a_line_of_exactly_the_limit_may_arrive_with_its_crlf_split() {
     let mut raw = Raw::connect(&stack, Codec::Text).await;
     let head = "HEARTBEAT 1 0 - ";
     let line = format!("{head}{}", "x".repeat(MAX_FRAME - head.len()));
-    raw.stream.set_nodelay(true).unwrap();
     raw.send_bytes(format!("{line}\r").as_bytes()).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     raw.send_bytes(b"\n").await;
