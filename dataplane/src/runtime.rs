@@ -141,7 +141,8 @@ impl RunningGateway {
             .rules()
             .map_err(|e| io::Error::other(format!("the XDP filter at afxdp.pin_dir = {}: {e}", x.pin_dir)))?;
         for l in &config.listeners {
-            rules.add_port(portcullis_xdp::Proto::Tcp, l.bind.port()).map_err(io::Error::other)?;
+            let proto = if l.transport.is_udp() { portcullis_xdp::Proto::Udp } else { portcullis_xdp::Proto::Tcp };
+            rules.add_port(proto, l.bind.port()).map_err(io::Error::other)?;
         }
         if let Some(udp) = config.gateway.udp_echo {
             rules.add_port(portcullis_xdp::Proto::Udp, udp.port()).map_err(io::Error::other)?;

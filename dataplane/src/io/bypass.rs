@@ -11,6 +11,7 @@
 //! stack's next deadline, so that an idle gateway does not burn its core.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use super::links::LinkSockets;
 use super::{IoBackend, IoStats};
 use crate::netstack::directory::FlowDirectory;
 use crate::netstack::{FrameQueue, NetConfig, NetStack};
+use crate::transport::UdpTransports;
 
 /// Idle rounds of busy polling before the worker waits in epoll.
 const SPIN_ROUNDS: u32 = 256;
@@ -57,6 +59,12 @@ pub struct BypassIo<R> {
     ready: Vec<Ready>,
     dev: FrameQueue,
     stack: NetStack,
+    /// QUIC and KCP, on datagrams the stack takes out of the frame path.
+    udp: UdpTransports,
+    /// Source address of each UDP listener's datagrams, by listener index.
+    udp_local: Vec<Option<SocketAddr>>,
+    /// One datagram being sent.
+    datagram: Box<[u8]>,
     idle: u32,
     stats: IoStats,
 }
@@ -71,7 +79,32 @@ impl<R: Rings> BypassIo<R> {
         }
         let links = LinkSockets::new(config, epoll.registry()?);
         let addrs: Vec<IpCidr> = addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        let ports: Vec<(u16, usize)> = config.listeners.iter().enumerate().map(|(i, l)| (l.bind.port(), i)).collect();
+        let ports: Vec<(u16, usize)> = config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| !l.transport.is_udp())
+            .map(|(i, l)| (l.bind.port(), i))
+            .collect();
+        // A UDP listener bound to any address answers from the stack's
+        // first address of its family.
+        let udp_local = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.transport.is_udp().then(|| {
+                    if !l.bind.ip().is_unspecified() {
+                        return l.bind;
+                    }
+                    let ip = addrs
+                        .iter()
+                        .map(|c| std::net::IpAddr::from(c.address()))
+                        .find(|a| a.is_ipv4() == l.bind.is_ipv4())
+                        .unwrap_or(l.bind.ip());
+                    SocketAddr::new(ip, l.bind.port())
+                })
+            })
+            .collect();
         let mut dev = FrameQueue::default();
         // Frames from a local kernel (veth, virtio) carry partial checksums.
         dev.verify_checksums = false;
@@ -85,8 +118,21 @@ impl<R: Rings> BypassIo<R> {
             max_connections: config.limits.max_connections,
             ..NetConfig::default()
         };
-        let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
-        Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
+        let mut stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
+        stack.set_udp_ports(UdpTransports::ports(config));
+        Ok(BypassIo {
+            rings,
+            epoll,
+            links,
+            ready: Vec::new(),
+            dev,
+            stack,
+            udp: UdpTransports::new(config, Instant::now())?,
+            udp_local,
+            datagram: vec![0; 64 * 1024].into_boxed_slice(),
+            idle: 0,
+            stats: IoStats::default(),
+        })
     }
 
     /// The rings.
@@ -122,6 +168,29 @@ impl<R: Rings> BypassIo<R> {
         Ok(())
     }
 
+    /// Hands the datagrams the stack took out to their transports and runs
+    /// the transports' due timers.
+    fn receive_datagrams(&mut self, core: &mut Gateway, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(d) = self.stack.take_datagram() {
+            self.udp.handle_datagram(now, core, d.listener, d.local, d.from, &d.payload);
+            self.stack.recycle_datagram(d);
+            n += 1;
+        }
+        self.udp.handle_timeout(now, core);
+        n
+    }
+
+    /// Puts what the datagram transports send into the stack's frames.
+    fn send_datagrams(&mut self, now: Instant) {
+        while let Some(t) = self.udp.poll_transmit(now, &mut self.datagram) {
+            let Some(local) = self.udp_local.get(t.listener).copied().flatten() else { continue };
+            if self.stack.send_datagram(local, t.to, &self.datagram[..t.len], &mut self.dev) {
+                self.stats.tx_bytes += t.len as u64;
+            }
+        }
+    }
+
     /// Waits in epoll until frames, link traffic, a wake-up, or the core's
     /// (`timeout`) or the stack's next deadline.
     fn wait(&mut self, core: &mut Gateway, timeout: Option<Duration>) -> io::Result<()> {
@@ -129,6 +198,9 @@ impl<R: Rings> BypassIo<R> {
         let mut wait = timeout;
         let mut cap = |d: Duration| wait = Some(wait.map_or(d, |w| w.min(d)));
         if let Some(due) = self.stack.due() {
+            cap(due.saturating_duration_since(now));
+        }
+        if let Some(due) = self.udp.poll_timeout() {
             cap(due.saturating_duration_since(now));
         }
         if self.rings.wake_fd().is_none() {
@@ -150,6 +222,8 @@ impl<R: Rings> IoBackend for BypassIo<R> {
         if got > 0 || self.stack.is_due(now) {
             self.stack.poll(now, &mut self.dev, core);
         }
+        got += self.receive_datagrams(core, now);
+        self.send_datagrams(now);
         let sent = self.rings.send(&mut self.dev, &mut self.stats);
         self.stats.polls += 1;
         if got > 0 || sent > 0 {
@@ -168,19 +242,22 @@ impl<R: Rings> IoBackend for BypassIo<R> {
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
         loop {
-            let mut dispatch = Dispatcher::new(&mut self.links).with(Transport::UserTcp, &mut self.stack);
+            let mut dispatch =
+                self.udp.own(Dispatcher::new(&mut self.links).with(Transport::UserTcp, &mut self.stack));
             let carried = dispatch.flush(core);
             self.stats.drop_unowned_output += dispatch.unowned;
             if carried == 0 {
                 return Ok(());
             }
             self.stack.poll(Instant::now(), &mut self.dev, core);
+            self.send_datagrams(Instant::now());
             self.rings.send(&mut self.dev, &mut self.stats);
         }
     }
 
     fn stop_accepting(&mut self) {
         self.stack.stop_listening();
+        self.udp.stop_accepting();
     }
 
     fn flushed(&mut self) -> bool {

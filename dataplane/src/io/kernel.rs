@@ -321,7 +321,7 @@ impl IoBackend for KernelIo {
         let udp_unfinished = std::mem::take(&mut self.udp.unfinished);
         let timeout = if unfinished.is_empty() && udp_unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
         // The transports' timers (retransmissions) cut the wait short.
-        let timeout = match (timeout, self.udp.poll_timeout()) {
+        let timeout = match (timeout, self.udp.transports.poll_timeout()) {
             (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),
             (None, Some(at)) => Some(at.saturating_duration_since(Instant::now())),
             (t, None) => t,
@@ -348,14 +348,13 @@ impl IoBackend for KernelIo {
         for i in udp_unfinished {
             self.udp.on_readable(core, i, now);
         }
-        self.udp.handle_timeout(Instant::now(), core);
+        self.udp.transports.handle_timeout(Instant::now(), core);
         Ok(())
     }
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
-        let mut dispatch = Dispatcher::new(&mut self.links)
-            .with(Transport::KernelTcp, &mut self.tcp)
-            .with(Transport::Quic, &mut self.udp.quic);
+        let mut dispatch =
+            self.udp.transports.own(Dispatcher::new(&mut self.links).with(Transport::KernelTcp, &mut self.tcp));
         dispatch.flush(core);
         self.stats.drop_unowned_output += dispatch.unowned;
         self.udp.send(Instant::now());
@@ -364,7 +363,7 @@ impl IoBackend for KernelIo {
 
     fn stop_accepting(&mut self) {
         self.tcp.stop_accepting();
-        self.udp.stop_accepting();
+        self.udp.transports.stop_accepting();
     }
 
     fn io_stats(&mut self) -> IoStats {

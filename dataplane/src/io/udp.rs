@@ -9,14 +9,13 @@ use std::time::Instant;
 
 use mio::net::UdpSocket;
 use mio::{Interest, Registry};
-use portcullis_core::config::{Config, ListenerTransport};
+use portcullis_core::config::Config;
 use portcullis_core::Gateway;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::epoll::Source;
 use super::IoStats;
-use crate::transport::quic::QuicTransport;
-use crate::transport::{DatagramStats, DatagramTransport};
+use crate::transport::{DatagramStats, UdpTransports};
 
 /// Datagrams read from one socket per wake-up, so that no sender holds a
 /// worker.
@@ -27,7 +26,6 @@ const DATAGRAM: usize = 64 * 1024;
 
 struct Listener {
     index: usize,
-    transport: ListenerTransport,
     socket: UdpSocket,
     local: SocketAddr,
 }
@@ -35,8 +33,8 @@ struct Listener {
 /// The UDP listeners of one worker and the transports behind them.
 pub struct KernelUdp {
     listeners: Vec<Listener>,
-    /// QUIC connections.
-    pub quic: QuicTransport,
+    /// The transports behind them.
+    pub transports: UdpTransports,
     buf: Box<[u8]>,
     stats: IoStats,
     /// Sockets left with datagrams to read at the end of their round.
@@ -66,11 +64,11 @@ impl KernelUdp {
             })?;
             registry.register(&mut socket, Source::Listener(index).token(), Interest::READABLE)?;
             let local = socket.local_addr()?;
-            listeners.push(Listener { index, transport: l.transport, socket, local });
+            listeners.push(Listener { index, socket, local });
         }
         Ok(KernelUdp {
             listeners,
-            quic: QuicTransport::new(config, now)?,
+            transports: UdpTransports::new(config, now)?,
             buf: vec![0; DATAGRAM].into_boxed_slice(),
             stats: IoStats::default(),
             unfinished: Vec::new(),
@@ -94,11 +92,7 @@ impl KernelUdp {
             match l.socket.recv_from(&mut self.buf) {
                 Ok((n, from)) => {
                     self.stats.rx_bytes += n as u64;
-                    let data = &self.buf[..n];
-                    match l.transport {
-                        ListenerTransport::Quic => self.quic.handle_datagram(now, core, index, l.local, from, data),
-                        _ => {}
-                    }
+                    self.transports.handle_datagram(now, core, index, l.local, from, &self.buf[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return,
@@ -110,7 +104,7 @@ impl KernelUdp {
     /// Sends what the transports have queued. A datagram the socket does
     /// not take now is dropped: both transports retransmit.
     pub fn send(&mut self, now: Instant) {
-        while let Some(t) = self.quic.poll_transmit(now, &mut self.buf) {
+        while let Some(t) = self.transports.poll_transmit(now, &mut self.buf) {
             self.send_one(t.listener, t.to, t.len);
         }
     }
@@ -126,25 +120,8 @@ impl KernelUdp {
         }
     }
 
-    /// When the transports' next timer is due.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.quic.poll_timeout()
-    }
-
-    /// Runs the transports' due timers.
-    pub fn handle_timeout(&mut self, now: Instant, core: &mut Gateway) {
-        if self.quic.poll_timeout().is_some_and(|t| t <= now) {
-            self.quic.handle_timeout(now, core);
-        }
-    }
-
-    /// Refuses new connections (shutdown).
-    pub fn stop_accepting(&mut self) {
-        self.quic.stop_accepting();
-    }
-
     /// Counters of the sockets and transports.
     pub fn io_stats(&self) -> (IoStats, DatagramStats) {
-        (self.stats.clone(), self.quic.stats())
+        (self.stats.clone(), self.transports.stats())
     }
 }

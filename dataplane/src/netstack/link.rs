@@ -182,6 +182,28 @@ impl Link {
         frame[EthernetFrame::<&[u8]>::header_len()..].copy_from_slice(packet);
     }
 
+    /// Sends an IP packet of `len` bytes that `write` writes in place, to
+    /// `next_hop`; what `write` returned (`None` drops the frame).
+    pub fn send_with<R>(
+        &self,
+        next_hop: EthernetAddress,
+        ipv6: bool,
+        len: usize,
+        tx: &mut FrameQueue,
+        write: impl FnOnce(&mut [u8]) -> Option<R>,
+    ) -> Option<R> {
+        let ethertype = if ipv6 { EthernetProtocol::Ipv6 } else { EthernetProtocol::Ipv4 };
+        let frame = self.frame(tx, next_hop, ethertype, len);
+        let r = write(&mut frame[EthernetFrame::<&[u8]>::header_len()..]);
+        if r.is_none() {
+            let dropped = tx.tx.pop_back();
+            if let Some(buf) = dropped {
+                tx.recycle(buf);
+            }
+        }
+        r
+    }
+
     /// A new frame in `tx` from us to `to`, with room for `payload_len`.
     fn frame<'t>(
         &self,

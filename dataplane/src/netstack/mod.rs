@@ -42,11 +42,13 @@
 
 pub mod buffers;
 pub mod cookies;
+pub mod datagrams;
 mod device;
 pub mod directory;
 pub mod flows;
 pub mod link;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant as StdInstant};
 
 use portcullis_core::{ConnId, Gateway, Transport};
@@ -208,6 +210,13 @@ pub struct NetStack {
     next_due: Option<StdInstant>,
     next_conn: u64,
     udp_echo: Option<SocketHandle>,
+    /// UDP listener ports (QUIC, KCP) → listener index.
+    udp_ports: Vec<(u16, usize)>,
+    /// Datagrams for the UDP listeners, taken out of the frame path, for
+    /// the backend to hand to their transports ([`NetStack::take_datagram`]).
+    datagrams_in: std::collections::VecDeque<datagrams::Datagram>,
+    /// Payload buffers of handed-over datagrams, reused.
+    spare: Vec<Vec<u8>>,
     /// One datagram being echoed.
     datagram: Vec<u8>,
     cookies: SynCookies,
@@ -256,6 +265,9 @@ impl NetStack {
             next_due: Some(now),
             next_conn: 1,
             udp_echo: None,
+            udp_ports: Vec::new(),
+            datagrams_in: std::collections::VecDeque::new(),
+            spare: Vec::new(),
             datagram: vec![0; 65_536],
             cookies: SynCookies::new(now),
             directory: None,
@@ -446,6 +458,36 @@ impl NetStack {
             .count()
     }
 
+    /// Serves UDP listeners on `ports` (`(port, listener index)`): their
+    /// datagrams skip the TCP path and wait for [`NetStack::take_datagram`].
+    pub fn set_udp_ports(&mut self, ports: Vec<(u16, usize)>) {
+        self.udp_ports = ports;
+    }
+
+    /// The next datagram for a UDP listener; give it back with
+    /// [`NetStack::recycle_datagram`].
+    pub fn take_datagram(&mut self) -> Option<datagrams::Datagram> {
+        self.datagrams_in.pop_front()
+    }
+
+    /// Takes a handed-over datagram's buffer back for reuse.
+    pub fn recycle_datagram(&mut self, d: datagrams::Datagram) {
+        if self.spare.len() < 256 {
+            self.spare.push(d.payload);
+        }
+    }
+
+    /// Sends `payload` from UDP listener address `local` to `to`, through
+    /// the next hop `to` was last heard from. Whether it went.
+    pub fn send_datagram(&mut self, local: SocketAddr, to: SocketAddr, payload: &[u8], device: &mut FrameQueue) -> bool {
+        let Some(next_hop) = self.link.next_hop(to.ip().into()) else {
+            self.counters.drop_no_next_hop += 1;
+            return false;
+        };
+        let len = datagrams::packet_len(local, payload.len());
+        self.link.send_with(next_hop, local.is_ipv6(), len, device, |buf| datagrams::emit(buf, local, to, payload)).is_some()
+    }
+
     /// One round: frames from `device` through the stack into the core,
     /// answers back out. Call [`ClientTransport::transmit`] /
     /// [`ClientTransport::close`] for the core's client outputs in between,
@@ -503,6 +545,18 @@ impl NetStack {
             Received::Packet(next_hop, packet) => (next_hop, packet),
             Received::Answered | Received::Dropped => return,
         };
+        if !self.udp_ports.is_empty() {
+            if let Some((listener, local, from, payload)) =
+                datagrams::parse(packet, &self.udp_ports, device.verify_checksums)
+            {
+                self.link.heard(from.ip().into(), next_hop);
+                let mut buf = self.spare.pop().unwrap_or_default();
+                buf.clear();
+                buf.extend_from_slice(payload);
+                self.datagrams_in.push_back(datagrams::Datagram { listener, local, from, payload: buf });
+                return;
+            }
+        }
         let (shard, offset) = match flows::segment(packet, true) {
             Some(seg) => match self.flows.get_mut(&seg.key).map(|flow| {
                 flow.next_hop = next_hop;

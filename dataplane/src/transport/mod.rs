@@ -14,13 +14,15 @@ pub mod kcp;
 pub mod quic;
 pub mod websocket;
 
+use std::io;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use portcullis_core::config::{Config, ListenerTransport};
-use portcullis_core::Gateway;
+use portcullis_core::{Gateway, Transport};
 
-use crate::io::dispatch::ClientTransport;
+use crate::io::dispatch::{ClientTransport, Dispatcher};
+use self::quic::QuicTransport;
 
 /// A datagram to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,4 +89,77 @@ pub trait DatagramTransport: ClientTransport {
 /// The indices of the config's listeners that run `transport`.
 pub fn listeners_of(config: &Config, transport: ListenerTransport) -> Vec<usize> {
     config.listeners.iter().enumerate().filter(|(_, l)| l.transport == transport).map(|(i, _)| i).collect()
+}
+
+/// Every datagram transport of one worker, as a backend drives them: each
+/// datagram goes to the transport of its listener, and what any of them
+/// sends comes out of one [`UdpTransports::poll_transmit`].
+pub struct UdpTransports {
+    /// The transport of each listener, by index (`None`: a TCP listener).
+    kinds: Vec<Option<ListenerTransport>>,
+    /// QUIC connections.
+    pub quic: QuicTransport,
+}
+
+impl UdpTransports {
+    /// The transports of `config`'s UDP listeners.
+    pub fn new(config: &Config, now: Instant) -> io::Result<UdpTransports> {
+        Ok(UdpTransports {
+            kinds: config.listeners.iter().map(|l| l.transport.is_udp().then_some(l.transport)).collect(),
+            quic: QuicTransport::new(config, now)?,
+        })
+    }
+
+    /// `(port, listener index)` of every UDP listener.
+    pub fn ports(config: &Config) -> Vec<(u16, usize)> {
+        config.listeners.iter().enumerate().filter(|(_, l)| l.transport.is_udp()).map(|(i, l)| (l.bind.port(), i)).collect()
+    }
+
+    /// Hands a datagram of UDP listener `listener` to its transport.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        core: &mut Gateway,
+        listener: usize,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) {
+        match self.kinds.get(listener).copied().flatten() {
+            Some(ListenerTransport::Quic) => self.quic.handle_datagram(now, core, listener, local, from, data),
+            _ => {}
+        }
+    }
+
+    /// The next datagram any transport sends.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.quic.poll_transmit(now, buf)
+    }
+
+    /// The earliest timer of any transport.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.quic.poll_timeout()
+    }
+
+    /// Runs the transports' due timers.
+    pub fn handle_timeout(&mut self, now: Instant, core: &mut Gateway) {
+        if self.quic.poll_timeout().is_some_and(|t| t <= now) {
+            self.quic.handle_timeout(now, core);
+        }
+    }
+
+    /// Refuses new connections (shutdown).
+    pub fn stop_accepting(&mut self) {
+        self.quic.stop_accepting();
+    }
+
+    /// The transports' counters, summed.
+    pub fn stats(&self) -> DatagramStats {
+        self.quic.stats()
+    }
+
+    /// `dispatch` with these transports as the owners of their connections.
+    pub fn own<'a>(&'a mut self, dispatch: Dispatcher<'a>) -> Dispatcher<'a> {
+        dispatch.with(Transport::Quic, &mut self.quic)
+    }
 }
