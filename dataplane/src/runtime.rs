@@ -121,11 +121,11 @@ impl RunningGateway {
     pub fn start(config: &Config) -> io::Result<RunningGateway> {
         let workers = config.gateway.workers;
         let fds = FdBudget::for_process(config.limits.fd_reserve);
-        let first = KernelIo::bind(config, None, fds.clone())?;
+        let first = KernelIo::bind(config, None, fds.clone(), 0)?;
         let addrs = first.local_addrs();
         let mut ios = vec![first];
-        for _ in 1..workers {
-            ios.push(KernelIo::bind(config, Some(&addrs), fds.clone())?);
+        for worker in 1..workers {
+            ios.push(KernelIo::bind(config, Some(&addrs), fds.clone(), worker)?);
         }
         let wakers = ios.iter().map(|io| io.waker()).collect();
         Self::spawn(config, ios, wakers, addrs)

@@ -161,7 +161,8 @@ impl AfXdpRings {
             tx_size,
             mode,
         };
-        BypassIo::new(config, rings, mac, &x.addresses)
+        let worker = x.queues.iter().position(|&q| q == queue).unwrap_or(0);
+        BypassIo::new(config, rings, mac, &x.addresses, worker)
     }
 
     /// Completed transmit frames back to the free list.

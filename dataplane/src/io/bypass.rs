@@ -70,9 +70,9 @@ pub struct BypassIo<R> {
 }
 
 impl<R: Rings> BypassIo<R> {
-    /// A worker on `rings`, its stack answering as `mac` and `addrs` on the
-    /// config's listener ports (and its UDP echo port).
-    pub fn new(config: &Config, rings: R, mac: [u8; 6], addrs: &[String]) -> io::Result<BypassIo<R>> {
+    /// Worker `worker` on `rings`, its stack answering as `mac` and
+    /// `addrs` on the config's listener ports (and its UDP echo port).
+    pub fn new(config: &Config, rings: R, mac: [u8; 6], addrs: &[String], worker: usize) -> io::Result<BypassIo<R>> {
         let epoll = Epoll::new()?;
         if let Some(fd) = rings.wake_fd() {
             epoll.wake_on(fd)?;
@@ -127,7 +127,7 @@ impl<R: Rings> BypassIo<R> {
             ready: Vec::new(),
             dev,
             stack,
-            udp: UdpTransports::new(config, Instant::now())?,
+            udp: UdpTransports::new(config, worker as u8, Instant::now())?,
             udp_local,
             datagram: vec![0; 64 * 1024].into_boxed_slice(),
             idle: 0,

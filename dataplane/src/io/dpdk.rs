@@ -351,7 +351,7 @@ impl DpdkRings {
                 scratch: Vec::new(),
                 logged: None,
             };
-            ios.push(BypassIo::new(config, rings, mac, &d.addresses)?);
+            ios.push(BypassIo::new(config, rings, mac, &d.addresses, queue as usize)?);
         }
         Ok(ios)
     }

@@ -290,10 +290,17 @@ pub struct KernelIo {
 impl KernelIo {
     /// Binds the listeners of the config for one worker (see
     /// [`KernelTcp::bind`] for `addrs` and `fds`).
-    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>, fds: Arc<FdBudget>) -> io::Result<KernelIo> {
+    /// `worker` is the worker's number: workers bind in the order of their
+    /// numbers.
+    pub fn bind(
+        config: &Config,
+        addrs: Option<&[SocketAddr]>,
+        fds: Arc<FdBudget>,
+        worker: usize,
+    ) -> io::Result<KernelIo> {
         let epoll = Epoll::new()?;
         let tcp = KernelTcp::bind(config, addrs, epoll.registry()?, fds)?;
-        let udp = KernelUdp::bind(config, addrs, &epoll.registry()?, Instant::now())?;
+        let udp = KernelUdp::bind(config, addrs, &epoll.registry()?, worker, Instant::now())?;
         let links = LinkSockets::new(config, epoll.registry()?);
         Ok(KernelIo { epoll, tcp, udp, links, ready: Vec::new(), stats: IoStats::default() })
     }

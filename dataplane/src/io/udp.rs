@@ -41,11 +41,50 @@ pub struct KernelUdp {
     pub(crate) unfinished: Vec<usize>,
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Makes the kernel give each QUIC datagram of a reuseport group to the
+/// socket of the worker whose number starts its destination connection id
+/// (see [`crate::transport::quic::worker_of`]): a client that moved to a new
+/// address still reaches the worker that owns its connection. Datagrams too
+/// short to say go by the kernel's hash. Classic BPF on the UDP payload.
+fn steer_by_connection_id(socket: &Socket, workers: usize) -> io::Result<()> {
+    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_ALU, BPF_B, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_A};
+    let op = |code: u32, k: u32| sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let mut prog = [
+        op(BPF_LD | BPF_B | BPF_ABS, 0),                                         // A = flags
+        sock_filter { code: (BPF_JMP | BPF_JSET | BPF_K) as u16, jt: 0, jf: 2, k: 0x80 }, // long header?
+        op(BPF_LD | BPF_B | BPF_ABS, 6),                                         // long: first id byte
+        sock_filter { code: (BPF_JMP | libc::BPF_JA) as u16, jt: 0, jf: 0, k: 1 },
+        op(BPF_LD | BPF_B | BPF_ABS, 1),                                         // short: first id byte
+        op(BPF_ALU | BPF_MOD | BPF_K, workers.max(1) as u32),
+        op(BPF_RET | BPF_A, 0),
+    ];
+    let fprog = sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: `fprog` points at `prog`, which outlives the call; the kernel
+    // copies the program.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const sock_fprog).cast(),
+            std::mem::size_of::<sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn bind_udp(addr: SocketAddr, quic: bool, workers: usize) -> io::Result<UdpSocket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
+    if quic && workers > 1 {
+        steer_by_connection_id(&socket, workers)?;
+    }
     // Room for bursts of handshakes and retransmissions.
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
@@ -53,13 +92,22 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 impl KernelUdp {
-    /// Binds the UDP listeners of `config` in `registry` (`addrs`: the
-    /// addresses to bind instead of the config's, as for TCP).
-    pub fn bind(config: &Config, addrs: Option<&[SocketAddr]>, registry: &Registry, now: Instant) -> io::Result<Self> {
+    /// Binds the UDP listeners of `config` in `registry` for worker
+    /// `worker` (`addrs`: the addresses to bind instead of the config's, as
+    /// for TCP). Workers must bind in the order of their numbers.
+    pub fn bind(
+        config: &Config,
+        addrs: Option<&[SocketAddr]>,
+        registry: &Registry,
+        worker: usize,
+        now: Instant,
+    ) -> io::Result<Self> {
+        let workers = config.gateway.workers;
         let mut listeners = Vec::new();
         for (index, l) in config.listeners.iter().enumerate().filter(|(_, l)| l.transport.is_udp()) {
             let addr = addrs.map_or(l.bind, |a| a[index]);
-            let mut socket = bind_udp(addr).map_err(|e| {
+            let quic = l.transport == portcullis_core::config::ListenerTransport::Quic;
+            let mut socket = bind_udp(addr, quic, workers).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot bind listeners[{index}].bind = {addr} (UDP): {e}"))
             })?;
             registry.register(&mut socket, Source::Listener(index).token(), Interest::READABLE)?;
@@ -68,7 +116,7 @@ impl KernelUdp {
         }
         Ok(KernelUdp {
             listeners,
-            transports: UdpTransports::new(config, now)?,
+            transports: UdpTransports::new(config, worker as u8, now)?,
             buf: vec![0; DATAGRAM].into_boxed_slice(),
             stats: IoStats::default(),
             unfinished: Vec::new(),

@@ -102,11 +102,11 @@ pub struct UdpTransports {
 }
 
 impl UdpTransports {
-    /// The transports of `config`'s UDP listeners.
-    pub fn new(config: &Config, now: Instant) -> io::Result<UdpTransports> {
+    /// The transports of `config`'s UDP listeners for worker `worker`.
+    pub fn new(config: &Config, worker: u8, now: Instant) -> io::Result<UdpTransports> {
         Ok(UdpTransports {
             kinds: config.listeners.iter().map(|l| l.transport.is_udp().then_some(l.transport)).collect(),
-            quic: QuicTransport::new(config, now)?,
+            quic: QuicTransport::new(config, worker, now)?,
         })
     }
 

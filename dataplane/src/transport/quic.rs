@@ -11,7 +11,10 @@
 //!   a Retry (stateless, no larger than what it sent), so a spoofed Initial
 //!   flood creates no state and gets no amplification.
 //! - **Migration**: a client whose address changes keeps its connection
-//!   (quinn validates the new path); the core keeps the session.
+//!   (quinn validates the new path); the core keeps the session. The
+//!   first byte of every connection id the gateway issues is the worker's
+//!   number ([`WorkerCids`]), so that a backend can send a datagram from a
+//!   new address to the worker that owns its connection.
 //! - **Close**: what the core still had queued is written to the stream,
 //!   the stream is finished and the connection is closed once the client
 //!   acknowledged it (or after [`CLOSE_GRACE`]).
@@ -58,6 +61,50 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Application close code of a normal close.
 const CLOSE_NORMAL: u32 = 0;
+
+/// Length of the connection ids the gateway issues.
+pub const CID_LEN: usize = 8;
+
+/// Connection ids whose first byte is the worker's number and the rest
+/// random: the worker that owns a connection is known from any of its
+/// packets.
+pub struct WorkerCids {
+    worker: u8,
+    rng: ring::rand::SystemRandom,
+}
+
+impl quinn_proto::ConnectionIdGenerator for WorkerCids {
+    fn generate_cid(&mut self) -> quinn_proto::ConnectionId {
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; CID_LEN];
+        // The OS's generator does not fail on Linux ≥ 3.17 once seeded.
+        let _ = self.rng.fill(&mut bytes[1..]);
+        bytes[0] = self.worker;
+        quinn_proto::ConnectionId::new(&bytes)
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The worker a QUIC packet is for, from the first byte of its destination
+/// connection id, if the packet is long enough to carry one (a client's
+/// first Initials carry an id of the client's choosing: any worker).
+pub fn worker_of(packet: &[u8]) -> Option<u8> {
+    let first = *packet.first()?;
+    if first & 0x80 == 0 {
+        // Short header: the id follows the first byte.
+        packet.get(1).copied()
+    } else {
+        // Long header: flags, version (4), id length, id.
+        (*packet.get(5)? as usize >= 1).then(|| packet.get(6).copied()).flatten()
+    }
+}
 
 struct Listener {
     /// Index in the config's listeners.
@@ -149,11 +196,15 @@ fn transport_config() -> TransportConfig {
 impl QuicTransport {
     /// The QUIC listeners of `config` (none if it has no `transport = "quic"`
     /// listener); their certificates are read here.
-    pub fn new(config: &Config, now: Instant) -> io::Result<QuicTransport> {
+    /// `worker` is the worker's number (the first byte of its connection ids).
+    pub fn new(config: &Config, worker: u8, now: Instant) -> io::Result<QuicTransport> {
         let mut listeners = Vec::new();
+        let mut endpoint_config = EndpointConfig::default();
+        endpoint_config.cid_generator(move || Box::new(WorkerCids { worker, rng: ring::rand::SystemRandom::new() }));
+        let endpoint_config = Arc::new(endpoint_config);
         for index in listeners_of(config, ListenerTransport::Quic) {
             let server = server_config(config, index)?;
-            let endpoint = quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(server.clone()), true, None);
+            let endpoint = quinn_proto::Endpoint::new(endpoint_config.clone(), Some(server.clone()), true, None);
             listeners.push(Listener { index, endpoint, server, slots: Vec::new() });
         }
         Ok(QuicTransport {

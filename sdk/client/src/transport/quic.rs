@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+pub use quinn;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -86,7 +87,7 @@ impl AsyncWrite for QuicStream {
 }
 
 /// Connects to the gateway at `addr` and opens the stream.
-pub(crate) async fn connect(dialer: &dyn Dialer, addr: SocketAddr, tls: &Tls) -> io::Result<QuicStream> {
+pub async fn connect(dialer: &dyn Dialer, addr: SocketAddr, tls: &Tls) -> io::Result<QuicStream> {
     let socket = dialer.udp(addr)?;
     let mut endpoint =
         quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, Arc::new(quinn::TokioRuntime))?;
