@@ -305,6 +305,18 @@ impl Stack {
         tokio::net::UdpSocket::from_std(socket).expect("register the UDP socket")
     }
 
+    /// A UDP socket of player address `n` (a port the OS chooses): one of
+    /// 127.0.0.2… on loopback, of the routed players' addresses on the
+    /// harness. For a client that moves to a new address.
+    pub fn player_udp(&self, n: u8) -> std::net::UdpSocket {
+        let (ns, ip): (Option<String>, std::net::IpAddr) = match &self.net {
+            Net::Loopback => (None, std::net::Ipv4Addr::new(127, 0, 0, 2 + n).into()),
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => (Some(h.harness.players.clone()), portcullis_harness::routed_v4(u32::from(n)).into()),
+        };
+        in_netns(ns.as_deref(), || std::net::UdpSocket::bind((ip, 0))).expect("a player's UDP socket")
+    }
+
     /// A TCP connection to `addr`, opened the way players open theirs.
     pub async fn tcp(&self, addr: SocketAddr) -> TcpStream {
         self.dialer().tcp(addr).await.expect("connect to the gateway")

@@ -119,7 +119,13 @@ impl<R: Rings> BypassIo<R> {
             ..NetConfig::default()
         };
         let mut stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
-        stack.set_udp_ports(UdpTransports::ports(config));
+        let quic_ports = config
+            .listeners
+            .iter()
+            .filter(|l| l.transport == portcullis_core::config::ListenerTransport::Quic)
+            .map(|l| l.bind.port())
+            .collect();
+        stack.set_udp_ports(UdpTransports::ports(config), quic_ports);
         Ok(BypassIo {
             rings,
             epoll,

@@ -62,6 +62,11 @@ impl FlowDirectory {
         self.owners.read().unwrap_or_else(|e| e.into_inner()).get(key).copied()
     }
 
+    /// Whether `worker` is one of the process's workers.
+    pub fn has_worker(&self, worker: u32) -> bool {
+        (worker as usize) < self.inboxes.len()
+    }
+
     /// Hands a frame to `worker`; false if its inbox is full.
     pub fn forward(&self, worker: u32, frame: Vec<u8>) -> bool {
         let Some(inbox) = self.inboxes.get(worker as usize) else { return false };

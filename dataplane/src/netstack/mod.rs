@@ -212,6 +212,9 @@ pub struct NetStack {
     udp_echo: Option<SocketHandle>,
     /// UDP listener ports (QUIC, KCP) → listener index.
     udp_ports: Vec<(u16, usize)>,
+    /// Those of them whose datagrams go to the worker named by their QUIC
+    /// connection id.
+    quic_ports: Vec<u16>,
     /// Datagrams for the UDP listeners, taken out of the frame path, for
     /// the backend to hand to their transports ([`NetStack::take_datagram`]).
     datagrams_in: std::collections::VecDeque<datagrams::Datagram>,
@@ -266,6 +269,7 @@ impl NetStack {
             next_conn: 1,
             udp_echo: None,
             udp_ports: Vec::new(),
+            quic_ports: Vec::new(),
             datagrams_in: std::collections::VecDeque::new(),
             spare: Vec::new(),
             datagram: vec![0; 65_536],
@@ -460,8 +464,28 @@ impl NetStack {
 
     /// Serves UDP listeners on `ports` (`(port, listener index)`): their
     /// datagrams skip the TCP path and wait for [`NetStack::take_datagram`].
-    pub fn set_udp_ports(&mut self, ports: Vec<(u16, usize)>) {
+    /// Datagrams to `quic_ports` whose connection id names another worker
+    /// of the process go to that worker (a client that moved to an address
+    /// the NIC hashes to another queue).
+    pub fn set_udp_ports(&mut self, ports: Vec<(u16, usize)>, quic_ports: Vec<u16>) {
         self.udp_ports = ports;
+        self.quic_ports = quic_ports;
+    }
+
+    /// Hands the frame of a QUIC datagram whose connection id names
+    /// another worker to that worker. Returns whether it did.
+    fn forward_quic(&mut self, payload: &[u8], frame: &[u8]) -> bool {
+        let Some((d, me)) = &self.directory else { return false };
+        let Some(worker) = crate::transport::quic::worker_of(payload).map(u32::from) else { return false };
+        if worker == *me || !d.has_worker(worker) {
+            return false;
+        }
+        if d.forward(worker, frame.to_vec()) {
+            self.counters.frames_forwarded += 1;
+        } else {
+            self.counters.drop_forward_full += 1;
+        }
+        true
     }
 
     /// The next datagram for a UDP listener; give it back with
@@ -549,6 +573,9 @@ impl NetStack {
             if let Some((listener, local, from, payload)) =
                 datagrams::parse(packet, &self.udp_ports, device.verify_checksums)
             {
+                if self.quic_ports.contains(&local.port()) && self.forward_quic(payload, frame) {
+                    return;
+                }
                 self.link.heard(from.ip().into(), next_hop);
                 let mut buf = self.spare.pop().unwrap_or_default();
                 buf.clear();
