@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use portcullis_client::transport::BoxFuture;
-use portcullis_client::{Client, ClientError, Connector, Dialer, TransportKind};
+use portcullis_client::{Client, ClientError, Connector, Dialer, Tls, TransportKind};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_sample_game_server::ECHO;
 
@@ -73,9 +73,10 @@ impl Dialer for SourceDialer {
     }
 }
 
-/// A client-SDK connector over `transport` that opens its sockets from `source`.
-pub fn connector_from(source: IpAddr, transport: TransportKind) -> Connector {
-    portcullis_client::connector(transport, Arc::new(SourceDialer(source)))
+/// A client-SDK connector over `transport` that opens its sockets from
+/// `source` (and trusts `tls` for QUIC).
+pub fn connector_from(source: IpAddr, transport: TransportKind, tls: Option<Tls>) -> Connector {
+    portcullis_client::connector_tls(transport, Arc::new(SourceDialer(source)), tls)
 }
 
 /// Waits (up to 3 s) until an ECHO through `probe`'s gateway comes back:

@@ -716,7 +716,7 @@ impl Players {
         let names: Vec<String> = (0..args.players).map(|i| format!("legit-{i}")).collect();
         let mut clients = Vec::new();
         for name in &names {
-            let connector = connector_from(Ipv4Addr::LOCALHOST.into(), TransportKind::Tcp);
+            let connector = connector_from(Ipv4Addr::LOCALHOST.into(), TransportKind::Tcp, None);
             let connected = Client::connect_via(args.gateway, Codec::Protobuf, REQUEST_TIMEOUT, connector);
             let (client, events) = timeout(CONNECT_TIMEOUT, connected)
                 .await
@@ -1217,7 +1217,7 @@ async fn spam_device(args: Args, d: usize, names: Arc<Vec<String>>, stats: Arc<M
     while Instant::now() < deadline {
         let login = async {
             let (client, events) =
-                Client::connect_via(args.gateway, Codec::Protobuf, REQUEST_TIMEOUT, connector_from(source, TransportKind::Tcp)).await?;
+                Client::connect_via(args.gateway, Codec::Protobuf, REQUEST_TIMEOUT, connector_from(source, TransportKind::Tcp, None)).await?;
             client.login(&device_token(&args.secret, SPAMMER, &format!("device-{d}"))).await?;
             Ok::<_, ClientError>((client, events))
         };

@@ -34,7 +34,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use portcullis_benches::players::{bound_socket, connect_from, connector_from, latency_histogram, token, wait_for_game_server, Pacer};
 use portcullis_benches::procfs;
-use portcullis_client::{Client, DirectDialer, Encryption, Event, TransportKind};
+use portcullis_client::{Client, DirectDialer, Encryption, Event, Tls, TransportKind};
 use portcullis_core::Config;
 use portcullis_dataplane::RunningGateway;
 use portcullis_proto::{Codec, Envelope};
@@ -108,6 +108,9 @@ struct Args {
     /// Transport of the gateway's listener: tcp, websocket, quic or kcp.
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
+    /// QUIC: the gateway's certificate (PEM), trusted for the name `localhost`.
+    #[arg(long)]
+    ca: Option<String>,
 }
 
 impl Args {
@@ -194,10 +197,11 @@ async fn connect_all(
     prefix: &str,
 ) -> anyhow::Result<Vec<(Client, tokio::sync::mpsc::Receiver<Event>)>> {
     let mut clients = Vec::with_capacity(args.clients);
+    let tls = args.ca.as_deref().map(|ca| Tls::from_pem_file(ca, "localhost")).transpose()?;
     for i in 0..args.clients {
         let connector = match args.source(i) {
-            Some(source) => connector_from(source, args.transport),
-            None => portcullis_client::connector(args.transport, Arc::new(DirectDialer)),
+            Some(source) => connector_from(source, args.transport, tls.clone()),
+            None => portcullis_client::connector_tls(args.transport, Arc::new(DirectDialer), tls.clone()),
         };
         let connected = Client::connect_via(addr, Codec::Protobuf, Duration::from_secs(10), connector).await;
         let (c, events) = connected.with_context(|| format!("connecting client {i} to {addr}"))?;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Transports under loss (root; ./scripts/setup.sh first): players behind the
+# veth harness's router, `tc netem` on both of the router's interfaces
+# (DELAY each way, default 30 ms, so a 60 ms round trip; loss LOSSES percent
+# each way, default "0 1 5"), a closed-loop request/response game loop
+# (PLAYERS players, default 50, each one echo through the sample game server
+# at a time, 64-byte payloads) over each transport in TRANSPORTS (default
+# "tcp kcp quic") on each dataplane backend in BACKENDS (default "kernel
+# afxdp"). For each: messages/s, p50 / p99 / p999 and failed round trips.
+#
+# Everything it starts is removed on exit. DURATION (s, default 10).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION="${DURATION:-10}"
+PLAYERS="${PLAYERS:-50}"
+DELAY="${DELAY:-30ms}"
+LOSSES="${LOSSES:-0 1 5}"
+TRANSPORTS="${TRANSPORTS:-tcp kcp quic}"
+BACKENDS="${BACKENDS:-kernel afxdp}"
+SOURCES="${SOURCES:-$PLAYERS}"
+. benches/scripts/routed-harness.sh
+router="$h-r"
+ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
+sleep 0.5
+# A certificate for QUIC, as an operator would make one.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
+gateway_config "${NO_PLAYER_RATES[@]}"
+cat >> "$tmp/gateway.toml" <<CFG
+
+[[listeners]]
+bind = "10.77.0.1:7010"
+transport = "kcp"
+
+[[listeners]]
+bind = "10.77.0.1:7011"
+transport = "quic"
+tls_cert = "$tmp/cert.pem"
+tls_key = "$tmp/key.pem"
+CFG
+declare -A PORT=([tcp]=7000 [kcp]=7010 [quic]=7011)
+
+# netem PERCENT: DELAY and PERCENT loss on each of the router's interfaces.
+netem() {
+    for dev in veth-rp veth-rg; do
+        ip netns exec "$router" tc qdisc replace dev "$dev" root netem delay "$DELAY" loss "$1%"
+    done
+}
+
+measure() {
+    local name=$1 transport=$2
+    local out
+    out=$(ip netns exec "$players" "$bin/portcullis-load" --clients "$PLAYERS" --duration "$DURATION" --warmup 2 \
+        --harness-sources "$SOURCES" --gateway "10.77.0.1:${PORT[$transport]}" --transport "$transport" \
+        --ca "$tmp/cert.pem" --secret portcullis-demo-secret-change-me 2>&1 | tail -1) ||
+        { echo "$name: the load driver failed: $out" >&2; return 0; }
+    echo "$out" | awk -v n="$name" '{
+            for (i = 1; i <= NF; i++) {
+                if ($i == "msg/s") rate = $(i - 1)
+                if ($i == "p50") p50 = $(i + 1)
+                if ($i == "p99") p99 = $(i + 1)
+                if ($i == "p999") p999 = $(i + 1)
+                if ($i == "failed)") failed = $(i - 1)
+            }
+            printf "%-22s %7.0f msg/s  p50 %7d µs  p99 %8d µs  p999 %8d µs  failed %s\n", n, rate, p50, p99, p999, failed }'
+}
+
+for io in $BACKENDS; do
+    "$bin/portcullis-dataplane" --netns "$gw" --config "$tmp/gateway.toml" --io "$io" --status-every 0 >/dev/null 2>&1 &
+    gateway=$!
+    sleep 1
+    for loss in $LOSSES; do
+        netem "$loss"
+        echo "== $io: $PLAYERS players behind a router, $DELAY each way, $loss % loss each way, closed loop, $DURATION s"
+        for t in $TRANSPORTS; do
+            measure "$t $io loss $loss%" "$t"
+        done
+    done
+    kill -TERM "$gateway"
+    wait "$gateway" 2>/dev/null || true
+done
