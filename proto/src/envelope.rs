@@ -67,9 +67,12 @@ pub mod flags {
     /// The payload is sealed with the session's keys (see
     /// [`crate::crypto`]); set by both sides on encrypted sessions.
     pub const ENCRYPTED: u32 = Flag::Encrypted as u32;
+    /// The frame travelled (or is to travel) as a QUIC datagram: not
+    /// sequenced, not replayed, possibly lost.
+    pub const UNRELIABLE: u32 = Flag::Unreliable as u32;
     /// The flags a client may set; the gateway refuses a frame with any
     /// other (protocol compliance).
-    pub const CLIENT: u32 = ENCRYPTED;
+    pub const CLIENT: u32 = ENCRYPTED | UNRELIABLE;
 }
 
 /// A decoded envelope. Binary codecs borrow `payload` and `route_key` from

@@ -55,6 +55,8 @@ pub enum ServerFrame<'a> {
         cmd: u32,
         /// Business payload.
         payload: &'a [u8],
+        /// Send as a QUIC datagram where the connection can take one.
+        unreliable: bool,
     },
     /// A push to every session of a user.
     PushToUser {
@@ -64,6 +66,8 @@ pub enum ServerFrame<'a> {
         cmd: u32,
         /// Business payload.
         payload: &'a [u8],
+        /// Send as a QUIC datagram where the connection can take one.
+        unreliable: bool,
     },
     /// A push to every member of a group.
     PushToGroup {
@@ -73,6 +77,8 @@ pub enum ServerFrame<'a> {
         cmd: u32,
         /// Business payload.
         payload: &'a [u8],
+        /// Send as a QUIC datagram where the connection can take one.
+        unreliable: bool,
     },
     /// A push to every logged-in session.
     Broadcast {
@@ -80,6 +86,8 @@ pub enum ServerFrame<'a> {
         cmd: u32,
         /// Business payload.
         payload: &'a [u8],
+        /// Send as a QUIC datagram where the connection can take one.
+        unreliable: bool,
     },
     /// Answer to a health-check ping.
     Pong {
@@ -104,6 +112,7 @@ struct Fields<'a> {
     error: u32,
     request_id: u64,
     flag: bool,
+    unreliable: bool,
 }
 
 impl<'a> ServerFrame<'a> {
@@ -133,6 +142,9 @@ impl<'a> ServerFrame<'a> {
                 (kind::REPLY, 6) => f.text = v.as_str("error_message")?,
                 (kind::REPLY, 7) => f.request_id = v.as_u64("request_id")?,
                 (kind::REPLY, 8) | (kind::STATUS, 1) => f.flag = v.as_u64("flag")? != 0,
+                (kind::PUSH_TO_SESSION..=kind::PUSH_TO_GROUP, 4) | (kind::BROADCAST, 3) => {
+                    f.unreliable = v.as_u64("unreliable")? != 0
+                }
                 _ => {}
             }
         }
@@ -147,10 +159,16 @@ impl<'a> ServerFrame<'a> {
                 request_id: f.request_id,
                 silent: f.flag,
             },
-            kind::PUSH_TO_SESSION => ServerFrame::PushToSession { session_id: f.id, cmd: f.cmd, payload: f.payload },
-            kind::PUSH_TO_USER => ServerFrame::PushToUser { user_id: f.text, cmd: f.cmd, payload: f.payload },
-            kind::PUSH_TO_GROUP => ServerFrame::PushToGroup { group: f.text, cmd: f.cmd, payload: f.payload },
-            kind::BROADCAST => ServerFrame::Broadcast { cmd: f.cmd, payload: f.payload },
+            kind::PUSH_TO_SESSION => {
+                ServerFrame::PushToSession { session_id: f.id, cmd: f.cmd, payload: f.payload, unreliable: f.unreliable }
+            }
+            kind::PUSH_TO_USER => {
+                ServerFrame::PushToUser { user_id: f.text, cmd: f.cmd, payload: f.payload, unreliable: f.unreliable }
+            }
+            kind::PUSH_TO_GROUP => {
+                ServerFrame::PushToGroup { group: f.text, cmd: f.cmd, payload: f.payload, unreliable: f.unreliable }
+            }
+            kind::BROADCAST => ServerFrame::Broadcast { cmd: f.cmd, payload: f.payload, unreliable: f.unreliable },
             kind::PONG => ServerFrame::Pong { nonce: f.id },
             _ => ServerFrame::Status { draining: f.flag },
         })
@@ -174,6 +192,8 @@ pub struct RequestRef<'a> {
     pub route_key: Option<&'a [u8]>,
     /// Unique per link, echoed by the reply.
     pub request_id: u64,
+    /// The client sent it as a QUIC datagram.
+    pub unreliable: bool,
 }
 
 /// Appends a length-prefixed `LinkFrame { request }` to `out` without
@@ -185,7 +205,8 @@ pub fn encode_request(req: &RequestRef<'_>, out: &mut Vec<u8>) {
         + wire::uint_len(4, req.seq.into())
         + wire::bytes_len(5, req.payload.len())
         + req.route_key.map_or(0, |k| wire::bytes_len_always(6, k.len()))
-        + wire::uint_len(7, req.request_id);
+        + wire::uint_len(7, req.request_id)
+        + wire::uint_len(8, req.unreliable.into());
     let mark = Framing::LengthPrefixed.begin(out);
     out.reserve(body_len + 6);
     wire::put_varint(out, u64::from(kind::REQUEST << 3 | u32::from(wire::LEN)));
@@ -199,6 +220,7 @@ pub fn encode_request(req: &RequestRef<'_>, out: &mut Vec<u8>) {
         wire::put_bytes_always(out, 6, key);
     }
     wire::put_uint(out, 7, req.request_id);
+    wire::put_uint(out, 8, req.unreliable.into());
     Framing::LengthPrefixed.finish(out, mark);
 }
 
@@ -220,7 +242,7 @@ mod tests {
 
     #[test]
     fn request_encoding_matches_prost() {
-        for route_key in [None, Some(&b"room"[..]), Some(&b""[..])] {
+        for (route_key, unreliable) in [(None, false), (Some(&b"room"[..]), true), (Some(&b""[..]), false)] {
             let req = RequestRef {
                 session_id: 1 << 40,
                 user_id: "alice",
@@ -229,6 +251,7 @@ mod tests {
                 payload: &[9; 200],
                 route_key,
                 request_id: 99,
+                unreliable,
             };
             let mut ours = Vec::new();
             encode_request(&req, &mut ours);
@@ -240,6 +263,7 @@ mod tests {
                 payload: vec![9; 200],
                 route_key: route_key.map(<[u8]>::to_vec),
                 request_id: 99,
+                unreliable,
             };
             let mut theirs = Vec::new();
             encode_frame(link_frame::Kind::Request(pb), &mut theirs);
@@ -272,25 +296,25 @@ mod tests {
                 silent: true,
             }
         );
-        let push = PushToSession { session_id: 9, cmd: 1500, payload: b"x".to_vec() };
+        let push = PushToSession { session_id: 9, cmd: 1500, payload: b"x".to_vec(), unreliable: true };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToSession(push))).unwrap(),
-            ServerFrame::PushToSession { session_id: 9, cmd: 1500, payload: b"x" }
+            ServerFrame::PushToSession { session_id: 9, cmd: 1500, payload: b"x", unreliable: true }
         );
-        let push = PushToUser { user_id: "bob".into(), cmd: 1501, payload: b"y".to_vec() };
+        let push = PushToUser { user_id: "bob".into(), cmd: 1501, payload: b"y".to_vec(), unreliable: false };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToUser(push))).unwrap(),
-            ServerFrame::PushToUser { user_id: "bob", cmd: 1501, payload: b"y" }
+            ServerFrame::PushToUser { user_id: "bob", cmd: 1501, payload: b"y", unreliable: false }
         );
-        let push = PushToGroup { group: "room".into(), cmd: 1502, payload: b"z".to_vec() };
+        let push = PushToGroup { group: "room".into(), cmd: 1502, payload: b"z".to_vec(), unreliable: true };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::PushToGroup(push))).unwrap(),
-            ServerFrame::PushToGroup { group: "room", cmd: 1502, payload: b"z" }
+            ServerFrame::PushToGroup { group: "room", cmd: 1502, payload: b"z", unreliable: true }
         );
-        let all = Broadcast { cmd: 1503, payload: b"w".to_vec() };
+        let all = Broadcast { cmd: 1503, payload: b"w".to_vec(), unreliable: true };
         assert_eq!(
             ServerFrame::decode(&body(link_frame::Kind::Broadcast(all))).unwrap(),
-            ServerFrame::Broadcast { cmd: 1503, payload: b"w" }
+            ServerFrame::Broadcast { cmd: 1503, payload: b"w", unreliable: true }
         );
     }
 

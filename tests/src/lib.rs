@@ -599,7 +599,8 @@ impl CuttingProxy {
                 let mut stop = cuts.subscribe();
                 let connector = connector.clone();
                 tokio::spawn(async move {
-                    let Ok(mut server) = connector(target).await else { return };
+                    let Ok(server) = connector(target).await else { return };
+                    let mut server = server.stream;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                         _ = stop.recv() => {}
@@ -635,7 +636,7 @@ pub struct Raw {
 impl Raw {
     /// A connection to the stack's listener of `codec`.
     pub async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        let stream = (stack.connector())(stack.addr(codec)).await.expect("connect to the gateway");
+        let stream = (stack.connector())(stack.addr(codec)).await.expect("connect to the gateway").stream;
         Raw { stream, codec, buf: Vec::new() }
     }
 

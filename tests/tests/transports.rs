@@ -1,14 +1,14 @@
-//! What only some transports do: QUIC connection migration and
-//! address validation.
+//! What only some transports do: QUIC connection migration, datagrams
+//! and address validation.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use portcullis_client::transport::quic;
-use portcullis_client::{BoxStream, Client, Connector, Event, TransportKind};
+use portcullis_client::{Client, Connector, Encryption, Event, TransportKind};
 use portcullis_proto::Codec;
-use portcullis_sample_game_server::ECHO;
+use portcullis_sample_game_server::{ECHO, STATE_STREAM, STATE_UPDATE};
 use portcullis_tests::{test_cert, token, Stack, StackOptions};
 
 /// A stack whose listeners speak `transport`.
@@ -29,7 +29,7 @@ async fn a_quic_player_whose_address_changes_keeps_its_connection_and_session() 
             count.fetch_add(1, Ordering::SeqCst);
             let stream = quic::connect(dialer.as_ref(), addr, &test_cert().tls).await?;
             *slot.lock().unwrap() = Some(stream.endpoint().clone());
-            Ok(Box::new(stream) as BoxStream)
+            Ok(stream.into_connected())
         })
     });
     let (client, mut events) =
@@ -62,4 +62,48 @@ async fn a_quic_player_whose_address_changes_keeps_its_connection_and_session() 
         !matches!(events.try_recv(), Ok(Event::Disconnected | Event::Closed)),
         "the connection never dropped"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_requests_answers_and_pushes_travel_as_quic_datagrams() {
+    let stack = stack_over(TransportKind::Quic, "").await;
+    let (client, mut events) = stack.connect(stack.addr(Codec::Protobuf)).await;
+    client.set_encryption(Encryption::Off);
+    client.login(&token("stater")).await.expect("login");
+    // Loopback loses nothing: every unreliable echo comes back.
+    for k in 0..50 {
+        let payload = format!("state {k}");
+        let back = client.call_unreliable(ECHO, payload.as_bytes(), Duration::from_secs(5)).await.expect("echo");
+        assert_eq!(back, payload.as_bytes());
+    }
+    let seq_before = client.last_server_seq();
+    assert_eq!(client.call(STATE_STREAM, b"20").await.expect("start the state stream"), b"ok");
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        match portcullis_tests::next_event(&mut events, 5).await {
+            Event::Push { cmd: STATE_UPDATE, payload } => got.push(String::from_utf8(payload).unwrap()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, (0..20).map(|i| i.to_string()).collect::<Vec<_>>());
+    // Neither the unreliable answers nor the pushes were sequenced: only the
+    // STATE_STREAM answer was.
+    assert_eq!(client.last_server_seq(), seq_before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreliable_calls_go_on_the_stream_where_there_are_no_datagrams() {
+    let stack = stack_over(TransportKind::Tcp, "").await;
+    let (client, mut events) = stack.player("streamer").await;
+    let before = client.last_server_seq();
+    assert_eq!(client.call_unreliable(ECHO, b"x", Duration::from_secs(5)).await.expect("echo"), b"x");
+    assert_eq!(client.call(STATE_STREAM, b"5").await.expect("state stream"), b"ok");
+    for i in 0..5 {
+        match portcullis_tests::next_event(&mut events, 5).await {
+            Event::Push { cmd: STATE_UPDATE, payload } => assert_eq!(payload, i.to_string().as_bytes()),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // On a stream they are sequenced and replayable like any message.
+    assert_eq!(client.last_server_seq(), before + 7);
 }

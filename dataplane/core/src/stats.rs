@@ -88,6 +88,10 @@ crate::counters! {
     drop_session_gone,
     /// Dropped: replies that arrived after their request timed out.
     drop_late_reply,
+    /// Dropped: datagrams from clients that were not one frame or came on
+    /// an encrypted session, and unreliable frames to clients past their
+    /// datagram backlog.
+    drop_datagram,
     /// Dropped: undecodable frames from game servers (link closed).
     drop_bad_link_frame,
     /// Dropped: peer messages (SEND_TO_*) for a session with half its

@@ -343,7 +343,13 @@ impl QuicTransport {
                     c.in_core = false;
                     core.handle_disconnect(now, c.id);
                 }
-                Event::DatagramReceived => while c.quic.datagrams().recv().is_some() {},
+                Event::DatagramReceived => {
+                    while let Some(frame) = c.quic.datagrams().recv() {
+                        if c.in_core {
+                            core.handle_datagram(now, c.id, &frame);
+                        }
+                    }
+                }
                 _ => {}
             }
         }
@@ -395,6 +401,15 @@ impl QuicTransport {
         }
     }
 
+    /// Sends the core's unreliable frames for `c` as datagrams (dropped
+    /// where the client takes none, or past the send buffer).
+    fn send_datagrams(core: &mut Gateway, c: &mut Conn) {
+        let quic = &mut c.quic;
+        core.take_datagrams(c.id, |frame| {
+            let _ = quic.datagrams().send(Bytes::copy_from_slice(frame), true);
+        });
+    }
+
     /// Writes as much of the core's output for `c` as its stream takes.
     fn write_stream(core: &mut Gateway, c: &mut Conn) -> bool {
         let Some(stream) = c.stream else { return true };
@@ -416,6 +431,7 @@ impl QuicTransport {
 impl ClientTransport for QuicTransport {
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
         let Some(c) = self.conn(conn) else { return };
+        Self::send_datagrams(core, c);
         if !Self::write_stream(core, c) {
             c.in_core = false;
             core.handle_disconnect(Instant::now(), conn);

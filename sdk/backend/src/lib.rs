@@ -124,6 +124,8 @@ struct Shared {
 #[derive(Clone, Default)]
 pub struct Pusher {
     shared: Arc<Shared>,
+    /// Pushes go as QUIC datagrams where the player's connection takes one.
+    unreliable: bool,
 }
 
 /// Why a push could not be queued.
@@ -149,6 +151,14 @@ impl std::fmt::Display for PushError {
 impl std::error::Error for PushError {}
 
 impl Pusher {
+    /// The same pusher, whose pushes are unreliable: sent as QUIC datagrams
+    /// to players whose connection takes them — not sequenced, not kept for
+    /// a resume, possibly lost; for state that is useless once late. Players
+    /// on other transports get them on their stream as usual.
+    pub fn unreliable(&self) -> Pusher {
+        Pusher { shared: self.shared.clone(), unreliable: true }
+    }
+
     fn frame(kind: Kind) -> Vec<u8> {
         let mut out = Vec::new();
         encode_frame(kind, &mut out);
@@ -177,26 +187,26 @@ impl Pusher {
             self.shared.links.lock().expect("links lock").get(link).cloned()
         };
         let link = link.ok_or(PushError::UnknownSession(session_id))?;
-        let frame = Self::frame(Kind::PushToSession(PushToSession { session_id, cmd, payload: payload.into() }));
+        let frame = Self::frame(Kind::PushToSession(PushToSession { session_id, cmd, payload: payload.into(), unreliable: self.unreliable }));
         link.send(frame).await.map_err(|_| PushError::UnknownSession(session_id))
     }
 
     /// Pushes to every session of a user, on every gateway. Returns the
     /// number of gateway links it was sent to.
     pub async fn to_user(&self, user_id: &str, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
-        let push = PushToUser { user_id: user_id.into(), cmd, payload: payload.into() };
+        let push = PushToUser { user_id: user_id.into(), cmd, payload: payload.into(), unreliable: self.unreliable };
         self.to_all(Self::frame(Kind::PushToUser(push))).await
     }
 
     /// Pushes to every member session of a group, on every gateway.
     pub async fn to_group(&self, group: &str, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
-        let push = PushToGroup { group: group.into(), cmd, payload: payload.into() };
+        let push = PushToGroup { group: group.into(), cmd, payload: payload.into(), unreliable: self.unreliable };
         self.to_all(Self::frame(Kind::PushToGroup(push))).await
     }
 
     /// Pushes to every logged-in session on every gateway.
     pub async fn broadcast(&self, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
-        self.to_all(Self::frame(Kind::Broadcast(Broadcast { cmd, payload: payload.into() }))).await
+        self.to_all(Self::frame(Kind::Broadcast(Broadcast { cmd, payload: payload.into(), unreliable: self.unreliable }))).await
     }
 
     /// Announces to every gateway (now and later connected) whether this

@@ -52,7 +52,9 @@ use portcullis_proto::pb::client::{
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 pub mod transport;
-pub use transport::{connector, connector_tls, direct, BoxStream, Connector, Dialer, DirectDialer, Tls, TransportKind};
+pub use transport::{
+    connector, connector_tls, direct, BoxStream, Connected, Connector, Dialer, DirectDialer, Tls, TransportKind,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
@@ -192,6 +194,8 @@ struct Link {
     tasks: Vec<JoinHandle<()>>,
     /// Set by the reader when the connection ends.
     down: Arc<AtomicBool>,
+    /// QUIC: the connection's datagrams.
+    datagrams: Option<quinn::Connection>,
 }
 
 struct Inner {
@@ -263,8 +267,8 @@ impl Client {
         let closing = Arc::new(AtomicBool::new(false));
         let logged_in = Arc::new(AtomicBool::new(false));
         let session_keys = SessionKeys::default();
-        let stream = connector(addr).await?;
-        let link = open(stream, codec, &pending, &events_tx, &last_seen, &closing, &logged_in, &session_keys).await?;
+        let connected = connector(addr).await?;
+        let link = open(connected, codec, &pending, &events_tx, &last_seen, &closing, &logged_in, &session_keys).await?;
         let inner = Inner {
             addr,
             connector,
@@ -352,12 +356,22 @@ impl Client {
             self.inner.pending.lock().expect("pending lock").remove(&seq);
             return Err(e);
         }
-        let answer = match tokio::time::timeout(self.inner.timeout, rx).await {
+        self.answer(seq, rx, self.inner.timeout).await
+    }
+
+    /// The answer to request `seq`, waited for up to `wait`.
+    async fn answer(
+        &self,
+        seq: u32,
+        rx: oneshot::Receiver<Envelope<'static>>,
+        wait: Duration,
+    ) -> Result<Envelope<'static>, ClientError> {
+        let answer = match tokio::time::timeout(wait, rx).await {
             Ok(Ok(env)) => env,
             Ok(Err(_)) => return Err(ClientError::Closed),
             Err(_) => {
                 self.inner.pending.lock().expect("pending lock").remove(&seq);
-                return Err(ClientError::Timeout(self.inner.timeout));
+                return Err(ClientError::Timeout(wait));
             }
         };
         if answer.cmd == cmd::ERROR {
@@ -376,6 +390,34 @@ impl Client {
         let body = self.inner.codec.payload_form().encode_to_vec(msg);
         let answer = self.request(cmd, &body, None).await?;
         self.decode(&answer.payload)
+    }
+
+    /// Sends a business command unreliably and waits up to `wait` for the
+    /// answer, which comes back the same way: over QUIC, both travel as
+    /// datagrams (not retransmitted, not replayed after a resume, possibly
+    /// lost — call again to resend: each call is a new request); on other
+    /// transports, and on sessions Portcullis encrypts, they go on the
+    /// stream. For game state that is useless once late.
+    pub async fn call_unreliable(&self, cmd: u32, payload: &[u8], wait: Duration) -> Result<Vec<u8>, ClientError> {
+        let seq = self.next_seq();
+        let (tx, rx) = oneshot::channel();
+        self.inner.pending.lock().expect("pending lock").insert(seq, tx);
+        let env = Envelope::new(cmd, seq, flags::UNRELIABLE, payload);
+        let datagrams = self.inner.link.lock().expect("link lock").datagrams.clone();
+        let encrypted = self.inner.session_keys.lock().expect("keys lock").is_some();
+        let sent = match datagrams {
+            Some(conn) if !encrypted => {
+                let mut frame = Vec::with_capacity(payload.len() + 32);
+                self.inner.codec.encode(&env, &mut frame);
+                conn.send_datagram(frame.into()).map_err(|e| ClientError::Io(std::io::Error::other(e)))
+            }
+            _ => self.send_frame(env).await,
+        };
+        if let Err(e) = sent {
+            self.inner.pending.lock().expect("pending lock").remove(&seq);
+            return Err(e);
+        }
+        Ok(self.answer(seq, rx, wait).await?.payload.into_owned())
     }
 
     /// Sends a business command and returns the game server's answer payload.
@@ -451,9 +493,9 @@ impl Client {
     pub async fn resume(&self) -> Result<ResumeReply, ClientError> {
         let token = self.inner.resume_token.lock().expect("token lock").clone().ok_or(ClientError::NoSession)?;
         let i = &self.inner;
-        let stream = (i.connector)(i.addr).await?;
+        let connected = (i.connector)(i.addr).await?;
         let link =
-            open(stream, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in, &i.session_keys)
+            open(connected, i.codec, &i.pending, &i.events, &i.last_seen, &i.closing, &i.logged_in, &i.session_keys)
                 .await?;
         let encrypted = i.session_keys.lock().expect("keys lock").is_some();
         let mut req = ResumeRequest { resume_token: token, ..Default::default() };
@@ -538,7 +580,7 @@ impl Client {
 /// Starts the reader and writer of a new connection.
 #[allow(clippy::too_many_arguments)]
 async fn open(
-    stream: BoxStream,
+    connected: Connected,
     codec: Codec,
     pending: &Pending,
     events: &mpsc::Sender<Event>,
@@ -547,6 +589,7 @@ async fn open(
     logged_in: &Arc<AtomicBool>,
     session_keys: &SessionKeys,
 ) -> Result<Link, ClientError> {
+    let Connected { stream, datagrams } = connected;
     let (read, mut write) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Envelope<'static>>(1024);
     let crypto = Arc::new(LinkCrypto::default());
@@ -594,12 +637,17 @@ async fn open(
         crypto: crypto.clone(),
         session_keys: session_keys.clone(),
     };
-    let reader = tokio::spawn(reader.run(read));
-    Ok(Link { tx, crypto, tasks: vec![writer, reader], down })
+    let mut tasks = vec![writer];
+    if let Some(conn) = datagrams.clone() {
+        tasks.push(tokio::spawn(reader.clone().run_datagrams(conn)));
+    }
+    tasks.push(tokio::spawn(reader.run(read)));
+    Ok(Link { tx, crypto, tasks, down, datagrams })
 }
 
 /// Reads one connection: answers to their waiting request, the rest to the
 /// event queue, each sequenced message at most once.
+#[derive(Clone)]
 struct Reader {
     codec: Codec,
     down: Arc<AtomicBool>,
@@ -716,6 +764,18 @@ impl Reader {
         let keys = secret.connection_keys(cipher, &client_part, &server_part);
         *self.crypto.seal.lock().expect("crypto lock") = Some(keys.client_to_server);
         Ok(Some(keys.server_to_client))
+    }
+
+    /// Reads the connection's datagrams: one unreliable frame each (not
+    /// sequenced, not encrypted), answers and pushes as on the stream.
+    async fn run_datagrams(self, conn: quinn::Connection) {
+        while let Ok(datagram) = conn.read_datagram().await {
+            let Ok(Some((range, _))) = self.codec.framing().next_frame(&datagram, MAX_FRAME) else { continue };
+            match self.codec.decode(&datagram[range]) {
+                Ok(env) if !env.is_encrypted() => self.dispatch(env.into_owned()).await,
+                _ => {}
+            }
+        }
     }
 
     async fn dispatch(&self, env: Envelope<'static>) {

@@ -7,6 +7,7 @@
 //! | [`COUNTER_ADD`] | decimal delta (empty: 1) | the new value, decimal |
 //! | [`COUNTER_GET`] | — | the value, decimal |
 //! | [`STREAM`] | decimal count N | `ok`, then N pushes [`STREAM_ITEM`] `"0"`…`"N-1"` to the session, one per millisecond |
+//! | [`STATE_STREAM`] | decimal count N | `ok`, then N **unreliable** pushes [`STATE_UPDATE`] `"0"`…`"N-1"`, one per millisecond (QUIC datagrams where the player's connection takes them) |
 //! | `LOGIN` (2) | delegated login: token `demo:<user>[:<device>]` | the user, for `auth.kind = "delegate"` gateways |
 //!
 //! Players join a room's group with the framework's JOIN_GROUP
@@ -35,6 +36,10 @@ pub const COUNTER_GET: u32 = 1201;
 pub const STREAM: u32 = 1300;
 /// Push: one item of a stream.
 pub const STREAM_ITEM: u32 = 1301;
+/// Starts a stream of unreliable pushes to the caller.
+pub const STATE_STREAM: u32 = 1302;
+/// Push (unreliable): one state update.
+pub const STATE_UPDATE: u32 = 1303;
 
 /// Error code for commands this server does not know.
 pub const ERR_UNKNOWN_COMMAND: u32 = 404;
@@ -88,17 +93,19 @@ impl Handler for SampleGame {
                 }
             }
             COUNTER_GET => Response::reply(self.counter().to_string()),
-            STREAM => {
+            STREAM | STATE_STREAM => {
                 let Some(count) = std::str::from_utf8(&req.payload).ok().and_then(|s| s.trim().parse::<u32>().ok())
                 else {
                     return Response::error(ERR_BAD_REQUEST, "STREAM takes a decimal count");
                 };
-                let (push, session) = (push.clone(), req.session_id);
+                let (push, item) =
+                    if req.cmd == STREAM { (push.clone(), STREAM_ITEM) } else { (push.unreliable(), STATE_UPDATE) };
+                let session = req.session_id;
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(1));
                     for i in 0..count {
                         tick.tick().await;
-                        if push.to_session(session, STREAM_ITEM, i.to_string()).await.is_err() {
+                        if push.to_session(session, item, i.to_string()).await.is_err() {
                             return;
                         }
                     }

@@ -192,7 +192,7 @@ impl Gateway {
                     PushTarget::Group(group) => targets.extend(self.sessions.members(&group)),
                     PushTarget::All => targets.extend(self.sessions.iter().filter(|s| s.user.is_some()).map(|s| s.id)),
                 }
-                let n = self.push_to(&targets, cmd, &payload);
+                let n = self.push_to(&targets, cmd, &payload, 0);
                 self.targets = targets;
                 AdminAnswer::Count(n)
             }

@@ -34,8 +34,12 @@ pub enum LinkState {
 /// What a request awaiting an answer was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pending {
-    /// A client's business command.
-    Business,
+    /// A client's business command; `unreliable`: it came as a datagram
+    /// and its answer goes back as one.
+    Business {
+        /// It came as a datagram.
+        unreliable: bool,
+    },
     /// A delegated LOGIN from this connection.
     Login(ConnId),
 }

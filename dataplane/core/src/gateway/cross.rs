@@ -110,7 +110,7 @@ impl Gateway {
                     return;
                 }
                 if f & flags::PUSH != 0 {
-                    self.push_to(&[session], cmd, &payload);
+                    self.push_to(&[session], cmd, &payload, f & flags::UNRELIABLE);
                 } else {
                     self.stats.replies += 1;
                     self.deliver(session, &mut Envelope::new(cmd, seq, f, &payload));

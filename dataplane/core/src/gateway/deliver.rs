@@ -24,7 +24,36 @@ use crate::session::replay::{Bounds, ReplayError};
 use crate::session::{Session, SessionId};
 use crate::shard::DeliveryMsg;
 
+/// Unreliable frames held for one connection before older ones are dropped.
+const MAX_DATAGRAM_BACKLOG: usize = 64 * 1024;
+
 impl Gateway {
+    /// Queues an unreliable frame as a datagram, unsequenced and not kept
+    /// for replay, if the session's connection takes datagrams (QUIC, not
+    /// encrypted by Portcullis: its frame counter follows the stream).
+    /// Returns false if it cannot: the frame then goes reliably.
+    fn send_datagram(&mut self, session: SessionId, env: &Envelope<'_>) -> bool {
+        let Some(conn) = self.sessions.get(session).and_then(|s| s.conn) else { return false };
+        let Some(c) = self.conns.get_mut(&conn) else { return false };
+        if conn.transport() != crate::conn::Transport::Quic || c.keys.is_some() || c.closing {
+            return false;
+        }
+        // State that is useless once late: past the bound, older frames go.
+        if c.datagrams.len() > MAX_DATAGRAM_BACKLOG {
+            c.datagrams.clear();
+            self.stats.drop_datagram += 1;
+        }
+        let mark = c.datagrams.len();
+        c.codec.encode(env, &mut c.datagrams);
+        if c.datagrams.len() - mark > c.max_frame + c.codec.framing().overhead() {
+            c.datagrams.truncate(mark);
+            return false;
+        }
+        self.stats.frames_out += 1;
+        self.queue_transmit(conn);
+        true
+    }
+
     /// Encodes an envelope onto a connection, unsequenced.
     pub(crate) fn send_raw(&mut self, conn: ConnId, env: &Envelope<'_>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
@@ -83,6 +112,10 @@ impl Gateway {
                 return false;
             }
         }
+        if env.flags & flags::UNRELIABLE != 0 && self.send_datagram(session, env) {
+            return true;
+        }
+        env.flags &= !flags::UNRELIABLE;
         let Some(s) = self.sessions.get_mut(session) else { return false };
         if s.user.is_none() {
             return match s.conn {
@@ -262,10 +295,12 @@ impl Gateway {
     }
 
     /// Pushes a business message to local sessions; returns how many took it.
-    pub(crate) fn push_to(&mut self, targets: &[SessionId], cmd: u32, payload: &[u8]) -> usize {
+    /// `extra` flags: [`flags::UNRELIABLE`] sends it as a datagram where
+    /// the connection takes one.
+    pub(crate) fn push_to(&mut self, targets: &[SessionId], cmd: u32, payload: &[u8], extra: u32) -> usize {
         let mut n = 0;
         for &sid in targets {
-            if self.deliver(sid, &mut Envelope::new(cmd, 0, flags::PUSH, payload)) {
+            if self.deliver(sid, &mut Envelope::new(cmd, 0, flags::PUSH | extra, payload)) {
                 n += 1;
             }
         }

@@ -18,8 +18,17 @@ use crate::shard::CrossMsg;
 
 /// Where an answer from a game server goes.
 enum Answer<'a> {
-    Response { cmd: u32, seq: u32, payload: &'a [u8] },
+    Response { cmd: u32, seq: u32, flags: u32, payload: &'a [u8] },
     Error { cmd: u32, seq: u32, code: ErrorCode, message: String },
+}
+
+/// The envelope flag of a link push's `unreliable`.
+fn unreliable_flag(unreliable: bool) -> u32 {
+    if unreliable {
+        flags::UNRELIABLE
+    } else {
+        0
+    }
 }
 
 impl Gateway {
@@ -37,7 +46,8 @@ impl Gateway {
             return self.error_to_session(session, env.cmd, env.seq, ErrorCode::BackendUnavailable, &msg);
         };
         let deadline = self.now + self.limits.request_timeout;
-        self.forward(link, session, env.cmd, env.seq, &env.payload, env.route_key(), deadline, Pending::Business);
+        let kind = Pending::Business { unreliable: env.flags & flags::UNRELIABLE != 0 };
+        self.forward(link, session, env.cmd, env.seq, &env.payload, env.route_key(), deadline, kind);
     }
 
     /// Picks the game server of `service` for a session's request: its
@@ -93,6 +103,7 @@ impl Gateway {
             payload,
             route_key,
             request_id,
+            unreliable: matches!(kind, Pending::Business { unreliable: true }),
         };
         link::encode_request(&req, &mut l.out);
         l.inflight.insert(request_id, InFlight { session, cmd, seq, deadline, kind, sent: self.now });
@@ -220,7 +231,7 @@ impl Gateway {
             Pending::Login(conn) => {
                 self.login_failed(conn, f.seq, &message);
             }
-            Pending::Business => {
+            Pending::Business { .. } => {
                 self.latencies.client_answer.record(self.now.saturating_duration_since(f.sent));
                 self.answer_session(f.session, Answer::Error { cmd: f.cmd, seq: f.seq, code, message })
             }
@@ -305,33 +316,35 @@ impl Gateway {
                     Answer::Error { cmd, seq, code: ErrorCode::BackendError, message }
                 } else {
                     self.stats.replies += 1;
-                    Answer::Response { cmd, seq, payload }
+                    let unreliable = matches!(f.kind, Pending::Business { unreliable: true });
+                    let flags = flags::RESPONSE | if unreliable { flags::UNRELIABLE } else { 0 };
+                    Answer::Response { cmd, seq, flags, payload }
                 };
                 self.answer_session(session_id, answer);
             }
-            ServerFrame::PushToSession { session_id, cmd, payload } => {
+            ServerFrame::PushToSession { session_id, cmd, payload, unreliable } => {
                 if self.sessions.get(session_id).is_some() {
-                    self.push_to(&[session_id], cmd, payload);
+                    self.push_to(&[session_id], cmd, payload, unreliable_flag(unreliable));
                 } else {
-                    self.forward_push(session_id, cmd, payload);
+                    self.forward_push(session_id, cmd, payload, unreliable_flag(unreliable));
                 }
             }
-            ServerFrame::PushToUser { user_id, cmd, payload } => {
+            ServerFrame::PushToUser { user_id, cmd, payload, unreliable } => {
                 let targets = self.sessions.of_user(user_id).to_vec();
-                self.push_to(&targets, cmd, payload);
+                self.push_to(&targets, cmd, payload, unreliable_flag(unreliable));
             }
-            ServerFrame::PushToGroup { group, cmd, payload } => {
+            ServerFrame::PushToGroup { group, cmd, payload, unreliable } => {
                 let mut targets = std::mem::take(&mut self.targets);
                 targets.clear();
                 targets.extend(self.sessions.members(group));
-                self.push_to(&targets, cmd, payload);
+                self.push_to(&targets, cmd, payload, unreliable_flag(unreliable));
                 self.targets = targets;
             }
-            ServerFrame::Broadcast { cmd, payload } => {
+            ServerFrame::Broadcast { cmd, payload, unreliable } => {
                 let mut targets = std::mem::take(&mut self.targets);
                 targets.clear();
                 targets.extend(self.sessions.iter().filter(|s| s.user.is_some()).map(|s| s.id));
-                self.push_to(&targets, cmd, payload);
+                self.push_to(&targets, cmd, payload, unreliable_flag(unreliable));
                 self.targets = targets;
             }
             ServerFrame::Pong { nonce } => {
@@ -365,7 +378,7 @@ impl Gateway {
     fn answer_session(&mut self, session: SessionId, answer: Answer<'_>) {
         if self.sessions.get(session).is_none() {
             let (cmd, seq, flags, payload) = match answer {
-                Answer::Response { cmd, seq, payload } => (cmd, seq, flags::RESPONSE, payload.to_vec()),
+                Answer::Response { cmd, seq, flags, payload } => (cmd, seq, flags, payload.to_vec()),
                 Answer::Error { cmd, seq, code, message } => {
                     // Carried as an error-coded forward, re-encoded by the owner.
                     return self.forward_cross(session, |session| CrossMsg::Error { session, cmd, seq, code, message });
@@ -374,8 +387,8 @@ impl Gateway {
             return self.forward_cross(session, |session| CrossMsg::Forward { session, cmd, seq, flags, payload });
         }
         match answer {
-            Answer::Response { cmd, seq, payload } => {
-                self.deliver(session, &mut Envelope::new(cmd, seq, flags::RESPONSE, payload));
+            Answer::Response { cmd, seq, flags, payload } => {
+                self.deliver(session, &mut Envelope::new(cmd, seq, flags, payload));
             }
             Answer::Error { cmd, seq, code, message } => self.error_to_session(session, cmd, seq, code, &message),
         }
@@ -390,9 +403,10 @@ impl Gateway {
         self.deliver(session, &mut Envelope::new(cmd::ERROR, seq, flags::RESPONSE, &body));
     }
 
-    fn forward_push(&mut self, session: SessionId, cmd: u32, payload: &[u8]) {
+    fn forward_push(&mut self, session: SessionId, cmd: u32, payload: &[u8], extra: u32) {
         let payload = payload.to_vec();
-        self.forward_cross(session, |session| CrossMsg::Forward { session, cmd, seq: 0, flags: flags::PUSH, payload });
+        let flags = flags::PUSH | extra;
+        self.forward_cross(session, |session| CrossMsg::Forward { session, cmd, seq: 0, flags, payload });
     }
 
     /// Sends a message about a session that is not here to its owner, if

@@ -105,6 +105,9 @@ pub(crate) struct Conn {
     /// Bytes at the start of `inbuf` known to hold no line end.
     scanned: usize,
     pub(crate) out: Vec<u8>,
+    /// Unreliable frames waiting to leave as datagrams (QUIC), apart from
+    /// the stream; bounded, the oldest dropped first.
+    pub(crate) datagrams: Vec<u8>,
     /// Bytes of `out` counted in the worker's output total.
     accounted: usize,
     queued: bool,
@@ -445,6 +448,7 @@ impl Gateway {
                 inbuf: Vec::new(),
                 scanned: 0,
                 out: Vec::new(),
+                datagrams: Vec::new(),
                 accounted: 0,
                 queued: false,
                 closing: false,
@@ -506,6 +510,26 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// One frame a client sent as a datagram (QUIC): exactly one frame of
+    /// the listener's codec, framing included, handled apart from the
+    /// connection's stream. Not on encrypted sessions (their frame counter
+    /// follows the stream): such a datagram is dropped and counted, as is
+    /// one that is not exactly one frame.
+    pub fn handle_datagram(&mut self, now: Instant, conn: ConnId, frame: &[u8]) {
+        self.now = now;
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        let max = c.max_frame;
+        let whole = matches!(c.codec.framing().next_frame(frame, max), Ok(Some((_, used))) if used == frame.len());
+        if c.keys.is_some() || !whole {
+            self.stats.drop_datagram += 1;
+            return;
+        }
+        self.process_frames(conn, frame, 0);
     }
 
     /// A client connection that had output pending can take more.
@@ -761,6 +785,20 @@ impl Gateway {
     /// Bytes waiting to be written to a client connection.
     pub fn outbound(&self, conn: ConnId) -> &[u8] {
         self.conns.get(&conn).map_or(&[], |c| &c.out)
+    }
+
+    /// Hands each unreliable frame waiting for `conn` to `send` (a whole
+    /// frame of its codec, framing included: one datagram each), for a
+    /// transport that sends datagrams; none is left afterwards.
+    pub fn take_datagrams(&mut self, conn: ConnId, mut send: impl FnMut(&[u8])) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let framing = c.codec.framing();
+        let mut pos = 0;
+        while let Ok(Some((_, used))) = framing.next_frame(&c.datagrams[pos..], usize::MAX) {
+            send(&c.datagrams[pos..pos + used]);
+            pos += used;
+        }
+        c.datagrams.clear();
     }
 
     /// `n` bytes of [`Gateway::outbound`] were written.

@@ -26,12 +26,27 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 /// A boxed [`ByteStream`].
 pub type BoxStream = Box<dyn ByteStream>;
 
+/// A connection to the gateway, as a connector opens it: the stream of
+/// frames and, on QUIC, the connection that carries unreliable datagrams.
+pub struct Connected {
+    /// The ordered stream of the codec's frames.
+    pub stream: BoxStream,
+    /// QUIC: the connection, for datagrams ([`crate::Client::call_unreliable`]).
+    pub datagrams: Option<quinn::Connection>,
+}
+
+impl<S: ByteStream> From<S> for Connected {
+    fn from(stream: S) -> Connected {
+        Connected { stream: Box::new(stream), datagrams: None }
+    }
+}
+
 /// A boxed future, as dialers and connectors return them.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Opens the connections of a client: the first one and those of
 /// [`crate::Client::resume`].
-pub type Connector = Arc<dyn Fn(SocketAddr) -> BoxFuture<io::Result<BoxStream>> + Send + Sync>;
+pub type Connector = Arc<dyn Fn(SocketAddr) -> BoxFuture<io::Result<Connected>> + Send + Sync>;
 
 /// The transports a client can use; the gateway's listener decides which
 /// one it speaks (`transport` in its config).
@@ -129,7 +144,7 @@ pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<T
             Box::pin(async move {
                 let stream = dial.await?;
                 stream.set_nodelay(true)?;
-                Ok(Box::new(stream) as BoxStream)
+                Ok(Connected::from(stream))
             })
         }),
         TransportKind::Quic => Arc::new(move |addr| {
@@ -138,7 +153,7 @@ pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<T
                 let tls = tls.ok_or_else(|| {
                     io::Error::new(io::ErrorKind::InvalidInput, "QUIC needs the gateway's certificate (connector_tls)")
                 })?;
-                quic::connect_boxed(dialer.as_ref(), addr, &tls).await
+                Ok(quic::connect(dialer.as_ref(), addr, &tls).await?.into_connected())
             })
         }),
         TransportKind::WebSocket | TransportKind::Kcp => Arc::new(move |_| {

@@ -13,7 +13,7 @@ pub use quinn;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{BoxStream, Dialer, Tls};
+use super::{Connected, Dialer, Tls};
 
 /// The ALPN protocol the gateway speaks.
 pub const ALPN: &[u8] = b"portcullis";
@@ -64,6 +64,12 @@ impl QuicStream {
     pub fn connection(&self) -> &quinn::Connection {
         &self.connection
     }
+
+    /// The stream and its connection's datagrams, for a [`crate::Client`].
+    pub fn into_connected(self) -> Connected {
+        let datagrams = Some(self.connection.clone());
+        Connected { stream: Box::new(self), datagrams }
+    }
 }
 
 impl AsyncRead for QuicStream {
@@ -100,7 +106,4 @@ pub async fn connect(dialer: &dyn Dialer, addr: SocketAddr, tls: &Tls) -> io::Re
     Ok(QuicStream { endpoint, connection, send, recv })
 }
 
-/// [`connect`], boxed.
-pub(crate) async fn connect_boxed(dialer: &dyn Dialer, addr: SocketAddr, tls: &Tls) -> io::Result<BoxStream> {
-    Ok(Box::new(connect(dialer, addr, tls).await?))
-}
+

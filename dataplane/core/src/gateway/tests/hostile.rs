@@ -274,7 +274,7 @@ fn the_gateway_never_sends_a_frame_over_the_listener_limit() {
     assert_eq!(e.code, ErrorCode::FrameTooLarge as i32);
     // A push that large is dropped; the next one arrives with the next number.
     let push = |h: &mut Harness, len: usize| {
-        let p = pbl::PushToUser { user_id: "al".into(), cmd: 1500, payload: vec![1; len] };
+        let p = pbl::PushToUser { user_id: "al".into(), cmd: 1500, payload: vec![1; len], ..Default::default() };
         h.server_sends(link, Kind::PushToUser(p));
         h.take(c)
     };
@@ -301,10 +301,10 @@ fn past_the_output_budget_the_biggest_backlogs_are_cut_first() {
     }
     // hoarder 0 stops reading first, so it holds the most when the budget
     // is passed.
-    let extra = pbl::PushToUser { user_id: "u2".into(), cmd: 1500, payload: vec![0; 900] };
+    let extra = pbl::PushToUser { user_id: "u2".into(), cmd: 1500, payload: vec![0; 900], ..Default::default() };
     h.server_sends(0, Kind::PushToUser(extra));
     for _ in 0..4 {
-        let p = pbl::PushToGroup { group: "room".into(), cmd: 1501, payload: vec![0; 900] };
+        let p = pbl::PushToGroup { group: "room".into(), cmd: 1501, payload: vec![0; 900], ..Default::default() };
         h.server_sends(0, Kind::PushToGroup(p));
     }
     assert!(h.closed.contains(&hoarders[0]), "the biggest backlog went first");
