@@ -317,6 +317,26 @@ impl Stack {
         in_netns(ns.as_deref(), || std::net::UdpSocket::bind((ip, 0))).expect("a player's UDP socket")
     }
 
+    /// Sends `flood` from the players' side of the harness (raw frames,
+    /// any source); `None` on loopback, where sources cannot be spoofed.
+    #[cfg(feature = "afxdp")]
+    pub fn flood(&self, flood: portcullis_harness::flood::Flood) -> Option<portcullis_harness::flood::Report> {
+        match &self.net {
+            Net::Loopback => None,
+            Net::Harness(h) => {
+                let harness = h.harness.clone();
+                let report = std::thread::spawn(move || {
+                    portcullis_harness::enter(&harness.players).expect("enter the players' namespace");
+                    let iface = portcullis_harness::PLAYER_IFACE;
+                    portcullis_harness::flood::run(iface, harness.player_mac, harness.players_next_hop, &flood)
+                })
+                .join()
+                .expect("flood thread");
+                Some(report.expect("flood"))
+            }
+        }
+    }
+
     /// A TCP connection to `addr`, opened the way players open theirs.
     pub async fn tcp(&self, addr: SocketAddr) -> TcpStream {
         self.dialer().tcp(addr).await.expect("connect to the gateway")

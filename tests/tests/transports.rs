@@ -107,3 +107,59 @@ async fn unreliable_calls_go_on_the_stream_where_there_are_no_datagrams() {
     // On a stream they are sequenced and replayable like any message.
     assert_eq!(client.last_server_seq(), before + 7);
 }
+
+/// QUIC Initials of `n` fresh client connections to `addr`, as recorded
+/// datagrams (valid ones: the gateway decrypts them).
+#[cfg(feature = "afxdp")]
+fn quic_initials(n: usize, addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
+    use quic::quinn::proto;
+    let config = quic::client_config(&test_cert().tls).expect("client config");
+    let mut endpoint = proto::Endpoint::new(Arc::new(proto::EndpointConfig::default()), None, false, None);
+    let now = std::time::Instant::now();
+    (0..n)
+        .map(|_| {
+            let (_, mut conn) = endpoint.connect(now, config.clone(), addr, "localhost").expect("connect");
+            let mut buf = Vec::new();
+            let t = conn.poll_transmit(now, 1, &mut buf).expect("an Initial");
+            buf.truncate(t.size);
+            buf
+        })
+        .collect()
+}
+
+#[cfg(feature = "afxdp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_quic_initial_flood_gets_stateless_retries_and_players_still_connect() {
+    use portcullis_harness::flood::Flood;
+    let stack = stack_over(TransportKind::Quic, "").await;
+    let addr = stack.addr(Codec::Protobuf);
+    const N: u64 = 4_000;
+    let initials = quic_initials(N as usize, addr);
+    let sources = Flood::spoofed("10.99.0.1".parse().unwrap(), N as u32);
+    let flood = Flood {
+        sources,
+        rate: Some(2_000),
+        udp_payloads: initials,
+        ..Flood::udp("10.99.0.1".parse().unwrap(), addr.ip(), addr.port(), N)
+    };
+    let Some(report) = tokio::task::block_in_place(|| stack.flood(flood)) else {
+        eprintln!("skipped: spoofed sources need the veth harness (PORTCULLIS_E2E_IO=afxdp)");
+        return;
+    };
+    assert_eq!(report.sent, N);
+    // A player gets in through the Retry, after the flood as during it.
+    let (client, _events) = stack.player("survivor").await;
+    assert_eq!(client.call(ECHO, b"still here").await.expect("echo"), b"still here");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = stack.gateway.status_reports();
+    let workers = status.lock().unwrap().clone();
+    let replies: u64 = workers.iter().map(|w| w.io.udp_stateless_replies).sum();
+    let open: u64 = workers.iter().map(|w| w.io.udp_connections).sum();
+    let sessions: usize = workers.iter().map(|w| w.sessions).sum();
+    // 2 s of flood at 2 000/s: at most 200/s per worker get handshake
+    // state, the rest a Retry.
+    let workers_n = workers.len() as u64;
+    assert!(replies >= N - 2 * 200 * workers_n - 400, "{replies} stateless replies to {N} Initials");
+    assert!(open <= 2 * 200 * workers_n + 400 + 1, "{open} QUIC connections open after the flood");
+    assert_eq!(sessions, 1, "only the player has a session");
+}

@@ -376,8 +376,8 @@ impl IoBackend for KernelIo {
     fn io_stats(&mut self) -> IoStats {
         let mut stats = self.stats.clone();
         stats += &self.tcp.stats;
-        let (udp, _) = self.udp.io_stats();
-        stats += &udp;
+        stats += &self.udp.stats;
+        self.udp.transports.add_stats(&mut stats);
         stats
     }
 }

@@ -94,6 +94,18 @@ portcullis_core::counters! {
     /// Userspace stack: sockets whose buffers hold memory (a gauge; idle
     /// ones give it back).
     stack_buffers_backed,
+    /// QUIC and KCP: datagrams handed to the transports.
+    udp_rx_datagrams,
+    /// QUIC and KCP: datagrams the transports sent.
+    udp_tx_datagrams,
+    /// QUIC and KCP: connections open (a gauge; handshakes included).
+    udp_connections,
+    /// QUIC and KCP: handshake packets answered without keeping any state
+    /// (QUIC Retry or refusal, KCP cookie).
+    udp_stateless_replies,
+    /// QUIC and KCP: datagrams dropped (malformed, unknown connection, bad
+    /// cookie).
+    udp_dropped,
 }
 }
 

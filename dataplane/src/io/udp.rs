@@ -15,7 +15,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::epoll::Source;
 use super::IoStats;
-use crate::transport::{DatagramStats, UdpTransports};
+use crate::transport::UdpTransports;
 
 /// Datagrams read from one socket per wake-up, so that no sender holds a
 /// worker.
@@ -36,7 +36,8 @@ pub struct KernelUdp {
     /// The transports behind them.
     pub transports: UdpTransports,
     buf: Box<[u8]>,
-    stats: IoStats,
+    /// Bytes and datagrams of its sockets.
+    pub(crate) stats: IoStats,
     /// Sockets left with datagrams to read at the end of their round.
     pub(crate) unfinished: Vec<usize>,
 }
@@ -168,8 +169,4 @@ impl KernelUdp {
         }
     }
 
-    /// Counters of the sockets and transports.
-    pub fn io_stats(&self) -> (IoStats, DatagramStats) {
-        (self.stats.clone(), self.transports.stats())
-    }
 }

@@ -158,6 +158,16 @@ impl UdpTransports {
         self.quic.stats()
     }
 
+    /// Adds the transports' counters to `stats`.
+    pub fn add_stats(&self, stats: &mut crate::io::IoStats) {
+        let s = self.stats();
+        stats.udp_rx_datagrams = s.rx_datagrams;
+        stats.udp_tx_datagrams = s.tx_datagrams;
+        stats.udp_connections = s.connections;
+        stats.udp_stateless_replies = s.stateless_replies;
+        stats.udp_dropped = s.dropped;
+    }
+
     /// `dispatch` with these transports as the owners of their connections.
     pub fn own<'a>(&'a mut self, dispatch: Dispatcher<'a>) -> Dispatcher<'a> {
         dispatch.with(Transport::Quic, &mut self.quic)

@@ -43,12 +43,25 @@ pub struct Flood {
     pub payload: usize,
     /// Stop after this long even if `count` is not reached.
     pub for_at_most: Option<Duration>,
+    /// UDP payloads, used in turn with the sources (empty: `payload` zero
+    /// bytes), e.g. recorded QUIC Initials.
+    pub udp_payloads: Vec<Vec<u8>>,
 }
 
 impl Flood {
     /// `count` UDP packets from `src` to `dst:port`.
     pub fn udp(src: IpAddr, dst: IpAddr, port: u16, count: u64) -> Flood {
-        Flood { kind: Kind::Udp, sources: vec![src], dst, port, count, rate: None, payload: 18, for_at_most: None }
+        Flood {
+            kind: Kind::Udp,
+            sources: vec![src],
+            dst,
+            port,
+            count,
+            rate: None,
+            payload: 18,
+            for_at_most: None,
+            udp_payloads: Vec::new(),
+        }
     }
 
     /// `count` sources from `base` upwards (IPv4), e.g. a spoofed /24.
@@ -97,6 +110,20 @@ pub fn frame(
     port: u16,
     payload: usize,
 ) -> Vec<u8> {
+    frame_with(kind, dst_mac, src_mac, src, dst, port, &vec![0; payload])
+}
+
+/// Builds one frame whose UDP payload is `data`.
+pub fn frame_with(
+    kind: Kind,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    port: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let payload = data.len();
     let mut f = Vec::with_capacity(128);
     f.extend_from_slice(&dst_mac);
     f.extend_from_slice(&src_mac);
@@ -113,6 +140,7 @@ pub fn frame(
         }
         _ => {
             let mut u = vec![0u8; 8 + payload];
+            u[8..].copy_from_slice(data);
             u[0..2].copy_from_slice(&40_000u16.to_be_bytes());
             u[2..4].copy_from_slice(&port.to_be_bytes());
             u[4..6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
@@ -229,10 +257,14 @@ impl Drop for RawSocket {
 /// Sends a flood out of `iface` towards `dst_mac`.
 pub fn run(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], flood: &Flood) -> std::io::Result<Report> {
     let socket = RawSocket::open(iface)?;
-    let frames: Vec<Vec<u8>> = flood
-        .sources
-        .iter()
-        .map(|s| frame(flood.kind, dst_mac, src_mac, *s, flood.dst, flood.port, flood.payload))
+    let n = flood.sources.len().max(flood.udp_payloads.len());
+    let zeros = vec![0; flood.payload];
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let source = flood.sources[i % flood.sources.len()];
+            let data = if flood.udp_payloads.is_empty() { &zeros } else { &flood.udp_payloads[i % flood.udp_payloads.len()] };
+            frame_with(flood.kind, dst_mac, src_mac, source, flood.dst, flood.port, data)
+        })
         .collect();
     let started = Instant::now();
     let mut sent = 0u64;

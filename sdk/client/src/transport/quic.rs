@@ -22,7 +22,9 @@ pub const ALPN: &[u8] = b"portcullis";
 /// silent for 30 s).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-fn client_config(tls: &Tls) -> io::Result<quinn::ClientConfig> {
+/// The QUIC client configuration that trusts `tls` (ALPN, keep-alive and
+/// stream limits as the gateway expects).
+pub fn client_config(tls: &Tls) -> io::Result<quinn::ClientConfig> {
     let invalid = |e: &dyn std::fmt::Display| io::Error::new(io::ErrorKind::InvalidInput, e.to_string());
     let mut roots = rustls::RootCertStore::empty();
     for cert in &tls.roots {
