@@ -313,7 +313,8 @@ mod tests {
 
     #[test]
     fn layout_matches_protocol_md() {
-        let b = Control::Cookie { nonce: 0x1122_3344_5566_7788, conv: 0xa1b2_c3d4, cookie: [0xee; COOKIE_LEN] }.to_vec();
+        let b =
+            Control::Cookie { nonce: 0x1122_3344_5566_7788, conv: 0xa1b2_c3d4, cookie: [0xee; COOKIE_LEN] }.to_vec();
         assert_eq!(&b[..8], &[0, 0, 0, 0, kind::COOKIE, 1, 0, 0]);
         assert_eq!(&b[8..16], &[0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11]);
         assert_eq!(&b[16..20], &[0xd4, 0xc3, 0xb2, 0xa1]);

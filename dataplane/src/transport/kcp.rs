@@ -80,7 +80,7 @@ use std::time::{Duration, Instant};
 use kcp::Kcp;
 use portcullis_core::config::{Config, KcpConfig, ListenerTransport};
 use portcullis_core::{ConnId, Gateway, Transport};
-use portcullis_proto::kcp::{self as wire, Control, COOKIE_LEN, CONTROL_CONV};
+use portcullis_proto::kcp::{self as wire, Control, CONTROL_CONV, COOKIE_LEN};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use rustc_hash::FxHashMap;
@@ -262,11 +262,8 @@ impl KcpTransport {
         SystemRandom::new()
             .fill(&mut key)
             .map_err(|_| io::Error::other("no randomness from the OS for the KCP cookie key"))?;
-        let listeners = config
-            .listeners
-            .iter()
-            .map(|l| (l.transport == ListenerTransport::Kcp).then(|| l.kcp()))
-            .collect();
+        let listeners =
+            config.listeners.iter().map(|l| (l.transport == ListenerTransport::Kcp).then(|| l.kcp())).collect();
         Ok(KcpTransport {
             start: now,
             now_ms: 0,
@@ -400,7 +397,15 @@ impl KcpTransport {
         }
     }
 
-    fn open_conn(&mut self, now: Instant, core: &mut Gateway, listener: usize, peer: SocketAddr, nonce: u64, conv: u32) {
+    fn open_conn(
+        &mut self,
+        now: Instant,
+        core: &mut Gateway,
+        listener: usize,
+        peer: SocketAddr,
+        nonce: u64,
+        conv: u32,
+    ) {
         let Some(Some(cfg)) = self.listeners.get(listener) else { return self.drop_datagram() };
         let mut kcp = Kcp::new_stream(conv, Sink);
         kcp.set_nodelay(cfg.nodelay, cfg.interval_ms as i32, cfg.resend as i32, cfg.no_congestion);

@@ -278,7 +278,14 @@ fn a_hello_flood_creates_no_state() {
     // The queue's buffer is reused once drained.
     assert!(net.kcp.tx.bytes.is_empty());
     // A HELLO without its padding is not answered.
-    net.kcp.handle_datagram(net.now, &mut net.core, 0, net.gw, player_addr(1), &Control::Hello { nonce: 1 }.to_vec()[..40]);
+    net.kcp.handle_datagram(
+        net.now,
+        &mut net.core,
+        0,
+        net.gw,
+        player_addr(1),
+        &Control::Hello { nonce: 1 }.to_vec()[..40],
+    );
     assert_eq!(net.kcp.stats().dropped, 1);
     assert_eq!(net.kcp.stats().stateless_replies, 10_000);
 }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod kcp;
+
 /// A bidirectional byte stream to the gateway.
 pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
@@ -76,7 +78,8 @@ impl Dialer for DirectDialer {
     }
 
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let any: SocketAddr =
+            if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         std::net::UdpSocket::bind(any)
     }
 }
@@ -98,10 +101,14 @@ pub fn connector(kind: TransportKind, dialer: Arc<dyn Dialer>) -> Connector {
                 Ok(Box::new(stream) as BoxStream)
             })
         }),
-        TransportKind::WebSocket | TransportKind::Quic | TransportKind::Kcp => Arc::new(move |_| {
-            Box::pin(async move {
-                Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
-            })
+        TransportKind::Kcp => Arc::new(move |addr| {
+            let dialer = dialer.clone();
+            Box::pin(async move { kcp::connect(dialer.as_ref(), addr).await })
+        }),
+        TransportKind::WebSocket | TransportKind::Quic => Arc::new(move |_| {
+            Box::pin(
+                async move { Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet"))) },
+            )
         }),
     }
 }
