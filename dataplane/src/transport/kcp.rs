@@ -517,8 +517,7 @@ impl KcpTransport {
         let id = c.id;
         // Delivered in order to the core while it takes input (after a
         // close, read and thrown away so that the window stays open).
-        loop {
-            let Ok(n) = c.kcp.peeksize() else { break };
+        while let Ok(n) = c.kcp.peeksize() {
             if n > self.rx.len() {
                 self.rx.resize(n, 0);
             }

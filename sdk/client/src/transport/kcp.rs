@@ -171,11 +171,7 @@ async fn drive(socket: Arc<UdpSocket>, addr: SocketAddr, conv: u32, ours: Duplex
                 }
                 let d = &datagram[..n];
                 match conv_of(d) {
-                    Some(CONTROL_CONV) => {
-                        if Control::decode(d) == Ok(Control::Close { conv }) {
-                            break;
-                        }
-                    }
+                    Some(CONTROL_CONV) if Control::decode(d) == Ok(Control::Close { conv }) => break,
                     Some(c) if c == conv => {
                         let waiting = kcp.wait_snd();
                         let _ = kcp.update(ms());
