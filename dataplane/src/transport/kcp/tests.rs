@@ -17,7 +17,7 @@ use super::*;
 const GW: &str = "10.9.0.1:7000";
 const DEAD_AFTER_MS: u64 = 2_000;
 
-fn config() -> Config {
+fn config(kcp: &str) -> Config {
     Config::parse(
         &format!(
             r#"
@@ -29,6 +29,7 @@ fn config() -> Config {
             transport = "kcp"
             [listeners.kcp]
             dead_after_ms = {DEAD_AFTER_MS}
+            {kcp}
             [auth]
             kind = "token"
             secret = "0123456789abcdef0123"
@@ -80,7 +81,12 @@ struct Net {
 
 impl Net {
     fn new() -> Net {
-        let config = config();
+        Net::with("")
+    }
+
+    /// With more `[listeners.kcp]` settings.
+    fn with(kcp: &str) -> Net {
+        let config = config(kcp);
         let now = Instant::now();
         let auth = auth::from_config(&config).unwrap();
         let core = Gateway::new(&config, 0, Shared::new(1, [7; 32]), auth, now, Duration::from_secs(1_800_000_000));
@@ -483,13 +489,64 @@ fn stop_accepting_refuses_new_players_and_keeps_the_old() {
 }
 
 #[test]
-fn many_idle_connections_cost_no_timer_work() {
+fn ten_thousand_idle_connections_sleep_until_their_dead_peer_deadline() {
     let mut net = Net::new();
-    let players: Vec<_> = (0..2_000).map(|i| net.connect(player_addr(i))).collect();
-    assert_eq!(net.core.connection_count(), 2_000);
-    // Idle: nothing to do until the dead-peer deadlines.
-    net.advance(DEAD_AFTER_MS / 2);
+    let n = 10_000;
+    let players: Vec<_> = (0..n).map(|i| net.connect(player_addr(i))).collect();
+    assert_eq!(net.core.connection_count(), n as usize);
+    // Idle: no timer before the dead-peer deadlines (not one per interval).
+    let deadline = net.start + Duration::from_millis(DEAD_AFTER_MS);
+    assert_eq!(net.kcp.poll_timeout(), Some(deadline));
+    assert_eq!(net.kcp.timers.len(), n as usize);
+    // One player talks: only it gets KCP timers; the others stay asleep.
+    let mut p = net.connect(player_addr(n + 1));
+    p.kcp.send(&heartbeat(1)).unwrap();
+    for _ in 0..10 {
+        net.tick(&mut [&mut p], 10);
+    }
+    assert_eq!(frames(&p.stream), vec![(cmd::HEARTBEAT, 1)]);
     assert!(net.take_for(players[0].addr).is_empty());
-    assert!(net.kcp.timers.len() <= 2 * players.len());
-    assert!(net.kcp.poll_timeout().unwrap() > net.now);
+    assert!(net.kcp.timers.len() <= n as usize + 16, "{} timer entries", net.kcp.timers.len());
+    // At the deadline every silent one is closed in one pass.
+    net.now = deadline;
+    net.kcp.handle_timeout(net.now, &mut net.core);
+    net.outputs();
+    assert_eq!(net.core.connection_count(), 1);
+    assert_eq!(net.kcp.counters().dead_peers, u64::from(n));
+}
+
+#[test]
+fn a_full_send_window_holds_output_in_the_core_until_acks_open_it() {
+    // Two segments of 176 bytes in flight at most.
+    let mut net = Net::with("window = 2\nmtu = 200");
+    let mut p = net.connect(player_addr(1));
+    let id = net.kcp.conns[&p.conv].id;
+    let n = 300;
+    let mut all = Vec::new();
+    for seq in 1..=n {
+        all.extend_from_slice(&heartbeat(seq));
+    }
+    p.kcp.send(&all).unwrap();
+    let (mut held_back, mut most_waiting) = (0, 0);
+    for _ in 0..2_000 {
+        net.tick(&mut [&mut p], 10);
+        if let Some(c) = net.kcp.conns.get(&p.conv) {
+            most_waiting = most_waiting.max(c.kcp.wait_snd());
+            held_back += usize::from(c.blocked && !net.core.outbound(id).is_empty());
+        }
+        if frames(&p.stream).len() == n as usize {
+            break;
+        }
+    }
+    let expected: Vec<_> = (1..=n).map(|seq| (cmd::HEARTBEAT, seq)).collect();
+    assert_eq!(frames(&p.stream), expected);
+    assert!(held_back > 0, "the window filled and the core kept the rest");
+    assert!(most_waiting <= 3, "KCP held {most_waiting} segments for a window of 2");
+    assert!(net.core.outbound(id).is_empty());
+}
+
+#[test]
+fn the_transport_can_move_to_a_worker_thread() {
+    fn send<T: Send>(_: &T) {}
+    send(&Net::new().kcp);
 }
