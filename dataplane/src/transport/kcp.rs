@@ -50,7 +50,7 @@
 //!     // 2. every datagram that arrived:
 //!     kcp.handle_datagram(now, &mut core, listener, local, from, bytes);
 //!     // 3. timers:
-//!     if kcp.poll_timeout() <= Some(now) { kcp.handle_timeout(now, &mut core) }
+//!     if kcp.poll_timeout().is_some_and(|t| t <= now) { kcp.handle_timeout(now, &mut core) }
 //!     // 4. the core's outputs: Dispatcher::new(..).with(Transport::Kcp, &mut kcp).flush(&mut core)
 //!     //    (transmit / close as for TCP);
 //!     // 5. send what is queued:
@@ -62,6 +62,13 @@
 //!
 //! Output datagrams are queued in one buffer per transport (no allocation
 //! per datagram once it has grown); step 5 must run after steps 2 to 4.
+//! `dataplane/tests/kcp_sdk.rs` is such a loop on one kernel UDP socket.
+//!
+//! Each transport draws its own cookie key and numbers its own
+//! conversations, so every datagram from one client address and port must
+//! reach the same worker (SO_REUSEPORT's hash of the 4-tuple and the NIC's
+//! RSS queues both do that); a client moved to another worker mid-way
+//! fails its handshake or has its segments dropped, and reconnects.
 //! [`ClientTransport::transmit`] takes no `now`: it uses the latest `now`
 //! any other call gave.
 //!
@@ -656,6 +663,7 @@ impl DatagramTransport for KcpTransport {
         now: Instant,
         core: &mut Gateway,
         listener: usize,
+        // The listener index says which listener; one address per listener.
         _local: SocketAddr,
         from: SocketAddr,
         data: &[u8],
