@@ -18,7 +18,13 @@
 //! - A `CONNECT` whose cookie verifies for its sender, its conversation and
 //!   the current or previous bucket (10 to 20 seconds of validity) opens
 //!   the connection, tells the core ([`Gateway::handle_connect`]) and is
-//!   answered with `ACCEPT` (again for a repeated `CONNECT`).
+//!   answered with `ACCEPT` (again for a repeated `CONNECT`). Its
+//!   conversation id was free when the `COOKIE` was made; if another
+//!   client took it since (odds of 2^-32 per pair), the `CONNECT` is
+//!   answered with `CLOSE` and the client starts over. A copy of a
+//!   `CONNECT` that the network delivers after the connection closed, still
+//!   within the cookie's validity, opens a connection nobody uses; it is
+//!   closed as a dead peer after `dead_after_ms`.
 //! - KCP segments are taken only for a known conversation from the
 //!   address that opened it; anything else is dropped and counted
 //!   ([`DatagramStats::dropped`]).
@@ -375,14 +381,11 @@ impl KcpTransport {
             }
             Control::Connect { nonce, conv, cookie } => {
                 if let Some(c) = self.conns.get(&conv) {
-                    // A repeated CONNECT (its ACCEPT was lost): answer again.
                     if c.peer == from && c.listener == listener && c.closing.is_none() {
+                        // A repeated CONNECT (its ACCEPT was lost): answer again.
                         let nonce = c.nonce;
-                        self.tx.control(listener, from, &Control::Accept { nonce, conv });
-                    } else {
-                        self.drop_datagram();
+                        return self.tx.control(listener, from, &Control::Accept { nonce, conv });
                     }
-                    return;
                 }
                 if !self.accepting {
                     return self.drop_datagram();
@@ -391,6 +394,12 @@ impl KcpTransport {
                 let fresh = issued == bucket || issued.wrapping_add(1) == bucket;
                 if !fresh || !same(&cookie[4..], &self.tag(listener, from, conv, issued)) {
                     self.counters.bad_cookies += 1;
+                    return self.drop_datagram();
+                }
+                if self.conns.contains_key(&conv) {
+                    // Another client took this id between its COOKIE and this
+                    // CONNECT (or it is closing): refused, the client starts over.
+                    self.tx.control(listener, from, &Control::Close { conv });
                     return self.drop_datagram();
                 }
                 self.open_conn(now, core, listener, from, nonce, conv);

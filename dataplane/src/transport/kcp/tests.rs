@@ -328,6 +328,32 @@ fn forged_moved_or_expired_cookies_are_refused() {
     net.send(a, &Control::Connect { nonce: 2, conv, cookie }.to_vec());
     assert_eq!(Control::decode(&net.take_for(a)[0]), Ok(Control::Accept { nonce: 2, conv }));
     assert_eq!((net.core.connection_count(), net.kcp.counters().opened), (1, 1));
+    // The same CONNECT from another port of the player's address: the
+    // cookie is for the first port only.
+    let other_port = SocketAddr::new(a.ip(), a.port() + 1);
+    net.send(other_port, &Control::Connect { nonce: 2, conv, cookie }.to_vec());
+    assert!(net.take_for(other_port).is_empty());
+    assert_eq!(net.kcp.counters().bad_cookies, 5);
+}
+
+#[test]
+fn a_valid_connect_for_a_conversation_already_taken_is_refused_with_close() {
+    let mut net = Net::new();
+    let p = net.connect(player_addr(1));
+    // A real cookie for another client, naming the conversation that the
+    // first client holds (as if the HMAC had given both the same id).
+    let b = player_addr(2);
+    let bucket = (net.kcp.now_ms / COOKIE_BUCKET_MS) as u32;
+    let mut cookie = [0; COOKIE_LEN];
+    cookie[..4].copy_from_slice(&bucket.to_le_bytes());
+    cookie[4..].copy_from_slice(&net.kcp.tag(0, b, p.conv, bucket));
+    net.send(b, &Control::Connect { nonce: 5, conv: p.conv, cookie }.to_vec());
+    assert_eq!(
+        net.take_for(b).iter().map(|d| Control::decode(d)).collect::<Vec<_>>(),
+        vec![Ok(Control::Close { conv: p.conv })]
+    );
+    assert_eq!(net.core.connection_count(), 1);
+    assert_eq!(net.kcp.conns[&p.conv].peer, p.addr, "the first client keeps it");
 }
 
 #[test]

@@ -102,6 +102,17 @@ async fn exchange<T>(
 /// The handshake; returns the conversation id.
 async fn handshake(socket: &UdpSocket, addr: SocketAddr, timeout: Duration) -> io::Result<u32> {
     let deadline = Instant::now() + timeout;
+    loop {
+        match attempt(socket, addr, deadline).await {
+            // The id was taken between COOKIE and CONNECT: start over.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && Instant::now() < deadline => continue,
+            done => return done,
+        }
+    }
+}
+
+/// One handshake from HELLO, with a fresh nonce.
+async fn attempt(socket: &UdpSocket, addr: SocketAddr, deadline: Instant) -> io::Result<u32> {
     let nonce = random_nonce();
     let hello = Control::Hello { nonce }.to_vec();
     let (conv, cookie) = exchange(socket, addr, &hello, deadline, "COOKIE in answer to HELLO", |c| match c {
@@ -114,7 +125,7 @@ async fn handshake(socket: &UdpSocket, addr: SocketAddr, timeout: Duration) -> i
         Control::Accept { nonce: n, conv: v } if n == nonce && v == conv => Some(Ok(conv)),
         Control::Close { conv: v } if v == conv => Some(Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("KCP handshake with {addr}: the gateway refused the connection"),
+            format!("KCP handshake with {addr}: the gateway refused conversation {conv:#x}"),
         ))),
         _ => None,
     })
@@ -272,7 +283,12 @@ mod tests {
     /// A one-client gateway that echoes the stream; it answers only the
     /// `answer_from`-th HELLO on (to exercise retries), and sends `CLOSE`
     /// after echoing `close_after` bytes.
-    async fn fake_gateway(socket: UdpSocket, answer_from: usize, close_after: Option<usize>) -> Seen {
+    async fn fake_gateway(
+        socket: UdpSocket,
+        answer_from: usize,
+        close_after: Option<usize>,
+        refuse_first: bool,
+    ) -> Seen {
         let mut seen = Seen::default();
         let out = Outbox::default();
         let mut kcp: Option<Kcp<Outbox>> = None;
@@ -294,6 +310,10 @@ mod tests {
                             }
                             Control::Connect { nonce, conv, cookie } if conv == CONV && cookie == COOKIE => {
                                 seen.connects += 1;
+                                if refuse_first && seen.connects == 1 {
+                                    socket.send_to(&Control::Close { conv }.to_vec(), from).await.unwrap();
+                                    continue;
+                                }
                                 let mut k = Kcp::new_stream(CONV, out.clone());
                                 k.set_nodelay(true, 10, 2, true);
                                 let _ = k.update(start.elapsed().as_millis() as u32);
@@ -336,9 +356,29 @@ mod tests {
     }
 
     async fn gateway(answer_from: usize, close_after: Option<usize>) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
+        gateway_refusing(answer_from, close_after, false).await
+    }
+
+    async fn gateway_refusing(
+        answer_from: usize,
+        close_after: Option<usize>,
+        refuse_first: bool,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Seen>) {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        (addr, tokio::spawn(fake_gateway(socket, answer_from, close_after)))
+        (addr, tokio::spawn(fake_gateway(socket, answer_from, close_after, refuse_first)))
+    }
+
+    #[tokio::test]
+    async fn a_close_in_answer_to_connect_starts_the_handshake_over() {
+        let (addr, gw) = gateway_refusing(1, Some(2), true).await;
+        let mut stream = connect(&DirectDialer, addr).await.unwrap();
+        stream.write_all(b"hi").await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, b"hi");
+        let seen = gw.await.unwrap();
+        assert_eq!((seen.hellos, seen.connects), (2, 2));
     }
 
     #[tokio::test]
