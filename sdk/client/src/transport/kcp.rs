@@ -7,7 +7,7 @@
 //!
 //! - bytes written to the stream go to `Kcp::send` while KCP's send queue
 //!   is under the window (past it the writer waits: backpressure);
-//! - bytes KCP receives go to the stream, at most [`TO_USER_MAX`] ahead of
+//! - bytes KCP receives go to the stream, at most 256 KiB ahead of
 //!   the reader (past it KCP's receive window closes and the gateway waits);
 //! - `update` runs on a 10 ms tick and on every input;
 //! - a `CLOSE` from the gateway, KCP's dead link, or data left
