@@ -1,6 +1,6 @@
 //! KCP to a `transport = "kcp"` listener (`PROTOCOL.md`, "KCP transport").
 //!
-//! [`connect`] runs the handshake (`HELLO` → `COOKIE` → `CONNECT` →
+//! `connect` (used by [`super::connector`]) runs the handshake (`HELLO` → `COOKIE` → `CONNECT` →
 //! `ACCEPT`, each step retried) on a UDP socket of the dialer, then hands
 //! the socket to a background task that drives a [`Kcp`] in fast mode and
 //! bridges it to the returned stream through [`tokio::io::duplex`]:
@@ -28,7 +28,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{tokio_udp, BoxStream, Dialer};
 
-/// How long the handshake may take before [`connect`] gives up.
+/// How long the handshake may take before the connector gives up.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pause before a handshake packet is sent again.
