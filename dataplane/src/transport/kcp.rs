@@ -434,6 +434,7 @@ impl KcpTransport {
         // The first update starts KCP's clock; nothing is queued, so it
         // writes nothing.
         let _ = kcp.update(kcp_time(now_ms));
+        self.tx.take_staged(listener, peer);
         self.generation = self.generation.wrapping_add(1);
         let local = (u64::from(self.generation & 0x00ff_ffff) << 32) | u64::from(conv);
         let id = ConnId::new(Transport::Kcp, local);

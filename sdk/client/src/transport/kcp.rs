@@ -1,9 +1,10 @@
 //! KCP to a `transport = "kcp"` listener (`PROTOCOL.md`, "KCP transport").
 //!
-//! `connect` (used by [`super::connector`]) runs the handshake (`HELLO` → `COOKIE` → `CONNECT` →
-//! `ACCEPT`, each step retried) on a UDP socket of the dialer, then hands
-//! the socket to a background task that drives a [`Kcp`] in fast mode and
-//! bridges it to the returned stream through [`tokio::io::duplex`]:
+//! `connect` (used by [`super::connector`]) runs the handshake (`HELLO` →
+//! `COOKIE` → `CONNECT` → `ACCEPT`, each step retried) on a UDP socket of
+//! the dialer, then hands the socket to a background task that drives a
+//! [`Kcp`] in fast mode and bridges it to the returned stream through
+//! [`tokio::io::duplex`]:
 //!
 //! - bytes written to the stream go to `Kcp::send` while KCP's send queue
 //!   is under the window (past it the writer waits: backpressure);
