@@ -3,7 +3,7 @@
 //! module doc describes, and the SDK's KCP connector with its `Client`.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,9 @@ struct Report {
     connections: usize,
 }
 
-/// Runs a KCP listener on `socket` until `stop`.
-fn gateway(socket: UdpSocket, stop: Arc<AtomicBool>) -> Report {
+/// Runs a KCP listener on `socket` until `stop`; `open` follows the core's
+/// connection count.
+fn gateway(socket: UdpSocket, stop: Arc<AtomicBool>, open: Arc<AtomicUsize>) -> Report {
     let local = socket.local_addr().unwrap();
     let config = Config::parse(
         &format!(
@@ -69,6 +70,7 @@ fn gateway(socket: UdpSocket, stop: Arc<AtomicBool>) -> Report {
         while let Some(t) = kcp.poll_transmit(now, &mut buf) {
             let _ = socket.send_to(&buf[..t.len], t.to);
         }
+        open.store(core.connection_count(), Ordering::Relaxed);
     }
     Report { stats: kcp.stats(), counters: kcp.counters(), connections: core.connection_count() }
 }
@@ -78,9 +80,10 @@ fn the_sdk_talks_to_the_kcp_transport_over_udp() {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr: SocketAddr = socket.local_addr().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(AtomicUsize::new(0));
     let server = std::thread::spawn({
-        let stop = stop.clone();
-        move || gateway(socket, stop)
+        let (stop, open) = (stop.clone(), open.clone());
+        move || gateway(socket, stop, open)
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
@@ -90,9 +93,15 @@ fn the_sdk_talks_to_the_kcp_transport_over_udp() {
         for _ in 0..3 {
             client.heartbeat().await.unwrap();
         }
-        // Dropping the client drops its stream: the SDK sends CLOSE.
+        assert_eq!(open.load(Ordering::Relaxed), 1);
+        // Dropping the client drops its stream: the SDK sends CLOSE, and
+        // the gateway forgets the connection at once (not after
+        // dead_after_ms, 15 s).
         drop(client);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while open.load(Ordering::Relaxed) != 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     });
     stop.store(true, Ordering::Relaxed);
     let report = server.join().unwrap();
