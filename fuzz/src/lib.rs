@@ -1,13 +1,15 @@
 //! Fuzz targets of Portcullis (cargo-fuzz, libFuzzer): every parser of
 //! bytes from outside — client envelopes and framework payloads, game-server
 //! link frames, login and resume tokens, the config file, Ethernet frames
-//! into the userspace stack, packets into the XDP filter.
+//! into the userspace stack, UDP datagrams into the KCP transport, packets
+//! into the XDP filter.
 //!
 //! The targets in `fuzz_targets/` are one line each; their bodies live here
 //! so that `cargo test` in `fuzz/` runs the committed seeds through them
 //! (`tests/seeds.rs`), and so that the seeds are built from the same code
 //! ([`seeds`]). `scripts/fuzz.sh` runs them.
 
+pub mod kcp;
 pub mod netstack;
 pub mod packets;
 pub mod seeds;

@@ -11,6 +11,7 @@ use portcullis_proto::pb::link::{self as pb, link_frame::Kind};
 use portcullis_proto::token::{self, Claims};
 use portcullis_proto::{cmd, Codec, Envelope};
 
+use crate::kcp;
 use crate::netstack::{self as ns, ADVANCE_MS, PATCH};
 use crate::packets::{self as p, flags, Ip};
 use crate::targets::{RESUME_KEY, TOKEN_SECRET};
@@ -287,6 +288,71 @@ fn netstack_seeds(out: &mut Vec<Seed>) {
     out.push(("netstack", "flood-udp-icmp".into(), s));
 }
 
+/// A KCP PUSH segment (`sn`, `data`); its conversation id is left for the
+/// harness to write ([`kcp::CONV`]).
+fn kcp_push(sn: u32, data: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(24 + data.len());
+    s.extend_from_slice(&1u32.to_le_bytes()); // conv: patched
+    s.extend_from_slice(&[81, 0]); // cmd PUSH, frg 0
+    s.extend_from_slice(&256u16.to_le_bytes()); // wnd
+    s.extend_from_slice(&0u32.to_le_bytes()); // ts
+    s.extend_from_slice(&sn.to_le_bytes());
+    s.extend_from_slice(&0u32.to_le_bytes()); // una
+    s.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    s.extend_from_slice(data);
+    s
+}
+
+fn kcp_seeds(out: &mut Vec<Seed>) {
+    use portcullis_proto::kcp::Control;
+    assert_eq!(kcp::ADVANCE_MS[usize::from(MS1)], 1);
+    let hello = Control::Hello { nonce: 7 }.to_vec();
+    let mut frames = Vec::new();
+    for env in client_session() {
+        Codec::Protobuf.encode(&env, &mut frames);
+    }
+    // Handshake, then LOGIN, JOIN_GROUP and a routed request in two
+    // segments (one datagram each), a window probe, then CLOSE.
+    let (a, b) = frames.split_at(frames.len() / 2);
+    let mut s = Vec::new();
+    rec(&mut s, MS1, &hello);
+    rec(&mut s, MS1 | kcp::CONNECT, b"");
+    rec(&mut s, MS1 | kcp::CONV, &kcp_push(0, a));
+    rec(&mut s, MS1 | kcp::CONV, &kcp_push(1, b));
+    let mut probe = kcp_push(2, b"");
+    probe[4] = 83;
+    rec(&mut s, 2 | kcp::CONV, &probe);
+    rec(&mut s, 3 | kcp::CONV, &Control::Close { conv: 1 }.to_vec());
+    out.push(("kcp", "handshake-login-close".into(), s));
+
+    // Two clients, one in two segments of one datagram, the other out of
+    // order; then silence until the dead-peer timeout.
+    let mut hb = Vec::new();
+    for seq in 1..4 {
+        Codec::Protobuf.encode(&Envelope::new(cmd::HEARTBEAT, seq, 0, b""), &mut hb);
+    }
+    let mut s = Vec::new();
+    for client in [0u8, 1] {
+        rec(&mut s, MS1 | client << 3, &hello);
+        rec(&mut s, MS1 | client << 3 | kcp::CONNECT, b"");
+    }
+    let (x, y) = hb.split_at(5);
+    rec(&mut s, MS1 | kcp::CONV, &[kcp_push(0, x), kcp_push(1, y)].concat());
+    rec(&mut s, MS1 | 1 << 3 | kcp::CONV, &kcp_push(1, y));
+    rec(&mut s, MS1 | 1 << 3 | kcp::CONV, &kcp_push(0, x));
+    out.push(("kcp", "two-clients-dead-peers".into(), s));
+
+    // Bad datagrams: a short HELLO, a forged CONNECT, an unknown
+    // conversation, garbage.
+    let mut s = Vec::new();
+    rec(&mut s, 0, &hello[..40]);
+    rec(&mut s, 0, &Control::Connect { nonce: 1, conv: 5, cookie: [0; 20] }.to_vec());
+    rec(&mut s, 0, &kcp_push(0, b"x"));
+    rec(&mut s, 0, &[1, 2, 3]);
+    rec(&mut s, 2 << 3, &hello);
+    out.push(("kcp", "bad-datagrams".into(), s));
+}
+
 fn xdp_seeds(out: &mut Vec<Seed>) {
     let (c4, g4, c6, g6) = (Ip::V4(p::CLIENT4), Ip::V4(p::GW4), Ip::V6(p::CLIENT6), Ip::V6(p::GW6));
     let blocked = Ip::V4([10, 99, 0, 1]);
@@ -344,6 +410,7 @@ pub fn all() -> Vec<Seed> {
     token_seeds(&mut out);
     config_seeds(&mut out);
     netstack_seeds(&mut out);
+    kcp_seeds(&mut out);
     xdp_seeds(&mut out);
     out
 }

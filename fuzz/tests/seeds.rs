@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use portcullis_fuzz::{netstack, seeds, targets, xdp};
+use portcullis_fuzz::{kcp, netstack, seeds, targets, xdp};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus")
@@ -44,6 +44,7 @@ fn seeds_pass_their_targets() {
                 portcullis_core::Config::parse(text, &name).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             "netstack" => netstack::run(&bytes),
+            "kcp" => kcp::run(&bytes),
             "xdp" => {
                 // SAFETY: geteuid has no preconditions.
                 if unsafe { libc::geteuid() } == 0 && portcullis_xdp::program().is_ok() {
@@ -83,4 +84,17 @@ fn link_seeds_reach_sessions() {
     assert_eq!((s.logins, s.requests, s.replies), (1, 1, 1), "{s:?}");
     assert!(s.pushes >= 3, "user, group, broadcast: {s:?}");
     assert!(portcullis_fuzz::shared::spare(), "the shared state is clean after the run");
+}
+
+#[test]
+fn kcp_seeds_reach_the_core_through_the_handshake() {
+    let (s, k) = kcp::run_with_stats(&seed("kcp", "handshake-login-close"));
+    assert_eq!((k.opened, k.closed_by_peer), (1, 1), "{k:?}");
+    assert_eq!((s.connections, s.logins, s.requests), (1, 1, 1), "{s:?}");
+    let (s, k) = kcp::run_with_stats(&seed("kcp", "two-clients-dead-peers"));
+    // Closed at the login timeout or as dead peers; silent either way.
+    assert_eq!((k.opened, k.dead_peers + k.dead_links), (2, 2), "{k:?}");
+    assert!(s.frames_in >= 6, "{s:?}");
+    let (s, k) = kcp::run_with_stats(&seed("kcp", "bad-datagrams"));
+    assert_eq!((s.connections, k.opened, k.bad_cookies), (0, 0, 1), "{s:?} {k:?}");
 }

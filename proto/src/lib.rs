@@ -7,6 +7,7 @@
 //! - [`link`]: frames of the backend link between gateway and game servers.
 //! - [`token`]: the signed login tokens of the built-in authenticator.
 //! - [`crypto`]: session encryption (X25519, HKDF-SHA256, AES-GCM).
+//! - [`kcp`]: the control packets (handshake, close) of the KCP transport.
 //! - [`pb`]: the prost types generated from `schema/*.proto`.
 //!
 //! Every decoder here takes untrusted bytes and returns an error, never
@@ -18,6 +19,7 @@ pub mod crypto;
 pub mod envelope;
 pub mod framework;
 pub mod framing;
+pub mod kcp;
 pub mod link;
 pub mod token;
 pub mod wire;

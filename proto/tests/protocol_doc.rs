@@ -316,3 +316,15 @@ fn the_error_code_table_lists_every_code_of_the_schema() {
         (0..1000).filter_map(|c| ErrorCode::try_from(c).ok().map(|e| (c, e.as_str_name()))).collect();
     assert_eq!(documented, schema, "PROTOCOL.md §9 and client.proto's ErrorCode");
 }
+
+// ----- KCP transport (§15) ---------------------------------------------------
+
+#[test]
+fn the_kcp_control_packet_examples_are_what_the_encoder_writes() {
+    use portcullis_proto::kcp::{Control, COOKIE_LEN};
+    let close = Control::Close { conv: 0x0a0b_0c0d };
+    assert_eq!(from_hex(block("kcp-close")), close.to_vec());
+    let cookie = Control::Cookie { nonce: 0x1122_3344_5566_7788, conv: 0xa1b2_c3d4, cookie: [0xee; COOKIE_LEN] };
+    assert_eq!(from_hex(block("kcp-cookie")), cookie.to_vec());
+    assert_eq!(Control::decode(&from_hex(block("kcp-cookie"))), Ok(cookie));
+}

@@ -54,8 +54,9 @@ pub struct KcpConfig {
     pub no_congestion: bool,
     /// Send and receive window, segments.
     pub window: u16,
-    /// Largest datagram sent, bytes (including KCP's 24-byte header and
-    /// Portcullis's 4-byte conversation prefix).
+    /// Largest datagram sent, bytes, KCP's 24-byte segment header included
+    /// (its first 4 bytes, the conversation id, are the only prefix: see
+    /// `proto/PROTOCOL.md`, "KCP transport").
     pub mtu: usize,
     /// A peer silent this long is dead and its connection closed, ms.
     pub dead_after_ms: u64,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub mod kcp;
 pub mod quic;
 
 pub use rustls::pki_types::CertificateDer;
@@ -95,7 +96,8 @@ impl Dialer for DirectDialer {
     }
 
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let any: SocketAddr =
+            if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         std::net::UdpSocket::bind(any)
     }
 }
@@ -156,7 +158,11 @@ pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<T
                 Ok(quic::connect(dialer.as_ref(), addr, &tls).await?.into_connected())
             })
         }),
-        TransportKind::WebSocket | TransportKind::Kcp => Arc::new(move |_| {
+        TransportKind::Kcp => Arc::new(move |addr| {
+            let dialer = dialer.clone();
+            Box::pin(async move { Ok(Connected { stream: kcp::connect(dialer.as_ref(), addr).await?, datagrams: None }) })
+        }),
+        TransportKind::WebSocket => Arc::new(move |_| {
             Box::pin(async move {
                 Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
             })
