@@ -22,6 +22,7 @@ use portcullis_core::config::{Config, ListenerTransport};
 use portcullis_core::{Gateway, Transport};
 
 use crate::io::dispatch::{ClientTransport, Dispatcher};
+use self::kcp::KcpTransport;
 use self::quic::QuicTransport;
 
 /// A datagram to send.
@@ -99,6 +100,8 @@ pub struct UdpTransports {
     kinds: Vec<Option<ListenerTransport>>,
     /// QUIC connections.
     pub quic: QuicTransport,
+    /// KCP connections.
+    pub kcp: KcpTransport,
 }
 
 impl UdpTransports {
@@ -107,6 +110,7 @@ impl UdpTransports {
         Ok(UdpTransports {
             kinds: config.listeners.iter().map(|l| l.transport.is_udp().then_some(l.transport)).collect(),
             quic: QuicTransport::new(config, worker, now)?,
+            kcp: KcpTransport::new(config, now)?,
         })
     }
 
@@ -127,18 +131,22 @@ impl UdpTransports {
     ) {
         match self.kinds.get(listener).copied().flatten() {
             Some(ListenerTransport::Quic) => self.quic.handle_datagram(now, core, listener, local, from, data),
+            Some(ListenerTransport::Kcp) => self.kcp.handle_datagram(now, core, listener, local, from, data),
             _ => {}
         }
     }
 
     /// The next datagram any transport sends.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        self.quic.poll_transmit(now, buf)
+        self.quic.poll_transmit(now, buf).or_else(|| self.kcp.poll_transmit(now, buf))
     }
 
     /// The earliest timer of any transport.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.quic.poll_timeout()
+        match (self.quic.poll_timeout(), self.kcp.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Runs the transports' due timers.
@@ -146,16 +154,27 @@ impl UdpTransports {
         if self.quic.poll_timeout().is_some_and(|t| t <= now) {
             self.quic.handle_timeout(now, core);
         }
+        if self.kcp.poll_timeout().is_some_and(|t| t <= now) {
+            self.kcp.handle_timeout(now, core);
+        }
     }
 
     /// Refuses new connections (shutdown).
     pub fn stop_accepting(&mut self) {
         self.quic.stop_accepting();
+        self.kcp.stop_accepting();
     }
 
     /// The transports' counters, summed.
     pub fn stats(&self) -> DatagramStats {
-        self.quic.stats()
+        let (q, k) = (self.quic.stats(), self.kcp.stats());
+        DatagramStats {
+            rx_datagrams: q.rx_datagrams + k.rx_datagrams,
+            tx_datagrams: q.tx_datagrams + k.tx_datagrams,
+            connections: q.connections + k.connections,
+            stateless_replies: q.stateless_replies + k.stateless_replies,
+            dropped: q.dropped + k.dropped,
+        }
     }
 
     /// Adds the transports' counters to `stats`.
@@ -170,6 +189,6 @@ impl UdpTransports {
 
     /// `dispatch` with these transports as the owners of their connections.
     pub fn own<'a>(&'a mut self, dispatch: Dispatcher<'a>) -> Dispatcher<'a> {
-        dispatch.with(Transport::Quic, &mut self.quic)
+        dispatch.with(Transport::Quic, &mut self.quic).with(Transport::Kcp, &mut self.kcp)
     }
 }
