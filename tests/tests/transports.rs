@@ -112,7 +112,7 @@ async fn unreliable_calls_go_on_the_stream_where_there_are_no_datagrams() {
 /// datagrams (valid ones: the gateway decrypts them).
 #[cfg(feature = "afxdp")]
 fn quic_initials(n: usize, addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
-    use quic::quinn::proto;
+    use quinn_proto as proto;
     let config = quic::client_config(&test_cert().tls).expect("client config");
     let mut endpoint = proto::Endpoint::new(Arc::new(proto::EndpointConfig::default()), None, false, None);
     let now = std::time::Instant::now();
