@@ -163,3 +163,35 @@ async fn a_spoofed_quic_initial_flood_gets_stateless_retries_and_players_still_c
     assert!(open <= 2 * 200 * workers_n + 400 + 1, "{open} QUIC connections open after the flood");
     assert_eq!(sessions, 1, "only the player has a session");
 }
+
+#[cfg(feature = "afxdp")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spoofed_kcp_hello_flood_creates_no_state_and_players_still_connect() {
+    use portcullis_harness::flood::Flood;
+    use portcullis_proto::kcp::Control;
+    let stack = stack_over(TransportKind::Kcp, "").await;
+    let addr = stack.addr(Codec::Protobuf);
+    const N: u64 = 4_000;
+    let hellos: Vec<Vec<u8>> = (0..64).map(|nonce| Control::Hello { nonce }.to_vec()).collect();
+    let flood = Flood {
+        sources: Flood::spoofed("10.99.0.1".parse().unwrap(), N as u32),
+        rate: Some(2_000),
+        udp_payloads: hellos,
+        ..Flood::udp("10.99.0.1".parse().unwrap(), addr.ip(), addr.port(), N)
+    };
+    let Some(report) = tokio::task::block_in_place(|| stack.flood(flood)) else {
+        eprintln!("skipped: spoofed sources need the veth harness (PORTCULLIS_E2E_IO=afxdp)");
+        return;
+    };
+    assert_eq!(report.sent, N);
+    let (client, _events) = stack.player("survivor").await;
+    assert_eq!(client.call(ECHO, b"still here").await.expect("echo"), b"still here");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let workers = stack.gateway.status_reports().lock().unwrap().clone();
+    let replies: u64 = workers.iter().map(|w| w.io.udp_stateless_replies).sum();
+    let open: u64 = workers.iter().map(|w| w.io.udp_connections).sum();
+    // Every HELLO got a cookie and nothing else: the player's is the only
+    // conversation.
+    assert!(replies >= N, "{replies} cookies for {N} HELLOs");
+    assert_eq!(open, 1, "KCP conversations open");
+}
