@@ -121,14 +121,17 @@ if "$bin/portcullis-harness" status >/dev/null 2>&1; then
     gw="$harness-g"; players="$harness-p"
     say "veth harness $harness: players in $players (10.77.0.2, .10-.59), gateway side $gw (10.77.0.1)"
     "$bin/portcullisctl" filter --pin-dir "$pin" attach --iface veth-g --netns "$gw"
-    "$bin/portcullisctl" filter --pin-dir "$pin" port add udp:7000 tcp:7000 tcp:7001 tcp:7002 tcp:7003 >/dev/null
+    "$bin/portcullisctl" filter --pin-dir "$pin" port add udp:7000 tcp:7000 tcp:7001 tcp:7002 tcp:7003 udp:7010 udp:7011 >/dev/null
     "$bin/portcullisctl" filter --pin-dir "$pin" rate --udp 2000/4000 --syn 50/100
-    "$bin/portcullisctl" check-config config/harness.toml
+    # The harness config, plus a KCP and a QUIC listener (self-signed certificate).
+    . scripts/udp-listeners.sh
+    { cat config/harness.toml; udp_listeners "$ctl_dir"; } > "$ctl_dir/harness.toml"
+    "$bin/portcullisctl" check-config "$ctl_dir/harness.toml"
     say "starting the sample game server (gateway side, 127.0.0.1:9000)"
     ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 > >(sed -u 's/^/  [game] /') 2>&1 &
     pids+=($!)
-    say "starting the gateway: AF_XDP on veth-g queue 0, TCP in userspace, 10.77.0.1:7000-7003"
-    "$bin/portcullis-dataplane" --netns "$gw" --config config/harness.toml --io afxdp --status-every 5 \
+    say "starting the gateway: AF_XDP on veth-g queue 0, TCP in userspace on 10.77.0.1:7000-7003, KCP on :7010, QUIC on :7011"
+    "$bin/portcullis-dataplane" --netns "$gw" --config "$ctl_dir/harness.toml" --io afxdp --status-every 5 \
         > >(sed -u 's/^/  [gateway] /') 2>&1 &
     pids+=($!)
     wait_port "$players" 10.77.0.1 7000
@@ -150,6 +153,12 @@ if "$bin/portcullis-harness" status >/dev/null 2>&1; then
     "$bin/portcullisctl" filter block add 10.77.0.40/32 --ttl 30s | sed 's/^/  [ctl] /'
     "$bin/portcullis-harness" flood --name "$harness" --source 10.77.0.40 --count 100000 --rate 100000
     "$bin/portcullisctl" filter status --top 0 | grep -E "verdicts|blocked" | sed 's/^/  [xdp] /'
+    for t in kcp quic; do
+        port=$([ "$t" = kcp ] && echo 7010 || echo 7011)
+        say "50 more players over $t (UDP, straight from the AF_XDP rings), echo for 3 s:"
+        ip netns exec "$players" "$bin/portcullis-load" --gateway "10.77.0.1:$port" --transport "$t" \
+            --ca "$ctl_dir/cert.pem" --clients 50 --duration 3 --warmup 1 2>/dev/null | sed "s/^/  [$t] /"
+    done
     wait "$play"
 else
     say "no root or network namespaces here: running on loopback without the XDP filter"

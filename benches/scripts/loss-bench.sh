@@ -22,22 +22,9 @@ SOURCES="${SOURCES:-$PLAYERS}"
 router="$h-r"
 ip netns exec "$gw" "$bin/portcullis-sample-game-server" --listen 127.0.0.1:9000 >/dev/null 2>&1 &
 sleep 0.5
-# A certificate for QUIC, as an operator would make one.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost \
-    -addext subjectAltName=DNS:localhost -keyout "$tmp/key.pem" -out "$tmp/cert.pem" 2>/dev/null
 gateway_config "${NO_PLAYER_RATES[@]}"
-cat >> "$tmp/gateway.toml" <<CFG
-
-[[listeners]]
-bind = "10.77.0.1:7010"
-transport = "kcp"
-
-[[listeners]]
-bind = "10.77.0.1:7011"
-transport = "quic"
-tls_cert = "$tmp/cert.pem"
-tls_key = "$tmp/key.pem"
-CFG
+. scripts/udp-listeners.sh
+udp_listeners "$tmp" >> "$tmp/gateway.toml"
 declare -A PORT=([tcp]=7000 [kcp]=7010 [quic]=7011)
 
 # netem PERCENT: DELAY and PERCENT loss on each of the router's interfaces.
