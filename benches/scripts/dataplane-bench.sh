@@ -17,6 +17,10 @@
 # runs, and the load driver, which is the same for every TCP row), over the
 # measured seconds only, with messages per CPU second of both.
 #
+# TRANSPORTS (default "kcp quic") adds rows "kcp IO" and "quic IO" per
+# gateway backend: the same players over KCP and QUIC listeners (UDP taken
+# straight from the rings on the bypass backends).
+#
 # Everything it starts is removed on exit. DURATION (s, default 6),
 # CLIENTS (default "50 1000 10000") and BACKENDS (default "afxdp kernel dpdk
 # haproxy") can be set from the environment; ENCRYPT=1 adds a row "tcp IO
@@ -28,6 +32,7 @@ DURATION="${DURATION:-6}"
 ENCRYPT="${ENCRYPT:-0}"
 CLIENTS="${CLIENTS:-50 1000 10000}"
 BACKENDS="${BACKENDS:-afxdp kernel dpdk haproxy}"
+TRANSPORTS="${TRANSPORTS:-kcp quic}"
 command -v haproxy >/dev/null ||
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends haproxy >/dev/null
 FEATURES=portcullis-dataplane/afxdp,portcullis-dataplane/dpdk
@@ -37,6 +42,8 @@ ip netns exec "$gw" "$bin/portcullis-load" --scenario serve-echo --listen 127.0.
 sleep 0.5
 # One worker; no rate limit in the way of a closed loop.
 gateway_config "${NO_PLAYER_RATES[@]}"
+. scripts/udp-listeners.sh
+udp_listeners "$tmp" >> "$tmp/gateway.toml"
 cat > "$tmp/haproxy.cfg" <<CFG
 global
     nbthread 1
@@ -90,6 +97,11 @@ for io in $BACKENDS; do
     measure "tcp $io" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me
     [ "$ENCRYPT" = 1 ] &&
         measure "tcp $io enc" "$gateway" --gateway 10.77.0.1:7000 --secret portcullis-demo-secret-change-me --encrypt
+    for t in $TRANSPORTS; do
+        port=$([ "$t" = kcp ] && echo 7010 || echo 7011)
+        measure "$t $io" "$gateway" --gateway "10.77.0.1:$port" --transport "$t" --ca "$tmp/cert.pem" \
+            --secret portcullis-demo-secret-change-me
+    done
     [ "$clients" -le 1000 ] && measure "udp $io" "$gateway" --scenario udp-echo --gateway 10.77.0.1:7100
     kill -TERM "$gateway"
     wait "$gateway" 2>/dev/null || true
