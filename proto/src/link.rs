@@ -159,9 +159,12 @@ impl<'a> ServerFrame<'a> {
                 request_id: f.request_id,
                 silent: f.flag,
             },
-            kind::PUSH_TO_SESSION => {
-                ServerFrame::PushToSession { session_id: f.id, cmd: f.cmd, payload: f.payload, unreliable: f.unreliable }
-            }
+            kind::PUSH_TO_SESSION => ServerFrame::PushToSession {
+                session_id: f.id,
+                cmd: f.cmd,
+                payload: f.payload,
+                unreliable: f.unreliable,
+            },
             kind::PUSH_TO_USER => {
                 ServerFrame::PushToUser { user_id: f.text, cmd: f.cmd, payload: f.payload, unreliable: f.unreliable }
             }

@@ -497,7 +497,8 @@ pub struct TestCert {
 pub fn test_cert() -> &'static TestCert {
     static CERT: std::sync::OnceLock<TestCert> = std::sync::OnceLock::new();
     CERT.get_or_init(|| {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a self-signed certificate");
+        let made =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a self-signed certificate");
         let dir = std::env::temp_dir().join(format!("portcullis-test-cert-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory for the test certificate");
         let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));

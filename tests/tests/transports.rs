@@ -58,10 +58,7 @@ async fn a_quic_player_whose_address_changes_keeps_its_connection_and_session() 
         assert_eq!(back, format!("last {k}").as_bytes());
     }
     assert_eq!(dials.load(Ordering::SeqCst), 1, "the client never reconnected");
-    assert!(
-        !matches!(events.try_recv(), Ok(Event::Disconnected | Event::Closed)),
-        "the connection never dropped"
-    );
+    assert!(!matches!(events.try_recv(), Ok(Event::Disconnected | Event::Closed)), "the connection never dropped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,8 +248,7 @@ impl<R: Rings> IoBackend for BypassIo<R> {
 
     fn flush(&mut self, core: &mut Gateway) -> io::Result<()> {
         loop {
-            let mut dispatch =
-                self.udp.own(Dispatcher::new(&mut self.links).with(Transport::UserTcp, &mut self.stack));
+            let mut dispatch = self.udp.own(Dispatcher::new(&mut self.links).with(Transport::UserTcp, &mut self.stack));
             let carried = dispatch.flush(core);
             self.stats.drop_unowned_output += dispatch.unowned;
             if carried == 0 {

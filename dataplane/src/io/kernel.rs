@@ -119,7 +119,6 @@ impl KernelTcp {
         Ok(tcp)
     }
 
-
     fn slot(id: ConnId) -> usize {
         (id.local() & 0xffff_ffff) as usize
     }

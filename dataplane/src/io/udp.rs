@@ -48,14 +48,16 @@ pub struct KernelUdp {
 /// address still reaches the worker that owns its connection. Datagrams too
 /// short to say go by the kernel's hash. Classic BPF on the UDP payload.
 fn steer_by_connection_id(socket: &Socket, workers: usize) -> io::Result<()> {
-    use libc::{sock_filter, sock_fprog, BPF_ABS, BPF_ALU, BPF_B, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_MOD, BPF_RET, BPF_A};
+    use libc::{
+        sock_filter, sock_fprog, BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_MOD, BPF_RET,
+    };
     let op = |code: u32, k: u32| sock_filter { code: code as u16, jt: 0, jf: 0, k };
     let mut prog = [
-        op(BPF_LD | BPF_B | BPF_ABS, 0),                                         // A = flags
+        op(BPF_LD | BPF_B | BPF_ABS, 0), // A = flags
         sock_filter { code: (BPF_JMP | BPF_JSET | BPF_K) as u16, jt: 0, jf: 2, k: 0x80 }, // long header?
-        op(BPF_LD | BPF_B | BPF_ABS, 6),                                         // long: first id byte
+        op(BPF_LD | BPF_B | BPF_ABS, 6), // long: first id byte
         sock_filter { code: (BPF_JMP | libc::BPF_JA) as u16, jt: 0, jf: 0, k: 1 },
-        op(BPF_LD | BPF_B | BPF_ABS, 1),                                         // short: first id byte
+        op(BPF_LD | BPF_B | BPF_ABS, 1), // short: first id byte
         op(BPF_ALU | BPF_MOD | BPF_K, workers.max(1) as u32),
         op(BPF_RET | BPF_A, 0),
     ];
@@ -168,5 +170,4 @@ impl KernelUdp {
             Err(_) => self.stats.drop_tx_ring_full += 1,
         }
     }
-
 }

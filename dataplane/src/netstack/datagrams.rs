@@ -74,13 +74,25 @@ pub(crate) fn emit(buf: &mut [u8], local: SocketAddr, to: SocketAddr, payload: &
     let (src, dst): (IpAddress, IpAddress) = (local.ip().into(), to.ip().into());
     let body = match (src, dst) {
         (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) => {
-            let repr = Ipv4Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 };
+            let repr = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: 8 + payload.len(),
+                hop_limit: 64,
+            };
             let mut ip = Ipv4Packet::new_unchecked(&mut *buf);
             repr.emit(&mut ip, &caps);
             20
         }
         (IpAddress::Ipv6(s), IpAddress::Ipv6(d)) => {
-            let repr = Ipv6Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 };
+            let repr = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: 8 + payload.len(),
+                hop_limit: 64,
+            };
             let mut ip = Ipv6Packet::new_unchecked(&mut *buf);
             repr.emit(&mut ip);
             40

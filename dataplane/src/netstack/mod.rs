@@ -503,13 +503,21 @@ impl NetStack {
 
     /// Sends `payload` from UDP listener address `local` to `to`, through
     /// the next hop `to` was last heard from. Whether it went.
-    pub fn send_datagram(&mut self, local: SocketAddr, to: SocketAddr, payload: &[u8], device: &mut FrameQueue) -> bool {
+    pub fn send_datagram(
+        &mut self,
+        local: SocketAddr,
+        to: SocketAddr,
+        payload: &[u8],
+        device: &mut FrameQueue,
+    ) -> bool {
         let Some(next_hop) = self.link.next_hop(to.ip().into()) else {
             self.counters.drop_no_next_hop += 1;
             return false;
         };
         let len = datagrams::packet_len(local, payload.len());
-        self.link.send_with(next_hop, local.is_ipv6(), len, device, |buf| datagrams::emit(buf, local, to, payload)).is_some()
+        self.link
+            .send_with(next_hop, local.is_ipv6(), len, device, |buf| datagrams::emit(buf, local, to, payload))
+            .is_some()
     }
 
     /// One round: frames from `device` through the stack into the core,

@@ -21,9 +21,9 @@ use std::time::Instant;
 use portcullis_core::config::{Config, ListenerTransport};
 use portcullis_core::{Gateway, Transport};
 
-use crate::io::dispatch::{ClientTransport, Dispatcher};
 use self::kcp::KcpTransport;
 use self::quic::QuicTransport;
+use crate::io::dispatch::{ClientTransport, Dispatcher};
 
 /// A datagram to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,13 @@ impl UdpTransports {
 
     /// `(port, listener index)` of every UDP listener.
     pub fn ports(config: &Config) -> Vec<(u16, usize)> {
-        config.listeners.iter().enumerate().filter(|(_, l)| l.transport.is_udp()).map(|(i, l)| (l.bind.port(), i)).collect()
+        config
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.transport.is_udp())
+            .map(|(i, l)| (l.bind.port(), i))
+            .collect()
     }
 
     /// Hands a datagram of UDP listener `listener` to its transport.

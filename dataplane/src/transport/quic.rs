@@ -23,8 +23,8 @@
 //! QUIC listener into [`DatagramTransport::handle_datagram`], then
 //! [`DatagramTransport::poll_transmit`] until `None`, and the timers.
 
-use std::collections::{BinaryHeap, VecDeque};
 use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -157,7 +157,12 @@ fn server_config(config: &Config, i: usize) -> io::Result<Arc<ServerConfig>> {
     };
     let (cert, key) = match (&l.tls_cert, &l.tls_key) {
         (Some(c), Some(k)) => (c, k),
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("listeners[{i}]: QUIC needs tls_cert and tls_key"))),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("listeners[{i}]: QUIC needs tls_cert and tls_key"),
+            ))
+        }
     };
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -285,8 +290,17 @@ impl QuicTransport {
                     listener.slots.resize(handle.0 + 1, None);
                 }
                 listener.slots[handle.0] = Some(slot);
-                self.conns[slot] =
-                    Some(Conn { id, listener: l, handle, quic, stream: None, in_core: false, closing: None, timer: None, queued: false });
+                self.conns[slot] = Some(Conn {
+                    id,
+                    listener: l,
+                    handle,
+                    quic,
+                    stream: None,
+                    in_core: false,
+                    closing: None,
+                    timer: None,
+                    queued: false,
+                });
                 self.stats.connections += 1;
                 Some(slot)
             }
@@ -470,8 +484,14 @@ impl DatagramTransport for QuicTransport {
             return;
         };
         self.scratch.clear();
-        let event =
-            self.listeners[l].endpoint.handle(now, from, Some(local.ip()), None, BytesMut::from(data), &mut self.scratch);
+        let event = self.listeners[l].endpoint.handle(
+            now,
+            from,
+            Some(local.ip()),
+            None,
+            BytesMut::from(data),
+            &mut self.scratch,
+        );
         match event {
             Some(DatagramEvent::ConnectionEvent(handle, ev)) => {
                 let Some(slot) = self.listeners[l].slots.get(handle.0).copied().flatten() else { return };

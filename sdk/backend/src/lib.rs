@@ -187,7 +187,12 @@ impl Pusher {
             self.shared.links.lock().expect("links lock").get(link).cloned()
         };
         let link = link.ok_or(PushError::UnknownSession(session_id))?;
-        let frame = Self::frame(Kind::PushToSession(PushToSession { session_id, cmd, payload: payload.into(), unreliable: self.unreliable }));
+        let frame = Self::frame(Kind::PushToSession(PushToSession {
+            session_id,
+            cmd,
+            payload: payload.into(),
+            unreliable: self.unreliable,
+        }));
         link.send(frame).await.map_err(|_| PushError::UnknownSession(session_id))
     }
 
@@ -206,7 +211,12 @@ impl Pusher {
 
     /// Pushes to every logged-in session on every gateway.
     pub async fn broadcast(&self, cmd: u32, payload: impl Into<Vec<u8>>) -> Result<usize, PushError> {
-        self.to_all(Self::frame(Kind::Broadcast(Broadcast { cmd, payload: payload.into(), unreliable: self.unreliable }))).await
+        self.to_all(Self::frame(Kind::Broadcast(Broadcast {
+            cmd,
+            payload: payload.into(),
+            unreliable: self.unreliable,
+        })))
+        .await
     }
 
     /// Announces to every gateway (now and later connected) whether this

@@ -52,13 +52,13 @@ use portcullis_proto::pb::client::{
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 pub mod transport;
-pub use transport::{
-    connector, connector_tls, direct, BoxStream, Connected, Connector, Dialer, DirectDialer, Tls, TransportKind,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+pub use transport::{
+    connector, connector_tls, direct, BoxStream, Connected, Connector, Dialer, DirectDialer, Tls, TransportKind,
+};
 
 /// Largest frame the client accepts from the gateway.
 pub const MAX_FRAME: usize = 16 << 20;
@@ -268,7 +268,8 @@ impl Client {
         let logged_in = Arc::new(AtomicBool::new(false));
         let session_keys = SessionKeys::default();
         let connected = connector(addr).await?;
-        let link = open(connected, codec, &pending, &events_tx, &last_seen, &closing, &logged_in, &session_keys).await?;
+        let link =
+            open(connected, codec, &pending, &events_tx, &last_seen, &closing, &logged_in, &session_keys).await?;
         let inner = Inner {
             addr,
             connector,

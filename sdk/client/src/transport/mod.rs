@@ -160,12 +160,14 @@ pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<T
         }),
         TransportKind::Kcp => Arc::new(move |addr| {
             let dialer = dialer.clone();
-            Box::pin(async move { Ok(Connected { stream: kcp::connect(dialer.as_ref(), addr).await?, datagrams: None }) })
+            Box::pin(
+                async move { Ok(Connected { stream: kcp::connect(dialer.as_ref(), addr).await?, datagrams: None }) },
+            )
         }),
         TransportKind::WebSocket => Arc::new(move |_| {
-            Box::pin(async move {
-                Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
-            })
+            Box::pin(
+                async move { Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet"))) },
+            )
         }),
     }
 }

@@ -107,5 +107,3 @@ pub async fn connect(dialer: &dyn Dialer, addr: SocketAddr, tls: &Tls) -> io::Re
     let (send, recv) = connection.open_bi().await.map_err(|e| io::Error::other(format!("QUIC stream: {e}")))?;
     Ok(QuicStream { endpoint, connection, send, recv })
 }
-
-

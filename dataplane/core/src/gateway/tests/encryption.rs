@@ -296,7 +296,12 @@ fn resume_keeps_encryption_with_fresh_keys_and_old_frames_do_not_replay() {
         h.drop_conn(c);
         // Pushed while the session waits: kept, sealed later for the new
         // connection.
-        let push = pbl::PushToSession { session_id: login.session_id, cmd: 1500, payload: b"meanwhile".to_vec(), ..Default::default() };
+        let push = pbl::PushToSession {
+            session_id: login.session_id,
+            cmd: 1500,
+            payload: b"meanwhile".to_vec(),
+            ..Default::default()
+        };
         h.server_sends(link, Kind::PushToSession(push));
 
         // RESUME of an encrypted session without a nonce is refused, and

@@ -606,10 +606,31 @@ fn game_server_pushes_reach_sessions_users_groups_and_everyone() {
     h.take(b);
     h.server_sends(
         0,
-        Kind::PushToSession(pbl::PushToSession { session_id: la.session_id, cmd: 1500, payload: b"s".to_vec(), ..Default::default() }),
+        Kind::PushToSession(pbl::PushToSession {
+            session_id: la.session_id,
+            cmd: 1500,
+            payload: b"s".to_vec(),
+            ..Default::default()
+        }),
     );
-    h.server_sends(0, Kind::PushToUser(pbl::PushToUser { user_id: "bob".into(), cmd: 1501, payload: b"u".to_vec(), ..Default::default() }));
-    h.server_sends(1, Kind::PushToGroup(pbl::PushToGroup { group: "guild".into(), cmd: 1502, payload: b"g".to_vec(), ..Default::default() }));
+    h.server_sends(
+        0,
+        Kind::PushToUser(pbl::PushToUser {
+            user_id: "bob".into(),
+            cmd: 1501,
+            payload: b"u".to_vec(),
+            ..Default::default()
+        }),
+    );
+    h.server_sends(
+        1,
+        Kind::PushToGroup(pbl::PushToGroup {
+            group: "guild".into(),
+            cmd: 1502,
+            payload: b"g".to_vec(),
+            ..Default::default()
+        }),
+    );
     h.server_sends(1, Kind::Broadcast(pbl::Broadcast { cmd: 1503, payload: b"all".to_vec(), ..Default::default() }));
     let cmds = |frames: Vec<Envelope<'static>>| {
         frames.iter().map(|f| (f.cmd, f.flags, f.payload.to_vec())).collect::<Vec<_>>()

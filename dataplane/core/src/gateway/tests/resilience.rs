@@ -18,7 +18,12 @@ fn resume(h: &mut Harness, conn: ConnId, token: &str, last: u64) -> Vec<Envelope
 fn push_to_user(h: &mut Harness, user: &str, text: &str) {
     h.server_sends(
         0,
-        Kind::PushToUser(pbl::PushToUser { user_id: user.into(), cmd: 1500, payload: text.as_bytes().to_vec(), ..Default::default() }),
+        Kind::PushToUser(pbl::PushToUser {
+            user_id: user.into(),
+            cmd: 1500,
+            payload: text.as_bytes().to_vec(),
+            ..Default::default()
+        }),
     );
 }
 
