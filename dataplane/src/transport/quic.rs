@@ -341,12 +341,10 @@ impl QuicTransport {
                     c.in_core = true;
                     core.handle_connect(now, c.id, listener.index, c.quic.remote_address());
                 }
-                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
-                    if c.stream.is_none() {
-                        c.stream = c.quic.streams().accept(Dir::Bi);
-                        if c.in_core {
-                            core.handle_writable(c.id);
-                        }
+                Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) if c.stream.is_none() => {
+                    c.stream = c.quic.streams().accept(Dir::Bi);
+                    if c.in_core {
+                        core.handle_writable(c.id);
                     }
                 }
                 Event::Stream(StreamEvent::Writable { .. }) if c.in_core => core.handle_writable(c.id),
@@ -537,9 +535,9 @@ impl DatagramTransport for QuicTransport {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            if next.is_some() && next != c.timer {
+            if let Some(at) = next.filter(|_| next != c.timer) {
                 c.timer = next;
-                self.timers.push(Reverse((next.expect("checked"), slot)));
+                self.timers.push(Reverse((at, slot)));
             }
         }
         None
