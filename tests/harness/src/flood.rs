@@ -262,7 +262,8 @@ pub fn run(iface: &str, src_mac: [u8; 6], dst_mac: [u8; 6], flood: &Flood) -> st
     let frames: Vec<Vec<u8>> = (0..n)
         .map(|i| {
             let source = flood.sources[i % flood.sources.len()];
-            let data = if flood.udp_payloads.is_empty() { &zeros } else { &flood.udp_payloads[i % flood.udp_payloads.len()] };
+            let data =
+                if flood.udp_payloads.is_empty() { &zeros } else { &flood.udp_payloads[i % flood.udp_payloads.len()] };
             frame_with(flood.kind, dst_mac, src_mac, source, flood.dst, flood.port, data)
         })
         .collect();
