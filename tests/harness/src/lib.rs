@@ -32,9 +32,11 @@
 //! Every address lives inside these namespaces; nothing is routed to the
 //! host. Code runs inside a namespace through [`Harness::in_ns`] (a thread
 //! that joins the network namespace only, so bpffs pins stay visible).
-//! [`flood`] crafts raw frames from the players' side.
+//! [`flood`] crafts raw frames from the players' side; [`lossy`] delays and
+//! drops what a routed harness's router forwards (netem's job, in userspace).
 
 pub mod flood;
+pub mod lossy;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -440,7 +442,7 @@ pub fn ip_batch(ns: &str, commands: &str) -> anyhow::Result<()> {
 }
 
 /// Sets a sysctl inside network namespace `ns`.
-fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
+pub(crate) fn sysctl(ns: &str, key: &str, value: &str) -> anyhow::Result<()> {
     let path = format!("/proc/sys/{}", key.replace('.', "/"));
     std::thread::scope(|s| {
         s.spawn(|| {

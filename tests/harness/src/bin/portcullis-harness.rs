@@ -1,10 +1,11 @@
-//! `portcullis-harness up|down|status|flood`: the veth harness by hand and
-//! from scripts (the demo).
+//! `portcullis-harness up|down|status|flood|lossy`: the veth harness by hand
+//! and from scripts (the demo).
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use portcullis_harness::{cleanup_stale, flood, list, Harness, Options, GATEWAY_V4, PLAYER_IFACE};
+use portcullis_harness::{cleanup_stale, flood, list, lossy, Harness, Options, GATEWAY_V4, PLAYER_IFACE};
 
 /// Build, inspect and tear down the veth test harness; send floods.
 #[derive(Parser)]
@@ -65,6 +66,29 @@ enum Cmd {
         /// Packets per second (default: as fast as possible).
         #[arg(long)]
         rate: Option<u64>,
+    },
+    /// Delay and drop every packet the router of a routed harness forwards,
+    /// in both directions (a userspace stand-in for `tc netem`, which this
+    /// kernel lacks), until Ctrl-C / SIGTERM or --for-secs; undone on exit.
+    Lossy {
+        /// Harness name (as printed by `up --routed`).
+        #[arg(long)]
+        name: String,
+        /// One-way delay in milliseconds, each direction.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Loss in percent (0–100), each direction independently.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Seed of the loss generators (default: from the clock).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        for_secs: Option<u64>,
+        /// Packets held per direction at most; more are dropped.
+        #[arg(long, default_value_t = 100_000)]
+        queue_limit: usize,
     },
 }
 
@@ -148,6 +172,69 @@ fn main() -> anyhow::Result<()> {
                 h.keep();
             }
         }
+        Cmd::Lossy { name, delay_ms, loss, seed, for_secs, queue_limit } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+            });
+            let options = lossy::LossyOptions { delay: Duration::from_millis(delay_ms), loss, seed, queue_limit };
+            // Block SIGINT and SIGTERM before any thread starts (threads
+            // inherit the mask), then wait for them here: Drop undoes it all.
+            let signals = block_signals(&[libc::SIGINT, libc::SIGTERM]);
+            let handle = lossy::start(&name, options)?;
+            println!("lossy: {}: delay {delay_ms} ms, loss {loss} % each way (seed {seed})", handle.router());
+            match wait_signal(&signals, for_secs.map(Duration::from_secs)) {
+                Some(signal) => eprintln!("lossy: signal {signal}, undoing"),
+                None => eprintln!("lossy: time is up, undoing"),
+            }
+            let stats = handle.stats();
+            drop(handle);
+            for (way, s) in [("players → gateway", stats.to_gateway), ("gateway → players", stats.to_players)] {
+                println!(
+                    "lossy: {way}: {} received, {} dropped, {} overflowed, {} forwarded",
+                    s.received, s.dropped, s.overflowed, s.forwarded
+                );
+            }
+        }
     }
     Ok(())
+}
+
+/// Blocks `signals` in this thread (and the threads it starts from now on).
+fn block_signals(signals: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+    // pthread_sigmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &signal in signals {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for one of the blocked `signals` (forever, or up to `limit`).
+fn wait_signal(signals: &libc::sigset_t, limit: Option<Duration>) -> Option<libc::c_int> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return None;
+        }
+        let timeout =
+            left.map(|l| libc::timespec { tv_sec: l.as_secs() as libc::time_t, tv_nsec: l.subsec_nanos().into() });
+        // SAFETY: a valid signal set; a valid or null timeout; no siginfo wanted.
+        let signal = unsafe {
+            libc::sigtimedwait(
+                signals,
+                std::ptr::null_mut(),
+                timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _),
+            )
+        };
+        if signal > 0 {
+            return Some(signal);
+        }
+        // EAGAIN: timed out (checked above); EINTR: wait again.
+    }
 }
