@@ -4,6 +4,12 @@
 //! [`KernelTcp`] is the transport (listeners, client sockets, the UDP echo
 //! socket); [`KernelIo`] is the backend: that transport and the game-server
 //! [`LinkSockets`] on one [`Epoll`], outputs through the [`Dispatcher`].
+//!
+//! Connections of a `transport = "websocket"` listener pass through a
+//! [`WebSocket`] adapter both ways: what is read goes to the adapter and
+//! the envelopes it gives back to the core; the core's output goes out as
+//! the adapter's messages (the core is told how many of its bytes were
+//! taken, not how many were written); a close sends a close frame first.
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -21,6 +27,7 @@ use super::epoll::{Epoll, Ready, Source};
 use super::fds::FdBudget;
 use super::links::LinkSockets;
 use super::{write_some, IoBackend, IoStats};
+use crate::transport::websocket::{WebSocket, WsSettings};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -37,6 +44,34 @@ struct Client {
     stream: TcpStream,
     /// In the worker's epoll (not for connections the core refused at once).
     registered: bool,
+    /// The WebSocket adapter of a connection of a WebSocket listener.
+    ws: Option<Box<WebSocket>>,
+}
+
+/// Writes what `ws` has for the socket, then turns the core's output into
+/// messages and writes them, until the socket or the core has no more.
+fn transmit_ws(
+    stream: &mut TcpStream,
+    ws: &mut WebSocket,
+    core: &mut Gateway,
+    conn: ConnId,
+    stats: &mut IoStats,
+) -> io::Result<()> {
+    loop {
+        if !ws.pending().is_empty() {
+            let n = write_some(stream, ws.pending())?;
+            stats.tx_bytes += n as u64;
+            ws.sent(n);
+            if !ws.pending().is_empty() {
+                return Ok(()); // the socket is full: it reports writable later
+            }
+        }
+        let taken = ws.encode(core.outbound(conn));
+        if taken == 0 {
+            return Ok(());
+        }
+        core.consume(conn, taken);
+    }
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -63,6 +98,8 @@ pub struct KernelTcp {
     udp_echo: Option<UdpSocket>,
     buf: Box<[u8]>,
     stats: IoStats,
+    /// The WebSocket settings of each listener (`None`: plain TCP).
+    websocket: Vec<Option<WsSettings>>,
     /// Clients and listeners left with more to read or accept at the end
     /// of their round.
     unfinished: Vec<Source>,
@@ -91,6 +128,7 @@ impl KernelTcp {
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stats: IoStats::default(),
             unfinished: Vec::new(),
+            websocket: WsSettings::for_listeners(config),
         };
         for (i, l) in config.listeners.iter().enumerate() {
             let addr = addrs.map_or(l.bind, |a| a[i]);
@@ -146,7 +184,11 @@ impl KernelTcp {
                     });
                     self.generation = self.generation.wrapping_add(1);
                     let id = ConnId::new(Transport::KernelTcp, (u64::from(self.generation) << 32) | slot as u64);
-                    self.clients[slot] = Some(Client { id, stream, registered: false });
+                    let ws = self.websocket.get(listener).cloned().flatten().map(|s| Box::new(WebSocket::new(s)));
+                    // The core knows the connection from now (its login
+                    // deadline bounds a handshake that never ends); its
+                    // output waits for the handshake.
+                    self.clients[slot] = Some(Client { id, stream, registered: false, ws });
                     core.handle_connect(now, id, listener, peer);
                     if !core.takes_input(id) {
                         // Refused (a connection limit): its ERROR and close
@@ -190,6 +232,10 @@ impl KernelTcp {
     fn on_client(&mut self, core: &mut Gateway, slot: usize, readable: bool, writable: bool, now: Instant) {
         let Some(id) = self.clients.get(slot).and_then(|c| c.as_ref()).map(|c| c.id) else { return };
         if writable {
+            if self.clients[slot].as_ref().is_some_and(|c| c.ws.is_some()) {
+                // The adapter may hold bytes the core no longer has.
+                self.transmit(core, id);
+            }
             core.handle_writable(id);
         }
         if readable {
@@ -216,7 +262,37 @@ impl KernelTcp {
                 Ok(0) => break,
                 Ok(n) => {
                     self.stats.rx_bytes += n as u64;
-                    core.handle_data(now, id, &self.buf[..n]);
+                    let Some(ws) = c.ws.as_deref_mut() else {
+                        core.handle_data(now, id, &self.buf[..n]);
+                        continue;
+                    };
+                    let progress = ws.handle_input(&self.buf[..n]);
+                    if !ws.for_core().is_empty() {
+                        core.handle_data(now, id, ws.for_core());
+                        ws.delivered();
+                    }
+                    if progress.finished {
+                        if core.takes_input(id) {
+                            // The peer closed or broke the protocol: the close
+                            // frame (or HTTP answer) goes out, then the TCP close.
+                            self.close(now, core, id);
+                        }
+                        // Else the core closes it, after its explanation.
+                        return;
+                    }
+                    if progress.opened {
+                        core.handle_writable(id);
+                    }
+                    // The 101 and pongs.
+                    if !ws.pending().is_empty() {
+                        match write_some(&mut c.stream, ws.pending()) {
+                            Ok(n) => {
+                                self.stats.tx_bytes += n as u64;
+                                ws.sent(n);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -251,7 +327,15 @@ impl KernelTcp {
 
 impl ClientTransport for KernelTcp {
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
-        let Some(c) = self.client(conn) else { return };
+        let slot = Self::slot(conn);
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut).filter(|c| c.id == conn) else { return };
+        if let Some(ws) = c.ws.as_deref_mut() {
+            if transmit_ws(&mut c.stream, ws, core, conn, &mut self.stats).is_err() {
+                self.drop_client(Self::slot(conn));
+                core.handle_disconnect(Instant::now(), conn);
+            }
+            return;
+        }
         match write_some(&mut c.stream, core.outbound(conn)) {
             Ok(n) => {
                 self.stats.tx_bytes += n as u64;
@@ -266,7 +350,16 @@ impl ClientTransport for KernelTcp {
 
     fn close(&mut self, now: Instant, core: &mut Gateway, conn: ConnId) {
         if let Some(c) = self.client(conn) {
-            let _ = write_some(&mut c.stream, core.outbound(conn));
+            match c.ws.as_deref_mut() {
+                Some(ws) => {
+                    // The core's last output, then the close frame.
+                    ws.shutdown(core.outbound(conn));
+                    let _ = write_some(&mut c.stream, ws.pending());
+                }
+                None => {
+                    let _ = write_some(&mut c.stream, core.outbound(conn));
+                }
+            }
             let _ = c.stream.shutdown(Shutdown::Both);
             self.drop_client(Self::slot(conn));
         }

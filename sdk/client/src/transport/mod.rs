@@ -6,6 +6,8 @@
 //! and a [`TransportKind`] into the [`Connector`] a [`crate::Client`] uses
 //! for its first connection and for every [`crate::Client::resume`].
 
+mod websocket;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -76,7 +78,8 @@ impl Dialer for DirectDialer {
     }
 
     fn udp(&self, addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
-        let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let any: SocketAddr =
+            if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         std::net::UdpSocket::bind(any)
     }
 }
@@ -98,10 +101,14 @@ pub fn connector(kind: TransportKind, dialer: Arc<dyn Dialer>) -> Connector {
                 Ok(Box::new(stream) as BoxStream)
             })
         }),
-        TransportKind::WebSocket | TransportKind::Quic | TransportKind::Kcp => Arc::new(move |_| {
-            Box::pin(async move {
-                Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet")))
-            })
+        TransportKind::WebSocket => Arc::new(move |addr| {
+            let dialer = dialer.clone();
+            Box::pin(async move { websocket::connect(&*dialer, addr).await })
+        }),
+        TransportKind::Quic | TransportKind::Kcp => Arc::new(move |_| {
+            Box::pin(
+                async move { Err(io::Error::new(io::ErrorKind::Unsupported, format!("{kind:?} is not built yet"))) },
+            )
         }),
     }
 }
