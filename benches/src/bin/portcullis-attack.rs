@@ -1216,13 +1216,8 @@ async fn spam_device(args: Args, d: usize, names: Arc<Vec<String>>, stats: Arc<M
     let source = attacker_address(Phase::RecipientSpam, d);
     while Instant::now() < deadline {
         let login = async {
-            let (client, events) = Client::connect_via(
-                args.gateway,
-                Codec::Protobuf,
-                REQUEST_TIMEOUT,
-                connector_from(source, TransportKind::Tcp),
-            )
-            .await?;
+            let (client, events) =
+                Client::connect_via(args.gateway, Codec::Protobuf, REQUEST_TIMEOUT, connector_from(source, TransportKind::Tcp)).await?;
             client.login(&device_token(&args.secret, SPAMMER, &format!("device-{d}"))).await?;
             Ok::<_, ClientError>((client, events))
         };

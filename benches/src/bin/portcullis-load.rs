@@ -32,9 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
-use portcullis_benches::players::{
-    bound_socket, connect_from, connector_from, latency_histogram, token, wait_for_game_server, Pacer,
-};
+use portcullis_benches::players::{bound_socket, connect_from, connector_from, latency_histogram, token, wait_for_game_server, Pacer};
 use portcullis_benches::procfs;
 use portcullis_client::{Client, DirectDialer, Encryption, Event, TransportKind};
 use portcullis_core::Config;
