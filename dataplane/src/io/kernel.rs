@@ -39,6 +39,11 @@ const READS_PER_ROUND: usize = 4;
 /// Connections accepted per listener per wake-up, likewise.
 const ACCEPTS_PER_ROUND: usize = 64;
 
+/// How long a WebSocket connection the core closed before its handshake
+/// (a refusal) waits for the request, so that the refusal reaches the
+/// client as a message.
+const REFUSED_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
 struct Client {
     id: ConnId,
     stream: TcpStream,
@@ -100,6 +105,9 @@ pub struct KernelTcp {
     stats: IoStats,
     /// The WebSocket settings of each listener (`None`: plain TCP).
     websocket: Vec<Option<WsSettings>>,
+    /// WebSocket connections closed by the core before their handshake,
+    /// oldest first, with when they are given up.
+    lingering: std::collections::VecDeque<(Instant, ConnId)>,
     /// Clients and listeners left with more to read or accept at the end
     /// of their round.
     unfinished: Vec<Source>,
@@ -129,6 +137,7 @@ impl KernelTcp {
             stats: IoStats::default(),
             unfinished: Vec::new(),
             websocket: WsSettings::for_listeners(config),
+            lingering: Default::default(),
         };
         for (i, l) in config.listeners.iter().enumerate() {
             let addr = addrs.map_or(l.bind, |a| a[i]);
@@ -190,7 +199,8 @@ impl KernelTcp {
                     // output waits for the handshake.
                     self.clients[slot] = Some(Client { id, stream, registered: false, ws });
                     core.handle_connect(now, id, listener, peer);
-                    if !core.takes_input(id) {
+                    let websocket = self.clients[slot].as_ref().is_some_and(|c| c.ws.is_some());
+                    if !core.takes_input(id) && !websocket {
                         // Refused (a connection limit): its ERROR and close
                         // are queued; a flood of them costs no epoll calls.
                         continue;
@@ -248,7 +258,8 @@ impl KernelTcp {
         loop {
             let Some(c) = self.clients[slot].as_mut() else { return };
             let id = c.id;
-            if !core.takes_input(id) {
+            let lingering = c.ws.as_ref().is_some_and(|w| w.awaits_handshake());
+            if !core.takes_input(id) && !lingering {
                 // Closed by the core: what the client still sends is not
                 // read (the socket closes at the next flush).
                 return;
@@ -270,6 +281,14 @@ impl KernelTcp {
                     if !ws.for_core().is_empty() {
                         core.handle_data(now, id, ws.for_core());
                         ws.delivered();
+                    }
+                    if progress.finished && lingering {
+                        // The refusal goes out as messages; the core has
+                        // forgotten the connection already.
+                        let _ = write_some(&mut c.stream, ws.pending());
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                        self.drop_client(slot);
+                        return;
                     }
                     if progress.finished {
                         if core.takes_input(id) {
@@ -318,6 +337,22 @@ impl KernelTcp {
         }
     }
 
+    /// Closes the lingering WebSocket connections whose request did not
+    /// come in time; when the next one is due.
+    fn expire_lingering(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(deadline, conn)) = self.lingering.front() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            self.lingering.pop_front();
+            if let Some(c) = self.client(conn) {
+                let _ = c.stream.shutdown(Shutdown::Both);
+                self.drop_client(Self::slot(conn));
+            }
+        }
+        None
+    }
+
     fn stop_accepting(&mut self) {
         for mut l in self.listeners.drain(..) {
             let _ = self.registry.deregister(&mut l);
@@ -354,6 +389,12 @@ impl ClientTransport for KernelTcp {
                 Some(ws) => {
                     // The core's last output, then the close frame.
                     ws.shutdown(core.outbound(conn));
+                    if ws.awaits_handshake() {
+                        // Held until the request comes (bounded wait).
+                        self.lingering.push_back((now + REFUSED_HANDSHAKE_WAIT, conn));
+                        core.handle_disconnect(now, conn);
+                        return;
+                    }
                     let _ = write_some(&mut c.stream, ws.pending());
                 }
                 None => {
@@ -404,6 +445,13 @@ impl IoBackend for KernelIo {
         // after what became ready meanwhile.
         let unfinished = std::mem::take(&mut self.tcp.unfinished);
         let timeout = if unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let timeout = match self.tcp.expire_lingering(Instant::now()) {
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(wait, |t| t.min(wait)))
+            }
+            None => timeout,
+        };
         self.epoll.wait(timeout, &mut self.ready)?;
         let now = Instant::now();
         for r in &self.ready {

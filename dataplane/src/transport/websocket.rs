@@ -167,6 +167,9 @@ pub struct WebSocket {
     /// The status of the close frame to send.
     close_code: Option<u16>,
     close_sent: bool,
+    /// The core's last output, when it closed the connection before the
+    /// handshake completed (a refusal): sent once it does, then the close.
+    held: Option<Vec<u8>>,
 }
 
 impl WebSocket {
@@ -186,12 +189,21 @@ impl WebSocket {
             tx_off: 0,
             close_code: None,
             close_sent: false,
+            held: None,
         }
     }
 
     /// Whether the handshake completed (messages flow).
     pub fn is_open(&self) -> bool {
         self.opened
+    }
+
+    /// Whether the core closed the connection while its handshake was
+    /// still going on ([`WebSocket::shutdown`] before the request came): the
+    /// transport keeps reading for a short while so that the core's last
+    /// words (a refusal's ERROR) reach the client as a message.
+    pub fn awaits_handshake(&self) -> bool {
+        self.held.is_some() && self.reading
     }
 
     /// Bytes that arrived from the peer.
@@ -206,6 +218,13 @@ impl WebSocket {
                 Ok(None) => return p,
                 Ok(Some(used)) => {
                     p.opened = true;
+                    if let Some(held) = self.held.take() {
+                        // Closed already: its last output, then the close.
+                        self.rx = Vec::new();
+                        self.shutdown(&held);
+                        p.finished = true;
+                        return p;
+                    }
                     let request = std::mem::take(&mut self.rx);
                     self.frames(&request[used..], &mut p);
                 }
@@ -265,7 +284,14 @@ impl WebSocket {
     /// The end of the connection: messages of the core's last output `out`,
     /// then the close frame (status 1000, or why the connection failed).
     /// Write [`WebSocket::pending`] and close the TCP connection after it.
+    ///
+    /// Before the handshake has completed, `out` is held until it does
+    /// ([`WebSocket::awaits_handshake`]).
     pub fn shutdown(&mut self, out: &[u8]) {
+        if !self.opened && self.reading {
+            self.held = Some(out.to_vec());
+            return;
+        }
         self.encode_up_to(out, usize::MAX);
         self.reading = false;
         if self.opened && !self.close_sent {
@@ -854,6 +880,29 @@ mod tests {
         let len = w.pending().len();
         w.shutdown(b"");
         assert_eq!(w.pending().len(), len);
+    }
+
+    #[test]
+    fn a_close_before_the_handshake_is_sent_once_it_completes() {
+        let mut w = ws(Codec::Protobuf, 1024, &[]);
+        w.shutdown(&framed(Framing::LengthPrefixed, b"refused"));
+        assert!(w.awaits_handshake() && w.pending().is_empty());
+        let mut input = upgrade("").into_bytes();
+        input.extend(masked(OP_BINARY, true, b"ignored"));
+        assert_eq!(w.handle_input(&input), Progress { opened: true, finished: true });
+        assert!(w.for_core().is_empty() && !w.awaits_handshake());
+        let a = w.pending().to_vec();
+        let end = a.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+        assert!(a.starts_with(b"HTTP/1.1 101 "));
+        assert_eq!(
+            server_frames(&a[end..]),
+            vec![(OP_BINARY, true, b"refused".to_vec()), (OP_CLOSE, true, 1000u16.to_be_bytes().to_vec())]
+        );
+        // A bad request instead: the HTTP answer only.
+        let mut w = ws(Codec::Protobuf, 1024, &[]);
+        w.shutdown(&framed(Framing::LengthPrefixed, b"refused"));
+        assert!(w.handle_input(b"GET / HTTP/1.1\r\n\r\n").finished);
+        assert!(answer(&w).starts_with("HTTP/1.1 400 ") && !w.awaits_handshake());
     }
 
     #[test]

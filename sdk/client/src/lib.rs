@@ -52,11 +52,11 @@ use portcullis_proto::pb::client::{
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 
 pub mod transport;
-pub use transport::{connector, direct, BoxStream, Connector, Dialer, DirectDialer, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
 use tokio::net::{lookup_host, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+pub use transport::{connector, direct, BoxStream, Connector, Dialer, DirectDialer, TransportKind};
 
 /// Largest frame the client accepts from the gateway.
 pub const MAX_FRAME: usize = 16 << 20;
