@@ -85,7 +85,8 @@ impl<R: Rings> BypassIo<R> {
             max_connections: config.limits.max_connections,
             ..NetConfig::default()
         };
-        let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
+        let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now())
+            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(config));
         Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
     }
 

@@ -27,7 +27,7 @@ use super::epoll::{Epoll, Ready, Source};
 use super::fds::FdBudget;
 use super::links::LinkSockets;
 use super::{write_some, IoBackend, IoStats};
-use crate::transport::websocket::{WebSocket, WsSettings};
+use crate::transport::websocket::{self, WebSocket, WsSettings};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -51,32 +51,6 @@ struct Client {
     registered: bool,
     /// The WebSocket adapter of a connection of a WebSocket listener.
     ws: Option<Box<WebSocket>>,
-}
-
-/// Writes what `ws` has for the socket, then turns the core's output into
-/// messages and writes them, until the socket or the core has no more.
-fn transmit_ws(
-    stream: &mut TcpStream,
-    ws: &mut WebSocket,
-    core: &mut Gateway,
-    conn: ConnId,
-    stats: &mut IoStats,
-) -> io::Result<()> {
-    loop {
-        if !ws.pending().is_empty() {
-            let n = write_some(stream, ws.pending())?;
-            stats.tx_bytes += n as u64;
-            ws.sent(n);
-            if !ws.pending().is_empty() {
-                return Ok(()); // the socket is full: it reports writable later
-            }
-        }
-        let taken = ws.encode(core.outbound(conn));
-        if taken == 0 {
-            return Ok(());
-        }
-        core.consume(conn, taken);
-    }
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -277,11 +251,7 @@ impl KernelTcp {
                         core.handle_data(now, id, &self.buf[..n]);
                         continue;
                     };
-                    let progress = ws.handle_input(&self.buf[..n]);
-                    if !ws.for_core().is_empty() {
-                        core.handle_data(now, id, ws.for_core());
-                        ws.delivered();
-                    }
+                    let progress = websocket::into_core(ws, now, core, id, &self.buf[..n]);
                     if progress.finished && lingering {
                         // The refusal goes out as messages; the core has
                         // forgotten the connection already.
@@ -298,9 +268,6 @@ impl KernelTcp {
                         }
                         // Else the core closes it, after its explanation.
                         return;
-                    }
-                    if progress.opened {
-                        core.handle_writable(id);
                     }
                     // The 101 and pongs.
                     if !ws.pending().is_empty() {
@@ -365,7 +332,14 @@ impl ClientTransport for KernelTcp {
         let slot = Self::slot(conn);
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut).filter(|c| c.id == conn) else { return };
         if let Some(ws) = c.ws.as_deref_mut() {
-            if transmit_ws(&mut c.stream, ws, core, conn, &mut self.stats).is_err() {
+            let (stream, stats) = (&mut c.stream, &mut self.stats);
+            let written = websocket::transmit(ws, core, conn, |b| {
+                let n = write_some(stream, b)?;
+                stats.tx_bytes += n as u64;
+                Ok(n)
+            });
+            // Still holding bytes: the socket reports writable later.
+            if written.is_err() {
                 self.drop_client(Self::slot(conn));
                 core.handle_disconnect(Instant::now(), conn);
             }

@@ -37,6 +37,12 @@
 //! what the peer still sends is read and dropped; a peer that has not
 //! taken everything and closed within `close_timeout` is reset.
 //!
+//! **WebSocket.** Connections of a `transport = "websocket"` listener
+//! pass through the same [`WebSocket`] adapter as on the kernel transport
+//! ([`NetStack::with_websocket`]): received bytes go through it to the
+//! core, the core's output leaves as its messages, a close sends a close
+//! frame before the FIN.
+//!
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
 
@@ -64,6 +70,7 @@ use self::directory::FlowDirectory;
 use self::flows::{Flow, FlowKey};
 use self::link::{Link, Received};
 use crate::io::dispatch::ClientTransport;
+use crate::transport::websocket::{self, WebSocket, WsSettings};
 
 /// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +233,10 @@ pub struct NetStack {
     next_sweep: StdInstant,
     /// Slots found idle by a sweep.
     idle: Vec<u32>,
+    /// The WebSocket settings of each config listener (`None`: plain TCP).
+    websocket: Vec<Option<WsSettings>>,
+    /// The WebSocket adapter of each connection of a WebSocket listener.
+    ws: FxHashMap<ConnId, Box<WebSocket>>,
     /// The sockets' buffers; after `shards`, so that it is dropped after
     /// the sockets borrowing from it.
     pool: BufferPool,
@@ -267,6 +278,8 @@ impl NetStack {
             last_poll: now,
             next_sweep: now,
             idle: Vec::new(),
+            websocket: Vec::new(),
+            ws: FxHashMap::default(),
             pool: BufferPool::new(cfg.rx_buffer, cfg.tx_buffer),
         };
         stack.add_shard();
@@ -278,6 +291,14 @@ impl NetStack {
             }
         }
         stack
+    }
+
+    /// Serves WebSocket on the listeners (by config index) that have
+    /// settings ([`WsSettings::for_listeners`]).
+    #[must_use]
+    pub fn with_websocket(mut self, settings: Vec<Option<WsSettings>>) -> NetStack {
+        self.websocket = settings;
+        self
     }
 
     fn at(&self, now: StdInstant) -> NetInstant {
@@ -754,7 +775,11 @@ impl NetStack {
                     self.conns.insert(conn, (id, handle));
                     self.listeners[listener].half_open -= 1;
                     let peer = std::net::SocketAddr::new(key.remote.0.into(), key.remote.1);
-                    core.handle_connect(now, conn, self.listeners[listener].index, peer);
+                    let index = self.listeners[listener].index;
+                    if let Some(settings) = self.websocket.get(index).cloned().flatten() {
+                        self.ws.insert(conn, Box::new(WebSocket::new(settings)));
+                    }
+                    core.handle_connect(now, conn, index, peer);
                 }
                 tcp::State::Listen | tcp::State::SynReceived => i += 1,
                 _ => {
@@ -787,6 +812,7 @@ impl NetStack {
     fn receive(&mut self, id: u32, now: StdInstant, core: &mut Gateway) {
         let s = &mut self.shards[id as usize];
         let mut gone = Vec::new();
+        let mut finished = Vec::new();
         for (&handle, &(conn, key)) in &s.conns {
             let socket = s.sockets.get_mut::<tcp::Socket>(handle);
             if socket.can_recv() {
@@ -794,17 +820,44 @@ impl NetStack {
                     self.pool.touch(slot, now);
                 }
             }
+            let mut ws = self.ws.get_mut(&conn);
             while socket.can_recv() {
                 let _ = socket.recv(|buf| {
-                    core.handle_data(now, conn, buf);
+                    match ws.as_deref_mut() {
+                        None => core.handle_data(now, conn, buf),
+                        Some(ws) => {
+                            if websocket::into_core(ws, now, core, conn, buf).finished {
+                                finished.push(conn);
+                            }
+                        }
+                    }
                     (buf.len(), ())
                 });
+            }
+            if let Some(ws) = ws {
+                // The 101 and pongs.
+                if !ws.pending().is_empty() {
+                    let n = socket.send_slice(ws.pending()).unwrap_or(0);
+                    ws.sent(n);
+                    if !ws.pending().is_empty() && !s.blocked.contains(&conn) {
+                        s.blocked.push(conn);
+                    }
+                }
             }
             if !socket.may_recv() || !socket.is_active() {
                 gone.push((handle, conn, key));
             }
         }
+        for conn in finished {
+            // The peer closed or broke the protocol: the close frame (or
+            // HTTP answer) goes out before the FIN. If the core is closing
+            // the connection already, its close comes after its last words.
+            if core.takes_input(conn) {
+                self.close(now, core, conn);
+            }
+        }
         for (handle, conn, key) in gone {
+            self.ws.remove(&conn);
             if self.conns.remove(&conn).is_some() {
                 let s = &mut self.shards[id as usize];
                 s.conns.remove(&handle);
@@ -860,6 +913,7 @@ impl NetStack {
     fn report_writable(&mut self, id: u32, core: &mut Gateway) {
         let (conns, s) = (&self.conns, &mut self.shards[id as usize]);
         let sockets = &s.sockets;
+        let mut adapters = Vec::new();
         s.blocked.retain(|conn| match conns.get(conn) {
             Some(&(_, h)) => {
                 let socket = sockets.get::<tcp::Socket>(h);
@@ -869,11 +923,19 @@ impl NetStack {
                 if socket.send_queue() == socket.send_capacity() {
                     return true;
                 }
-                core.handle_writable(*conn);
+                if self.ws.contains_key(conn) {
+                    // Its adapter may hold bytes the core no longer has.
+                    adapters.push(*conn);
+                } else {
+                    core.handle_writable(*conn);
+                }
                 false
             }
             None => false,
         });
+        for conn in adapters {
+            self.transmit(core, conn);
+        }
     }
 
     /// Whether a timer of the stack (retransmission, delayed ACK, keep-alive,
@@ -899,15 +961,31 @@ impl ClientTransport for NetStack {
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
         let Some(&(id, h)) = self.conns.get(&conn) else { return };
         let s = &mut self.shards[id as usize];
-        let n = s.sockets.get_mut::<tcp::Socket>(h).send_slice(core.outbound(conn)).unwrap_or(0);
-        core.consume(conn, n);
+        let socket = s.sockets.get_mut::<tcp::Socket>(h);
+        let (n, held) = match self.ws.get_mut(&conn) {
+            None => {
+                let n = socket.send_slice(core.outbound(conn)).unwrap_or(0);
+                core.consume(conn, n);
+                (n, false)
+            }
+            Some(ws) => {
+                let mut n = 0;
+                let held = websocket::transmit(ws, core, conn, |b| {
+                    let sent = socket.send_slice(b).unwrap_or(0);
+                    n += sent;
+                    Ok(sent)
+                })
+                .unwrap_or(false);
+                (n, held)
+            }
+        };
         if n > 0 {
             if let Some(&slot) = s.slots.get(&h) {
                 // The time of the last poll is near enough to tell idle.
                 self.pool.touch(slot, self.last_poll);
             }
         }
-        if !core.outbound(conn).is_empty() && !s.blocked.contains(&conn) {
+        if (held || !core.outbound(conn).is_empty()) && !s.blocked.contains(&conn) {
             s.blocked.push(conn);
         }
         self.mark(id);
@@ -919,7 +997,15 @@ impl ClientTransport for NetStack {
         if let Some((id, handle)) = self.conns.remove(&conn) {
             let s = &mut self.shards[id as usize];
             if let Some((_, key)) = s.conns.remove(&handle) {
-                let pending = core.outbound(conn).to_vec();
+                let pending = match self.ws.remove(&conn) {
+                    // What the adapter holds, the core's last output as
+                    // messages, the close frame.
+                    Some(mut ws) => {
+                        ws.shutdown(core.outbound(conn));
+                        ws.pending().to_vec()
+                    }
+                    None => core.outbound(conn).to_vec(),
+                };
                 let deadline = now + self.cfg.close_timeout;
                 s.closing.push(Closing { handle, key, pending, fin: false, deadline });
             }

@@ -33,8 +33,10 @@
 //! TCP) and the connection then closes with status 1009.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use portcullis_core::config::{Config, ListenerTransport};
+use portcullis_core::{ConnId, Gateway};
 use portcullis_proto::framing::{Framing, LENGTH_PREFIX};
 use portcullis_proto::Codec;
 
@@ -566,6 +568,52 @@ impl WebSocket {
             Framing::Lines => self.inbox.resize(self.inbox.len() + self.settings.max_message + 1, b'.'),
         }
         self.ready = self.inbox.len();
+    }
+}
+
+/// Runs `data` read from the peer of `conn` through `ws` into `core` (what
+/// both TCP transports do with what they read): the envelopes go to the
+/// core; an opened connection is reported writable (the core's output held
+/// during the handshake may flow). The transport then writes
+/// [`WebSocket::pending`] (the 101, pongs) and, if
+/// [`Progress::finished`], ends the connection.
+pub fn into_core(ws: &mut WebSocket, now: Instant, core: &mut Gateway, conn: ConnId, data: &[u8]) -> Progress {
+    let progress = ws.handle_input(data);
+    if !ws.for_core().is_empty() {
+        core.handle_data(now, conn, ws.for_core());
+        ws.delivered();
+    }
+    if progress.opened {
+        core.handle_writable(conn);
+    }
+    progress
+}
+
+/// Writes what `ws` has for the socket with `write` (which returns how
+/// many bytes it took), then turns the core's output for `conn` into
+/// messages and writes them, until the socket or the core has no more;
+/// the core is told how many of its bytes were taken. Returns whether the
+/// adapter still holds bytes (the socket is full: wait until it is
+/// writable and call again).
+pub fn transmit(
+    ws: &mut WebSocket,
+    core: &mut Gateway,
+    conn: ConnId,
+    mut write: impl FnMut(&[u8]) -> std::io::Result<usize>,
+) -> std::io::Result<bool> {
+    loop {
+        if !ws.pending().is_empty() {
+            let n = write(ws.pending())?;
+            ws.sent(n);
+            if !ws.pending().is_empty() {
+                return Ok(true);
+            }
+        }
+        let taken = ws.encode(core.outbound(conn));
+        if taken == 0 {
+            return Ok(false);
+        }
+        core.consume(conn, taken);
     }
 }
 
