@@ -86,7 +86,7 @@ impl<R: Rings> BypassIo<R> {
             ..NetConfig::default()
         };
         let stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now())
-            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(config));
+            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(config)?);
         Ok(BypassIo { rings, epoll, links, ready: Vec::new(), dev, stack, idle: 0, stats: IoStats::default() })
     }
 

@@ -110,7 +110,7 @@ impl KernelTcp {
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stats: IoStats::default(),
             unfinished: Vec::new(),
-            websocket: WsSettings::for_listeners(config),
+            websocket: WsSettings::for_listeners(config)?,
             lingering: Default::default(),
         };
         for (i, l) in config.listeners.iter().enumerate() {

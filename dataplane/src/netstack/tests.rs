@@ -53,7 +53,7 @@ impl Wire {
         let gw_dev = FrameQueue::default();
         let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];
         let stack = NetStack::new(&gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now)
-            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(&config));
+            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(&config).unwrap());
         let mut cl_dev = FrameQueue::default();
         let mut client = Interface::new(
             IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 2]))),

@@ -31,7 +31,12 @@
 //! A message over the limit is announced to the core as an oversized frame
 //! (so that the core answers FRAME_TOO_LARGE, counts and scores it as on
 //! TCP) and the connection then closes with status 1009.
+//!
+//! `wss`: when the listener has `tls_cert` and `tls_key`, a rustls
+//! [`rustls::ServerConnection`] (sans-IO too) sits below: the bytes in and
+//! [`WebSocket::pending`] are TLS records, the rest is the same.
 
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -84,6 +89,8 @@ pub struct WsSettings {
     max_message: usize,
     /// Accepted `Origin`s; empty: any, and none.
     origins: Arc<[String]>,
+    /// TLS (`wss`), when the listener has a certificate.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl WsSettings {
@@ -95,21 +102,76 @@ impl WsSettings {
             text: codec.framing() == Framing::Lines,
             max_message,
             origins: origins.into(),
+            tls: None,
         }
     }
 
+    /// The same, over TLS (`wss`).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<rustls::ServerConfig>) -> WsSettings {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The settings of each listener of `config` that runs WebSocket (`None`
-    /// for the others), by listener index.
-    pub fn for_listeners(config: &Config) -> Vec<Option<WsSettings>> {
-        config
-            .listeners
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                (l.transport == ListenerTransport::Websocket)
-                    .then(|| WsSettings::new(l.codec, config.max_frame(i), &l.websocket_origins))
-            })
-            .collect()
+    /// for the others), by listener index; the certificates of `wss`
+    /// listeners are loaded (an error names the listener and the file).
+    pub fn for_listeners(config: &Config) -> io::Result<Vec<Option<WsSettings>>> {
+        let mut all = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            if l.transport != ListenerTransport::Websocket {
+                all.push(None);
+                continue;
+            }
+            let mut settings = WsSettings::new(l.codec, config.max_frame(i), &l.websocket_origins);
+            if let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) {
+                settings = settings.with_tls(tls_config(i, cert, key)?);
+            }
+            all.push(Some(settings));
+        }
+        Ok(all)
+    }
+}
+
+/// The TLS server config of listener `i` from its PEM files: a certificate
+/// chain and its private key (PKCS#8, RSA or SEC1); ALPN `http/1.1`.
+pub fn tls_config(i: usize, cert: &str, key: &str) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |k: &str, path: &str, e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("listeners[{i}].{k} = {path:?}: {e}"))
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect())
+        .map_err(|e| invalid("tls_cert", cert, &e))?;
+    if certs.is_empty() {
+        return Err(invalid("tls_cert", cert, &"no CERTIFICATE in the file"));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid("tls_key", key, &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("tls_cert", cert, &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, private)
+        .map_err(|e| invalid("tls_key", key, &e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TLS below the WebSocket: records in and out, plaintext between.
+struct Tls {
+    conn: rustls::ServerConnection,
+    /// Records for the socket, from `wire_off`.
+    wire: Vec<u8>,
+    wire_off: usize,
+    /// Plaintext read, reused.
+    plain: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("handshaking", &self.conn.is_handshaking()).finish_non_exhaustive()
     }
 }
 
@@ -172,12 +234,24 @@ pub struct WebSocket {
     /// The core's last output, when it closed the connection before the
     /// handshake completed (a refusal): sent once it does, then the close.
     held: Option<Vec<u8>>,
+    /// `wss`: the TLS connection below.
+    tls: Option<Box<Tls>>,
 }
 
 impl WebSocket {
     /// A connection that waits for its Upgrade request.
+    ///
+    /// # Panics
+    /// If rustls cannot make a connection of a config it accepted (it
+    /// fails only for QUIC-only or invalid configs, which
+    /// [`tls_config`] does not build).
     pub fn new(settings: WsSettings) -> WebSocket {
+        let tls = settings.tls.clone().map(|config| {
+            let conn = rustls::ServerConnection::new(config).expect("a TLS connection of a valid server config");
+            Box::new(Tls { conn, wire: Vec::new(), wire_off: 0, plain: Vec::new() })
+        });
         WebSocket {
+            tls,
             settings,
             opened: false,
             reading: true,
@@ -210,6 +284,41 @@ impl WebSocket {
 
     /// Bytes that arrived from the peer.
     pub fn handle_input(&mut self, data: &[u8]) -> Progress {
+        let Some(mut tls) = self.tls.take() else { return self.handle_plain(data) };
+        let mut p = Progress::default();
+        let mut rest = data;
+        while !rest.is_empty() && !p.finished {
+            let state = match tls.conn.read_tls(&mut rest) {
+                Ok(_) => tls.conn.process_new_packets(),
+                Err(_) => Err(rustls::Error::General("TLS input refused".into())),
+            };
+            let Ok(state) = state else {
+                // Broken TLS: its alert goes out, then the TCP close.
+                self.reading = false;
+                p.finished = true;
+                break;
+            };
+            let n = state.plaintext_bytes_to_read();
+            if n > 0 {
+                tls.plain.resize(n, 0);
+                if tls.conn.reader().read_exact(&mut tls.plain).is_ok() {
+                    let q = self.handle_plain(&tls.plain);
+                    p.opened |= q.opened;
+                    p.finished |= q.finished;
+                }
+            }
+            if state.peer_has_closed() {
+                self.reading = false;
+                p.finished = true;
+            }
+        }
+        self.tls = Some(tls);
+        self.seal();
+        p
+    }
+
+    /// Plaintext that arrived from the peer.
+    fn handle_plain(&mut self, data: &[u8]) -> Progress {
         let mut p = Progress::default();
         if !self.reading {
             return p;
@@ -272,7 +381,8 @@ impl WebSocket {
             self.tx_off = 0;
         }
         let mut used = 0;
-        while self.tx.len() < limit {
+        let sealed = self.tls.as_ref().map_or(0, |t| t.wire.len() - t.wire_off);
+        while self.tx.len() + sealed < limit {
             // The core writes whole frames of its own: no limit to check.
             let Ok(Some((body, n))) = self.settings.framing.next_frame(&out[used..], usize::MAX) else { break };
             let opcode = if self.settings.text { OP_TEXT } else { OP_BINARY };
@@ -280,6 +390,7 @@ impl WebSocket {
             push_frame(&mut self.tx, opcode, body);
             used += n;
         }
+        self.seal();
         used
     }
 
@@ -301,19 +412,49 @@ impl WebSocket {
             push_frame(&mut self.tx, OP_CLOSE, &code.to_be_bytes());
             self.close_sent = true;
         }
+        if let Some(tls) = &mut self.tls {
+            tls.conn.send_close_notify();
+        }
+        self.seal();
     }
 
     /// Bytes waiting for the socket.
     pub fn pending(&self) -> &[u8] {
-        &self.tx[self.tx_off..]
+        match &self.tls {
+            Some(tls) => &tls.wire[tls.wire_off..],
+            None => &self.tx[self.tx_off..],
+        }
     }
 
     /// `n` bytes of [`WebSocket::pending`] were written.
     pub fn sent(&mut self, n: usize) {
-        self.tx_off += n;
-        if self.tx_off >= self.tx.len() {
-            self.tx.clear();
-            self.tx_off = 0;
+        let (buf, off) = match &mut self.tls {
+            Some(tls) => (&mut tls.wire, &mut tls.wire_off),
+            None => (&mut self.tx, &mut self.tx_off),
+        };
+        *off += n;
+        if *off >= buf.len() {
+            buf.clear();
+            *off = 0;
+        }
+    }
+
+    /// `wss`: the plaintext waiting goes into TLS records (the TLS
+    /// handshake's records too).
+    fn seal(&mut self) {
+        let Some(tls) = &mut self.tls else { return };
+        if self.tx_off < self.tx.len() && !tls.conn.is_handshaking() {
+            let n = tls.conn.writer().write(&self.tx[self.tx_off..]).unwrap_or(0);
+            self.tx_off += n;
+            if self.tx_off >= self.tx.len() {
+                self.tx.clear();
+                self.tx_off = 0;
+            }
+        }
+        while tls.conn.wants_write() {
+            if tls.conn.write_tls(&mut tls.wire).is_err() {
+                break;
+            }
         }
     }
 
@@ -951,6 +1092,92 @@ mod tests {
         w.shutdown(&framed(Framing::LengthPrefixed, b"refused"));
         assert!(w.handle_input(b"GET / HTTP/1.1\r\n\r\n").finished);
         assert!(answer(&w).starts_with("HTTP/1.1 400 ") && !w.awaits_handshake());
+    }
+
+    /// PEM files of a fresh self-signed certificate for "localhost".
+    fn certificate(name: &str) -> (String, String, Vec<u8>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = std::env::temp_dir().join(format!("portcullis-ws-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, private) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, key.cert.pem()).unwrap();
+        std::fs::write(&private, key.signing_key.serialize_pem()).unwrap();
+        let path = |p: std::path::PathBuf| p.to_str().unwrap().to_string();
+        (path(cert), path(private), key.cert.der().to_vec())
+    }
+
+    /// Carries TLS records between a client and the adapter until neither
+    /// has anything to send.
+    fn pump(client: &mut rustls::ClientConnection, w: &mut WebSocket) {
+        for _ in 0..16 {
+            let mut records = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut records).unwrap();
+            }
+            if !records.is_empty() {
+                w.handle_input(&records);
+            }
+            let back = w.pending().to_vec();
+            w.sent(back.len());
+            if back.is_empty() && records.is_empty() {
+                return;
+            }
+            let mut rd = &back[..];
+            while !rd.is_empty() {
+                client.read_tls(&mut rd).unwrap();
+                client.process_new_packets().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn wss_runs_the_same_websocket_over_tls() {
+        let (cert, key, der) = certificate("wss");
+        let settings = WsSettings::new(Codec::Protobuf, 1024, &[]).with_tls(tls_config(0, &cert, &key).unwrap());
+        let mut w = WebSocket::new(settings);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(der)).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        pump(&mut client, &mut w);
+        assert!(!client.is_handshaking(), "the TLS handshake completed");
+        assert!(!w.is_open());
+        let mut plain = upgrade("").into_bytes();
+        plain.extend(masked(OP_BINARY, true, b"over tls"));
+        client.writer().write_all(&plain).unwrap();
+        pump(&mut client, &mut w);
+        assert!(w.is_open());
+        assert_eq!(w.for_core(), framed(Framing::LengthPrefixed, b"over tls"));
+        w.delivered();
+        assert!(w.encode(&framed(Framing::LengthPrefixed, b"and back")) > 0);
+        pump(&mut client, &mut w);
+        let mut got = Vec::new();
+        let _ = client.reader().read_to_end(&mut got);
+        let end = got.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+        assert!(got.starts_with(b"HTTP/1.1 101 "));
+        assert_eq!(server_frames(&got[end..]), vec![(OP_BINARY, true, b"and back".to_vec())]);
+        // Plaintext WebSocket on a wss listener is not understood.
+        let mut w =
+            WebSocket::new(WsSettings::new(Codec::Protobuf, 1024, &[]).with_tls(tls_config(0, &cert, &key).unwrap()));
+        assert!(w.handle_input(upgrade("").as_bytes()).finished);
+        assert!(!w.is_open());
+    }
+
+    #[test]
+    fn unreadable_pem_files_are_named_in_the_error() {
+        let (cert, key, _) = certificate("errors");
+        let e = tls_config(3, "/nonexistent/cert.pem", &key).unwrap_err().to_string();
+        assert!(e.contains("listeners[3].tls_cert") && e.contains("/nonexistent/cert.pem"), "{e}");
+        let e = tls_config(3, &cert, "/nonexistent/key.pem").unwrap_err().to_string();
+        assert!(e.contains("listeners[3].tls_key") && e.contains("/nonexistent/key.pem"), "{e}");
+        let e = tls_config(3, &key, &key).unwrap_err().to_string();
+        assert!(e.contains("tls_cert") && e.contains("no CERTIFICATE"), "{e}");
     }
 
     #[test]
