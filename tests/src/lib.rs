@@ -674,11 +674,18 @@ impl Raw {
 
     /// Writes bytes as they are (on WebSocket: as the frames they make).
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        let out = match &mut self.ws {
-            None => bytes.to_vec(),
-            Some(ws) => ws_wrap(ws, self.codec, bytes),
-        };
-        self.stream.write_all(&out).await.expect("write to the gateway");
+        self.try_send_bytes(bytes).await.expect("write to the gateway");
+    }
+
+    /// [`Raw::send_bytes`], for a connection the gateway may have closed.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.ws {
+            None => self.stream.write_all(bytes).await,
+            Some(ws) => {
+                let out = ws_wrap(ws, self.codec, bytes);
+                self.stream.write_all(&out).await
+            }
+        }
     }
 
     /// Writes one envelope in the listener's codec.
