@@ -1094,6 +1094,104 @@ mod tests {
         assert!(answer(&w).starts_with("HTTP/1.1 400 ") && !w.awaits_handshake());
     }
 
+    /// xorshift64: deterministic randomness for the tests below.
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    #[test]
+    fn random_valid_traffic_in_random_cuts_gives_exactly_its_envelopes() {
+        for seed in 0..200u64 {
+            let mut next = rng(seed);
+            let codec = Codec::ALL[(seed % 4) as usize];
+            let (framing, op) = if codec.framing() == Framing::Lines {
+                (Framing::Lines, OP_TEXT)
+            } else {
+                (Framing::LengthPrefixed, OP_BINARY)
+            };
+            let mut input = upgrade("").into_bytes();
+            let mut want = Vec::new();
+            for _ in 0..(next() % 12) {
+                let len = (next() % 300) as usize;
+                let body: Vec<u8> = (0..len).map(|_| b'a' + (next() % 26) as u8).collect();
+                // Split into up to 3 fragments, with pings between them.
+                let cuts = (next() % 3) as usize;
+                let mut at = 0;
+                for i in 0..=cuts {
+                    let end = if i == cuts { len } else { at + (next() as usize % (len - at + 1)) };
+                    let opcode = if i == 0 { op } else { OP_CONTINUATION };
+                    input.extend(masked(opcode, i == cuts, &body[at..end]));
+                    if next() % 4 == 0 {
+                        input.extend(masked(OP_PING, true, b"p"));
+                    }
+                    at = end;
+                }
+                want.extend(framed(framing, &body));
+            }
+            let mut w = ws(codec, 1024, &[]);
+            let mut got = Vec::new();
+            let mut rest = &input[..];
+            while !rest.is_empty() {
+                let n = 1 + (next() as usize % rest.len().min(64));
+                assert!(!w.handle_input(&rest[..n]).finished, "seed {seed}");
+                got.extend_from_slice(w.for_core());
+                w.delivered();
+                rest = &rest[n..];
+            }
+            assert_eq!(got, want, "seed {seed} {codec:?}");
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_only_whole_frames_reach_the_core() {
+        for seed in 0..300u64 {
+            let mut next = rng(seed);
+            let codec = Codec::ALL[(seed % 4) as usize];
+            let mut w = open(codec, 64);
+            let mut input = Vec::new();
+            for _ in 0..(next() % 8) {
+                // Mostly plausible frames, with random bits flipped.
+                let mut f = masked((next() % 11) as u8, next() % 2 == 0, &vec![b'x'; (next() % 100) as usize]);
+                if next() % 2 == 0 {
+                    let i = next() as usize % f.len();
+                    f[i] ^= 1 << (next() % 8);
+                }
+                input.extend(f);
+            }
+            input.extend((0..next() % 64).map(|_| next() as u8));
+            let mut finished = false;
+            for chunk in input.chunks(1 + (next() % 17) as usize) {
+                let p = w.handle_input(chunk);
+                if finished {
+                    assert!(w.for_core().is_empty(), "nothing read after the end");
+                }
+                finished |= p.finished;
+                let mut core = w.for_core();
+                // Whole frames, or one oversize announcement at the end.
+                while !core.is_empty() {
+                    match codec.framing().next_frame(core, 64) {
+                        Ok(Some((_, used))) => core = &core[used..],
+                        Ok(None) | Err(_) => {
+                            assert!(finished, "seed {seed}: a partial frame reached the core");
+                            break;
+                        }
+                    }
+                }
+                w.delivered();
+            }
+            w.shutdown(b"");
+            if w.is_open() {
+                assert_eq!(server_frames(w.pending()).last().map(|f| f.0), Some(OP_CLOSE), "seed {seed}");
+            }
+        }
+    }
+
     /// PEM files of a fresh self-signed certificate for "localhost".
     fn certificate(name: &str) -> (String, String, Vec<u8>) {
         let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
