@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use portcullis_client::TransportKind;
+use portcullis_dataplane::io::IoStats;
 use portcullis_proto::pb::client::{LoginReply, LoginRequest};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
@@ -112,4 +113,30 @@ async fn refused_upgrades_get_an_http_answer_and_a_close() {
     let mut head = [0u8; 12];
     s.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 101");
+    // Counted by reason (the status is refreshed about every 100 ms).
+    assert_eq!(io_after(&stack, |io| (io.ws_refused_upgrades, io.ws_upgrades), (3, 1)).await, (3, 1));
+    // A frame the client did not mask: a protocol error, closed with 1002.
+    s.write_all(&[0x82, 0x01, 0x00]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    assert!(rest.ends_with(&[0x88, 0x02, 0x03, 0xea]), "a close frame with 1002 last: {rest:?}");
+    assert_eq!(io_after(&stack, |io| io.ws_protocol_errors, 1).await, 1);
+}
+
+/// `read` of the workers' IO counters once it gives `want`, or after 3 s.
+async fn io_after<T: PartialEq>(stack: &Stack, read: impl Fn(&IoStats) -> T, want: T) -> T {
+    let sum = || {
+        let mut all = IoStats::default();
+        for w in stack.gateway.status() {
+            all += &w.io;
+        }
+        read(&all)
+    };
+    for _ in 0..30 {
+        if sum() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sum()
 }

@@ -200,6 +200,8 @@ impl<R: Rings> IoBackend for BypassIo<R> {
         self.stats.stack_connections = self.stack.connections() as u64;
         self.stats.stack_shards = self.stack.shards() as u64;
         self.stats.stack_buffers_backed = self.stack.buffers_backed() as u64;
-        self.stats.clone()
+        let mut stats = self.stats.clone();
+        stats += &self.stack.ws_counters;
+        stats
     }
 }

@@ -251,7 +251,7 @@ impl KernelTcp {
                         core.handle_data(now, id, &self.buf[..n]);
                         continue;
                     };
-                    let progress = websocket::into_core(ws, now, core, id, &self.buf[..n]);
+                    let progress = websocket::into_core(ws, now, core, id, &self.buf[..n], &mut self.stats);
                     if progress.finished && lingering {
                         // The refusal goes out as messages; the core has
                         // forgotten the connection already.

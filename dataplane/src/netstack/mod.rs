@@ -237,6 +237,8 @@ pub struct NetStack {
     websocket: Vec<Option<WsSettings>>,
     /// The WebSocket adapter of each connection of a WebSocket listener.
     ws: FxHashMap<ConnId, Box<WebSocket>>,
+    /// The WebSocket counters (`ws_*`), read with the worker's status.
+    pub ws_counters: crate::io::IoStats,
     /// The sockets' buffers; after `shards`, so that it is dropped after
     /// the sockets borrowing from it.
     pool: BufferPool,
@@ -280,6 +282,7 @@ impl NetStack {
             idle: Vec::new(),
             websocket: Vec::new(),
             ws: FxHashMap::default(),
+            ws_counters: Default::default(),
             pool: BufferPool::new(cfg.rx_buffer, cfg.tx_buffer),
         };
         stack.add_shard();
@@ -826,7 +829,7 @@ impl NetStack {
                     match ws.as_deref_mut() {
                         None => core.handle_data(now, conn, buf),
                         Some(ws) => {
-                            if websocket::into_core(ws, now, core, conn, buf).finished {
+                            if websocket::into_core(ws, now, core, conn, buf, &mut self.ws_counters).finished {
                                 finished.push(conn);
                             }
                         }

@@ -45,6 +45,8 @@ use portcullis_core::{ConnId, Gateway};
 use portcullis_proto::framing::{Framing, LENGTH_PREFIX};
 use portcullis_proto::Codec;
 
+use crate::io::IoStats;
+
 /// The largest Upgrade request accepted, bytes (431 beyond).
 pub const MAX_REQUEST: usize = 8 * 1024;
 
@@ -185,6 +187,15 @@ pub struct Progress {
     pub finished: bool,
 }
 
+/// Why a connection's WebSocket ended early, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Refused,
+    Protocol,
+    TooBig,
+    Tls,
+}
+
 /// A frame whose payload is arriving.
 #[derive(Debug, Clone, Copy)]
 struct Head {
@@ -236,6 +247,8 @@ pub struct WebSocket {
     held: Option<Vec<u8>>,
     /// `wss`: the TLS connection below.
     tls: Option<Box<Tls>>,
+    /// Why it failed, if it did.
+    failure: Option<Failure>,
 }
 
 impl WebSocket {
@@ -251,6 +264,7 @@ impl WebSocket {
             Box::new(Tls { conn, wire: Vec::new(), wire_off: 0, plain: Vec::new() })
         });
         WebSocket {
+            failure: None,
             tls,
             settings,
             opened: false,
@@ -295,6 +309,7 @@ impl WebSocket {
             let Ok(state) = state else {
                 // Broken TLS: its alert goes out, then the TCP close.
                 self.reading = false;
+                self.failure = Some(Failure::Tls);
                 p.finished = true;
                 break;
             };
@@ -530,6 +545,7 @@ impl WebSocket {
         );
         self.tx.extend_from_slice(answer.as_bytes());
         self.reading = false;
+        self.failure = Some(Failure::Refused);
         self.rx = Vec::new();
     }
 
@@ -656,7 +672,9 @@ impl WebSocket {
                         code
                     }
                 };
-                // The close handshake: the same status goes back.
+                // The close handshake: the same status goes back (the
+                // peer's choice, not a failure of this side).
+                self.close_code = Some(code);
                 self.fail(code, p);
             }
             _ if head.fin => self.end_message(p),
@@ -687,6 +705,9 @@ impl WebSocket {
     /// The connection fails (or the peer closed it): input stops; the
     /// close frame will carry `code`.
     fn fail(&mut self, code: u16, p: &mut Progress) {
+        if matches!(code, close_code::PROTOCOL | close_code::INVALID) && self.close_code.is_none() {
+            self.failure = Some(Failure::Protocol);
+        }
         self.reading = false;
         self.close_code.get_or_insert(code);
         self.inbox.truncate(self.ready);
@@ -700,6 +721,7 @@ impl WebSocket {
     /// close), and the connection closes with 1009.
     fn too_big(&mut self, len: u64, p: &mut Progress) {
         self.fail(close_code::TOO_BIG, p);
+        self.failure = Some(Failure::TooBig);
         match self.settings.framing {
             Framing::LengthPrefixed => {
                 let announced = u32::try_from(len).unwrap_or(u32::MAX);
@@ -717,9 +739,27 @@ impl WebSocket {
 /// core; an opened connection is reported writable (the core's output held
 /// during the handshake may flow). The transport then writes
 /// [`WebSocket::pending`] (the 101, pongs) and, if
-/// [`Progress::finished`], ends the connection.
-pub fn into_core(ws: &mut WebSocket, now: Instant, core: &mut Gateway, conn: ConnId, data: &[u8]) -> Progress {
+/// [`Progress::finished`], ends the connection. Upgrades and failures are
+/// counted in `stats`.
+pub fn into_core(
+    ws: &mut WebSocket,
+    now: Instant,
+    core: &mut Gateway,
+    conn: ConnId,
+    data: &[u8],
+    stats: &mut IoStats,
+) -> Progress {
     let progress = ws.handle_input(data);
+    stats.ws_upgrades += u64::from(progress.opened);
+    if progress.finished {
+        match ws.failure {
+            Some(Failure::Refused) => stats.ws_refused_upgrades += 1,
+            Some(Failure::Protocol) => stats.ws_protocol_errors += 1,
+            Some(Failure::TooBig) => stats.ws_too_big += 1,
+            Some(Failure::Tls) => stats.ws_tls_errors += 1,
+            None => {}
+        }
+    }
     if !ws.for_core().is_empty() {
         core.handle_data(now, conn, ws.for_core());
         ws.delivered();
