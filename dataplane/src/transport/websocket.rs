@@ -625,7 +625,10 @@ impl WebSocket {
                     (_, None) => 0,
                 };
                 let total = so_far as u64 + head.remaining;
-                if total > self.settings.max_message as u64 {
+                // A line may end with a `\r\n` the limit does not count
+                // (checked exactly once the message is whole).
+                let slack = if self.settings.framing == Framing::Lines { 2 } else { 0 };
+                if total > (self.settings.max_message + slack) as u64 {
                     return Err(Refusal::TooBig(total));
                 }
                 if self.message.is_none() {
@@ -696,6 +699,11 @@ impl WebSocket {
             }
             if self.inbox[body..].contains(&b'\n') {
                 return self.fail(close_code::INVALID, p);
+            }
+            // The limit counts the line without its `\r` (as on TCP).
+            let len = self.inbox.len() - body - usize::from(self.inbox.ends_with(b"\r"));
+            if len > self.settings.max_message {
+                return self.too_big(len as u64, p);
             }
         }
         self.settings.framing.finish(&mut self.inbox, mark);
@@ -1387,5 +1395,19 @@ mod tests {
         let (first, used) = Framing::Lines.next_frame(core, 16).unwrap().unwrap();
         assert_eq!(&core[first], &[b'a'; 16]);
         assert!(Framing::Lines.next_frame(&core[used..], 16).is_err(), "the rest is a line over the limit");
+        // A line of exactly the limit may end with `\r\n` or `\r`; one byte
+        // more, whatever its end, is too big.
+        for end in [&b""[..], b"\n", b"\r\n", b"\r"] {
+            let mut w = open(Codec::Text, 16);
+            let line = [&[b'h'; 16][..], end].concat();
+            assert_eq!(w.handle_input(&masked(OP_TEXT, true, &line)), Progress::default(), "{end:?}");
+            assert!(Framing::Lines.next_frame(w.for_core(), 16).unwrap().is_some());
+            let mut w = open(Codec::Text, 16);
+            let line = [&[b'h'; 17][..], end].concat();
+            assert!(w.handle_input(&masked(OP_TEXT, true, &line)).finished, "{end:?}");
+            w.delivered();
+            w.shutdown(b"");
+            assert_eq!(server_frames(w.pending()).last().unwrap().2, 1009u16.to_be_bytes());
+        }
     }
 }
