@@ -758,6 +758,15 @@ impl Raw {
         (env, e)
     }
 
+    /// Every envelope until the gateway closes the connection.
+    pub async fn recv_all(&mut self) -> Vec<Envelope<'static>> {
+        let mut all = Vec::new();
+        while let Some(env) = self.recv().await {
+            all.push(env);
+        }
+        all
+    }
+
     /// The gateway closes the connection with nothing more.
     pub async fn expect_eof(&mut self) {
         if let Some(env) = self.recv().await {
