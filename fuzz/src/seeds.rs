@@ -369,7 +369,8 @@ fn ws_frame(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
 /// unmasked frame, and one with the request sent by the seed itself.
 fn websocket_seeds(out: &mut Vec<Seed>) {
     for (i, codec) in Codec::ALL.into_iter().enumerate() {
-        let (text, opcode) = if codec.framing() == portcullis_proto::Framing::Lines { (true, 0x1) } else { (false, 0x2) };
+        let (text, opcode) =
+            if codec.framing() == portcullis_proto::Framing::Lines { (true, 0x1) } else { (false, 0x2) };
         let mut data = vec![i as u8 | 8 | (3 << 4)];
         for env in client_session() {
             let mut framed = Vec::new();
