@@ -58,6 +58,10 @@ const MAX_HEADERS: usize = 32;
 /// limit sees it).
 const TX_BATCH: usize = 256 * 1024;
 
+/// Buffers emptied with more capacity than this are given back, so that an
+/// idle connection holds kilobytes whatever it once sent or received.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
 const MAX_HEAD: usize = 14;
 
@@ -372,7 +376,13 @@ impl WebSocket {
 
     /// [`WebSocket::for_core`] was handed to the core.
     pub fn delivered(&mut self) {
-        self.inbox.drain(..self.ready);
+        if self.ready < self.inbox.len() {
+            self.inbox.drain(..self.ready);
+        } else if self.inbox.capacity() > KEEP_CAPACITY {
+            self.inbox = Vec::new();
+        } else {
+            self.inbox.clear();
+        }
         if let Some((_, mark)) = &mut self.message {
             *mark -= self.ready;
         }
@@ -451,6 +461,9 @@ impl WebSocket {
         if *off >= buf.len() {
             buf.clear();
             *off = 0;
+            if buf.capacity() > KEEP_CAPACITY {
+                *buf = Vec::new();
+            }
         }
     }
 
@@ -1083,6 +1096,23 @@ mod tests {
             w.sent(1);
             assert!(w.pending().is_empty());
         }
+    }
+
+    #[test]
+    fn buffers_of_a_burst_are_given_back_once_empty() {
+        let mut w = open(Codec::Protobuf, 1 << 20);
+        assert!(!w.handle_input(&masked(OP_BINARY, true, &[5; 100_000])).finished);
+        assert_eq!(w.for_core().len(), 100_004);
+        w.delivered();
+        assert!(w.inbox.capacity() <= KEEP_CAPACITY);
+        assert!(w.encode(&framed(Framing::LengthPrefixed, &[6; 100_000])) > 0);
+        let n = w.pending().len();
+        w.sent(n);
+        assert!(w.tx.capacity() <= KEEP_CAPACITY);
+        // Small traffic keeps its buffers.
+        w.handle_input(&masked(OP_BINARY, true, b"small"));
+        w.delivered();
+        assert!(w.inbox.capacity() > 0);
     }
 
     #[test]
