@@ -1205,7 +1205,7 @@ mod tests {
                     let end = if i == cuts { len } else { at + (next() as usize % (len - at + 1)) };
                     let opcode = if i == 0 { op } else { OP_CONTINUATION };
                     input.extend(masked(opcode, i == cuts, &body[at..end]));
-                    if next() % 4 == 0 {
+                    if next().is_multiple_of(4) {
                         input.extend(masked(OP_PING, true, b"p"));
                     }
                     at = end;
@@ -1235,8 +1235,8 @@ mod tests {
             let mut input = Vec::new();
             for _ in 0..(next() % 8) {
                 // Mostly plausible frames, with random bits flipped.
-                let mut f = masked((next() % 11) as u8, next() % 2 == 0, &vec![b'x'; (next() % 100) as usize]);
-                if next() % 2 == 0 {
+                let mut f = masked((next() % 11) as u8, next().is_multiple_of(2), &vec![b'x'; (next() % 100) as usize]);
+                if next().is_multiple_of(2) {
                     let i = next() as usize % f.len();
                     f[i] ^= 1 << (next() % 8);
                 }
