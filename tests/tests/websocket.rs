@@ -9,10 +9,10 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use portcullis_client::TransportKind;
 use portcullis_dataplane::io::IoStats;
-use portcullis_proto::pb::client::{LoginReply, LoginRequest};
+use portcullis_proto::pb::client::{ErrorCode, LoginReply, LoginRequest};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
-use portcullis_tests::{token, Stack, StackOptions};
+use portcullis_tests::{token, Raw, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -139,4 +139,25 @@ async fn io_after<T: PartialEq>(stack: &Stack, read: impl Fn(&IoStats) -> T, wan
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_refused_at_accept_still_upgrades_and_reads_why() {
+    if std::env::var("PORTCULLIS_E2E_IO").is_ok_and(|io| io == "afxdp") {
+        eprintln!("skipping: the userspace stack closes a refused WebSocket connection before its handshake");
+        return;
+    }
+    let stack = Stack::start_with(StackOptions {
+        transport: TransportKind::WebSocket,
+        config: "[limits]\nmax_connections_per_ip = 1".into(),
+        ..Default::default()
+    })
+    .await;
+    let (player, _events) = stack.player("first").await;
+    // The second connection from the address is refused as soon as it is
+    // accepted; the refusal waits for the handshake and arrives as a message.
+    let mut second = Raw::connect(&stack, Codec::Protobuf).await;
+    second.expect_error(ErrorCode::Throttled).await;
+    second.expect_eof().await;
+    assert!(player.heartbeat().await.is_ok(), "the first goes on");
 }
