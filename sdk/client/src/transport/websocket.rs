@@ -90,3 +90,80 @@ where
         _ = down => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::DirectDialer;
+
+    fn framed(framing: Framing, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mark = framing.begin(&mut out);
+        out.extend_from_slice(body);
+        framing.finish(&mut out, mark);
+        out
+    }
+
+    /// A WebSocket server that records the messages it gets, sends
+    /// `replies`, then closes.
+    async fn server(replies: Vec<Message>, expect: usize) -> (SocketAddr, tokio::task::JoinHandle<Vec<Message>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            let mut got = Vec::new();
+            while got.len() < expect {
+                match ws.next().await {
+                    Some(Ok(m @ (Message::Binary(_) | Message::Text(_)))) => got.push(m),
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+            for r in replies {
+                ws.send(r).await.unwrap();
+            }
+            ws.close(None).await.unwrap();
+            got
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn each_frame_written_is_one_binary_message_and_messages_come_back_framed() {
+        let replies = vec![Message::Binary(b"one".to_vec().into()), Message::Binary(Vec::new().into())];
+        let (addr, server) = server(replies, 3).await;
+        let mut stream = connect(&DirectDialer, addr).await.unwrap();
+        // Two frames in one write, a third cut in the middle of its prefix.
+        let f = Framing::LengthPrefixed;
+        let mut bytes = framed(f, b"first");
+        bytes.extend(framed(f, b"second"));
+        let third = framed(f, b"third");
+        bytes.extend_from_slice(&third[..2]);
+        stream.write_all(&bytes).await.unwrap();
+        stream.flush().await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        stream.write_all(&third[2..]).await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        let mut want = framed(f, b"one");
+        want.extend(framed(f, b""));
+        assert_eq!(back, want, "each message framed, then EOF at the close");
+        let got = server.await.unwrap();
+        let bodies: Vec<Message> =
+            [&b"first"[..], b"second", b"third"].iter().map(|b| Message::Binary(b.to_vec().into())).collect();
+        assert_eq!(got, bodies);
+    }
+
+    #[tokio::test]
+    async fn lines_go_as_text_messages_and_text_comes_back_as_lines() {
+        let (addr, server) = server(vec![Message::Text("{\"cmd\":1,\"seq\":1,\"flags\":1}".into())], 2).await;
+        let mut stream = connect(&DirectDialer, addr).await.unwrap();
+        stream.write_all(b"{\"cmd\":1,\"seq\":1}\nHEARTBEAT 2\r\n").await.unwrap();
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"{\"cmd\":1,\"seq\":1,\"flags\":1}\n");
+        let got = server.await.unwrap();
+        assert_eq!(got, vec![Message::Text("{\"cmd\":1,\"seq\":1}".into()), Message::Text("HEARTBEAT 2".into())]);
+    }
+}
