@@ -307,6 +307,7 @@ impl WebSocket {
         let mut rest = data;
         while !rest.is_empty() && !p.finished {
             let state = match tls.conn.read_tls(&mut rest) {
+                Ok(0) => break, // takes nothing more (cannot happen while its plaintext is drained)
                 Ok(_) => tls.conn.process_new_packets(),
                 Err(_) => Err(rustls::Error::General("TLS input refused".into())),
             };
