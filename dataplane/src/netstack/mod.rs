@@ -154,6 +154,22 @@ enum Open {
     Refused,
 }
 
+/// How long a WebSocket connection the core closed before its handshake
+/// (a refusal) waits for the request, so that the refusal reaches the
+/// client as a message (as on the kernel transport).
+const REFUSED_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// A WebSocket connection the core closed before its handshake: its
+/// adapter holds the core's last output until the request comes.
+#[derive(Debug)]
+struct Lingering {
+    handle: SocketHandle,
+    key: FlowKey,
+    ws: Box<WebSocket>,
+    /// Closed without an answer if the request has not come by then.
+    deadline: StdInstant,
+}
+
 /// A socket between SYN and established.
 #[derive(Debug)]
 struct HalfOpen {
@@ -193,6 +209,7 @@ struct Shard {
     /// Connections whose output did not fit into the send buffer.
     blocked: Vec<ConnId>,
     closing: Vec<Closing>,
+    lingering: Vec<Lingering>,
     /// When its next timer fires.
     due: Option<StdInstant>,
     /// Has packets or output: poll it this round.
@@ -343,6 +360,7 @@ impl NetStack {
             slots: FxHashMap::default(),
             blocked: Vec::new(),
             closing: Vec::new(),
+            lingering: Vec::new(),
             due: None,
             dirty: false,
         });
@@ -708,6 +726,7 @@ impl NetStack {
         }
         self.accept(id, now, core);
         self.receive(id, now, core);
+        self.linger(id, now);
         self.flush_closing(id, now);
         self.report_writable(id, core);
         let s = &mut self.shards[id as usize];
@@ -716,6 +735,37 @@ impl NetStack {
         let s = &mut self.shards[id as usize];
         s.due =
             s.iface.poll_at(ts, &s.sockets).map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
+        if let Some(linger) = s.lingering.iter().map(|l| l.deadline).min() {
+            s.due = Some(s.due.map_or(linger, |t| t.min(linger)));
+        }
+    }
+
+    /// WebSocket connections refused before their handshake: what they
+    /// send goes to their adapter alone; once the handshake is done (the
+    /// refusal goes out as messages), the peer is gone, or the wait is
+    /// over, they close like any connection the core closed.
+    fn linger(&mut self, id: u32, now: StdInstant) {
+        let s = &mut self.shards[id as usize];
+        let mut i = 0;
+        while i < s.lingering.len() {
+            let l = &mut s.lingering[i];
+            let socket = s.sockets.get_mut::<tcp::Socket>(l.handle);
+            let mut done = false;
+            while socket.can_recv() && !done {
+                let _ = socket.recv(|buf| {
+                    done = l.ws.handle_input(buf).finished;
+                    (buf.len(), ())
+                });
+            }
+            if done || now >= l.deadline || !socket.may_recv() {
+                let l = s.lingering.swap_remove(i);
+                let pending = if done { l.ws.pending().to_vec() } else { Vec::new() };
+                let deadline = now + self.cfg.close_timeout;
+                s.closing.push(Closing { handle: l.handle, key: l.key, pending, fin: false, deadline });
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// The shard's IP packets out, each to its next hop.
@@ -1005,6 +1055,14 @@ impl ClientTransport for NetStack {
                     // messages, the close frame.
                     Some(mut ws) => {
                         ws.shutdown(core.outbound(conn));
+                        if ws.awaits_handshake() {
+                            // Held until the request comes (bounded wait).
+                            let deadline = now + REFUSED_HANDSHAKE_WAIT;
+                            s.lingering.push(Lingering { handle, key, ws, deadline });
+                            self.mark(id);
+                            core.handle_disconnect(now, conn);
+                            return;
+                        }
                         ws.pending().to_vec()
                     }
                     None => core.outbound(conn).to_vec(),

@@ -240,6 +240,64 @@ fn a_websocket_client_logs_in_and_closes_through_the_userspace_stack() {
 }
 
 #[test]
+fn a_websocket_connection_refused_at_accept_gets_its_error_after_the_handshake() {
+    let extra = "transport = \"websocket\"\n[limits]\nmax_connections_per_ip = 1";
+    let mut w = Wire::with_listener(NetConfig::default(), extra);
+    let first = w.connect(40_200);
+    w.run_until(|w| w.core.connection_count() == 1);
+    let second = w.connect(40_201);
+    // Refused by the core as soon as it connects; the socket stays open,
+    // waiting for the request.
+    w.run_until(|w| w.sock(second).state() == tcp::State::Established);
+    for _ in 0..50 {
+        w.step();
+    }
+    assert_eq!(w.core.connection_count(), 1);
+    assert!(w.sock(second).may_recv(), "not closed before the handshake");
+    let request = b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert_eq!(w.sock(second).send_slice(request).unwrap(), request.len());
+    let mut buf = Vec::new();
+    w.run_until(|w| {
+        let s = w.sock(second);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                buf.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        !s.may_recv()
+    });
+    let end = buf.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+    assert!(buf.starts_with(b"HTTP/1.1 101 "), "{:?}", String::from_utf8_lossy(&buf));
+    assert_eq!(buf[end], 0x82, "the ERROR as a binary message");
+    let len = usize::from(buf[end + 1]);
+    let err = Codec::Protobuf.decode(&buf[end + 2..end + 2 + len]).unwrap();
+    assert_eq!(err.cmd, cmd::ERROR);
+    assert_eq!(&buf[end + 2 + len..], [0x88, 2, 0x03, 0xe8], "then the close frame, then the FIN");
+    // The first connection was never disturbed.
+    assert_eq!(w.core.connection_count(), 1);
+    assert_eq!(w.sock(first).state(), tcp::State::Established);
+}
+
+#[test]
+fn a_refused_websocket_connection_without_a_request_is_closed_after_the_wait() {
+    let extra = "transport = \"websocket\"\n[limits]\nmax_connections_per_ip = 1";
+    let mut w = Wire::with_listener(NetConfig::default(), extra);
+    let _first = w.connect(40_210);
+    w.run_until(|w| w.core.connection_count() == 1);
+    let second = w.connect(40_211);
+    w.run_until(|w| w.sock(second).state() == tcp::State::Established);
+    let opened = w.now;
+    w.run_until(|w| !w.sock(second).may_recv());
+    let waited = w.now - opened;
+    assert!(
+        waited >= REFUSED_HANDSHAKE_WAIT && waited < REFUSED_HANDSHAKE_WAIT + Duration::from_millis(500),
+        "{waited:?}"
+    );
+}
+
+#[test]
 fn logout_closes_the_tcp_connection_from_the_gateway_side() {
     let mut w = Wire::new(NetConfig::default());
     let h = w.connect(40_001);
