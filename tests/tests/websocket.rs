@@ -143,10 +143,6 @@ async fn io_after<T: PartialEq>(stack: &Stack, read: impl Fn(&IoStats) -> T, wan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_refused_at_accept_still_upgrades_and_reads_why() {
-    if std::env::var("PORTCULLIS_E2E_IO").is_ok_and(|io| io == "afxdp") {
-        eprintln!("skipping: the userspace stack closes a refused WebSocket connection before its handshake");
-        return;
-    }
     let stack = Stack::start_with(StackOptions {
         transport: TransportKind::WebSocket,
         config: "[limits]\nmax_connections_per_ip = 1".into(),
