@@ -38,7 +38,9 @@ pub enum TransportKind {
     /// TCP.
     #[default]
     Tcp,
-    /// WebSocket on TCP (`ws://`), one envelope per binary message.
+    /// WebSocket on TCP (`ws://`), one envelope per message: binary for
+    /// the length-prefixed codecs, text for the line codecs (see
+    /// `proto/PROTOCOL.md` §15).
     WebSocket,
     /// QUIC: one bidirectional stream.
     Quic,
