@@ -26,7 +26,14 @@
 //! 4. [`WebSocket::shutdown`] when the connection ends (the core closed it,
 //!    or [`Progress::finished`] while the core still takes input): the
 //!    core's last output and a close frame; write [`WebSocket::pending`],
-//!    then close the TCP connection.
+//!    then close the TCP connection. If the core closed the connection
+//!    before its handshake ([`WebSocket::awaits_handshake`]: a refusal at
+//!    accept), keep reading (for a bounded time): the held output goes out
+//!    once the request has been answered.
+//!
+//! Steps 1–2 and 3 are [`into_core`] and [`transmit`], which both TCP
+//! transports call, so that the logic exists once; [`into_core`] counts
+//! upgrades and failures by reason (`ws_*` in [`IoStats`]).
 //!
 //! A message over the limit is announced to the core as an oversized frame
 //! (so that the core answers FRAME_TOO_LARGE, counts and scores it as on
