@@ -52,7 +52,8 @@ apt_install gcc pkg-config iproute2 nftables \
     clang m4 make libelf-dev zlib1g-dev \
     dpdk-dev libdpdk-dev libclang-dev \
     g++ \
-    prometheus
+    prometheus \
+    chromium
 
 tools="$PWD/.tools"
 if [ ! -x "$tools/bin/bpf-linker" ]; then

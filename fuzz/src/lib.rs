@@ -1,8 +1,8 @@
 //! Fuzz targets of Portcullis (cargo-fuzz, libFuzzer): every parser of
 //! bytes from outside — client envelopes and framework payloads, game-server
 //! link frames, login and resume tokens, the config file, Ethernet frames
-//! into the userspace stack, UDP datagrams into the KCP transport, packets
-//! into the XDP filter.
+//! into the userspace stack, UDP datagrams into the KCP transport,
+//! WebSocket traffic into the gateway's adapter, packets into the XDP filter.
 //!
 //! The targets in `fuzz_targets/` are one line each; their bodies live here
 //! so that `cargo test` in `fuzz/` runs the committed seeds through them
@@ -15,4 +15,5 @@ pub mod packets;
 pub mod seeds;
 pub mod shared;
 pub mod targets;
+pub mod websocket;
 pub mod xdp;

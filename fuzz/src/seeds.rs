@@ -411,6 +411,54 @@ pub fn all() -> Vec<Seed> {
     config_seeds(&mut out);
     netstack_seeds(&mut out);
     kcp_seeds(&mut out);
+    websocket_seeds(&mut out);
     xdp_seeds(&mut out);
     out
+}
+
+/// A masked client frame.
+fn ws_frame(out: &mut Vec<u8>, first: u8, payload: &[u8]) {
+    let mask = [0x11, 0x22, 0x33, 0x44];
+    out.push(first);
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+/// `websocket`: a session per codec (LOGIN, a fragmented request with a
+/// ping between its fragments, a close), one over the 64-byte limit, one
+/// unmasked frame, and one with the request sent by the seed itself.
+fn websocket_seeds(out: &mut Vec<Seed>) {
+    for (i, codec) in Codec::ALL.into_iter().enumerate() {
+        let (text, opcode) =
+            if codec.framing() == portcullis_proto::Framing::Lines { (true, 0x1) } else { (false, 0x2) };
+        let mut data = vec![i as u8 | 8 | (3 << 4)];
+        for env in client_session() {
+            let mut framed = Vec::new();
+            codec.encode(&env, &mut framed);
+            let body = if text { &framed[..framed.len() - 1] } else { &framed[4..] };
+            let half = body.len() / 2;
+            ws_frame(&mut data, opcode, &body[..half]);
+            ws_frame(&mut data, 0x89, b"ping");
+            ws_frame(&mut data, 0x80, &body[half..]);
+        }
+        ws_frame(&mut data, 0x88, &1000u16.to_be_bytes());
+        out.push(("websocket", format!("{codec}-session"), data));
+    }
+    let mut big = vec![4 | 8];
+    ws_frame(&mut big, 0x82, &[7; 65]);
+    out.push(("websocket", "over-the-limit".into(), big));
+    let mut unmasked = vec![8, 0x82, 0x03];
+    unmasked.extend_from_slice(b"abc");
+    out.push(("websocket", "unmasked".into(), unmasked));
+    let mut own = vec![0xf0];
+    own.extend_from_slice(crate::websocket::UPGRADE);
+    ws_frame(&mut own, 0x82, b"x");
+    out.push(("websocket", "own-upgrade".into(), own));
 }

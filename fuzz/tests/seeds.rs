@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use portcullis_fuzz::{kcp, netstack, seeds, targets, xdp};
+use portcullis_fuzz::{kcp, netstack, seeds, targets, websocket, xdp};
 
 fn corpus() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus")
@@ -45,6 +45,9 @@ fn seeds_pass_their_targets() {
             }
             "netstack" => netstack::run(&bytes),
             "kcp" => kcp::run(&bytes),
+            "websocket" => {
+                websocket::run(&bytes);
+            }
             "xdp" => {
                 // SAFETY: geteuid has no preconditions.
                 if unsafe { libc::geteuid() } == 0 && portcullis_xdp::program().is_ok() {
@@ -76,6 +79,19 @@ fn netstack_seeds_reach_the_core_through_tcp() {
     let (s, n) = netstack::run_with_stats(&seed("netstack", "syn-cookie-session"));
     assert_eq!((n.syn_cookies_sent, n.syn_cookies_accepted), (1, 1), "{n:?}");
     assert_eq!((s.logins, s.requests), (1, 1), "{s:?}");
+}
+
+#[test]
+fn websocket_seeds_reach_the_core() {
+    for codec in portcullis_proto::Codec::ALL {
+        let got = websocket::run(&seed("websocket", &format!("{codec}-session")));
+        let mut want = Vec::new();
+        for env in seeds::client_session() {
+            codec.encode(&env, &mut want);
+        }
+        assert_eq!(got, want, "{codec}: each envelope reached the core whole, framed");
+    }
+    assert!(websocket::run(&seed("websocket", "unmasked")).is_empty());
 }
 
 #[test]

@@ -646,24 +646,118 @@ impl Drop for CuttingProxy {
 
 /// A raw connection speaking one codec by hand, the way a third-party
 /// client would.
+///
+/// On a WebSocket stack it speaks WebSocket by hand too: the codec's
+/// stream written with [`Raw::send_bytes`] is carried one frame per
+/// message as it is written — a length prefix becomes the header of a
+/// binary WebSocket frame of that length (sent before its payload has all
+/// been written, as on TCP), a line becomes a text message (fragments while
+/// its end has not been written) — and messages received are framed back.
 pub struct Raw {
     /// The connection, over the stack's transport.
     pub stream: BoxStream,
     /// The listener's codec.
     pub codec: Codec,
     buf: Vec<u8>,
+    ws: Option<RawWs>,
+}
+
+/// The WebSocket state of a [`Raw`] connection.
+#[derive(Default)]
+struct RawWs {
+    /// Bytes of a length prefix not complete yet.
+    prefix: Vec<u8>,
+    /// Payload bytes still due in the binary frame being sent.
+    remaining: u64,
+    /// Payload bytes of it sent (for the mask).
+    pos: usize,
+    /// A text message has fragments out but not its last one.
+    line_open: bool,
+    /// Bytes received, not yet parsed.
+    rx: Vec<u8>,
+    /// The gateway sent its close frame.
+    closed: bool,
+}
+
+const RAW_MASK: [u8; 4] = [0x5a, 0xc3, 0x0f, 0x96];
+
+/// A masked client frame header.
+fn ws_head(out: &mut Vec<u8>, opcode: u8, fin: bool, len: u64) {
+    out.push(u8::from(fin) << 7 | opcode);
+    match len {
+        0..=125 => out.push(0x80 | len as u8),
+        126..=0xffff => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&len.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&RAW_MASK);
+}
+
+fn ws_masked(out: &mut Vec<u8>, payload: &[u8], pos: usize) {
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ RAW_MASK[(pos + i) % 4]));
 }
 
 impl Raw {
     /// A connection to the stack's listener of `codec`.
     pub async fn connect(stack: &Stack, codec: Codec) -> Raw {
-        let stream = (stack.connector())(stack.addr(codec)).await.expect("connect to the gateway").stream;
-        Raw { stream, codec, buf: Vec::new() }
+        let mut raw = if stack.transport == TransportKind::WebSocket {
+            let stream: BoxStream = Box::new(stack.tcp(stack.addr(codec)).await);
+            Raw { stream, codec, buf: Vec::new(), ws: None }
+        } else {
+            let stream = (stack.connector())(stack.addr(codec)).await.expect("connect to the gateway").stream;
+            Raw { stream, codec, buf: Vec::new(), ws: None }
+        };
+        if stack.transport == TransportKind::WebSocket {
+            raw.upgrade(stack.addr(codec)).await;
+        }
+        raw
     }
 
-    /// Writes bytes as they are.
+    /// The WebSocket handshake, by hand.
+    async fn upgrade(&mut self, addr: SocketAddr) {
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream.write_all(req.as_bytes()).await.expect("write the upgrade request");
+        let mut rx = Vec::new();
+        let end = loop {
+            if let Some(i) = rx.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+                .await
+                .expect("an upgrade answer within 5 s")
+                .expect("read the upgrade answer");
+            assert!(n > 0, "the gateway closed during the upgrade: {}", String::from_utf8_lossy(&rx));
+            rx.extend_from_slice(&chunk[..n]);
+        };
+        let answer = String::from_utf8_lossy(&rx[..end]).to_string();
+        assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}");
+        assert!(answer.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{answer}");
+        self.ws = Some(RawWs { rx: rx[end..].to_vec(), ..RawWs::default() });
+    }
+
+    /// Writes bytes as they are (on WebSocket: as the frames they make).
     pub async fn send_bytes(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write to the gateway");
+        self.try_send_bytes(bytes).await.expect("write to the gateway");
+    }
+
+    /// [`Raw::send_bytes`], for a connection the gateway may have closed.
+    pub async fn try_send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.ws {
+            None => self.stream.write_all(bytes).await,
+            Some(ws) => {
+                let out = ws_wrap(ws, self.codec, bytes);
+                self.stream.write_all(&out).await
+            }
+        }
     }
 
     /// Writes one envelope in the listener's codec.
@@ -687,6 +781,14 @@ impl Raw {
                 self.buf.drain(..used);
                 return Some(frame);
             }
+            if let Some(ws) = &mut self.ws {
+                if ws_unwrap(ws, self.codec, &mut self.buf) {
+                    continue;
+                }
+                if ws.closed {
+                    return None;
+                }
+            }
             let mut chunk = [0u8; 16 * 1024];
             let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
                 .await
@@ -695,7 +797,10 @@ impl Raw {
             if n == 0 {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            match &mut self.ws {
+                Some(ws) => ws.rx.extend_from_slice(&chunk[..n]),
+                None => self.buf.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 
@@ -723,6 +828,15 @@ impl Raw {
         let e: ErrorMsg = self.decode(&env);
         assert_eq!(e.code, code as i32, "{e:?}");
         (env, e)
+    }
+
+    /// Every envelope until the gateway closes the connection.
+    pub async fn recv_all(&mut self) -> Vec<Envelope<'static>> {
+        let mut all = Vec::new();
+        while let Some(env) = self.recv().await {
+            all.push(env);
+        }
+        all
     }
 
     /// The gateway closes the connection with nothing more.
@@ -765,4 +879,81 @@ impl Raw {
             assert!(matches!(env.cmd, cmd::ERROR | cmd::KICK), "only an explanation before the close: {env:?}");
         }
     }
+}
+
+/// The WebSocket frames that carry `bytes` of the codec's stream.
+fn ws_wrap(ws: &mut RawWs, codec: Codec, mut bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    match codec.framing() {
+        portcullis_proto::framing::Framing::LengthPrefixed => {
+            while !bytes.is_empty() {
+                if ws.remaining > 0 {
+                    let take = ws.remaining.min(bytes.len() as u64) as usize;
+                    ws_masked(&mut out, &bytes[..take], ws.pos);
+                    ws.pos += take;
+                    ws.remaining -= take as u64;
+                    bytes = &bytes[take..];
+                    continue;
+                }
+                let take = (4 - ws.prefix.len()).min(bytes.len());
+                ws.prefix.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if let Ok(prefix) = <[u8; 4]>::try_from(&ws.prefix[..]) {
+                    ws.remaining = u64::from(u32::from_be_bytes(prefix));
+                    ws.pos = 0;
+                    ws.prefix.clear();
+                    ws_head(&mut out, 0x2, true, ws.remaining);
+                }
+            }
+        }
+        portcullis_proto::framing::Framing::Lines => {
+            while !bytes.is_empty() {
+                let opcode = if ws.line_open { 0x0 } else { 0x1 };
+                let (part, fin, rest) = match bytes.iter().position(|&b| b == b'\n') {
+                    Some(i) => (&bytes[..i], true, &bytes[i + 1..]),
+                    None => (bytes, false, &[][..]),
+                };
+                ws_head(&mut out, opcode, fin, part.len() as u64);
+                ws_masked(&mut out, part, 0);
+                ws.line_open = !fin;
+                bytes = rest;
+            }
+        }
+    }
+    out
+}
+
+/// Moves one message received (if whole) into `buf`, framed as the codec
+/// frames its stream; notes a close frame. Whether it found a frame.
+fn ws_unwrap(ws: &mut RawWs, codec: Codec, buf: &mut Vec<u8>) -> bool {
+    let rx = &ws.rx;
+    if rx.len() < 2 || ws.closed {
+        return false;
+    }
+    assert_eq!(rx[1] & 0x80, 0, "the gateway does not mask");
+    let (len, at) = match rx[1] {
+        126 if rx.len() >= 4 => (u16::from_be_bytes([rx[2], rx[3]]) as usize, 4),
+        127 if rx.len() >= 10 => (u64::from_be_bytes(rx[2..10].try_into().expect("8 bytes")) as usize, 10),
+        126 | 127 => return false,
+        n => (n as usize, 2),
+    };
+    if rx.len() < at + len {
+        return false;
+    }
+    let (b0, payload) = (rx[0], rx[at..at + len].to_vec());
+    ws.rx.drain(..at + len);
+    assert_eq!(b0 & 0x80, 0x80, "the gateway sends each message in one frame");
+    let framing = codec.framing();
+    match b0 & 0x0f {
+        op @ (0x1 | 0x2) => {
+            let want = if framing == portcullis_proto::framing::Framing::Lines { 0x1 } else { 0x2 };
+            assert_eq!(op, want, "binary messages for binary codecs, text for line codecs");
+            let mark = framing.begin(buf);
+            buf.extend_from_slice(&payload);
+            framing.finish(buf, mark);
+        }
+        0x8 => ws.closed = true,
+        _ => {}
+    }
+    true
 }

@@ -14,7 +14,7 @@ use portcullis_proto::pb::client::{Error as ErrorMsg, ErrorCode};
 use portcullis_proto::{cmd, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
 use portcullis_tests::{token, token_for, CuttingProxy, Raw, Stack, StackOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
@@ -114,39 +114,42 @@ async fn strangers_are_closed_in_bounded_time_while_players_play_with_nothing_lo
     let stack = Stack::start("login_timeout_ms = 2000").await;
     stack.wait_for_game_servers().await;
     let play = Play::start(&stack, 20).await;
-    let addr = stack.addr(Codec::Protobuf);
     let started = Instant::now();
     // Tricklers: a byte of a heartbeat every 300 ms (valid frames, answered),
     // which used to keep them open forever.
     let heartbeat = frame(&Envelope::new(cmd::HEARTBEAT, 1, 0, b""));
     let mut tricklers = Vec::new();
     for _ in 0..20 {
-        tricklers.push(stack.tcp(addr).await);
+        tricklers.push(Raw::connect(&stack, Codec::Protobuf).await);
     }
     // Holders of a partial frame: a 4 000-byte prefix and half of it.
     let mut holders = Vec::new();
     for _ in 0..10 {
-        let mut s = stack.tcp(addr).await;
-        s.write_all(&4000u32.to_be_bytes()).await.unwrap();
-        s.write_all(&[0; 2000]).await.unwrap();
+        let mut s = Raw::connect(&stack, Codec::Protobuf).await;
+        s.send_bytes(&4000u32.to_be_bytes()).await;
+        s.send_bytes(&[0; 2000]).await;
         holders.push(s);
     }
     // Probers that never read and provoke an ERROR with every frame.
     let junk: Vec<u8> = (0..50u32).flat_map(|seq| frame(&Envelope::new(1000, seq, 0, b"x"))).collect();
     let mut probers = Vec::new();
     for _ in 0..20 {
-        let mut s = stack.tcp(addr).await;
-        let _ = s.write_all(&junk).await;
+        let mut s = Raw::connect(&stack, Codec::Protobuf).await;
+        let _ = s.try_send_bytes(&junk).await;
         probers.push(s);
     }
     for round in 0..10 {
         for s in &mut tricklers {
-            let _ = s.write_all(&[heartbeat[round % heartbeat.len()]]).await;
+            let _ = s.try_send_bytes(&[heartbeat[round % heartbeat.len()]]).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     for s in probers.iter_mut().chain(&mut holders).chain(&mut tricklers) {
-        assert!(closed_within(s, Duration::from_secs(3)).await, "a stranger still open after {:?}", started.elapsed());
+        assert!(
+            closed_within(&mut s.stream, Duration::from_secs(3)).await,
+            "a stranger still open after {:?}",
+            started.elapsed()
+        );
     }
     let (failed, delivered, received) = play.finish().await;
     assert_eq!(failed, 0, "every round trip and message of the players succeeded");
@@ -167,13 +170,12 @@ async fn junk_from_the_players_address_does_not_throttle_them() {
     .await;
     stack.wait_for_game_servers().await;
     let play = Play::start(&stack, 10).await;
-    let addr = stack.addr(Codec::Protobuf);
     // 30 strangers from the same address send ACK frames as fast as they can.
     let acks: Vec<u8> = (0..200).flat_map(|_| frame(&Envelope::new(cmd::ACK, 0, 0, b""))).collect();
     let mut strangers = Vec::new();
     for _ in 0..30 {
-        let mut s = stack.tcp(addr).await;
-        let _ = s.write_all(&acks).await;
+        let mut s = Raw::connect(&stack, Codec::Protobuf).await;
+        let _ = s.try_send_bytes(&acks).await;
         strangers.push(s);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -9,8 +9,7 @@ use portcullis_client::ClientError;
 use portcullis_proto::pb::client::ErrorCode;
 use portcullis_proto::{cmd, Codec, Envelope};
 use portcullis_sample_game_server::{CHAT_SAY, COUNTER_GET, ECHO};
-use portcullis_tests::{token_with_role, Stack, StackOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use portcullis_tests::{token_with_role, Raw, Stack, StackOptions};
 
 fn refused_with(r: &Result<Vec<u8>, ClientError>, want: ErrorCode) -> bool {
     matches!(r, Err(ClientError::Server { code, .. }) if *code == want)
@@ -68,19 +67,15 @@ async fn a_source_sending_garbage_is_kicked_and_on_probation_while_players_play(
     stack.wait_for_game_servers().await;
     let (player, _events) = stack.player("alice").await;
     // Garbage: four undecodable frames.
-    let mut raw = stack.tcp(stack.addr(Codec::Protobuf)).await;
-    raw.write_all(&[0, 0, 0, 2, 0xff, 0xff].repeat(4)).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut buf)).await.expect("closed").unwrap();
-    let kicks = count_frames(&buf, cmd::KICK);
+    let mut raw = Raw::connect(&stack, Codec::Protobuf).await;
+    raw.send_bytes(&[0, 0, 0, 2, 0xff, 0xff].repeat(4)).await;
+    let kicks = raw.recv_all().await.iter().filter(|f| f.cmd == cmd::KICK).count();
     assert_eq!(kicks, 1, "kicked, not just closed");
     // On probation: its next connection that does not log in first is
     // closed at once (BLOCKED)…
-    let mut again = stack.tcp(stack.addr(Codec::Protobuf)).await;
-    again.write_all(&frame(&Envelope::new(cmd::HEARTBEAT, 1, 0, b""))).await.unwrap();
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), again.read_to_end(&mut buf)).await.expect("closed").unwrap();
-    assert!(has_error(&buf, ErrorCode::Blocked), "refused BLOCKED");
+    let mut again = Raw::connect(&stack, Codec::Protobuf).await;
+    again.send(&Envelope::new(cmd::HEARTBEAT, 1, 0, b"")).await;
+    assert!(has_error(&again.recv_all().await, ErrorCode::Blocked), "refused BLOCKED");
     // …while the player (logged in, scored as a user) plays on, and
     // another behind the same address logs in…
     assert_eq!(player.call(ECHO, b"ping").await.unwrap(), b"ping");
@@ -88,11 +83,9 @@ async fn a_source_sending_garbage_is_kicked_and_on_probation_while_players_play(
     assert_eq!(late.call(ECHO, b"in").await.unwrap(), b"in");
     // …and after `ban_secs` the source is off probation.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
-    let mut back = stack.tcp(stack.addr(Codec::Protobuf)).await;
-    back.write_all(&frame(&Envelope::new(cmd::HEARTBEAT, 2, 0, b""))).await.unwrap();
-    let mut buf = [0u8; 256];
-    let n = tokio::time::timeout(Duration::from_secs(5), back.read(&mut buf)).await.expect("answered").unwrap();
-    assert_eq!(frames(&buf[..n]).first().map(|e| e.cmd), Some(cmd::HEARTBEAT), "served again");
+    let mut back = Raw::connect(&stack, Codec::Protobuf).await;
+    back.send(&Envelope::new(cmd::HEARTBEAT, 2, 0, b"")).await;
+    assert_eq!(back.recv().await.map(|e| e.cmd), Some(cmd::HEARTBEAT), "served again");
     let stats = stack.gateway.status().into_iter().fold(portcullis_core::Stats::default(), |mut t, w| {
         t += &w.stats;
         t
@@ -100,29 +93,9 @@ async fn a_source_sending_garbage_is_kicked_and_on_probation_while_players_play(
     assert!(stats.escalated_kicks >= 1 && stats.drop_banned >= 1, "{stats:?}");
 }
 
-fn frames(buf: &[u8]) -> Vec<portcullis_proto::Envelope<'static>> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while let Ok(Some((range, used))) = Codec::Protobuf.framing().next_frame(&buf[pos..], usize::MAX) {
-        out.push(Codec::Protobuf.decode(&buf[pos + range.start..pos + range.end]).unwrap().into_owned());
-        pos += used;
-    }
-    out
-}
-
-fn frame(env: &Envelope<'_>) -> Vec<u8> {
-    let mut out = Vec::new();
-    Codec::Protobuf.encode(env, &mut out);
-    out
-}
-
-fn count_frames(buf: &[u8], command: u32) -> usize {
-    frames(buf).iter().filter(|f| f.cmd == command).count()
-}
-
-fn has_error(buf: &[u8], code: ErrorCode) -> bool {
+fn has_error(envs: &[Envelope<'_>], code: ErrorCode) -> bool {
     use portcullis_proto::framework::PayloadForm;
-    frames(buf).iter().filter(|f| f.cmd == cmd::ERROR).any(|f| {
+    envs.iter().filter(|f| f.cmd == cmd::ERROR).any(|f| {
         PayloadForm::Protobuf
             .decode::<portcullis_proto::pb::client::Error>(&f.payload)
             .is_ok_and(|e| e.code == code as i32)

@@ -175,6 +175,13 @@ fn print_status(
         workers.iter().map(|w| w.output_bytes).sum::<usize>() / 1024, s.cut_output_memory,
         s.drop_frame_too_large_out, s.drop_resume_token_reused, s.send_results_late, io.refused_fd_reserve,
     );
+    if io.ws_upgrades + io.ws_refused_upgrades > 0 {
+        tracing::info!(
+            "websocket: upgrades {:.0}/s | refused upgrades {} protocol errors {} messages over the limit {} TLS failures {}",
+            rate(io.ws_upgrades, last_io.ws_upgrades),
+            io.ws_refused_upgrades, io.ws_protocol_errors, io.ws_too_big, io.ws_tls_errors,
+        );
+    }
     if io.polls > 0 {
         // A kernel-bypass backend: its rings.
         let polls = (io.polls - last_io.polls).max(1) as f64;

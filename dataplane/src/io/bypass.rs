@@ -118,7 +118,8 @@ impl<R: Rings> BypassIo<R> {
             max_connections: config.limits.max_connections,
             ..NetConfig::default()
         };
-        let mut stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now());
+        let mut stack = NetStack::new(&dev, mac, &addrs, &ports, net, Instant::now())
+            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(config)?);
         let quic_ports = config
             .listeners
             .iter()
@@ -282,6 +283,8 @@ impl<R: Rings> IoBackend for BypassIo<R> {
         self.stats.stack_shards = self.stack.shards() as u64;
         self.stats.stack_buffers_backed = self.stack.buffers_backed() as u64;
         self.udp.add_stats(&mut self.stats);
-        self.stats.clone()
+        let mut stats = self.stats.clone();
+        stats += &self.stack.ws_counters;
+        stats
     }
 }

@@ -4,6 +4,12 @@
 //! [`KernelTcp`] is the transport (listeners, client sockets, the UDP echo
 //! socket); [`KernelIo`] is the backend: that transport and the game-server
 //! [`LinkSockets`] on one [`Epoll`], outputs through the [`Dispatcher`].
+//!
+//! Connections of a `transport = "websocket"` listener pass through a
+//! [`WebSocket`] adapter both ways: what is read goes to the adapter and
+//! the envelopes it gives back to the core; the core's output goes out as
+//! the adapter's messages (the core is told how many of its bytes were
+//! taken, not how many were written); a close sends a close frame first.
 
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
@@ -22,6 +28,7 @@ use super::fds::FdBudget;
 use super::links::LinkSockets;
 use super::udp::KernelUdp;
 use super::{write_some, IoBackend, IoStats};
+use crate::transport::websocket::{self, WebSocket, WsSettings};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -33,11 +40,18 @@ const READS_PER_ROUND: usize = 4;
 /// Connections accepted per listener per wake-up, likewise.
 const ACCEPTS_PER_ROUND: usize = 64;
 
+/// How long a WebSocket connection the core closed before its handshake
+/// (a refusal) waits for the request, so that the refusal reaches the
+/// client as a message.
+const REFUSED_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
 struct Client {
     id: ConnId,
     stream: TcpStream,
     /// In the worker's epoll (not for connections the core refused at once).
     registered: bool,
+    /// The WebSocket adapter of a connection of a WebSocket listener.
+    ws: Option<Box<WebSocket>>,
 }
 
 /// A listening socket with SO_REUSEPORT, so that every worker has its own
@@ -65,6 +79,11 @@ pub struct KernelTcp {
     udp_echo: Option<UdpSocket>,
     buf: Box<[u8]>,
     stats: IoStats,
+    /// The WebSocket settings of each listener (`None`: plain TCP).
+    websocket: Vec<Option<WsSettings>>,
+    /// WebSocket connections closed by the core before their handshake,
+    /// oldest first, with when they are given up.
+    lingering: std::collections::VecDeque<(Instant, ConnId)>,
     /// Clients and listeners left with more to read or accept at the end
     /// of their round.
     unfinished: Vec<Source>,
@@ -93,6 +112,8 @@ impl KernelTcp {
             buf: vec![0; READ_CHUNK].into_boxed_slice(),
             stats: IoStats::default(),
             unfinished: Vec::new(),
+            websocket: WsSettings::for_listeners(config)?,
+            lingering: Default::default(),
         };
         for (i, l) in config.listeners.iter().enumerate() {
             if l.transport.is_udp() {
@@ -147,9 +168,14 @@ impl KernelTcp {
                     });
                     self.generation = self.generation.wrapping_add(1);
                     let id = ConnId::new(Transport::KernelTcp, (u64::from(self.generation) << 32) | slot as u64);
-                    self.clients[slot] = Some(Client { id, stream, registered: false });
+                    let ws = self.websocket.get(listener).cloned().flatten().map(|s| Box::new(WebSocket::new(s)));
+                    // The core knows the connection from now (its login
+                    // deadline bounds a handshake that never ends); its
+                    // output waits for the handshake.
+                    self.clients[slot] = Some(Client { id, stream, registered: false, ws });
                     core.handle_connect(now, id, listener, peer);
-                    if !core.takes_input(id) {
+                    let websocket = self.clients[slot].as_ref().is_some_and(|c| c.ws.is_some());
+                    if !core.takes_input(id) && !websocket {
                         // Refused (a connection limit): its ERROR and close
                         // are queued; a flood of them costs no epoll calls.
                         continue;
@@ -191,6 +217,10 @@ impl KernelTcp {
     fn on_client(&mut self, core: &mut Gateway, slot: usize, readable: bool, writable: bool, now: Instant) {
         let Some(id) = self.clients.get(slot).and_then(|c| c.as_ref()).map(|c| c.id) else { return };
         if writable {
+            if self.clients[slot].as_ref().is_some_and(|c| c.ws.is_some()) {
+                // The adapter may hold bytes the core no longer has.
+                self.transmit(core, id);
+            }
             core.handle_writable(id);
         }
         if readable {
@@ -203,7 +233,8 @@ impl KernelTcp {
         loop {
             let Some(c) = self.clients[slot].as_mut() else { return };
             let id = c.id;
-            if !core.takes_input(id) {
+            let lingering = c.ws.as_ref().is_some_and(|w| w.awaits_handshake());
+            if !core.takes_input(id) && !lingering {
                 // Closed by the core: what the client still sends is not
                 // read (the socket closes at the next flush).
                 return;
@@ -217,7 +248,38 @@ impl KernelTcp {
                 Ok(0) => break,
                 Ok(n) => {
                     self.stats.rx_bytes += n as u64;
-                    core.handle_data(now, id, &self.buf[..n]);
+                    let Some(ws) = c.ws.as_deref_mut() else {
+                        core.handle_data(now, id, &self.buf[..n]);
+                        continue;
+                    };
+                    let progress = websocket::into_core(ws, now, core, id, &self.buf[..n], &mut self.stats);
+                    if progress.finished && lingering {
+                        // The refusal goes out as messages; the core has
+                        // forgotten the connection already.
+                        let _ = write_some(&mut c.stream, ws.pending());
+                        let _ = c.stream.shutdown(Shutdown::Both);
+                        self.drop_client(slot);
+                        return;
+                    }
+                    if progress.finished {
+                        if core.takes_input(id) {
+                            // The peer closed or broke the protocol: the close
+                            // frame (or HTTP answer) goes out, then the TCP close.
+                            self.close(now, core, id);
+                        }
+                        // Else the core closes it, after its explanation.
+                        return;
+                    }
+                    // The 101 and pongs.
+                    if !ws.pending().is_empty() {
+                        match write_some(&mut c.stream, ws.pending()) {
+                            Ok(n) => {
+                                self.stats.tx_bytes += n as u64;
+                                ws.sent(n);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -243,6 +305,22 @@ impl KernelTcp {
         }
     }
 
+    /// Closes the lingering WebSocket connections whose request did not
+    /// come in time; when the next one is due.
+    fn expire_lingering(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(deadline, conn)) = self.lingering.front() {
+            if deadline > now {
+                return Some(deadline);
+            }
+            self.lingering.pop_front();
+            if let Some(c) = self.client(conn) {
+                let _ = c.stream.shutdown(Shutdown::Both);
+                self.drop_client(Self::slot(conn));
+            }
+        }
+        None
+    }
+
     fn stop_accepting(&mut self) {
         for mut l in self.listeners.drain(..).flatten() {
             let _ = self.registry.deregister(&mut l);
@@ -252,7 +330,22 @@ impl KernelTcp {
 
 impl ClientTransport for KernelTcp {
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
-        let Some(c) = self.client(conn) else { return };
+        let slot = Self::slot(conn);
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut).filter(|c| c.id == conn) else { return };
+        if let Some(ws) = c.ws.as_deref_mut() {
+            let (stream, stats) = (&mut c.stream, &mut self.stats);
+            let written = websocket::transmit(ws, core, conn, |b| {
+                let n = write_some(stream, b)?;
+                stats.tx_bytes += n as u64;
+                Ok(n)
+            });
+            // Still holding bytes: the socket reports writable later.
+            if written.is_err() {
+                self.drop_client(Self::slot(conn));
+                core.handle_disconnect(Instant::now(), conn);
+            }
+            return;
+        }
         match write_some(&mut c.stream, core.outbound(conn)) {
             Ok(n) => {
                 self.stats.tx_bytes += n as u64;
@@ -267,7 +360,22 @@ impl ClientTransport for KernelTcp {
 
     fn close(&mut self, now: Instant, core: &mut Gateway, conn: ConnId) {
         if let Some(c) = self.client(conn) {
-            let _ = write_some(&mut c.stream, core.outbound(conn));
+            match c.ws.as_deref_mut() {
+                Some(ws) => {
+                    // The core's last output, then the close frame.
+                    ws.shutdown(core.outbound(conn));
+                    if ws.awaits_handshake() {
+                        // Held until the request comes (bounded wait).
+                        self.lingering.push_back((now + REFUSED_HANDSHAKE_WAIT, conn));
+                        core.handle_disconnect(now, conn);
+                        return;
+                    }
+                    let _ = write_some(&mut c.stream, ws.pending());
+                }
+                None => {
+                    let _ = write_some(&mut c.stream, core.outbound(conn));
+                }
+            }
             let _ = c.stream.shutdown(Shutdown::Both);
             self.drop_client(Self::slot(conn));
         }
@@ -326,6 +434,13 @@ impl IoBackend for KernelIo {
         let unfinished = std::mem::take(&mut self.tcp.unfinished);
         let udp_unfinished = std::mem::take(&mut self.udp.unfinished);
         let timeout = if unfinished.is_empty() && udp_unfinished.is_empty() { timeout } else { Some(Duration::ZERO) };
+        let timeout = match self.tcp.expire_lingering(Instant::now()) {
+            Some(due) => {
+                let wait = due.saturating_duration_since(Instant::now());
+                Some(timeout.map_or(wait, |t| t.min(wait)))
+            }
+            None => timeout,
+        };
         // The transports' timers (retransmissions) cut the wait short.
         let timeout = match (timeout, self.udp.transports.poll_timeout()) {
             (Some(t), Some(at)) => Some(t.min(at.saturating_duration_since(Instant::now()))),

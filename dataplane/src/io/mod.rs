@@ -106,6 +106,18 @@ portcullis_core::counters! {
     /// QUIC and KCP: datagrams dropped (malformed, unknown connection, bad
     /// cookie).
     udp_dropped,
+    /// WebSocket: upgrades accepted (101).
+    ws_upgrades,
+    /// WebSocket: upgrade requests refused with an HTTP error (400, 403,
+    /// 426, 431); the connection is closed.
+    ws_refused_upgrades,
+    /// WebSocket: connections closed for a protocol violation (status 1002
+    /// or 1007).
+    ws_protocol_errors,
+    /// WebSocket: messages over the frame limit (status 1009).
+    ws_too_big,
+    /// WebSocket: `wss` connections closed because their TLS failed.
+    ws_tls_errors,
 }
 }
 

@@ -37,6 +37,12 @@
 //! what the peer still sends is read and dropped; a peer that has not
 //! taken everything and closed within `close_timeout` is reset.
 //!
+//! **WebSocket.** Connections of a `transport = "websocket"` listener
+//! pass through the same [`WebSocket`] adapter as on the kernel transport
+//! ([`NetStack::with_websocket`]): received bytes go through it to the
+//! core, the core's output leaves as its messages, a close sends a close
+//! frame before the FIN.
+//!
 //! UDP: the optional echo service (`gateway.udp_echo`) answers every
 //! datagram to its port from the address it was sent to.
 
@@ -66,6 +72,7 @@ use self::directory::FlowDirectory;
 use self::flows::{Flow, FlowKey};
 use self::link::{Link, Received};
 use crate::io::dispatch::ClientTransport;
+use crate::transport::websocket::{self, WebSocket, WsSettings};
 
 /// Sizes and services of the stack.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +156,22 @@ enum Open {
     Refused,
 }
 
+/// How long a WebSocket connection the core closed before its handshake
+/// (a refusal) waits for the request, so that the refusal reaches the
+/// client as a message (as on the kernel transport).
+const REFUSED_HANDSHAKE_WAIT: Duration = Duration::from_secs(2);
+
+/// A WebSocket connection the core closed before its handshake: its
+/// adapter holds the core's last output until the request comes.
+#[derive(Debug)]
+struct Lingering {
+    handle: SocketHandle,
+    key: FlowKey,
+    ws: Box<WebSocket>,
+    /// Closed without an answer if the request has not come by then.
+    deadline: StdInstant,
+}
+
 /// A socket between SYN and established.
 #[derive(Debug)]
 struct HalfOpen {
@@ -188,6 +211,7 @@ struct Shard {
     /// Connections whose output did not fit into the send buffer.
     blocked: Vec<ConnId>,
     closing: Vec<Closing>,
+    lingering: Vec<Lingering>,
     /// When its next timer fires.
     due: Option<StdInstant>,
     /// Has packets or output: poll it this round.
@@ -238,6 +262,12 @@ pub struct NetStack {
     next_sweep: StdInstant,
     /// Slots found idle by a sweep.
     idle: Vec<u32>,
+    /// The WebSocket settings of each config listener (`None`: plain TCP).
+    websocket: Vec<Option<WsSettings>>,
+    /// The WebSocket adapter of each connection of a WebSocket listener.
+    ws: FxHashMap<ConnId, Box<WebSocket>>,
+    /// The WebSocket counters (`ws_*`), read with the worker's status.
+    pub ws_counters: crate::io::IoStats,
     /// The sockets' buffers; after `shards`, so that it is dropped after
     /// the sockets borrowing from it.
     pool: BufferPool,
@@ -283,6 +313,9 @@ impl NetStack {
             last_poll: now,
             next_sweep: now,
             idle: Vec::new(),
+            websocket: Vec::new(),
+            ws: FxHashMap::default(),
+            ws_counters: Default::default(),
             pool: BufferPool::new(cfg.rx_buffer, cfg.tx_buffer),
         };
         stack.add_shard();
@@ -294,6 +327,14 @@ impl NetStack {
             }
         }
         stack
+    }
+
+    /// Serves WebSocket on the listeners (by config index) that have
+    /// settings ([`WsSettings::for_listeners`]).
+    #[must_use]
+    pub fn with_websocket(mut self, settings: Vec<Option<WsSettings>>) -> NetStack {
+        self.websocket = settings;
+        self
     }
 
     fn at(&self, now: StdInstant) -> NetInstant {
@@ -335,6 +376,7 @@ impl NetStack {
             slots: FxHashMap::default(),
             blocked: Vec::new(),
             closing: Vec::new(),
+            lingering: Vec::new(),
             due: None,
             dirty: false,
         });
@@ -773,6 +815,7 @@ impl NetStack {
         }
         self.accept(id, now, core);
         self.receive(id, now, core);
+        self.linger(id, now);
         self.flush_closing(id, now);
         self.report_writable(id, core);
         let s = &mut self.shards[id as usize];
@@ -781,6 +824,37 @@ impl NetStack {
         let s = &mut self.shards[id as usize];
         s.due =
             s.iface.poll_at(ts, &s.sockets).map(|t| self.epoch + Duration::from_micros(t.total_micros().max(0) as u64));
+        if let Some(linger) = s.lingering.iter().map(|l| l.deadline).min() {
+            s.due = Some(s.due.map_or(linger, |t| t.min(linger)));
+        }
+    }
+
+    /// WebSocket connections refused before their handshake: what they
+    /// send goes to their adapter alone; once the handshake is done (the
+    /// refusal goes out as messages), the peer is gone, or the wait is
+    /// over, they close like any connection the core closed.
+    fn linger(&mut self, id: u32, now: StdInstant) {
+        let s = &mut self.shards[id as usize];
+        let mut i = 0;
+        while i < s.lingering.len() {
+            let l = &mut s.lingering[i];
+            let socket = s.sockets.get_mut::<tcp::Socket>(l.handle);
+            let mut done = false;
+            while socket.can_recv() && !done {
+                let _ = socket.recv(|buf| {
+                    done = l.ws.handle_input(buf).finished;
+                    (buf.len(), ())
+                });
+            }
+            if done || now >= l.deadline || !socket.may_recv() {
+                let l = s.lingering.swap_remove(i);
+                let pending = if done { l.ws.pending().to_vec() } else { Vec::new() };
+                let deadline = now + self.cfg.close_timeout;
+                s.closing.push(Closing { handle: l.handle, key: l.key, pending, fin: false, deadline });
+            } else {
+                i += 1;
+            }
+        }
     }
 
     /// The shard's IP packets out, each to its next hop.
@@ -843,7 +917,11 @@ impl NetStack {
                     self.conns.insert(conn, (id, handle));
                     self.listeners[listener].half_open -= 1;
                     let peer = std::net::SocketAddr::new(key.remote.0.into(), key.remote.1);
-                    core.handle_connect(now, conn, self.listeners[listener].index, peer);
+                    let index = self.listeners[listener].index;
+                    if let Some(settings) = self.websocket.get(index).cloned().flatten() {
+                        self.ws.insert(conn, Box::new(WebSocket::new(settings)));
+                    }
+                    core.handle_connect(now, conn, index, peer);
                 }
                 tcp::State::Listen | tcp::State::SynReceived => i += 1,
                 _ => {
@@ -876,6 +954,7 @@ impl NetStack {
     fn receive(&mut self, id: u32, now: StdInstant, core: &mut Gateway) {
         let s = &mut self.shards[id as usize];
         let mut gone = Vec::new();
+        let mut finished = Vec::new();
         for (&handle, &(conn, key)) in &s.conns {
             let socket = s.sockets.get_mut::<tcp::Socket>(handle);
             if socket.can_recv() {
@@ -883,17 +962,44 @@ impl NetStack {
                     self.pool.touch(slot, now);
                 }
             }
+            let mut ws = self.ws.get_mut(&conn);
             while socket.can_recv() {
                 let _ = socket.recv(|buf| {
-                    core.handle_data(now, conn, buf);
+                    match ws.as_deref_mut() {
+                        None => core.handle_data(now, conn, buf),
+                        Some(ws) => {
+                            if websocket::into_core(ws, now, core, conn, buf, &mut self.ws_counters).finished {
+                                finished.push(conn);
+                            }
+                        }
+                    }
                     (buf.len(), ())
                 });
+            }
+            if let Some(ws) = ws {
+                // The 101 and pongs.
+                if !ws.pending().is_empty() {
+                    let n = socket.send_slice(ws.pending()).unwrap_or(0);
+                    ws.sent(n);
+                    if !ws.pending().is_empty() && !s.blocked.contains(&conn) {
+                        s.blocked.push(conn);
+                    }
+                }
             }
             if !socket.may_recv() || !socket.is_active() {
                 gone.push((handle, conn, key));
             }
         }
+        for conn in finished {
+            // The peer closed or broke the protocol: the close frame (or
+            // HTTP answer) goes out before the FIN. If the core is closing
+            // the connection already, its close comes after its last words.
+            if core.takes_input(conn) {
+                self.close(now, core, conn);
+            }
+        }
         for (handle, conn, key) in gone {
+            self.ws.remove(&conn);
             if self.conns.remove(&conn).is_some() {
                 let s = &mut self.shards[id as usize];
                 s.conns.remove(&handle);
@@ -949,6 +1055,7 @@ impl NetStack {
     fn report_writable(&mut self, id: u32, core: &mut Gateway) {
         let (conns, s) = (&self.conns, &mut self.shards[id as usize]);
         let sockets = &s.sockets;
+        let mut adapters = Vec::new();
         s.blocked.retain(|conn| match conns.get(conn) {
             Some(&(_, h)) => {
                 let socket = sockets.get::<tcp::Socket>(h);
@@ -958,11 +1065,19 @@ impl NetStack {
                 if socket.send_queue() == socket.send_capacity() {
                     return true;
                 }
-                core.handle_writable(*conn);
+                if self.ws.contains_key(conn) {
+                    // Its adapter may hold bytes the core no longer has.
+                    adapters.push(*conn);
+                } else {
+                    core.handle_writable(*conn);
+                }
                 false
             }
             None => false,
         });
+        for conn in adapters {
+            self.transmit(core, conn);
+        }
     }
 
     /// Whether a timer of the stack (retransmission, delayed ACK, keep-alive,
@@ -988,15 +1103,31 @@ impl ClientTransport for NetStack {
     fn transmit(&mut self, core: &mut Gateway, conn: ConnId) {
         let Some(&(id, h)) = self.conns.get(&conn) else { return };
         let s = &mut self.shards[id as usize];
-        let n = s.sockets.get_mut::<tcp::Socket>(h).send_slice(core.outbound(conn)).unwrap_or(0);
-        core.consume(conn, n);
+        let socket = s.sockets.get_mut::<tcp::Socket>(h);
+        let (n, held) = match self.ws.get_mut(&conn) {
+            None => {
+                let n = socket.send_slice(core.outbound(conn)).unwrap_or(0);
+                core.consume(conn, n);
+                (n, false)
+            }
+            Some(ws) => {
+                let mut n = 0;
+                let held = websocket::transmit(ws, core, conn, |b| {
+                    let sent = socket.send_slice(b).unwrap_or(0);
+                    n += sent;
+                    Ok(sent)
+                })
+                .unwrap_or(false);
+                (n, held)
+            }
+        };
         if n > 0 {
             if let Some(&slot) = s.slots.get(&h) {
                 // The time of the last poll is near enough to tell idle.
                 self.pool.touch(slot, self.last_poll);
             }
         }
-        if !core.outbound(conn).is_empty() && !s.blocked.contains(&conn) {
+        if (held || !core.outbound(conn).is_empty()) && !s.blocked.contains(&conn) {
             s.blocked.push(conn);
         }
         self.mark(id);
@@ -1008,7 +1139,23 @@ impl ClientTransport for NetStack {
         if let Some((id, handle)) = self.conns.remove(&conn) {
             let s = &mut self.shards[id as usize];
             if let Some((_, key)) = s.conns.remove(&handle) {
-                let pending = core.outbound(conn).to_vec();
+                let pending = match self.ws.remove(&conn) {
+                    // What the adapter holds, the core's last output as
+                    // messages, the close frame.
+                    Some(mut ws) => {
+                        ws.shutdown(core.outbound(conn));
+                        if ws.awaits_handshake() {
+                            // Held until the request comes (bounded wait).
+                            let deadline = now + REFUSED_HANDSHAKE_WAIT;
+                            s.lingering.push(Lingering { handle, key, ws, deadline });
+                            self.mark(id);
+                            core.handle_disconnect(now, conn);
+                            return;
+                        }
+                        ws.pending().to_vec()
+                    }
+                    None => core.outbound(conn).to_vec(),
+                };
                 let deadline = now + self.cfg.close_timeout;
                 s.closing.push(Closing { handle, key, pending, fin: false, deadline });
             }

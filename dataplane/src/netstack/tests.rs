@@ -38,15 +38,22 @@ struct Wire {
 
 impl Wire {
     fn new(cfg: NetConfig) -> Wire {
-        let text =
-            format!("[[listeners]]\nbind = \"10.77.0.1:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n");
+        Wire::with_listener(cfg, "")
+    }
+
+    /// A wire whose gateway listener has the `extra` lines.
+    fn with_listener(cfg: NetConfig, extra: &str) -> Wire {
+        let text = format!(
+            "[[listeners]]\nbind = \"10.77.0.1:7000\"\n{extra}\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n"
+        );
         let config = GatewayConfig::parse(&text, "netstack test").unwrap();
         let now = Instant::now();
         let auth = portcullis_core::auth::from_config(&config).unwrap();
         let core = Gateway::new(&config, 0, Shared::new(1, [3; 32]), auth, now, Duration::from_secs(1_800_000_000));
         let gw_dev = FrameQueue::default();
         let addrs = [IpCidr::new(GW.into(), 24), IpCidr::new(GW6.into(), 64)];
-        let stack = NetStack::new(&gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now);
+        let stack = NetStack::new(&gw_dev, [2, 0, 0, 0, 0, 1], &addrs, &[(7000, 0)], cfg, now)
+            .with_websocket(crate::transport::websocket::WsSettings::for_listeners(&config).unwrap());
         let mut cl_dev = FrameQueue::default();
         let mut client = Interface::new(
             IfaceConfig::new(HardwareAddress::Ethernet(EthernetAddress([2, 0, 0, 0, 0, 2]))),
@@ -164,6 +171,130 @@ fn a_tcp_client_logs_in_through_the_userspace_stack() {
     w.sock(h).close();
     w.run_until(|w| w.core.connection_count() == 0);
     assert_eq!(w.stack.connections(), 0);
+}
+
+/// A masked client WebSocket frame (FIN set).
+fn ws_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let mask = [9, 8, 7, 6];
+    out.push(0x80 | opcode);
+    assert!(payload.len() < 126);
+    out.push(0x80 | payload.len() as u8);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+}
+
+#[test]
+fn a_websocket_client_logs_in_and_closes_through_the_userspace_stack() {
+    let mut w = Wire::with_listener(NetConfig::default(), "transport = \"websocket\"");
+    let h = w.connect(40_100);
+    w.run_until(|w| w.core.connection_count() == 1);
+    let mut out = b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    // The LOGIN message right behind the request, without its length prefix.
+    let mut login = Vec::new();
+    Codec::Protobuf.encode(&Envelope::new(cmd::LOGIN, 1, 0, &login_frame("alice")), &mut login);
+    ws_frame(&mut out, 0x2, &login[4..]);
+    assert_eq!(w.sock(h).send_slice(&out).unwrap(), out.len());
+    let mut buf = Vec::new();
+    let drain = |w: &mut Wire, buf: &mut Vec<u8>| {
+        let s = w.sock(h);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                buf.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+    };
+    let head_end = |buf: &[u8]| buf.windows(4).position(|x| x == b"\r\n\r\n").map(|i| i + 4);
+    // A server frame at `at`: where its payload starts and its length.
+    let frame_at = |buf: &[u8], at: usize| match buf.get(at + 1) {
+        Some(126) => buf.get(at + 2..at + 4).map(|b| (at + 4, usize::from(u16::from_be_bytes([b[0], b[1]])))),
+        Some(&n) if n < 126 => Some((at + 2, usize::from(n))),
+        _ => None,
+    };
+    w.run_until(|w| {
+        drain(w, &mut buf);
+        head_end(&buf).and_then(|end| frame_at(&buf, end)).is_some_and(|(start, len)| buf.len() >= start + len)
+    });
+    let end = head_end(&buf).unwrap();
+    let (start, len) = frame_at(&buf, end).unwrap();
+    let answer = String::from_utf8_lossy(&buf[..end]).to_string();
+    assert!(answer.starts_with("HTTP/1.1 101 ") && answer.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{answer}");
+    assert_eq!(buf[end], 0x82, "one binary message, unfragmented");
+    let reply = Codec::Protobuf.decode(&buf[start..start + len]).unwrap().into_owned();
+    assert_eq!((reply.cmd, reply.seq), (cmd::LOGIN, 1));
+    let r: LoginReply = Codec::Protobuf.payload_form().decode(&reply.payload).unwrap();
+    assert_eq!(r.user_id, "alice");
+    buf.drain(..start + len);
+    // The client closes: the same status comes back, then the FIN.
+    let mut close = Vec::new();
+    ws_frame(&mut close, 0x8, &1000u16.to_be_bytes());
+    assert_eq!(w.sock(h).send_slice(&close).unwrap(), close.len());
+    w.run_until(|w| {
+        drain(w, &mut buf);
+        !w.sock(h).may_recv()
+    });
+    assert_eq!(buf, [0x88, 2, 0x03, 0xe8]);
+    assert_eq!(w.core.connection_count(), 0);
+}
+
+#[test]
+fn a_websocket_connection_refused_at_accept_gets_its_error_after_the_handshake() {
+    let extra = "transport = \"websocket\"\n[limits]\nmax_connections_per_ip = 1";
+    let mut w = Wire::with_listener(NetConfig::default(), extra);
+    let first = w.connect(40_200);
+    w.run_until(|w| w.core.connection_count() == 1);
+    let second = w.connect(40_201);
+    // Refused by the core as soon as it connects; the socket stays open,
+    // waiting for the request.
+    w.run_until(|w| w.sock(second).state() == tcp::State::Established);
+    for _ in 0..50 {
+        w.step();
+    }
+    assert_eq!(w.core.connection_count(), 1);
+    assert!(w.sock(second).may_recv(), "not closed before the handshake");
+    let request = b"GET / HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    assert_eq!(w.sock(second).send_slice(request).unwrap(), request.len());
+    let mut buf = Vec::new();
+    w.run_until(|w| {
+        let s = w.sock(second);
+        while s.can_recv() {
+            let _ = s.recv(|b| {
+                buf.extend_from_slice(b);
+                (b.len(), ())
+            });
+        }
+        !s.may_recv()
+    });
+    let end = buf.windows(4).position(|x| x == b"\r\n\r\n").unwrap() + 4;
+    assert!(buf.starts_with(b"HTTP/1.1 101 "), "{:?}", String::from_utf8_lossy(&buf));
+    assert_eq!(buf[end], 0x82, "the ERROR as a binary message");
+    let len = usize::from(buf[end + 1]);
+    let err = Codec::Protobuf.decode(&buf[end + 2..end + 2 + len]).unwrap();
+    assert_eq!(err.cmd, cmd::ERROR);
+    assert_eq!(&buf[end + 2 + len..], [0x88, 2, 0x03, 0xe8], "then the close frame, then the FIN");
+    // The first connection was never disturbed.
+    assert_eq!(w.core.connection_count(), 1);
+    assert_eq!(w.sock(first).state(), tcp::State::Established);
+}
+
+#[test]
+fn a_refused_websocket_connection_without_a_request_is_closed_after_the_wait() {
+    let extra = "transport = \"websocket\"\n[limits]\nmax_connections_per_ip = 1";
+    let mut w = Wire::with_listener(NetConfig::default(), extra);
+    let _first = w.connect(40_210);
+    w.run_until(|w| w.core.connection_count() == 1);
+    let second = w.connect(40_211);
+    w.run_until(|w| w.sock(second).state() == tcp::State::Established);
+    let opened = w.now;
+    w.run_until(|w| !w.sock(second).may_recv());
+    let waited = w.now - opened;
+    assert!(
+        waited >= REFUSED_HANDSHAKE_WAIT && waited < REFUSED_HANDSHAKE_WAIT + Duration::from_millis(500),
+        "{waited:?}"
+    );
 }
 
 #[test]

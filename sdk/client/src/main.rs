@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! portcullis-client --addr 127.0.0.1:7000 --user alice --secret portcullis-demo-secret-change-me
+//! portcullis-client --addr 127.0.0.1:7004 --transport websocket --codec json --user bob --secret …
 //! > /join room:lobby
 //! > /say lobby hello everyone
 //! ```
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis_client::{Client, Encryption, Event};
+use portcullis_client::{Client, DirectDialer, Encryption, Event, TransportKind};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::Codec;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -25,6 +26,9 @@ struct Args {
     /// Envelope codec of that listener.
     #[arg(long, value_enum, default_value = "protobuf")]
     codec: CodecArg,
+    /// Transport of that listener: tcp or websocket.
+    #[arg(long, default_value = "tcp")]
+    transport: TransportKind,
     /// Login token; or mint one with --user and --secret.
     #[arg(long, conflicts_with_all = ["user", "secret"])]
     token: Option<String>,
@@ -82,7 +86,13 @@ async fn main() -> anyhow::Result<()> {
         CodecArg::Json => Codec::Json,
         CodecArg::Text => Codec::Text,
     };
-    let (client, mut events) = Client::connect_with(&args.addr, codec, Duration::from_secs(10))
+    let addr = tokio::net::lookup_host(&args.addr)
+        .await
+        .with_context(|| format!("cannot resolve {}", args.addr))?
+        .next()
+        .with_context(|| format!("no address for {}", args.addr))?;
+    let connector = portcullis_client::connector(args.transport, std::sync::Arc::new(DirectDialer));
+    let (client, mut events) = Client::connect_via(addr, codec, Duration::from_secs(10), connector)
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
     client.set_encryption(match args.encryption {
