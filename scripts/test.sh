@@ -5,7 +5,8 @@
 # DPDK dataplanes on the veth harness — and the whole end-to-end suite a
 # second time, unchanged, against the AF_XDP backend. The end-to-end suite
 # (loopback, bad input, resilience) runs again over each other transport
-# (TRANSPORTS, default "quic kcp"), on kernel sockets and as root on AF_XDP.
+# (TRANSPORTS, default "quic kcp websocket"), on kernel sockets and as root
+# on AF_XDP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The AF_XDP and DPDK backends are cargo features (one builds libxdp from C,
@@ -15,7 +16,7 @@ if [ "${1:-}" = "--features" ]; then
     echo "$features"
     exit 0
 fi
-TRANSPORTS="${TRANSPORTS:-quic kcp}"
+TRANSPORTS="${TRANSPORTS:-quic kcp websocket}"
 suite=(--test loopback --test bad_input --test resilience)
 ./scripts/setup.sh
 echo "== the workspace with default features (what a plain \`cargo test\` runs)"

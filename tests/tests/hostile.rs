@@ -15,7 +15,6 @@ use portcullis_proto::{cmd, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
 use portcullis_tests::{token, token_for, CuttingProxy, Raw, Stack, StackOptions};
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 /// Players that echo through the game server and message each other until
@@ -91,7 +90,7 @@ async fn play(
 
 /// Whether the gateway closed `s` within `wait` (EOF or reset; bytes it
 /// sends meanwhile are read and dropped).
-async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+async fn closed_within(s: &mut (impl tokio::io::AsyncRead + Unpin), wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
     let mut buf = [0u8; 4096];
     loop {

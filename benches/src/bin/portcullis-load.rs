@@ -113,6 +113,12 @@ struct Args {
     /// QUIC: the gateway's certificate (PEM), trusted for the name `localhost`.
     #[arg(long)]
     ca: Option<String>,
+    /// Echo unreliably (QUIC datagrams both ways; on other transports the
+    /// stream), resending a request not answered within this many ms, as a
+    /// game client does: latency is counted from the first send. 0: reliable
+    /// echoes on the stream.
+    #[arg(long, default_value_t = 0)]
+    unreliable_resend_ms: u64,
 }
 
 impl Args {
@@ -229,18 +235,37 @@ async fn echo(args: &Args, addr: SocketAddr) -> anyhow::Result<()> {
     for (c, _events) in &clients {
         for _ in 0..args.depth {
             let (c, payload) = (c.clone(), payload.clone());
+            let resend = Duration::from_millis(args.unreliable_resend_ms);
             loops.push(move || {
                 let (c, payload) = (c.clone(), payload.clone());
-                async move { matches!(c.call(ECHO, &payload).await, Ok(back) if back == payload) }
+                async move {
+                    if resend.is_zero() {
+                        return matches!(c.call(ECHO, &payload).await, Ok(back) if back == payload);
+                    }
+                    // Up to 50 tries: a gateway that answers none is a failure.
+                    for _ in 0..50 {
+                        match c.call_unreliable(ECHO, &payload, resend).await {
+                            Ok(back) => return back == payload,
+                            Err(portcullis_client::ClientError::Timeout(_)) => continue,
+                            Err(_) => return false,
+                        }
+                    }
+                    false
+                }
             });
         }
     }
     let label = format!(
-        "echo {} clients depth {} payload {} B{}{}",
+        "echo {} clients depth {} payload {} B{}{}{}",
         args.clients,
         args.depth,
         args.payload,
         if args.encrypt { " encrypted" } else { "" },
+        if args.unreliable_resend_ms > 0 {
+            format!(" unreliable resend {} ms", args.unreliable_resend_ms)
+        } else {
+            String::new()
+        },
         if args.gateway.is_none() { format!(" workers {}", args.workers) } else { String::new() }
     );
     no_failures(closed_loop(args, &label, loops).await?)

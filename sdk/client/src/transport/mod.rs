@@ -171,7 +171,9 @@ pub fn connector_tls(kind: TransportKind, dialer: Arc<dyn Dialer>, tls: Option<T
         }),
         TransportKind::WebSocket => Arc::new(move |addr| {
             let dialer = dialer.clone();
-            Box::pin(async move { Ok(Connected { stream: websocket::connect(&*dialer, addr).await?, datagrams: None }) })
+            Box::pin(
+                async move { Ok(Connected { stream: websocket::connect(&*dialer, addr).await?, datagrams: None }) },
+            )
         }),
     }
 }
