@@ -5,8 +5,11 @@
 # the harness's gateway address), to append to a gateway config.
 udp_listeners() {
     local dir=$1 ip=${2:-10.77.0.1}
+    # An end-entity certificate (not a CA: TLS clients refuse a CA as a
+    # server's own certificate).
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 7 -subj /CN=localhost \
-        -addext subjectAltName=DNS:localhost -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+        -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE \
+        -addext extendedKeyUsage=serverAuth -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
     cat <<CFG
 
 [[listeners]]

@@ -3,7 +3,8 @@
 //! DPDK; the userspace stack answers ARP and neighbour solicitation and
 //! terminates TCP, and players behind the harness's router use the real
 //! Linux TCP stack to log in and echo through the sample game server, over
-//! IPv4 and IPv6.
+//! IPv4 and IPv6 — and, through the SDK, over KCP and QUIC, whose datagrams
+//! the stack takes straight from DPDK's rings.
 //!
 //! DPDK's EAL starts once per process, so this file holds one test.
 #![cfg(feature = "dpdk")]
@@ -11,6 +12,7 @@
 mod common;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{echo, logged_in, logged_in_from, recv, send, start_game_server, wait_for_links};
@@ -19,7 +21,9 @@ use portcullis_core::Config;
 use portcullis_dataplane::io::dpdk::init_eal;
 use portcullis_dataplane::RunningGateway;
 use portcullis_harness::{ip, Harness, Options, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6};
-use portcullis_proto::Envelope;
+use portcullis_client::{Client, DirectDialer, Tls, TransportKind};
+use portcullis_proto::token::{sign, Claims};
+use portcullis_proto::{Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
 
 const SECRET: &str = "dpdk-test-secret-0123456789";
@@ -71,8 +75,21 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         format!("--vdev=net_af_xdp0,iface={GATEWAY_IFACE}"),
     ];
     let eal = eal.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ");
+    // A self-signed certificate for the QUIC listener.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("pcx-dpdk-cert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let udp_listeners = format!(
+        "[[listeners]]\nbind = \"{GATEWAY_V4}:7010\"\ntransport = \"kcp\"\n\
+         [[listeners]]\nbind = \"{GATEWAY_V4}:7011\"\ntransport = \"quic\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+        cert_path.display().to_string(),
+        key_path.display().to_string()
+    );
     let text = format!(
-        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\nuser_rate = 1000000\nuser_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
+        "[limits]\nsession_rate = 1000000\nsession_burst = 1000000\nuser_rate = 1000000\nuser_burst = 1000000\n[[listeners]]\nbind = \"{GATEWAY_V4}:7000\"\n{udp_listeners}[auth]\nkind = \"token\"\nsecret = \"{SECRET}\"\n\
          [dpdk]\neal_args = [{eal}]\naddresses = [\"{GATEWAY_V4}/24\", \"{GATEWAY_V6}/64\"]\nmbufs = {MIN_MBUFS}\n\
          [[services]]\nname = \"game\"\nservers = [\"{game_addr}\"]\n[[routes]]\ncommands = [1000, 1999]\nservice = \"game\"\n"
     );
@@ -131,6 +148,31 @@ fn players_log_in_and_echo_through_the_dpdk_dataplane() {
         "{rounds} echo round trips in {elapsed:?} ({:.0}/s, one player, debug build)",
         rounds as f64 / elapsed.as_secs_f64()
     );
+    // KCP and QUIC players through the SDK, from the players' namespace.
+    let tls = Tls { roots: vec![cert.cert.der().clone()], server_name: "localhost".into() };
+    let udp_echoes = h.in_players(|| {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut echoed = 0;
+            for (kind, port) in [(TransportKind::Kcp, 7010), (TransportKind::Quic, 7011)] {
+                let connector = portcullis_client::connector_tls(kind, Arc::new(DirectDialer), Some(tls.clone()));
+                let to = SocketAddr::new(GATEWAY_V4.into(), port);
+                let (client, _events) = Client::connect_via(to, Codec::Protobuf, Duration::from_secs(10), connector)
+                    .await
+                    .unwrap_or_else(|e| panic!("{kind:?} to {to}: {e}"));
+                let claims = Claims { uid: format!("{kind:?}"), dev: "pc".into(), exp: u64::MAX, role: String::new() };
+                client.login(&sign(SECRET.as_bytes(), &claims)).await.unwrap();
+                for k in 0..10 {
+                    let payload = format!("{kind:?} {k}");
+                    echoed += usize::from(client.call(ECHO, payload.as_bytes()).await.unwrap() == payload.as_bytes());
+                }
+            }
+            echoed
+        })
+    });
+    assert_eq!(udp_echoes, 20, "ten echoes over KCP and ten over QUIC");
+    let _ = std::fs::remove_dir_all(&dir);
+
     // The stack answered ARP and neighbour solicitation with the port's MAC
     // address, veth-g's.
     let mac = h.gateway_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");

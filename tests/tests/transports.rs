@@ -105,6 +105,38 @@ async fn unreliable_calls_go_on_the_stream_where_there_are_no_datagrams() {
     assert_eq!(client.last_server_seq(), before + 7);
 }
 
+/// Sends `n` UDP datagrams with `payloads` (in turn) from as many spoofed
+/// sources, at 2 000/s, to the stack's protobuf listener; then a player logs
+/// in and echoes. The workers' status after, or `None` on loopback (sources
+/// cannot be spoofed there: the test says it skipped).
+#[cfg(feature = "afxdp")]
+async fn spoofed_flood_then_a_player(
+    stack: &Stack,
+    n: u64,
+    payloads: Vec<Vec<u8>>,
+) -> Option<Vec<portcullis_dataplane::WorkerStatus>> {
+    use portcullis_harness::flood::Flood;
+    let addr = stack.addr(Codec::Protobuf);
+    let source = "10.99.0.1".parse().unwrap();
+    let flood = Flood {
+        sources: Flood::spoofed(source, n as u32),
+        rate: Some(2_000),
+        udp_payloads: payloads,
+        ..Flood::udp(source.into(), addr.ip(), addr.port(), n)
+    };
+    let Some(report) = tokio::task::block_in_place(|| stack.flood(flood)) else {
+        eprintln!("skipped: spoofed sources need the veth harness (PORTCULLIS_E2E_IO=afxdp)");
+        return None;
+    };
+    assert_eq!(report.sent, n);
+    // A player gets in after the flood (through a Retry, on QUIC).
+    let (client, _events) = stack.player("survivor").await;
+    assert_eq!(client.call(ECHO, b"still here").await.expect("echo"), b"still here");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let workers = stack.gateway.status_reports().lock().unwrap().clone();
+    Some(workers)
+}
+
 /// QUIC Initials of `n` fresh client connections to `addr`, as recorded
 /// datagrams (valid ones: the gateway decrypts them).
 #[cfg(feature = "afxdp")]
@@ -127,29 +159,11 @@ fn quic_initials(n: usize, addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
 #[cfg(feature = "afxdp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoofed_quic_initial_flood_gets_stateless_retries_and_players_still_connect() {
-    use portcullis_harness::flood::Flood;
     let stack = stack_over(TransportKind::Quic, "").await;
     let addr = stack.addr(Codec::Protobuf);
     const N: u64 = 4_000;
     let initials = quic_initials(N as usize, addr);
-    let sources = Flood::spoofed("10.99.0.1".parse().unwrap(), N as u32);
-    let flood = Flood {
-        sources,
-        rate: Some(2_000),
-        udp_payloads: initials,
-        ..Flood::udp("10.99.0.1".parse().unwrap(), addr.ip(), addr.port(), N)
-    };
-    let Some(report) = tokio::task::block_in_place(|| stack.flood(flood)) else {
-        eprintln!("skipped: spoofed sources need the veth harness (PORTCULLIS_E2E_IO=afxdp)");
-        return;
-    };
-    assert_eq!(report.sent, N);
-    // A player gets in through the Retry, after the flood as during it.
-    let (client, _events) = stack.player("survivor").await;
-    assert_eq!(client.call(ECHO, b"still here").await.expect("echo"), b"still here");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = stack.gateway.status_reports();
-    let workers = status.lock().unwrap().clone();
+    let Some(workers) = spoofed_flood_then_a_player(&stack, N, initials).await else { return };
     let replies: u64 = workers.iter().map(|w| w.io.udp_stateless_replies).sum();
     let open: u64 = workers.iter().map(|w| w.io.udp_connections).sum();
     let sessions: usize = workers.iter().map(|w| w.sessions).sum();
@@ -164,27 +178,11 @@ async fn a_spoofed_quic_initial_flood_gets_stateless_retries_and_players_still_c
 #[cfg(feature = "afxdp")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spoofed_kcp_hello_flood_creates_no_state_and_players_still_connect() {
-    use portcullis_harness::flood::Flood;
     use portcullis_proto::kcp::Control;
     let stack = stack_over(TransportKind::Kcp, "").await;
-    let addr = stack.addr(Codec::Protobuf);
     const N: u64 = 4_000;
     let hellos: Vec<Vec<u8>> = (0..64).map(|nonce| Control::Hello { nonce }.to_vec()).collect();
-    let flood = Flood {
-        sources: Flood::spoofed("10.99.0.1".parse().unwrap(), N as u32),
-        rate: Some(2_000),
-        udp_payloads: hellos,
-        ..Flood::udp("10.99.0.1".parse().unwrap(), addr.ip(), addr.port(), N)
-    };
-    let Some(report) = tokio::task::block_in_place(|| stack.flood(flood)) else {
-        eprintln!("skipped: spoofed sources need the veth harness (PORTCULLIS_E2E_IO=afxdp)");
-        return;
-    };
-    assert_eq!(report.sent, N);
-    let (client, _events) = stack.player("survivor").await;
-    assert_eq!(client.call(ECHO, b"still here").await.expect("echo"), b"still here");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let workers = stack.gateway.status_reports().lock().unwrap().clone();
+    let Some(workers) = spoofed_flood_then_a_player(&stack, N, hellos).await else { return };
     let replies: u64 = workers.iter().map(|w| w.io.udp_stateless_replies).sum();
     let open: u64 = workers.iter().map(|w| w.io.udp_connections).sum();
     // Every HELLO got a cookie and nothing else: the player's is the only

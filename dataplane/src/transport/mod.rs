@@ -12,6 +12,7 @@
 
 pub mod kcp;
 pub mod quic;
+pub mod tls;
 pub mod websocket;
 
 use std::io;

@@ -38,8 +38,6 @@ use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, EndpointConfig, Event, ServerConfig, StreamEvent, StreamId, TransportConfig,
     VarInt,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::{listeners_of, DatagramStats, DatagramTransport, Transmit};
 use crate::io::dispatch::ClientTransport;
@@ -149,38 +147,18 @@ pub struct QuicTransport {
     stats: DatagramStats,
 }
 
-/// Reads a listener's certificate chain and key.
+/// The QUIC server config of listener `i`: its certificate (TLS 1.3, ALPN
+/// [`ALPN`], no 0-RTT), the transport parameters, migration on.
 fn server_config(config: &Config, i: usize) -> io::Result<Arc<ServerConfig>> {
     let l = &config.listeners[i];
-    let bad = |key: &str, path: &str, e: &dyn std::fmt::Display| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("listeners[{i}].{key} = {path:?}: {e}"))
+    let (Some(cert), Some(key)) = (&l.tls_cert, &l.tls_key) else {
+        let why = format!("listeners[{i}]: QUIC needs tls_cert and tls_key");
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
     };
-    let (cert, key) = match (&l.tls_cert, &l.tls_key) {
-        (Some(c), Some(k)) => (c, k),
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("listeners[{i}]: QUIC needs tls_cert and tls_key"),
-            ))
-        }
-    };
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| bad("tls_cert", cert, &e))?;
-    if certs.is_empty() {
-        return Err(bad("tls_cert", cert, &"no certificate in the file"));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("tls_key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| bad("tls_cert", cert, &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key_der)
-        .map_err(|e| bad("tls_key", key, &e))?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut tls = super::tls::server_config(i, cert, key, super::tls::Versions::Tls13, ALPN)?;
     tls.max_early_data_size = 0;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| bad("tls_cert", cert, &e))?;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("listeners[{i}].tls_cert = {cert:?}: {e}")))?;
     let mut server = ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport_config()));
     server.migration(true);

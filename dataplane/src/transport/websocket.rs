@@ -146,30 +146,10 @@ impl WsSettings {
     }
 }
 
-/// The TLS server config of listener `i` from its PEM files: a certificate
-/// chain and its private key (PKCS#8, RSA or SEC1); ALPN `http/1.1`.
+/// The TLS server config of listener `i` from its PEM files; ALPN
+/// `http/1.1`.
 pub fn tls_config(i: usize, cert: &str, key: &str) -> io::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let invalid = |k: &str, path: &str, e: &dyn std::fmt::Display| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("listeners[{i}].{k} = {path:?}: {e}"))
-    };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect())
-        .map_err(|e| invalid("tls_cert", cert, &e))?;
-    if certs.is_empty() {
-        return Err(invalid("tls_cert", cert, &"no CERTIFICATE in the file"));
-    }
-    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| invalid("tls_key", key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("tls_cert", cert, &e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, private)
-        .map_err(|e| invalid("tls_key", key, &e))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    super::tls::server_config(i, cert, key, super::tls::Versions::SafeDefault, b"http/1.1").map(Arc::new)
 }
 
 /// TLS below the WebSocket: records in and out, plaintext between.
