@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # SECONDS per target (default 600); targets default to all of them:
-# envelope link_frame tokens config netstack xdp. The xdp target needs root
+# envelope link_frame tokens config netstack kcp websocket xdp. The xdp target needs root
 # (BPF_PROG_TEST_RUN) and is skipped with a message without it.
 #
 # Each run starts from the committed seeds (fuzz/corpus/<target>/) copied
@@ -24,7 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ALL=(envelope link_frame tokens config netstack xdp)
+ALL=(envelope link_frame tokens config netstack kcp websocket xdp)
 secs=600
 if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
     secs=$1
