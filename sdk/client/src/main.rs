@@ -3,6 +3,7 @@
 //! ```text
 //! portcullis-client --addr 127.0.0.1:7000 --user alice --secret portcullis-demo-secret-change-me
 //! portcullis-client --addr 127.0.0.1:7004 --transport websocket --codec json --user bob --secret …
+//! portcullis-client --addr 127.0.0.1:7011 --transport quic --ca cert.pem --user carol --secret …
 //! > /join room:lobby
 //! > /say lobby hello everyone
 //! ```
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use clap::Parser;
-use portcullis_client::{Client, DirectDialer, Encryption, Event, TransportKind};
+use portcullis_client::{Client, DirectDialer, Encryption, Event, Tls, TransportKind};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::Codec;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -26,9 +27,15 @@ struct Args {
     /// Envelope codec of that listener.
     #[arg(long, value_enum, default_value = "protobuf")]
     codec: CodecArg,
-    /// Transport of that listener: tcp or websocket.
+    /// Transport of that listener: tcp, websocket, quic or kcp.
     #[arg(long, default_value = "tcp")]
     transport: TransportKind,
+    /// QUIC: the gateway's certificate (or its CA's), PEM.
+    #[arg(long, required_if_eq("transport", "quic"))]
+    ca: Option<String>,
+    /// QUIC: the name the gateway's certificate carries.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
     /// Login token; or mint one with --user and --secret.
     #[arg(long, conflicts_with_all = ["user", "secret"])]
     token: Option<String>,
@@ -91,7 +98,8 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot resolve {}", args.addr))?
         .next()
         .with_context(|| format!("no address for {}", args.addr))?;
-    let connector = portcullis_client::connector(args.transport, std::sync::Arc::new(DirectDialer));
+    let tls = args.ca.as_deref().map(|ca| Tls::from_pem_file(ca, &args.server_name)).transpose()?;
+    let connector = portcullis_client::connector_tls(args.transport, std::sync::Arc::new(DirectDialer), tls);
     let (client, mut events) = Client::connect_via(addr, codec, Duration::from_secs(10), connector)
         .await
         .with_context(|| format!("cannot connect to {}", args.addr))?;
