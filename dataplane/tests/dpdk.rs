@@ -16,12 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{echo, logged_in, logged_in_from, recv, send, start_game_server, wait_for_links};
+use portcullis_client::{Client, DirectDialer, Tls, TransportKind};
 use portcullis_core::config::MIN_MBUFS;
 use portcullis_core::Config;
 use portcullis_dataplane::io::dpdk::init_eal;
 use portcullis_dataplane::RunningGateway;
 use portcullis_harness::{ip, Harness, Options, GATEWAY_IFACE, GATEWAY_V4, GATEWAY_V6};
-use portcullis_client::{Client, DirectDialer, Tls, TransportKind};
 use portcullis_proto::token::{sign, Claims};
 use portcullis_proto::{Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
