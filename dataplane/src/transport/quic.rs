@@ -123,6 +123,10 @@ struct Conn {
     in_core: bool,
     /// The core closed it: finish the stream, then close.
     closing: Option<Instant>,
+    /// What the core had queued when it closed a connection whose client
+    /// had not opened its stream yet (a refusal's ERROR): written when the
+    /// stream opens, within [`CLOSE_GRACE`].
+    parting: Vec<u8>,
     /// Deadline registered in the timer heap.
     timer: Option<Instant>,
     /// In the queue of connections with something to send.
@@ -276,6 +280,7 @@ impl QuicTransport {
                     stream: None,
                     in_core: false,
                     closing: None,
+                    parting: Vec::new(),
                     timer: None,
                     queued: false,
                 });
@@ -323,6 +328,14 @@ impl QuicTransport {
                     c.stream = c.quic.streams().accept(Dir::Bi);
                     if c.in_core {
                         core.handle_writable(c.id);
+                    } else if let (Some(s), Some(_)) = (c.stream, c.closing) {
+                        // Closed before the client's stream existed: what
+                        // the core had to say (why), then the end.
+                        let mut send = c.quic.send_stream(s);
+                        let parting = std::mem::take(&mut c.parting);
+                        if send.write(&parting).is_err() || send.finish().is_err() {
+                            c.quic.close(now, VarInt::from_u32(CLOSE_NORMAL), Bytes::from_static(b"closed"));
+                        }
                     }
                 }
                 Event::Stream(StreamEvent::Writable { .. }) if c.in_core => core.handle_writable(c.id),
@@ -436,6 +449,9 @@ impl ClientTransport for QuicTransport {
             c.closing = Some(now);
             match c.stream {
                 Some(s) if wrote && c.quic.send_stream(s).finish().is_ok() => {}
+                // The client has not opened its stream yet: keep what the
+                // core said for it (a refusal's ERROR) until it does.
+                None if !c.quic.is_closed() => c.parting = core.outbound(conn).to_vec(),
                 _ => c.quic.close(now, VarInt::from_u32(CLOSE_NORMAL), Bytes::from_static(b"closed")),
             }
             self.queue(Self::slot(conn));
