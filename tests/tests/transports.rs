@@ -43,12 +43,21 @@ async fn a_quic_player_whose_address_changes_keeps_its_connection_and_session() 
     // datagram the kernel spread by address would reach the wrong worker
     // about every other move.
     for moved in 0..5 {
-        for k in 0..20 {
-            let payload = format!("move {moved} echo {k}");
-            let back = client.call(ECHO, payload.as_bytes()).await.expect("echo through the moved connection");
-            assert_eq!(back, payload.as_bytes());
-        }
+        // Mid-stream: the move happens while twenty echoes are in flight.
+        let calls: Vec<_> = (0..20)
+            .map(|k| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let payload = format!("move {moved} echo {k}");
+                    let back = client.call(ECHO, payload.as_bytes()).await.expect("echo through the moving connection");
+                    assert_eq!(back, payload.as_bytes());
+                })
+            })
+            .collect();
         endpoint.rebind(stack.player_udp(moved)).expect("rebind");
+        for call in calls {
+            call.await.expect("echo task");
+        }
         let after = endpoint.local_addr().unwrap();
         assert_ne!(before, after);
         before = after;
