@@ -305,6 +305,16 @@ impl Stack {
         tokio::net::UdpSocket::from_std(socket).expect("register the UDP socket")
     }
 
+    /// The players' network namespace on the harness (`None` on loopback):
+    /// where a process playing must run, e.g. `ip netns exec NS browser`.
+    pub fn players_netns(&self) -> Option<String> {
+        match &self.net {
+            Net::Loopback => None,
+            #[cfg(feature = "afxdp")]
+            Net::Harness(h) => Some(h.harness.players.clone()),
+        }
+    }
+
     /// A UDP socket of player address `n` (a port the OS chooses): one of
     /// 127.0.0.2… on loopback, of the routed players' addresses on the
     /// harness. For a client that moves to a new address.

@@ -54,7 +54,16 @@ async fn a_browser_page_logs_in_and_echoes_over_websocket() {
         query("hello from the browser"),
     );
     let profile = std::env::temp_dir().join(format!("portcullis-chromium-{}", std::process::id()));
-    let child = std::process::Command::new(&chromium)
+    // On the harness the browser plays from the players' namespace.
+    let mut command = match stack.players_netns() {
+        Some(ns) => {
+            let mut c = std::process::Command::new("ip");
+            c.args(["netns", "exec", &ns, &chromium]);
+            c
+        }
+        None => std::process::Command::new(&chromium),
+    };
+    let child = command
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg("--remote-debugging-port=0")
