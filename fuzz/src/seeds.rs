@@ -142,10 +142,34 @@ fn link_seeds(out: &mut Vec<Seed>) {
                 silent: true,
             }),
         ),
-        ("push-session", Kind::PushToSession(pb::PushToSession { session_id: 1, cmd: 1500, payload: b"x".to_vec() })),
-        ("push-user", Kind::PushToUser(pb::PushToUser { user_id: "alice".into(), cmd: 1501, payload: b"y".to_vec() })),
-        ("push-group", Kind::PushToGroup(pb::PushToGroup { group: "room".into(), cmd: 1502, payload: b"z".to_vec() })),
-        ("broadcast", Kind::Broadcast(pb::Broadcast { cmd: 1503, payload: b"w".to_vec() })),
+        (
+            "push-session",
+            Kind::PushToSession(pb::PushToSession {
+                session_id: 1,
+                cmd: 1500,
+                payload: b"x".to_vec(),
+                unreliable: false,
+            }),
+        ),
+        (
+            "push-user",
+            Kind::PushToUser(pb::PushToUser {
+                user_id: "alice".into(),
+                cmd: 1501,
+                payload: b"y".to_vec(),
+                unreliable: true,
+            }),
+        ),
+        (
+            "push-group",
+            Kind::PushToGroup(pb::PushToGroup {
+                group: "room".into(),
+                cmd: 1502,
+                payload: b"z".to_vec(),
+                unreliable: false,
+            }),
+        ),
+        ("broadcast", Kind::Broadcast(pb::Broadcast { cmd: 1503, payload: b"w".to_vec(), unreliable: true })),
         ("pong", Kind::Pong(pb::Pong { nonce: 1 })),
         ("status", Kind::Status(pb::Status { draining: true })),
     ];

@@ -96,16 +96,18 @@ fn to_prost(f: &ServerFrame<'_>) -> Kind {
                 silent,
             })
         }
-        ServerFrame::PushToSession { session_id, cmd, payload } => {
-            Kind::PushToSession(pb::PushToSession { session_id, cmd, payload: payload.to_vec() })
+        ServerFrame::PushToSession { session_id, cmd, payload, unreliable } => {
+            Kind::PushToSession(pb::PushToSession { session_id, cmd, payload: payload.to_vec(), unreliable })
         }
-        ServerFrame::PushToUser { user_id, cmd, payload } => {
-            Kind::PushToUser(pb::PushToUser { user_id: user_id.into(), cmd, payload: payload.to_vec() })
+        ServerFrame::PushToUser { user_id, cmd, payload, unreliable } => {
+            Kind::PushToUser(pb::PushToUser { user_id: user_id.into(), cmd, payload: payload.to_vec(), unreliable })
         }
-        ServerFrame::PushToGroup { group, cmd, payload } => {
-            Kind::PushToGroup(pb::PushToGroup { group: group.into(), cmd, payload: payload.to_vec() })
+        ServerFrame::PushToGroup { group, cmd, payload, unreliable } => {
+            Kind::PushToGroup(pb::PushToGroup { group: group.into(), cmd, payload: payload.to_vec(), unreliable })
         }
-        ServerFrame::Broadcast { cmd, payload } => Kind::Broadcast(pb::Broadcast { cmd, payload: payload.to_vec() }),
+        ServerFrame::Broadcast { cmd, payload, unreliable } => {
+            Kind::Broadcast(pb::Broadcast { cmd, payload: payload.to_vec(), unreliable })
+        }
         ServerFrame::Pong { nonce } => Kind::Pong(pb::Pong { nonce }),
         ServerFrame::Status { draining } => Kind::Status(pb::Status { draining }),
     }
