@@ -576,3 +576,29 @@ fn the_transport_can_move_to_a_worker_thread() {
     fn send<T: Send>(_: &T) {}
     send(&Net::new().kcp);
 }
+
+#[test]
+fn segments_with_timestamps_from_anywhere_on_the_clock_do_not_panic_the_worker() {
+    // KCP's time differences wrap; a peer chooses the timestamps it sends
+    // (found by the kcp fuzz target: with overflow checks the crate
+    // panicked; the workspace builds it wrapping).
+    let mut net = Net::new();
+    let mut p = net.connect(player_addr(1));
+    for ts in [0u32, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff] {
+        // ACK (82) and window probe (83) segments: conv, cmd, frg, wnd, ts,
+        // sn, una, len.
+        for cmd in [82u8, 83] {
+            let mut segment = p.conv.to_le_bytes().to_vec();
+            segment.extend([cmd, 0]);
+            segment.extend(256u16.to_le_bytes());
+            segment.extend(ts.to_le_bytes());
+            segment.extend([0u8; 12]);
+            net.send(p.addr, &segment);
+        }
+    }
+    p.kcp.send(&heartbeat(9)).unwrap();
+    for _ in 0..20 {
+        net.tick(&mut [&mut p], 10);
+    }
+    assert_eq!(frames(&p.stream), vec![(cmd::HEARTBEAT, 9)], "the conversation still works");
+}
