@@ -30,13 +30,12 @@ use std::time::{Duration, Instant};
 
 use portcullis_core::config::Config;
 use portcullis_core::shard::Shared;
-use portcullis_core::{Gateway, Output, Stats};
-use portcullis_dataplane::io::dispatch::ClientTransport;
+use portcullis_core::{Gateway, Stats};
 use portcullis_dataplane::transport::kcp::{KcpCounters, KcpTransport};
 use portcullis_dataplane::transport::DatagramTransport;
 use portcullis_proto::kcp::{conv_of, kind, Control, CONTROL_CONV, COOKIE_LEN, KCP_HEADER_LEN};
 
-use crate::netstack::{SECRET, UNIX_NOW};
+use crate::netstack::{carry_out, SECRET, UNIX_NOW};
 
 /// Clock advance before a record, by `ctl & 7`.
 pub const ADVANCE_MS: [u64; 8] = [0, 1, 10, 100, 1_000, 5_000, 12_000, 16_000];
@@ -132,18 +131,7 @@ impl Harness {
         if self.kcp.poll_timeout().is_some_and(|t| t <= self.now) {
             self.kcp.handle_timeout(self.now, &mut self.core);
         }
-        while let Some(out) = self.core.poll_output() {
-            match out {
-                Output::Transmit(c) => self.kcp.transmit(&mut self.core, c),
-                Output::Close(c) => self.kcp.close(self.now, &mut self.core, c),
-                Output::ConnectLink(l, _) => self.core.handle_link_connected(self.now, l),
-                Output::TransmitLink(l) => {
-                    let n = self.core.link_outbound(l).len();
-                    self.core.consume_link(l, n);
-                }
-                Output::CloseLink(_) => {}
-            }
-        }
+        carry_out(self.now, &mut self.core, &mut self.kcp);
         self.sent();
         assert_eq!(
             self.core.connection_count() as u64,

@@ -36,6 +36,23 @@ use smoltcp::wire::{IpCidr, Ipv4Address, Ipv6Address};
 
 use crate::packets::{self, Ip};
 
+/// Carries out every output of `core`: client outputs through `transport`,
+/// link outputs as a game server that takes everything and never answers.
+pub fn carry_out(now: Instant, core: &mut Gateway, transport: &mut impl ClientTransport) {
+    while let Some(out) = core.poll_output() {
+        match out {
+            Output::Transmit(c) => transport.transmit(core, c),
+            Output::Close(c) => transport.close(now, core, c),
+            Output::ConnectLink(l, _) => core.handle_link_connected(now, l),
+            Output::TransmitLink(l) => {
+                let n = core.link_outbound(l).len();
+                core.consume_link(l, n);
+            }
+            Output::CloseLink(_) => {}
+        }
+    }
+}
+
 /// The secret of the token authenticator (seeds sign with it).
 pub const SECRET: &str = "fuzz-netstack-secret-0123";
 /// Unix time the core starts at (tokens must expire later).
@@ -112,18 +129,7 @@ impl Harness {
             self.core.handle_timeout(self.now);
         }
         self.stack.poll(self.now, &mut self.dev, &mut self.core);
-        while let Some(out) = self.core.poll_output() {
-            match out {
-                Output::Transmit(c) => self.stack.transmit(&mut self.core, c),
-                Output::Close(c) => self.stack.close(self.now, &mut self.core, c),
-                Output::ConnectLink(l, _) => self.core.handle_link_connected(self.now, l),
-                Output::TransmitLink(l) => {
-                    let n = self.core.link_outbound(l).len();
-                    self.core.consume_link(l, n);
-                }
-                Output::CloseLink(_) => {}
-            }
-        }
+        carry_out(self.now, &mut self.core, &mut self.stack);
         self.stack.poll(self.now, &mut self.dev, &mut self.core);
         while let Some(f) = self.dev.tx.pop_front() {
             self.learn(&f);

@@ -111,6 +111,15 @@ impl Framing {
             Framing::Lines => out.push(b'\n'),
         }
     }
+
+    /// `body` as one whole frame (a new buffer).
+    pub fn frame(self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + self.overhead());
+        let mark = self.begin(&mut out);
+        out.extend_from_slice(body);
+        self.finish(&mut out, mark);
+        out
+    }
 }
 
 #[cfg(test)]
@@ -118,11 +127,7 @@ mod tests {
     use super::*;
 
     fn framed(body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mark = Framing::LengthPrefixed.begin(&mut out);
-        out.extend_from_slice(body);
-        Framing::LengthPrefixed.finish(&mut out, mark);
-        out
+        Framing::LengthPrefixed.frame(body)
     }
 
     #[test]

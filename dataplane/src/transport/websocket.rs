@@ -923,14 +923,6 @@ mod tests {
         frames
     }
 
-    fn framed(framing: Framing, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mark = framing.begin(&mut out);
-        out.extend_from_slice(body);
-        framing.finish(&mut out, mark);
-        out
-    }
-
     fn ws(codec: Codec, max: usize, origins: &[&str]) -> WebSocket {
         let origins: Vec<String> = origins.iter().map(|s| s.to_string()).collect();
         WebSocket::new(WsSettings::new(codec, max, &origins))
@@ -985,7 +977,7 @@ mod tests {
             assert!(!w.is_open());
             // Nothing more: no messages, no close frame on a refused upgrade.
             let len = w.pending().len();
-            assert_eq!(w.encode(&framed(Framing::LengthPrefixed, b"x")), 0);
+            assert_eq!(w.encode(&Framing::LengthPrefixed.frame(b"x")), 0);
             w.shutdown(b"");
             assert_eq!(w.pending().len(), len);
         }
@@ -1027,15 +1019,15 @@ mod tests {
                 let mut w2 = open(codec, 1024);
                 assert_eq!(w2.handle_input(&input[..cut]), Progress::default());
                 assert_eq!(w2.handle_input(&input[cut..]), Progress::default());
-                let mut want = framed(framing, b"first");
-                want.extend(framed(framing, b""));
-                want.extend(framed(framing, b"third"));
+                let mut want = framing.frame(b"first");
+                want.extend(framing.frame(b""));
+                want.extend(framing.frame(b"third"));
                 assert_eq!(w2.for_core(), want, "{codec:?} cut {cut}");
             }
             assert_eq!(w.handle_input(&input), Progress::default());
-            let mut want = framed(framing, b"first");
-            want.extend(framed(framing, b""));
-            want.extend(framed(framing, b"third"));
+            let mut want = framing.frame(b"first");
+            want.extend(framing.frame(b""));
+            want.extend(framing.frame(b"third"));
             assert_eq!(w.for_core(), want);
             w.delivered();
             assert!(w.for_core().is_empty());
@@ -1052,7 +1044,7 @@ mod tests {
         assert_eq!(w.handle_input(&input), Progress::default());
         assert!(w.for_core().is_empty(), "not before the last fragment");
         assert_eq!(w.handle_input(&masked(OP_CONTINUATION, true, b"world")), Progress::default());
-        assert_eq!(w.for_core(), framed(Framing::LengthPrefixed, b"hello world"));
+        assert_eq!(w.for_core(), Framing::LengthPrefixed.frame(b"hello world"));
         assert_eq!(server_frames(w.pending()), vec![(OP_PONG, true, b"are you there".to_vec())]);
     }
 
@@ -1067,9 +1059,9 @@ mod tests {
             let mut w = ws(codec, 1 << 20, &[]);
             let framing = codec.framing();
             let big = vec![b'z'; 70_000];
-            let mut out = framed(framing, b"one");
-            out.extend(framed(framing, &[b'y'; 300]));
-            out.extend(framed(framing, &big));
+            let mut out = framing.frame(b"one");
+            out.extend(framing.frame(&[b'y'; 300]));
+            out.extend(framing.frame(&big));
             assert_eq!(w.encode(&out), 0, "nothing before the handshake");
             w.handle_input(upgrade("").as_bytes());
             let n = w.pending().len();
@@ -1093,7 +1085,7 @@ mod tests {
         assert_eq!(w.for_core().len(), 100_004);
         w.delivered();
         assert!(w.inbox.capacity() <= KEEP_CAPACITY);
-        assert!(w.encode(&framed(Framing::LengthPrefixed, &[6; 100_000])) > 0);
+        assert!(w.encode(&Framing::LengthPrefixed.frame(&[6; 100_000])) > 0);
         let n = w.pending().len();
         w.sent(n);
         assert!(w.tx.capacity() <= KEEP_CAPACITY);
@@ -1108,7 +1100,7 @@ mod tests {
         let mut w = open(Codec::Protobuf, 1 << 20);
         let mut out = Vec::new();
         for _ in 0..20 {
-            out.extend(framed(Framing::LengthPrefixed, &[1; 64 * 1024]));
+            out.extend(Framing::LengthPrefixed.frame(&[1; 64 * 1024]));
         }
         let taken = w.encode(&out);
         assert!(taken < out.len() && w.pending().len() >= TX_BATCH && w.pending().len() < TX_BATCH + 70_000);
@@ -1125,13 +1117,13 @@ mod tests {
         close.extend(masked(OP_BINARY, true, b"after the close"));
         assert_eq!(w.handle_input(&close), Progress { opened: false, finished: true });
         assert!(w.for_core().is_empty(), "nothing after a close is read");
-        w.shutdown(&framed(Framing::LengthPrefixed, b"bye"));
+        w.shutdown(&Framing::LengthPrefixed.frame(b"bye"));
         assert_eq!(
             server_frames(w.pending()),
             vec![(OP_BINARY, true, b"bye".to_vec()), (OP_CLOSE, true, 1001u16.to_be_bytes().to_vec())]
         );
         // Nothing after the close frame.
-        assert_eq!(w.encode(&framed(Framing::LengthPrefixed, b"late")), 0);
+        assert_eq!(w.encode(&Framing::LengthPrefixed.frame(b"late")), 0);
         let len = w.pending().len();
         w.shutdown(b"");
         assert_eq!(w.pending().len(), len);
@@ -1140,7 +1132,7 @@ mod tests {
     #[test]
     fn a_close_before_the_handshake_is_sent_once_it_completes() {
         let mut w = ws(Codec::Protobuf, 1024, &[]);
-        w.shutdown(&framed(Framing::LengthPrefixed, b"refused"));
+        w.shutdown(&Framing::LengthPrefixed.frame(b"refused"));
         assert!(w.awaits_handshake() && w.pending().is_empty());
         let mut input = upgrade("").into_bytes();
         input.extend(masked(OP_BINARY, true, b"ignored"));
@@ -1155,7 +1147,7 @@ mod tests {
         );
         // A bad request instead: the HTTP answer only.
         let mut w = ws(Codec::Protobuf, 1024, &[]);
-        w.shutdown(&framed(Framing::LengthPrefixed, b"refused"));
+        w.shutdown(&Framing::LengthPrefixed.frame(b"refused"));
         assert!(w.handle_input(b"GET / HTTP/1.1\r\n\r\n").finished);
         assert!(answer(&w).starts_with("HTTP/1.1 400 ") && !w.awaits_handshake());
     }
@@ -1198,7 +1190,7 @@ mod tests {
                     }
                     at = end;
                 }
-                want.extend(framed(framing, &body));
+                want.extend(framing.frame(&body));
             }
             let mut w = ws(codec, 1024, &[]);
             let mut got = Vec::new();
@@ -1317,9 +1309,9 @@ mod tests {
         client.writer().write_all(&plain).unwrap();
         pump(&mut client, &mut w);
         assert!(w.is_open());
-        assert_eq!(w.for_core(), framed(Framing::LengthPrefixed, b"over tls"));
+        assert_eq!(w.for_core(), Framing::LengthPrefixed.frame(b"over tls"));
         w.delivered();
-        assert!(w.encode(&framed(Framing::LengthPrefixed, b"and back")) > 0);
+        assert!(w.encode(&Framing::LengthPrefixed.frame(b"and back")) > 0);
         pump(&mut client, &mut w);
         let mut got = Vec::new();
         let _ = client.reader().read_to_end(&mut got);
@@ -1347,7 +1339,7 @@ mod tests {
     #[test]
     fn the_gateway_closing_sends_a_normal_close() {
         let mut w = open(Codec::Json, 1024);
-        w.shutdown(&framed(Framing::Lines, b"{\"cmd\":5}"));
+        w.shutdown(&Framing::Lines.frame(b"{\"cmd\":5}"));
         assert_eq!(
             server_frames(w.pending()),
             vec![(OP_TEXT, true, b"{\"cmd\":5}".to_vec()), (OP_CLOSE, true, 1000u16.to_be_bytes().to_vec())]
@@ -1400,7 +1392,7 @@ mod tests {
         );
         w.delivered();
         // The core's answer goes out before the close.
-        w.shutdown(&framed(Framing::LengthPrefixed, b"ERROR"));
+        w.shutdown(&Framing::LengthPrefixed.frame(b"ERROR"));
         let frames = server_frames(w.pending());
         assert_eq!(frames[1], (OP_CLOSE, true, 1009u16.to_be_bytes().to_vec()));
         // Fragments adding up to more than the limit; the limit itself is fine.

@@ -96,14 +96,6 @@ mod tests {
     use super::*;
     use crate::transport::DirectDialer;
 
-    fn framed(framing: Framing, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mark = framing.begin(&mut out);
-        out.extend_from_slice(body);
-        framing.finish(&mut out, mark);
-        out
-    }
-
     /// A WebSocket server that records the messages it gets, sends
     /// `replies`, then closes.
     async fn server(replies: Vec<Message>, expect: usize) -> (SocketAddr, tokio::task::JoinHandle<Vec<Message>>) {
@@ -136,9 +128,9 @@ mod tests {
         let mut stream = connect(&DirectDialer, addr).await.unwrap();
         // Two frames in one write, a third cut in the middle of its prefix.
         let f = Framing::LengthPrefixed;
-        let mut bytes = framed(f, b"first");
-        bytes.extend(framed(f, b"second"));
-        let third = framed(f, b"third");
+        let mut bytes = f.frame(b"first");
+        bytes.extend(f.frame(b"second"));
+        let third = f.frame(b"third");
         bytes.extend_from_slice(&third[..2]);
         stream.write_all(&bytes).await.unwrap();
         stream.flush().await.unwrap();
@@ -146,8 +138,8 @@ mod tests {
         stream.write_all(&third[2..]).await.unwrap();
         let mut back = Vec::new();
         stream.read_to_end(&mut back).await.unwrap();
-        let mut want = framed(f, b"one");
-        want.extend(framed(f, b""));
+        let mut want = f.frame(b"one");
+        want.extend(f.frame(b""));
         assert_eq!(back, want, "each message framed, then EOF at the close");
         let got = server.await.unwrap();
         let bodies: Vec<Message> =
