@@ -192,13 +192,7 @@ pub fn run(data: &[u8]) {
 /// tests check that the seeds log in through KCP).
 pub fn run_with_stats(mut rest: &[u8]) -> (Stats, KcpCounters) {
     let mut h = Harness::new();
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let (len, tail) = match tail {
-            [a, b, tail @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), tail),
-            _ => (tail.len(), &[][..]),
-        };
-        let (bytes, tail) = tail.split_at(len.min(tail.len()));
-        rest = tail;
+    while let Some((ctl, bytes)) = crate::next_record(&mut rest) {
         h.now += Duration::from_millis(ADVANCE_MS[usize::from(ctl & 7)]);
         h.poll();
         h.datagram(ctl, bytes);

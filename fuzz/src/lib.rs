@@ -17,3 +17,16 @@ pub mod shared;
 pub mod targets;
 pub mod websocket;
 pub mod xdp;
+
+/// The next record `[ctl][len u16 BE][bytes]` of a target's input (a short
+/// tail is one last record of what is left), advancing `rest`.
+pub fn next_record<'a>(rest: &mut &'a [u8]) -> Option<(u8, &'a [u8])> {
+    let (&ctl, tail) = rest.split_first()?;
+    let (len, tail) = match tail {
+        [a, b, tail @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), tail),
+        _ => (tail.len(), &[][..]),
+    };
+    let (bytes, tail) = tail.split_at(len.min(tail.len()));
+    *rest = tail;
+    Some((ctl, bytes))
+}

@@ -181,13 +181,7 @@ pub fn run_with_stats(data: &[u8]) -> (Stats, NetCounters) {
     let Some((&options, mut rest)) = data.split_first() else { return Default::default() };
     let mut h = Harness::new(options & 1 != 0);
     let mut frame = Vec::new();
-    while let Some((&ctl, tail)) = rest.split_first() {
-        let (len, tail) = match tail {
-            [a, b, tail @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), tail),
-            _ => (tail.len(), &[][..]),
-        };
-        let (bytes, tail) = tail.split_at(len.min(tail.len()));
-        rest = tail;
+    while let Some((ctl, bytes)) = crate::next_record(&mut rest) {
         frame.clear();
         frame.extend_from_slice(bytes);
         if ctl & PATCH != 0 {

@@ -12,7 +12,7 @@ use portcullis_dataplane::io::IoStats;
 use portcullis_proto::pb::client::{ErrorCode, LoginReply, LoginRequest};
 use portcullis_proto::{cmd, flags, Codec, Envelope};
 use portcullis_sample_game_server::ECHO;
-use portcullis_tests::{token, Raw, Stack, StackOptions};
+use portcullis_tests::{test_cert, token, Raw, Stack, StackOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -24,24 +24,15 @@ fn envelope(env: &Envelope<'_>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_listener_serves_a_tls_websocket_client() {
-    let key = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("portcullis-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, key.cert.pem()).unwrap();
-    std::fs::write(&key_path, key.signing_key.serialize_pem()).unwrap();
+    let cert = test_cert();
     let stack = Stack::start_with(StackOptions {
         transport: TransportKind::WebSocket,
-        listener: format!(
-            "tls_cert = {:?}\ntls_key = {:?}",
-            cert_path.display().to_string(),
-            key_path.display().to_string()
-        ),
+        listener: format!("tls_cert = {:?}\ntls_key = {:?}", cert.cert_path, cert.key_path),
         ..Default::default()
     })
     .await;
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(key.cert.der().clone()).unwrap();
+    roots.add(cert.tls.roots[0].clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -71,7 +62,6 @@ async fn a_wss_listener_serves_a_tls_websocket_client() {
     ws.close(None).await.unwrap();
     let end = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("the close answered");
     assert!(matches!(end, None | Some(Ok(Message::Close(_))) | Some(Err(_))), "{end:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The gateway's whole answer to `request`, up to its close.

@@ -209,11 +209,6 @@ impl QuicTransport {
         })
     }
 
-    /// Whether it has any listener.
-    pub fn is_empty(&self) -> bool {
-        self.listeners.is_empty()
-    }
-
     fn slot(id: ConnId) -> usize {
         (id.local() & 0xffff_ffff) as usize
     }
